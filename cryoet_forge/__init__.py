@@ -1,0 +1,28 @@
+"""cryoet-forge: realistic cryo-ET subtomograms from density maps, and how to measure them."""
+
+from __future__ import annotations
+
+import pluggy
+
+__version__ = "0.1.0"
+
+#: decorator for plugin hook implementations (``@cryoet_forge.hookimpl``)
+hookimpl = pluggy.HookimplMarker("cryoet_forge")
+
+from cryoet_forge.errors import ForgeError  # noqa: E402
+
+__all__ = ["__version__", "hookimpl", "ForgeError", "create", "list_components"]
+
+
+def create(kind: str, name: str, **options):
+    """Build a registered component, e.g. ``create("generator", "unet3d", base=8)``."""
+    from cryoet_forge import registry
+
+    return registry.create(kind, name, **options)
+
+
+def list_components(kind: str):
+    """Names of the registered components of ``kind`` (``"generator"``, ``"critic"``, ...)."""
+    from cryoet_forge import registry
+
+    return registry.names(kind)

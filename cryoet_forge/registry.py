@@ -1,0 +1,239 @@
+"""The plugin manager and the per-kind component registries.
+
+Built-in plugin modules are registered first, then every entry point of the group
+``cryoet_forge``. A plugin that raises while it is imported or while it registers
+its components is recorded (``plugin_reports()``) and skipped; the rest still work.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import inspect
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+from cryoet_forge import hookspecs
+from cryoet_forge.errors import PluginError, UnknownComponentError
+
+ENTRY_POINT_GROUP = "cryoet_forge"
+BUILTIN_ORIGIN = "cryoet-forge"
+
+#: kind name -> the hook that registers components of that kind
+KIND_HOOKS: dict[str, str] = {
+    "generator": "forge_register_generators",
+    "critic": "forge_register_critics",
+    "loss": "forge_register_losses",
+    "simulator": "forge_register_simulators",
+    "dataset": "forge_register_datasets",
+    "feature-extractor": "forge_register_feature_extractors",
+    "knn-backend": "forge_register_knn_backends",
+}
+
+#: modules of cryoet-forge itself that implement hooks; registered before any plugin
+BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
+    "cryoet_forge.metrics.plugin",
+)
+
+
+def normalize_kind(kind: str) -> str:
+    """Accept ``generator``, ``generators``, ``knn_backend``, ... and return the kind key."""
+    key = kind.strip().lower().replace("_", "-")
+    if key not in KIND_HOOKS and key.endswith("s") and key[:-1] in KIND_HOOKS:
+        key = key[:-1]
+    if key not in KIND_HOOKS:
+        raise PluginError(f"unknown component kind {kind!r}; choose from: {', '.join(KIND_HOOKS)}")
+    return key
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: what ``forge list`` shows and ``create`` builds."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    origin: str
+
+    def create(self, **options: Any) -> Any:
+        return self.factory(**options)
+
+
+@dataclass
+class PluginReport:
+    """What ``forge plugins`` shows for one plugin (a distribution or a built-in module)."""
+
+    name: str
+    version: str
+    module: str
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _first_doc_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
+class Registry:
+    """Plugin manager plus one name -> Component table per kind."""
+
+    def __init__(self, load_entry_points: bool = True,
+                 builtin_modules: Iterable[str] = BUILTIN_PLUGIN_MODULES):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._components: dict[str, dict[str, Component]] = {k: {} for k in KIND_HOOKS}
+        self._reports: list[PluginReport] = []
+        self._origins: dict[int, PluginReport] = {}
+        from cryoet_forge import __version__
+
+        for module_name in builtin_modules:
+            report = PluginReport(name=BUILTIN_ORIGIN, version=__version__, module=module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:  # a broken built-in must not hide the rest
+                report.error = f"{type(exc).__name__}: {exc}"
+                self._reports.append(report)
+                continue
+            self._add_plugin(module, module_name, report)
+        if load_entry_points:
+            self._load_entry_points()
+        self._collect_components()
+
+    # -- loading ---------------------------------------------------------------------
+    def _add_plugin(self, plugin: Any, plugin_name: str, report: PluginReport) -> None:
+        try:
+            self.pm.register(plugin, name=plugin_name)
+        except Exception as exc:  # pluggy validates hook names and signatures here
+            report.error = f"{type(exc).__name__}: {exc}"
+            self._reports.append(report)
+            return
+        report.hooks = sorted(
+            caller.name for caller in self.pm.get_hookcallers(plugin) or []
+        )
+        self._origins[id(plugin)] = report
+        self._reports.append(report)
+
+    def _load_entry_points(self) -> None:
+        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        seen: set[tuple[str, str]] = set()
+        for ep in eps:
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else ep.name
+            version = dist.version if dist is not None else "?"
+            if (dist_name, ep.value) in seen:  # the same distribution found twice on sys.path
+                continue
+            seen.add((dist_name, ep.value))
+            report = PluginReport(name=dist_name, version=version, module=ep.value)
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                report.error = f"{type(exc).__name__}: {exc}"
+                self._reports.append(report)
+                continue
+            self._add_plugin(plugin, f"{dist_name}:{ep.name}", report)
+
+    def _collect_components(self) -> None:
+        for kind, hook_name in KIND_HOOKS.items():
+            caller = getattr(self.pm.hook, hook_name)
+            # pluggy calls the last registered first; built-ins must win name clashes,
+            # so walk the implementations in registration order.
+            for impl in caller.get_hookimpls():
+                report = self._origins.get(id(impl.plugin))
+                origin = report.name if report else impl.plugin_name
+                try:
+                    impl.function(register=self._make_register(kind, origin))
+                except Exception as exc:
+                    if report is not None:
+                        message = f"{type(exc).__name__}: {exc}"
+                        report.error = message if report.error is None else f"{report.error}; {message}"
+
+    def _make_register(self, kind: str, origin: str) -> Callable[..., None]:
+        table = self._components[kind]
+
+        def register(name: str, factory: Callable[..., Any], description: str | None = None) -> None:
+            if not isinstance(name, str) or not name or name != name.strip().lower() or " " in name:
+                raise PluginError(f"{kind} name {name!r} from {origin} is not a kebab-case name")
+            if not callable(factory):
+                raise PluginError(f"{kind} {name!r} from {origin}: factory is not callable")
+            if name in table:
+                raise PluginError(
+                    f"{kind} {name!r} from {origin} is already registered by {table[name].origin}"
+                )
+            table[name] = Component(kind, name, factory, description or _first_doc_line(factory), origin)
+
+        return register
+
+    # -- queries -----------------------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._components[normalize_kind(kind)])
+
+    def components(self, kind: str | None = None) -> list[Component]:
+        kinds = [normalize_kind(kind)] if kind else list(KIND_HOOKS)
+        return [self._components[k][n] for k in kinds for n in sorted(self._components[k])]
+
+    def get(self, kind: str, name: str) -> Component:
+        key = normalize_kind(kind)
+        try:
+            return self._components[key][name]
+        except KeyError:
+            raise UnknownComponentError(key, name, self.names(key)) from None
+
+    def create(self, kind: str, name: str, **options: Any) -> Any:
+        component = self.get(kind, name)
+        try:
+            return component.create(**options)
+        except TypeError as exc:
+            # an option the factory does not take: say which component and why
+            if "unexpected keyword argument" in str(exc):
+                raise PluginError(f"{component.kind} {name!r}: {exc}") from None
+            raise
+
+    def plugin_reports(self) -> list[PluginReport]:
+        return list(self._reports)
+
+    def register_commands(self, cli: Any) -> None:
+        for impl in self.pm.hook.forge_register_commands.get_hookimpls():
+            report = self._origins.get(id(impl.plugin))
+            try:
+                impl.function(cli=cli)
+            except Exception as exc:
+                if report is not None:
+                    report.error = f"{type(exc).__name__}: {exc}"
+
+
+_lock = threading.Lock()
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = Registry()
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the registry so the next call rebuilds it (after installing a plugin)."""
+    global _registry
+    with _lock:
+        _registry = None
+
+
+def get(kind: str, name: str) -> Component:
+    return get_registry().get(kind, name)
+
+
+def create(kind: str, name: str, **options: Any) -> Any:
+    """Build component ``name`` of ``kind`` with keyword ``options``."""
+    return get_registry().create(kind, name, **options)
+
+
+def names(kind: str) -> list[str]:
+    return get_registry().names(kind)

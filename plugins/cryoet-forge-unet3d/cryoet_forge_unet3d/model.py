@@ -1,0 +1,66 @@
+"""A 3D U-Net for volume-to-volume translation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_block(in_ch: int, out_ch: int, stride: int, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv3d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.InstanceNorm3d(out_ch, affine=True),
+        nn.LeakyReLU(0.2, inplace=True),
+    ]
+    if dropout > 0:
+        layers.append(nn.Dropout3d(dropout))
+    return nn.Sequential(*layers)
+
+
+class UNet3D(nn.Module):
+    """3D U-Net: three stride-2 downsamplings, skip connections, InstanceNorm, tanh output.
+
+    Input and output are (B, in_channels, S, S, S) and (B, out_channels, S, S, S) with S
+    divisible by 8. ``noise_channels`` extra Gaussian channels are appended at the
+    bottleneck so one input map can give many different outputs (as CryoETGAN does).
+    """
+
+    depth = 3
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, base: int = 16,
+                 dropout: float = 0.0, noise_channels: int = 0):
+        super().__init__()
+        widths = [base * 2**i for i in range(self.depth + 1)]
+        self.noise_channels = noise_channels
+        self.stem = _conv_block(in_channels, widths[0], stride=1, dropout=0.0)
+        self.down = nn.ModuleList(
+            _conv_block(widths[i], widths[i + 1], stride=2, dropout=dropout) for i in range(self.depth)
+        )
+        self.bottleneck = _conv_block(widths[-1] + noise_channels, widths[-1], stride=1, dropout=dropout)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose3d(widths[i + 1], widths[i], kernel_size=2, stride=2)
+            for i in reversed(range(self.depth))
+        )
+        self.merge = nn.ModuleList(
+            _conv_block(2 * widths[i], widths[i], stride=1, dropout=0.0) for i in reversed(range(self.depth))
+        )
+        self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        size = x.shape[-3:]
+        if x.dim() != 5 or len(set(size)) != 1 or size[0] % 2**self.depth:
+            raise ValueError(
+                f"unet3d expects (B, C, S, S, S) with S divisible by {2**self.depth}, got {tuple(x.shape)}"
+            )
+        skips = [self.stem(x)]
+        for block in self.down:
+            skips.append(block(skips[-1]))
+        h = skips.pop()
+        if self.noise_channels:
+            if noise is None:
+                noise = torch.randn(h.shape[0], self.noise_channels, *h.shape[2:], device=h.device, dtype=h.dtype)
+            h = torch.cat([h, noise], dim=1)
+        h = self.bottleneck(h)
+        for up, merge in zip(self.up, self.merge):
+            h = merge(torch.cat([up(h), skips.pop()], dim=1))
+        return torch.tanh(self.head(h))
