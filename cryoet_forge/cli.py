@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = exc.format_message()
         ctx = getattr(exc, "ctx", None)
+        if ctx is not None and isinstance(ctx.command, click.Group) and "No such command" in message:
+            message += f" Choose from: {', '.join(sorted(ctx.command.list_commands(ctx)))}."
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         click.echo(f"forge: error: {_one_line(message)}{where}", err=True)
         return exc.exit_code

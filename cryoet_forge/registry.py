@@ -7,6 +7,7 @@ its components is recorded (``plugin_reports()``) and skipped; the rest still wo
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata as metadata
 import inspect
@@ -112,9 +113,16 @@ class Registry:
             report.error = f"{type(exc).__name__}: {exc}"
             self._reports.append(report)
             return
-        report.hooks = sorted(
-            caller.name for caller in self.pm.get_hookcallers(plugin) or []
-        )
+        callers = self.pm.get_hookcallers(plugin) or []
+        report.hooks = sorted(caller.name for caller in callers)
+        unknown = sorted(caller.name for caller in callers if caller.spec is None)
+        if unknown:  # most likely a misspelled hook name, which would silently do nothing
+            known = [name for name in dir(hookspecs) if name.startswith("forge_")]
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, known, n=1)
+                hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+            report.error = f"implements unknown hook(s): {', '.join(hints)}"
         self._origins[id(plugin)] = report
         self._reports.append(report)
 

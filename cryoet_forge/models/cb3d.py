@@ -1,0 +1,321 @@
+"""CB3D: the C3D-style subtomogram classifier of Che et al. (2018), the "Inception network" of cryo-ET.
+
+Layout (3^3 convolutions, padding 1, each followed by BatchNorm and ReLU):
+
+    block 1: 1 conv,  64 channels   -> max-pool 2
+    block 2: 1 conv, 128 channels   -> max-pool 2
+    block 3: 2 convs, 256 channels  -> max-pool 2
+    block 4: 2 convs, 512 channels  -> max-pool 2
+    fc6: Linear(flat, 4096) + ReLU + Dropout(0.5)
+    fc7: Linear(4096, 4096) + ReLU + Dropout(0.5)    <- the 4096-d "dense-layer" features
+    head: Linear(4096, n_classes), softmax for probabilities
+
+The pools use ``ceil_mode`` so any box from 16^3 to 40^3 (and beyond) works: 40 -> 20 -> 10 ->
+5 -> 3 and 16 -> 8 -> 4 -> 2 -> 1. The flattened size therefore depends on the box, which is
+part of the model's configuration (and of its checkpoint metadata). Channel widths, the number
+of convolutions per block and the FC width are options, so tests and CPU runs can use narrow
+nets; the defaults are the paper-scale network.
+
+Checkpoints are a ``.safetensors`` file of weights plus a ``.json`` file beside it holding the
+architecture options, class names, input normalisation and anything the caller adds; nothing is
+ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryoet_forge.errors import ConfigError, InputError
+
+WEIGHTS_NAME = "cb3d.safetensors"
+METADATA_NAME = "cb3d.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CB3DConfig:
+    """Architecture options of a CB3D network (saved with every checkpoint)."""
+
+    num_classes: int
+    box: int = 40
+    channels: tuple[int, ...] = (64, 128, 256, 512)
+    convs_per_block: tuple[int, ...] = (1, 1, 2, 2)
+    fc_width: int = 4096
+    dropout: float = 0.5
+    in_channels: int = 1
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.convs_per_block = tuple(int(c) for c in self.convs_per_block)
+        if self.num_classes < 2:
+            raise ConfigError(f"cb3d needs at least 2 classes, got num_classes={self.num_classes}")
+        if self.box < 8:
+            raise ConfigError(f"cb3d box must be >= 8 voxels, got box={self.box}")
+        if not self.channels or len(self.channels) != len(self.convs_per_block):
+            raise ConfigError(
+                f"cb3d channels {list(self.channels)} and convs_per_block "
+                f"{list(self.convs_per_block)} must be non-empty and of equal length"
+            )
+        if self.fc_width < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(
+                f"cb3d fc_width must be >= 1 and dropout in [0, 1); got {self.fc_width}, {self.dropout}"
+            )
+
+    @property
+    def feature_dim(self) -> int:
+        return self.fc_width
+
+    def pooled_size(self) -> int:
+        size = self.box
+        for _ in self.channels:
+            size = -(-size // 2)  # ceil_mode pooling
+        return size
+
+
+class CB3D(nn.Module):
+    """CB3D 3D-CNN classifier (Che et al. 2018): conv+BN+ReLU blocks, two dense layers, softmax."""
+
+    def __init__(self, num_classes: int, box: int = 40, channels: Sequence[int] = (64, 128, 256, 512),
+                 convs_per_block: Sequence[int] = (1, 1, 2, 2), fc_width: int = 4096,
+                 dropout: float = 0.5, in_channels: int = 1):
+        super().__init__()
+        self.config = CB3DConfig(num_classes=num_classes, box=box, channels=tuple(channels),
+                                 convs_per_block=tuple(convs_per_block), fc_width=fc_width,
+                                 dropout=dropout, in_channels=in_channels)
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for width, n_convs in zip(self.config.channels, self.config.convs_per_block):
+            for _ in range(n_convs):
+                layers += [nn.Conv3d(previous, width, kernel_size=3, padding=1, bias=False),
+                           nn.BatchNorm3d(width), nn.ReLU(inplace=True)]
+                previous = width
+            layers.append(nn.MaxPool3d(kernel_size=2, stride=2, ceil_mode=True))
+        self.features = nn.Sequential(*layers)
+        flat = previous * self.config.pooled_size() ** 3
+        self.fc6 = nn.Sequential(nn.Linear(flat, fc_width), nn.ReLU(inplace=True))
+        self.fc7 = nn.Sequential(nn.Linear(fc_width, fc_width), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(fc_width, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        box = self.config.box
+        if x.dim() != 5 or x.shape[1] != self.config.in_channels or tuple(x.shape[2:]) != (box, box, box):
+            raise InputError(
+                f"cb3d expects volumes of shape (B, {self.config.in_channels}, {box}, {box}, {box}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The fc7 activations (after ReLU, before dropout): the dense-layer features (B, fc_width)."""
+        self._check_input(x)
+        h = self.features(x).flatten(1)
+        h = self.dropout(self.fc6(h))
+        return self.fc7(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes)."""
+        return self.head(self.dropout(self.embed(x)))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) from one pass."""
+        features = self.embed(x)
+        return features, self.head(self.dropout(features))
+
+
+# --- input normalisation -----------------------------------------------------------------
+
+NORMALIZATIONS = ("zscore", "minmax", "none")
+
+
+def normalize_volumes(volumes: torch.Tensor, mode: str) -> torch.Tensor:
+    """Per-volume normalisation of a (B, ...) batch: 'zscore' (mean 0, std 1), 'minmax' ([-1, 1]), 'none'."""
+    if mode == "none":
+        return volumes
+    flat = volumes.reshape(volumes.shape[0], -1)
+    if mode == "zscore":
+        mean = flat.mean(dim=1, keepdim=True)
+        std = flat.std(dim=1, keepdim=True).clamp_min(1e-8)
+        out = (flat - mean) / std
+    elif mode == "minmax":
+        low = flat.min(dim=1, keepdim=True).values
+        high = flat.max(dim=1, keepdim=True).values
+        out = 2.0 * (flat - low) / (high - low).clamp_min(1e-8) - 1.0
+    else:
+        raise ConfigError(f"unknown normalisation {mode!r}; choose from: {', '.join(NORMALIZATIONS)}")
+    return out.reshape(volumes.shape)
+
+
+def as_volume_batch(volumes: Any) -> torch.Tensor:
+    """Accept (S,S,S), (N,S,S,S) or (N,1,S,S,S) arrays/tensors (or a list of (S,S,S)); return (N,1,S,S,S) float32."""
+    if isinstance(volumes, (list, tuple)):
+        if not volumes:
+            raise InputError("no volumes given (empty list)")
+        volumes = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])
+    tensor = torch.as_tensor(np.asarray(volumes) if not isinstance(volumes, torch.Tensor) else volumes)
+    tensor = tensor.detach().to(torch.float32)
+    if tensor.dim() == 3:
+        tensor = tensor[None, None]
+    elif tensor.dim() == 4:
+        tensor = tensor[:, None]
+    if tensor.dim() != 5 or tensor.shape[1] != 1 or tensor.shape[0] == 0:
+        raise InputError(f"expected volumes shaped (N, S, S, S) or (N, 1, S, S, S), got {tuple(tensor.shape)}")
+    if not (tensor.shape[2] == tensor.shape[3] == tensor.shape[4]):
+        raise InputError(f"expected cubic volumes, got {tuple(tensor.shape[2:])}")
+    if not torch.isfinite(tensor).all():
+        raise InputError("volumes contain NaN or Inf voxels")
+    return tensor
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, metadata) for a checkpoint folder or a ``.safetensors`` file."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        return p, p.with_suffix(".json")
+    return p / WEIGHTS_NAME, p / METADATA_NAME
+
+
+def save_cb3d(model: CB3D, path: str | os.PathLike, class_names: Sequence[str],
+              normalize: str = "zscore", extra: dict[str, Any] | None = None) -> Path:
+    """Write weights (safetensors) and metadata (JSON) atomically; ``path`` is a folder or a .safetensors file."""
+    from safetensors.torch import save
+
+    if len(class_names) != model.num_classes:
+        raise ConfigError(f"{len(class_names)} class names for a {model.num_classes}-class model")
+    weights_path, meta_path = checkpoint_paths(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write_bytes(weights_path, save(state, metadata={"format": "cryoet-forge-cb3d"}))
+    config = asdict(model.config)
+    config["channels"] = list(config["channels"])
+    config["convs_per_block"] = list(config["convs_per_block"])
+    metadata = {"format_version": FORMAT_VERSION, "model": "cb3d", "config": config,
+                "class_names": list(class_names), "normalize": normalize, **(extra or {})}
+    _atomic_write_bytes(meta_path, (json.dumps(metadata, indent=2) + "\n").encode())
+    return weights_path
+
+
+def load_cb3d(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CB3D, dict[str, Any]]:
+    """Load a checkpoint written by ``save_cb3d``; returns (model in eval mode, metadata)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights_path, meta_path = checkpoint_paths(path)
+    for required in (weights_path, meta_path):
+        if not required.is_file():
+            raise InputError(f"{required}: CB3D checkpoint file not found")
+    try:
+        metadata = json.loads(meta_path.read_text())
+        config = metadata["config"]
+        class_names = list(metadata["class_names"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{meta_path}: not a CB3D checkpoint metadata file ({exc})") from None
+    model = CB3D(**config)
+    try:
+        state = load_file(str(weights_path))
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{weights_path}: unreadable or mismatched CB3D weights ({first})") from None
+    if len(class_names) != model.num_classes:
+        raise InputError(f"{meta_path}: {len(class_names)} class names for {model.num_classes} outputs")
+    model.to(device).eval()
+    return model, metadata
+
+
+# --- inference ----------------------------------------------------------------------------
+
+@torch.no_grad()
+def run_inference(model: CB3D, volumes: Any, normalize: str = "zscore", batch_size: int = 32,
+                  device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, fc_width), probabilities (N, n_classes)) in eval mode, float32 numpy."""
+    batch = as_volume_batch(volumes)
+    was_training = model.training
+    model.eval()
+    features, probs = [], []
+    try:
+        for start in range(0, batch.shape[0], batch_size):
+            x = normalize_volumes(batch[start:start + batch_size], normalize).to(device)
+            f, logits = model.forward_all(x)
+            features.append(f.float().cpu())
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(features).numpy(), torch.cat(probs).numpy()
+
+
+class CB3DFeatureExtractor:
+    """CB3D dense-layer (fc7, 4096-d by default) features of volumes; needs a trained checkpoint.
+
+    ``checkpoint``: a folder or ``.safetensors`` file written by ``forge classify train``.
+    Without one, a randomly initialised network of the given ``box``/``num_classes`` is used
+    (seeded): random-network features are a known baseline for distribution distances, but
+    a trained classifier is what the paper's IS/FID/PRDC mean.
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, device: str = "cpu",
+                 batch_size: int = 32, box: int = 32, num_classes: int = 4, seed: int = 0,
+                 normalize: str = "zscore", **arch: Any):
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        if checkpoint is not None:
+            self.model, self.metadata = load_cb3d(checkpoint, device=self.device)
+            self.normalize = self.metadata.get("normalize", "zscore")
+            self.class_names = list(self.metadata["class_names"])
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.model = CB3D(num_classes=num_classes, box=box, **arch)
+            self.model.to(self.device).eval()
+            self.metadata = {}
+            self.normalize = normalize
+            self.class_names = [f"class-{i + 1}" for i in range(num_classes)]
+
+    @property
+    def box(self) -> int:
+        return self.model.config.box
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.feature_dim
+
+    def extract(self, volumes: Any) -> np.ndarray:
+        """Volumes (N,S,S,S) or (N,1,S,S,S) -> features (N, D) float32."""
+        return run_inference(self.model, volumes, self.normalize, self.batch_size, self.device)[0]
+
+    def probabilities(self, volumes: Any) -> np.ndarray:
+        """Volumes -> softmax class probabilities (N, n_classes), the input of the Inception Score."""
+        return run_inference(self.model, volumes, self.normalize, self.batch_size, self.device)[1]
+
+    def extract_with_probabilities(self, volumes: Any) -> tuple[np.ndarray, np.ndarray]:
+        return run_inference(self.model, volumes, self.normalize, self.batch_size, self.device)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,160 @@
+"""Plugin discovery, the component registry and plugin error reporting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cryoet_forge import registry
+from cryoet_forge.errors import PluginError, UnknownComponentError
+from tests_support import forge_executable
+
+
+def make_distribution(root: Path, dist: str, module: str, source: str, version: str = "0.0.1") -> None:
+    """Lay out an installed distribution (module + dist-info with an entry point) under root."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[cryoet_forge]\n{module} = {module}\n")
+
+
+GOOD_PLUGIN = '''
+    from cryoet_forge import hookimpl
+
+    class Doubler:
+        """Doubles its input (a throwaway test generator)."""
+
+        def __init__(self, in_channels=1, out_channels=1, factor=2):
+            self.factor = factor
+
+    @hookimpl
+    def forge_register_generators(register):
+        register("throwaway-doubler", Doubler)
+
+    @hookimpl
+    def forge_register_losses(register):
+        register("throwaway-loss", Doubler, "a loss with its own description")
+'''
+
+BROKEN_PLUGIN = '''
+    raise RuntimeError("this plugin is broken on purpose")
+'''
+
+
+@pytest.fixture
+def plugin_path(tmp_path, monkeypatch):
+    """A folder on sys.path where tests lay out throwaway distributions."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.reset_registry()
+    yield tmp_path
+    registry.reset_registry()
+
+
+def test_builtin_and_plugin_distribution_components_are_listed():
+    reg = registry.Registry()
+    assert "exact" in reg.names("knn-backend")
+    assert reg.get("knn-backend", "exact").origin == "cryoet-forge"
+    assert reg.get("generator", "unet3d").origin == "cryoet-forge-unet3d"
+
+
+def test_throwaway_entry_point_plugin_is_discovered(plugin_path):
+    make_distribution(plugin_path, "forge-throwaway", "forge_throwaway", GOOD_PLUGIN)
+    reg = registry.get_registry()
+    component = reg.get("generator", "throwaway-doubler")
+    assert component.origin == "forge-throwaway"
+    assert component.description == "Doubles its input (a throwaway test generator)."
+    assert reg.get("loss", "throwaway-loss").description == "a loss with its own description"
+    assert registry.create("generator", "throwaway-doubler", factor=3).factor == 3
+    report = next(r for r in reg.plugin_reports() if r.name == "forge-throwaway")
+    assert report.version == "0.0.1"
+    assert report.hooks == ["forge_register_generators", "forge_register_losses"]
+    assert report.error is None
+
+
+def test_unknown_component_lists_choices():
+    with pytest.raises(UnknownComponentError) as info:
+        registry.Registry().create("generator", "no-such-net")
+    message = str(info.value)
+    assert message.startswith("unknown generator 'no-such-net'; choose from: ")
+    assert "unet3d" in message
+
+
+def test_unknown_option_names_the_component():
+    with pytest.raises(PluginError, match=r"generator 'unet3d': .*unexpected keyword argument 'wings'"):
+        registry.Registry().create("generator", "unet3d", wings=2)
+
+
+def test_kind_names_are_normalised_and_checked():
+    assert registry.normalize_kind("generators") == "generator"
+    assert registry.normalize_kind("knn_backend") == "knn-backend"
+    with pytest.raises(PluginError, match="unknown component kind 'gizmo'; choose from: generator, critic"):
+        registry.normalize_kind("gizmo")
+
+
+def test_name_clash_keeps_first_and_reports_the_second(plugin_path):
+    make_distribution(plugin_path, "forge-clash", "forge_clash", '''
+        from cryoet_forge import hookimpl
+
+        @hookimpl
+        def forge_register_knn_backends(register):
+            register("exact", dict)
+    ''')
+    reg = registry.get_registry()
+    assert reg.get("knn-backend", "exact").origin == "cryoet-forge"
+    report = next(r for r in reg.plugin_reports() if r.name == "forge-clash")
+    assert "knn-backend 'exact' from forge-clash is already registered by cryoet-forge" in report.error
+
+
+def run_forge(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    return subprocess.run([forge_executable(), *args], capture_output=True, text=True, env=env,
+                          cwd=pythonpath or None, timeout=120)
+
+
+def test_cli_lists_unet3d_from_the_plugin_distribution():
+    result = run_forge("list", "generator")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("unet3d"))
+    assert "cryoet-forge-unet3d" in line
+
+
+def test_cli_lists_a_plugin_installed_at_test_time(tmp_path):
+    make_distribution(tmp_path, "forge-throwaway", "forge_throwaway", GOOD_PLUGIN)
+    result = run_forge("list", "generator", pythonpath=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert any(l.split()[:2] == ["throwaway-doubler", "forge-throwaway"] for l in result.stdout.splitlines())
+
+
+def test_broken_plugin_is_reported_and_the_rest_still_works(tmp_path):
+    make_distribution(tmp_path, "forge-broken", "forge_broken", BROKEN_PLUGIN, version="9.9")
+    plugins = run_forge("plugins", pythonpath=tmp_path)
+    assert plugins.returncode == 0, plugins.stderr
+    text = plugins.stdout
+    assert "forge-broken 9.9 [error]" in text
+    assert "error: RuntimeError: this plugin is broken on purpose" in text
+    assert "cryoet-forge-unet3d 0.1.0 [ok]" in text
+    listing = run_forge("list", pythonpath=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert "unet3d" in listing.stdout
+
+
+def test_plugin_with_a_misspelled_hook_is_reported(tmp_path):
+    make_distribution(tmp_path, "forge-typo", "forge_typo", '''
+        from cryoet_forge import hookimpl
+
+        @hookimpl
+        def forge_register_generatorz(register):
+            pass
+    ''')
+    result = run_forge("plugins", pythonpath=tmp_path)
+    assert result.returncode == 0
+    assert "forge-typo 0.0.1 [error]" in result.stdout
+    assert "forge_register_generatorz" in result.stdout
