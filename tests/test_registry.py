@@ -158,3 +158,20 @@ def test_plugin_with_a_misspelled_hook_is_reported(tmp_path):
     assert result.returncode == 0
     assert "forge-typo 0.0.1 [error]" in result.stdout
     assert "forge_register_generatorz" in result.stdout
+
+
+def test_readme_plugin_example_works(plugin_path):
+    """The 'Writing a plugin' example in the README, run as written."""
+    import re
+
+    import torch
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    source = re.search(r"```python\n# forge_tiny_generator.py\n(.*?)```", readme, re.S).group(1)
+    entry = re.search(r"\[project.entry-points.cryoet_forge\]\n(\w+) = \"(\w+)\"", readme)
+    assert entry.groups() == ("tiny", "forge_tiny_generator")
+    make_distribution(plugin_path, "forge-tiny-generator", "forge_tiny_generator", source)
+    model = registry.create("generator", "tiny")
+    out = model(torch.randn(2, 1, 8, 8, 8))
+    assert out.shape == (2, 1, 8, 8, 8)
+    assert registry.get("generator", "tiny").origin == "forge-tiny-generator"
