@@ -1,4 +1,11 @@
-"""Type stub of the Rust extension. Call it through ``cryoet_forge.metrics``, not directly."""
+"""Type stub of the Rust extension. Call it through ``cryoet_forge.metrics``, not directly.
+
+Distances follow ``prdc`` 0.2: the exact float64 squared distance rounded to float32, then
+a float32 square root. Errors are ValueError (bad shape, NaN/Inf, k out of range);
+Ctrl-C during a long call raises KeyboardInterrupt.
+"""
+
+from typing import Any, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -8,3 +15,33 @@ __version__: str
 def kth_neighbour_distances(x: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float32]:
     """Distance from each row of the C-contiguous float32 (N, D) array ``x`` to its k-th
     nearest other row. Raises ValueError for non-2-D input, NaN/Inf, or k outside 1..N-1."""
+
+def prdc_counts(
+    real: npt.NDArray[np.float32],
+    fake: npt.NDArray[np.float32],
+    k: int,
+    inclusive: bool = False,
+    progress: Callable[[int, int], Any] | None = None,
+) -> dict[str, Any]:
+    """Exact PRDC of C-contiguous float32 ``real`` (N, D) and ``fake`` (M, D).
+
+    Keys: n_real, n_fake, k, precision_count, recall_count, density_count, coverage_count,
+    exact_pairs, exact_rows (ints) and real_radii, fake_radii (float32 arrays).
+    ``progress(done, total)`` is called about every 100 ms with distance tiles done."""
+
+def pair_distances(
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.float32],
+    rows: npt.NDArray[np.int64],
+    cols: npt.NDArray[np.int64],
+) -> npt.NDArray[np.float32]:
+    """Exact (prdc-rounded) distances of the row pairs ``(x[rows[t]], y[cols[t]])``."""
+
+def radii_from_candidates(
+    x: npt.NDArray[np.float32], candidates: npt.NDArray[np.int64], k: int
+) -> npt.NDArray[np.float32]:
+    """k-th smallest exact distance from each row of ``x`` to its candidate rows
+    (``candidates`` (N, C); -1 and the row itself are skipped)."""
+
+def inception_score(probs: npt.NDArray[np.float64], splits: int = 10) -> tuple[float, float]:
+    """(mean, std) of exp(E KL(p(y|x) || p(y))) over ``splits`` groups of float64 (N, C) probabilities."""

@@ -37,6 +37,10 @@ KIND_HOOKS: dict[str, str] = {
 #: modules of cryoet-forge itself that implement hooks; registered before any plugin
 BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "cryoet_forge.metrics.plugin",
+    "cryoet_forge.models.plugin",
+    "cryoet_forge.evaluate.plugin",
+    "cryoet_forge.simulate.plugin",
+    "cryoet_forge.data.plugin",
 )
 
 

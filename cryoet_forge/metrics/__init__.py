@@ -1,4 +1,4 @@
-"""The metrics engine: exact nearest-neighbour radii and generative-model metrics.
+"""The metrics engine: exact PRDC, FID and Inception Score at scale.
 
 The Rust extension ``cryoet_forge._metrics_rs`` does the heavy work; call it through
 these functions, which validate input and raise ``InputError`` with a clear message.
@@ -6,6 +6,13 @@ these functions, which validate input and raise ``InputError`` with a clear mess
 
 from __future__ import annotations
 
-from cryoet_forge.metrics.knn import as_feature_matrix, kth_neighbour_distances
+from cryoet_forge.metrics.fid import FID, FIDResult, compute_fid, fid_from_moments
+from cryoet_forge.metrics.inception import InceptionScore, inception_score
+from cryoet_forge.metrics.knn import KnnBackend, PrdcCounts, as_feature_matrix, kth_neighbour_distances
+from cryoet_forge.metrics.prdc import PRDC, compute_prdc, prdc_counts
 
-__all__ = ["as_feature_matrix", "kth_neighbour_distances"]
+__all__ = [
+    "FID", "FIDResult", "InceptionScore", "KnnBackend", "PRDC", "PrdcCounts", "as_feature_matrix",
+    "compute_fid", "compute_prdc", "fid_from_moments", "inception_score", "kth_neighbour_distances",
+    "prdc_counts",
+]

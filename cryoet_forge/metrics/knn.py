@@ -1,12 +1,26 @@
-"""k-nearest-neighbour radii and the kNN backend interface."""
+"""k-nearest-neighbour radii, the kNN backend interface, and the exact (Rust) backend.
+
+Every backend returns *exact* results in the sense of ``prdc`` 0.2: a distance is the
+float64 squared distance rounded to float32, then square-rooted in float32 (what
+scikit-learn's ``euclidean_distances`` yields for float32 input). Fast approximate
+distances (a float32 GEMM, FAISS, torch) only settle the comparisons their rigorous
+error bound allows; the remaining pairs are recomputed exactly by the Rust core.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from cryoet_forge.errors import InputError
+
+#: Called as ``progress(done, total)`` with work units (distance tiles) while a backend runs.
+ProgressCallback = Callable[[int, int], Any]
+
+_U32 = 2.0**-24  # unit roundoff of float32
+_FINITE_CHECK_ROWS = 4096
 
 
 def as_feature_matrix(x: Any, name: str = "features") -> np.ndarray:
@@ -19,9 +33,23 @@ def as_feature_matrix(x: Any, name: str = "features") -> np.ndarray:
         raise InputError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"{name} must be non-empty, got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.number):
-        raise InputError(f"{name} must be numeric, got dtype {array.dtype}")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise InputError(f"{name} must be real numbers, got dtype {array.dtype}")
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def check_finite(x: np.ndarray, name: str = "features") -> None:
+    """Raise InputError naming the first row with a NaN or Inf (checked in row chunks)."""
+    for start in range(0, x.shape[0], _FINITE_CHECK_ROWS):
+        chunk = x[start : start + _FINITE_CHECK_ROWS]
+        ok = np.isfinite(chunk).all(axis=1)
+        if not ok.all():
+            row = start + int(np.argmin(ok))
+            col = int(np.argmin(np.isfinite(x[row])))
+            raise InputError(
+                f"{name} has a non-finite value (NaN or Inf) at row {row}, column {col}; "
+                "remove or fix such rows"
+            )
 
 
 def kth_neighbour_distances(x: Any, k: int = 5) -> np.ndarray:
@@ -42,10 +70,189 @@ def kth_neighbour_distances(x: Any, k: int = 5) -> np.ndarray:
         raise InputError(str(exc)) from None
 
 
+@dataclass
+class PrdcCounts:
+    """What a backend computes for PRDC: counts, radii and how the result was obtained."""
+
+    n_real: int
+    n_fake: int
+    k: int
+    precision_count: int
+    recall_count: int
+    density_count: int
+    coverage_count: int
+    real_radii: np.ndarray
+    fake_radii: np.ndarray
+    exact: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """The four values, with the same float64 operations as ``prdc.compute_prdc``."""
+        n, m = float(self.n_real), float(self.n_fake)
+        return {
+            "precision": float(np.float64(self.precision_count) / m),
+            "recall": float(np.float64(self.recall_count) / n),
+            "density": float((1.0 / float(self.k)) * (np.float64(self.density_count) / m)),
+            "coverage": float(np.float64(self.coverage_count) / n),
+        }
+
+
+@runtime_checkable
+class KnnBackend(Protocol):
+    """What a ``knn-backend`` plugin provides (``registry.create("knn-backend", name)``).
+
+    ``exact`` says whether results equal the exact definitions (``prdc`` 0.2 rounding).
+    Inputs are validated C-contiguous float32 (N, D) arrays without NaN/Inf.
+    """
+
+    name: str
+    exact: bool
+
+    def kth_neighbour_distances(self, x: np.ndarray, k: int) -> np.ndarray:
+        """float32 distance of each row to its k-th nearest other row."""
+
+    def prdc_counts(
+        self, real: np.ndarray, fake: np.ndarray, k: int, inclusive: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> PrdcCounts:
+        """PRDC counts of ``real`` (N, D) against ``fake`` (M, D)."""
+
+
 class ExactKnn:
-    """Exact k-NN radii in the Rust core (blockwise, multithreaded, CPU)."""
+    """Exact k-NN radii and PRDC in the Rust core (blockwise GEMM, multithreaded, CPU)."""
 
     name = "exact"
+    exact = True
 
-    def kth_neighbour_distances(self, x: Any, k: int) -> np.ndarray:
+    def __init__(self, device: str = "cpu"):
+        if device not in ("cpu", "auto"):
+            raise InputError(f"knn backend 'exact' runs on the CPU only; got device={device!r}")
+
+    def kth_neighbour_distances(self, x: np.ndarray, k: int) -> np.ndarray:
         return kth_neighbour_distances(x, k)
+
+    def prdc_counts(self, real, fake, k, inclusive=False, progress=None) -> PrdcCounts:
+        from cryoet_forge import _metrics_rs
+
+        try:
+            c = _metrics_rs.prdc_counts(real, fake, int(k), bool(inclusive), progress)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        return PrdcCounts(
+            n_real=c["n_real"], n_fake=c["n_fake"], k=c["k"],
+            precision_count=c["precision_count"], recall_count=c["recall_count"],
+            density_count=c["density_count"], coverage_count=c["coverage_count"],
+            real_radii=c["real_radii"], fake_radii=c["fake_radii"], exact=True,
+            info={"backend": "exact", "exact_pairs": c["exact_pairs"], "exact_rows": c["exact_rows"]},
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Shared machinery of the GEMM-style backends (torch, faiss): error bounds and settling.
+
+
+def gemm_margin_factor(d: int) -> float:
+    """Relative error bound of a float32 squared distance ``|x|^2 + |y|^2 - 2 x.y``.
+
+    ``|approx - exact| <= factor * (|x|^2 + |y|^2)`` for any summation order (gamma_D for
+    the dot product, a few u for the norms and the subtraction, 1% slack).
+    """
+    du = d * _U32
+    if du >= 0.25:
+        return float("inf")
+    return 1.01 * (du / (1.0 - du) + 12.0 * _U32)
+
+
+def row_sq_norms(x: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
+    """float64 squared norms of the float32 rows (shifted by ``centre``), in row chunks
+    so no float64 copy of ``x`` is made."""
+    out = np.empty(x.shape[0])
+    for start in range(0, x.shape[0], _FINITE_CHECK_ROWS):
+        chunk = x[start : start + _FINITE_CHECK_ROWS]
+        if centre is not None:
+            chunk = chunk - centre
+        chunk = chunk.astype(np.float64)
+        out[start : start + chunk.shape[0]] = np.einsum("ij,ij->i", chunk, chunk)
+    return out
+
+
+def choose_centre(*sets: np.ndarray) -> np.ndarray | None:
+    """A float32 centre to subtract before the GEMM when the rows share a large offset."""
+    total = sum(s.shape[0] for s in sets)
+    centre = (sum(s.sum(axis=0, dtype=np.float64) for s in sets) / total).astype(np.float32)
+    raw = max(float(row_sq_norms(s).max()) for s in sets)
+    shifted = max(float(row_sq_norms(s, centre).max()) for s in sets)
+    return None if raw <= 2.0 * shifted else centre
+
+
+def settle_thresholds(radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared-distance thresholds: ``d < lo`` means inside the ball, ``d > hi`` outside."""
+    rr = radii.astype(np.float64) ** 2
+    tiny = rr < 1e-30
+    lo = np.where(tiny, -1.0, rr * (1.0 - 1e-6))
+    hi = np.where(tiny, 1e-30, rr * (1.0 + 1e-6))
+    return lo, hi
+
+
+def exact_pair_distances(x: np.ndarray, y: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """prdc-rounded exact distances of the pairs (x[rows], y[cols]) from the Rust core."""
+    from cryoet_forge import _metrics_rs
+
+    return _metrics_rs.pair_distances(
+        x, y, np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(cols, dtype=np.int64)
+    )
+
+
+def exact_radii_from_candidates(x: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """Exact radii when each row's true k nearest are among ``candidates`` (N, C)."""
+    from cryoet_forge import _metrics_rs
+
+    return _metrics_rs.radii_from_candidates(x, np.ascontiguousarray(candidates, dtype=np.int64), int(k))
+
+
+def refine_radii(
+    x: np.ndarray, cand_idx: np.ndarray, cand_sq: np.ndarray, k: int, margins: np.ndarray,
+    self_included: bool,
+) -> tuple[np.ndarray, int]:
+    """Exact radii from approximate nearest-neighbour lists sorted ascending per row.
+
+    ``cand_sq`` are approximate squared distances with ``|error| <= margins[i]`` in row i.
+    A row whose list might miss a neighbour that could be its k-th (the last candidate is
+    within twice the margin of the approximate k-th) is recomputed against every row.
+    Returns the radii and the number of rows recomputed in full.
+    """
+    n, c = cand_idx.shape
+    kk = min(k + 1 if self_included else k, c)  # the row itself sits in its own list at ~0
+    bound = cand_sq[:, kk - 1] + 2.0 * margins
+    short = (cand_sq[:, -1] <= bound) & (c < n - (0 if self_included else 1))
+    short |= (cand_idx < 0).any(axis=1) & (c < n)
+    radii = np.empty(n, dtype=np.float32)
+    good = np.flatnonzero(~short)
+    if good.size == n:
+        radii[:] = exact_radii_from_candidates(x, cand_idx, k)
+    elif good.size:
+        radii[good] = _radii_of_rows(x, good, cand_idx[good], k)
+    rows = np.flatnonzero(short)
+    if rows.size:
+        everything = np.broadcast_to(np.arange(n, dtype=np.int64), (rows.size, n))
+        radii[rows] = _radii_of_rows(x, rows, everything, k)
+    return radii, int(rows.size)
+
+
+def _radii_of_rows(x: np.ndarray, rows: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """Exact radii of ``rows`` of ``x``, each against its own candidate indices."""
+    out = np.empty(rows.size, dtype=np.float32)
+    for t, i in enumerate(rows):
+        others = np.unique(candidates[t][(candidates[t] >= 0) & (candidates[t] != i)])
+        d = exact_pair_distances(x, x, np.full(others.size, i, dtype=np.int64), others)
+        out[t] = np.partition(d, k - 1)[k - 1]  # dist32 is monotone in the exact distance
+    return out
+
+
+def settle_block(
+    approx: np.ndarray, margin: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(surely inside, undecided) masks for an approximate squared-distance block."""
+    inside = approx + margin < lo
+    undecided = ~inside & ~(approx - margin > hi)
+    return inside, undecided

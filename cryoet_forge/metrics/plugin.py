@@ -6,6 +6,29 @@ from cryoet_forge import hookimpl
 from cryoet_forge.metrics.knn import ExactKnn
 
 
+def _faiss_backend(**options):
+    """FAISS flat (exact after refinement) or IVF (approximate) search; GPU when present."""
+    from cryoet_forge.metrics.knn_faiss import FaissKnn
+
+    return FaissKnn(**options)
+
+
+def _torch_backend(**options):
+    """Blockwise float32 GEMM distances in PyTorch (CUDA when present), settled exactly."""
+    from cryoet_forge.metrics.knn_torch import TorchKnn
+
+    return TorchKnn(**options)
+
+
 @hookimpl
 def forge_register_knn_backends(register):
     register("exact", ExactKnn)
+    register("faiss", _faiss_backend)
+    register("torch", _torch_backend)
+
+
+@hookimpl
+def forge_register_commands(cli):
+    from cryoet_forge.metrics.command import metrics_command
+
+    cli.add_command(metrics_command)

@@ -181,7 +181,7 @@ def as_volume_batch(volumes: Any) -> torch.Tensor:
 
 # --- checkpoints --------------------------------------------------------------------------
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -211,13 +211,13 @@ def save_cb3d(model: CB3D, path: str | os.PathLike, class_names: Sequence[str],
         raise ConfigError(f"{len(class_names)} class names for a {model.num_classes}-class model")
     weights_path, meta_path = checkpoint_paths(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(weights_path, save(state, metadata={"format": "cryoet-forge-cb3d"}))
+    atomic_write_bytes(weights_path, save(state, metadata={"format": "cryoet-forge-cb3d"}))
     config = asdict(model.config)
     config["channels"] = list(config["channels"])
     config["convs_per_block"] = list(config["convs_per_block"])
     metadata = {"format_version": FORMAT_VERSION, "model": "cb3d", "config": config,
                 "class_names": list(class_names), "normalize": normalize, **(extra or {})}
-    _atomic_write_bytes(meta_path, (json.dumps(metadata, indent=2) + "\n").encode())
+    atomic_write_bytes(meta_path, (json.dumps(metadata, indent=2) + "\n").encode())
     return weights_path
 
 

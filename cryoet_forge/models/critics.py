@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from cryoet_forge.errors import InputError
+
 
 def _norm(channels: int) -> nn.Module:
     return nn.InstanceNorm3d(channels, affine=False, track_running_stats=False)
@@ -48,14 +50,15 @@ class _PatchCritic(nn.Module):
         self.n_layers = n_layers
 
     def min_input_size(self) -> int:
-        size = 4  # the final 4^3 conv with padding 1 needs at least 3 voxels in
+        # a 4^3 conv with padding 1 maps S -> S - 1 (stride 1) or floor(S / 2) (stride 2)
+        size = 2  # the final conv must see >= 2 voxels to give one score
         for _ in range(self.n_layers):
-            size = (size - 1) * self.stride + 2
+            size = size + 1 if self.stride == 1 else 2 * size
         return size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[-1] < self.min_input_size():
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} expects (B, C, S, S, S) with S >= {self.min_input_size()}, "
                 f"got {tuple(x.shape)}"
             )

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cryoet_forge.errors import ConfigError, InputError
+
 
 def _norm(channels: int) -> nn.Module:
     # CycleGAN's instance norm: no affine parameters, no running statistics
@@ -101,9 +103,9 @@ class CryoETGANGenerator(nn.Module):
                  padding_mode: str = "reflect"):
         super().__init__()
         if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+            raise ConfigError(f"cryoetgan padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"cryoetgan dropout must be in [0, 1), got {dropout}")
         self.noise = bool(noise)
         self.dropout = float(dropout)
         self.stem = ConvNormReLU(in_channels, base, 7, 1, padding_mode)
@@ -126,7 +128,7 @@ class CryoETGANGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 5 or len(set(x.shape[-3:])) != 1 or x.shape[-1] < self.min_size:
-            raise ValueError(
+            raise InputError(
                 f"cryoetgan expects a cubic batch (B, C, S, S, S) with S >= {self.min_size}, "
                 f"got {tuple(x.shape)}"
             )

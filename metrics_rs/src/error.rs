@@ -13,6 +13,12 @@ pub enum MetricsError {
     /// k is out of range for the number of rows.
     #[error("k must satisfy 1 <= k < N (k={k}, N={n}): each row needs k neighbours other than itself")]
     InvalidK { k: usize, n: usize },
+    /// Any other argument outside its valid range.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The caller asked the computation to stop (e.g. Ctrl-C).
+    #[error("computation cancelled")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, MetricsError>;

@@ -1,155 +1,254 @@
-//! Exact k-th-nearest-neighbour distances, computed blockwise.
+//! Exact k-th-nearest-neighbour distances (radii), computed blockwise.
 //!
-//! Memory stays bounded by the input plus one block of distances per worker: no N x N
-//! matrix is ever formed. Row blocks are processed in parallel with rayon.
+//! Each worker streams tiles of the upper triangle of the distance matrix through a
+//! float32 GEMM and keeps, per row, a short sorted list of the smallest approximate
+//! distances (a streaming top-k). The error bound of `tiles` says which candidates could
+//! still be the k-th; those are recomputed exactly in float64. A row whose candidate list
+//! overflowed (many near-ties) is recomputed exactly against all rows. No N x N matrix is
+//! ever formed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
 use crate::error::{MetricsError, Result};
+use crate::progress::Progress;
+use crate::tiles::{
+    block_rows, choose_centre, dist32, exact_sq, gemm_sq_norms, run_tiles, tile_gram, triangle_tiles,
+    Features, Margin, MAX_GEMM_SQ_NORM,
+};
 
-/// Rows per block; a block of squared distances is `ROW_BLOCK * COL_BLOCK` f64 values.
-const ROW_BLOCK: usize = 64;
-const COL_BLOCK: usize = 256;
+pub use crate::tiles::check_finite;
 
-/// Fail on the first NaN or infinite value of an `n x d` row-major matrix.
-pub fn check_finite(name: &'static str, data: &[f32], d: usize) -> Result<()> {
-    if d == 0 {
-        return Ok(());
-    }
-    match data.iter().position(|v| !v.is_finite()) {
-        Some(pos) => Err(MetricsError::NonFinite { name, row: pos / d, col: pos % d }),
-        None => Ok(()),
-    }
+/// Radii plus how much exact recomputation the error bound asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Radii {
+    /// float32 distance (prdc's convention, see `tiles::dist32`) to the k-th nearest other row.
+    pub radii: Vec<f32>,
+    /// candidate pairs recomputed exactly in float64
+    pub exact_pairs: u64,
+    /// rows recomputed exactly against every other row
+    pub exact_rows: u64,
 }
 
-fn check_shape(name: &str, data: &[f32], n: usize, d: usize) -> Result<()> {
-    if n == 0 || d == 0 {
-        return Err(MetricsError::Shape(format!(
-            "{name} must be a non-empty (N, D) matrix, got ({n}, {d})"
-        )));
-    }
-    if data.len() != n * d {
-        return Err(MetricsError::Shape(format!(
-            "{name} has {} values, expected N*D = {n}*{d} = {}",
-            data.len(),
-            n * d
-        )));
-    }
-    Ok(())
+/// The `cap` smallest approximate distances seen per row, sorted ascending, with indices.
+struct Candidates {
+    cap: usize,
+    len: Vec<u16>,
+    vals: Vec<f64>,
+    idx: Vec<u32>,
 }
 
-/// Keeps the `k` smallest values seen, sorted ascending.
-struct SmallestK {
-    values: Vec<f64>,
-    k: usize,
-}
-
-impl SmallestK {
-    fn new(k: usize) -> Self {
-        Self { values: Vec::with_capacity(k + 1), k }
+impl Candidates {
+    fn new(n: usize, cap: usize) -> Self {
+        Self { cap, len: vec![0; n], vals: vec![f64::INFINITY; n * cap], idx: vec![0; n * cap] }
     }
 
     #[inline]
-    fn push(&mut self, v: f64) {
-        if self.values.len() == self.k {
-            if v >= self.values[self.k - 1] {
-                return;
-            }
-            self.values.pop();
+    fn push(&mut self, row: usize, v: f64, j: u32) {
+        let cap = self.cap;
+        let base = row * cap;
+        let len = self.len[row] as usize;
+        if len == cap && v.partial_cmp(&self.vals[base + cap - 1]) != Some(std::cmp::Ordering::Less) {
+            return;
         }
-        let at = self.values.partition_point(|&x| x <= v);
-        self.values.insert(at, v);
+        let vals = &mut self.vals[base..base + cap];
+        let idx = &mut self.idx[base..base + cap];
+        let mut at = len.min(cap - 1);
+        while at > 0 && vals[at - 1] > v {
+            vals[at] = vals[at - 1];
+            idx[at] = idx[at - 1];
+            at -= 1;
+        }
+        vals[at] = v;
+        idx[at] = j;
+        if len < cap {
+            self.len[row] += 1;
+        }
     }
 
-    fn kth(&self) -> f64 {
-        self.values[self.k - 1]
+    #[inline]
+    fn row(&self, row: usize) -> (&[f64], &[u32]) {
+        let base = row * self.cap;
+        let len = self.len[row] as usize;
+        (&self.vals[base..base + len], &self.idx[base..base + len])
     }
 }
 
-#[inline]
-fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
-    // f64 accumulation of exact f32 differences: no cancellation from the norm trick.
-    let mut acc = [0.0f64; 4];
-    let chunks = a.len() / 4;
-    for c in 0..chunks {
-        for l in 0..4 {
-            let diff = (a[4 * c + l] - b[4 * c + l]) as f64;
-            acc[l] += diff * diff;
-        }
-    }
-    let mut sum = acc[0] + acc[1] + acc[2] + acc[3];
-    for i in 4 * chunks..a.len() {
-        let diff = (a[i] - b[i]) as f64;
-        sum += diff * diff;
-    }
-    sum
+/// Exact k-th smallest squared distance from row `i` to every other row (the slow route).
+fn brute_force_row(f: &Features, i: usize, k: usize) -> f64 {
+    let x = f.row(i);
+    let mut ds: Vec<f64> = (0..f.n).filter(|&j| j != i).map(|j| exact_sq(x, f.row(j))).collect();
+    let (_, kth, _) = ds.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+    *kth
 }
 
 /// Distance from every row of `data` (`n x d`, row-major) to its `k`-th nearest other row.
 ///
 /// The row itself is not counted, but duplicates of it are (at distance 0), which is what
-/// `prdc`'s `np.partition(distances, k)[:, k]` gives. Requires `1 <= k < n`.
+/// `prdc`'s `(k+1)`-th smallest entry of the distance matrix (diagonal zero) gives. Distances
+/// are computed exactly and reported as `prdc` rounds them (`tiles::dist32`). Requires `1 <= k < n`.
 pub fn kth_neighbour_distances(data: &[f32], n: usize, d: usize, k: usize) -> Result<Vec<f32>> {
-    check_shape("features", data, n, d)?;
+    if n > 0 && d > 0 && data.len() == n * d && (k == 0 || k >= n) {
+        return Err(MetricsError::InvalidK { k, n });
+    }
+    let f = Features::new("features", data, n, d)?;
+    let centre = choose_centre(&[f]);
+    Ok(radii(&f, k, centre.as_deref(), None)?.radii)
+}
+
+/// Radii of `f` with the GEMM run on rows shifted by `centre` (see `tiles::choose_centre`).
+pub fn radii(f: &Features, k: usize, centre: Option<&[f32]>, progress: Option<&Progress>) -> Result<Radii> {
+    let n = f.n;
     if k == 0 || k >= n {
         return Err(MetricsError::InvalidK { k, n });
     }
-    check_finite("features", data, d)?;
-
-    let mut radii = vec![0.0f32; n];
-    radii
-        .par_chunks_mut(ROW_BLOCK)
-        .enumerate()
-        .for_each(|(block, out)| {
-            let row0 = block * ROW_BLOCK;
-            let mut best: Vec<SmallestK> = (0..out.len()).map(|_| SmallestK::new(k)).collect();
-            for col0 in (0..n).step_by(COL_BLOCK) {
-                let col1 = (col0 + COL_BLOCK).min(n);
-                for (r, heap) in best.iter_mut().enumerate() {
-                    let i = row0 + r;
-                    let a = &data[i * d..(i + 1) * d];
-                    for j in col0..col1 {
-                        if j != i {
-                            heap.push(squared_distance(a, &data[j * d..(j + 1) * d]));
-                        }
-                    }
+    let norms = gemm_sq_norms(f, centre);
+    let max_norm = norms.iter().cloned().fold(0.0f64, f64::max);
+    let margin = match Margin::for_dim(f.d) {
+        Some(m) if max_norm <= MAX_GEMM_SQ_NORM => m,
+        _ => {
+            // no useful float32 bound: every row exactly (slow, but correct)
+            let radii = (0..n).into_par_iter().map(|i| dist32(brute_force_row(f, i, k))).collect();
+            return Ok(Radii { radii, exact_pairs: 0, exact_rows: n as u64 });
+        }
+    };
+    let cap = (2 * k + 16).min(n - 1).max(k);
+    let tiles = triangle_tiles(n);
+    if let Some(p) = progress {
+        p.ensure_total(tiles.len() as u64);
+    }
+    let states = run_tiles(
+        &tiles,
+        progress,
+        || Candidates::new(n, cap),
+        |cand, s, bi, bj| {
+            let (i0, i1) = block_rows(bi, n);
+            let (j0, j1) = block_rows(bj, n);
+            let (na, nb) = (i1 - i0, j1 - j0);
+            tile_gram(s, f, (i0, i1), f, (j0, j1), centre, bi == bj);
+            for r in 0..na {
+                let i = i0 + r;
+                let ni = norms[i];
+                let first = if bi == bj { r + 1 } else { 0 };
+                let grow = &s.g[r * nb..(r + 1) * nb];
+                for (c, &g) in grow.iter().enumerate().skip(first) {
+                    let j = j0 + c;
+                    let a = ni + norms[j] - 2.0 * g as f64;
+                    cand.push(i, a, j as u32);
+                    cand.push(j, a, i as u32);
                 }
             }
-            for (slot, heap) in out.iter_mut().zip(&best) {
-                *slot = heap.kth().sqrt() as f32;
+        },
+    )?;
+
+    let exact_pairs = AtomicU64::new(0);
+    let exact_rows = AtomicU64::new(0);
+    let radii = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut all: Vec<(f64, u32)> = Vec::with_capacity(states.len() * cap);
+            for st in &states {
+                let (v, ix) = st.row(i);
+                all.extend(v.iter().cloned().zip(ix.iter().cloned()));
             }
-        });
-    Ok(radii)
+            all.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+            // all k nearest (exact) have approx <= a_k + 2 * max margin of this row
+            let bound = all[k - 1].0 + 2.0 * margin.of(norms[i] + max_norm);
+            let overflowed = states.iter().any(|st| {
+                let (v, _) = st.row(i);
+                v.len() == cap && v[cap - 1] <= bound
+            });
+            let kth = if overflowed {
+                exact_rows.fetch_add(1, Ordering::Relaxed);
+                brute_force_row(f, i, k)
+            } else {
+                let x = f.row(i);
+                let mut exact: Vec<f64> = all
+                    .iter()
+                    .take_while(|(v, _)| *v <= bound)
+                    .map(|&(_, j)| exact_sq(x, f.row(j as usize)))
+                    .collect();
+                exact_pairs.fetch_add(exact.len() as u64, Ordering::Relaxed);
+                let (_, kth, _) = exact.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+                *kth
+            };
+            dist32(kth)
+        })
+        .collect();
+    Ok(Radii {
+        radii,
+        exact_pairs: exact_pairs.into_inner(),
+        exact_rows: exact_rows.into_inner(),
+    })
+}
+
+/// Exact radii from candidate lists (e.g. an approximate search's neighbours).
+///
+/// `candidates` is row-major (n x c) with row indices of `data` (-1 = none; the row itself
+/// and repeats are skipped). The k-th smallest exact distance among the candidates is
+/// returned; it is the true radius whenever the true k nearest are among them.
+pub fn radii_from_candidates(
+    data: &[f32],
+    n: usize,
+    d: usize,
+    candidates: &[i64],
+    c: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    let f = Features::new("features", data, n, d)?;
+    if k == 0 || k >= n {
+        return Err(MetricsError::InvalidK { k, n });
+    }
+    if candidates.len() != n * c {
+        return Err(MetricsError::Shape(format!("candidates must be ({n}, C), got {} values", candidates.len())));
+    }
+    (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut ids: Vec<usize> = candidates[i * c..(i + 1) * c]
+                .iter()
+                .filter(|&&j| j >= 0 && (j as usize) < n && j as usize != i)
+                .map(|&j| j as usize)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() < k {
+                return Err(MetricsError::InvalidArgument(format!(
+                    "row {i} has {} candidate neighbours, fewer than k={k}",
+                    ids.len()
+                )));
+            }
+            let x = f.row(i);
+            let mut ds: Vec<f64> = ids.iter().map(|&j| exact_sq(x, f.row(j))).collect();
+            let (_, kth, _) = ds.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+            Ok(dist32(*kth))
+        })
+        .collect()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ndarray::Array2;
 
-    /// Reference: all pairwise distances, sort, take the k-th other row.
-    fn brute_force(x: &Array2<f32>, k: usize) -> Vec<f32> {
+    /// Reference: all pairwise distances exactly, sort, take the k-th other row.
+    pub fn brute_force(x: &Array2<f32>, k: usize) -> Vec<f32> {
         let n = x.nrows();
         (0..n)
             .map(|i| {
                 let mut ds: Vec<f64> = (0..n)
                     .filter(|&j| j != i)
-                    .map(|j| {
-                        x.row(i)
-                            .iter()
-                            .zip(x.row(j).iter())
-                            .map(|(a, b)| ((a - b) as f64).powi(2))
-                            .sum::<f64>()
-                    })
+                    .map(|j| exact_sq(x.row(i).as_slice().unwrap(), x.row(j).as_slice().unwrap()))
                     .collect();
                 ds.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                ds[k - 1].sqrt() as f32
+                dist32(ds[k - 1])
             })
             .collect()
     }
 
     /// Small deterministic generator so the crate needs no rand dependency.
-    fn lcg_matrix(n: usize, d: usize, seed: u64) -> Array2<f32> {
+    pub fn lcg_matrix(n: usize, d: usize, seed: u64) -> Array2<f32> {
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         Array2::from_shape_fn((n, d), |_| {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -159,11 +258,44 @@ mod tests {
 
     #[test]
     fn matches_brute_force_across_sizes() {
-        for &(n, d, k) in &[(5, 1, 1), (17, 3, 4), (300, 8, 5), (700, 33, 10)] {
+        // 1100 rows span three tiles, so off-diagonal and ragged tiles are exercised
+        for &(n, d, k) in &[(5, 1, 1), (17, 3, 4), (300, 8, 5), (700, 33, 10), (1100, 20, 3)] {
             let x = lcg_matrix(n, d, (n * d + k) as u64);
             let got = kth_neighbour_distances(x.as_slice().unwrap(), n, d, k).unwrap();
             assert_eq!(got, brute_force(&x, k), "n={n} d={d} k={k}");
         }
+    }
+
+    #[test]
+    fn offset_data_is_still_exact() {
+        // a large common offset: centring keeps the error bound tight
+        let mut x = lcg_matrix(600, 16, 9);
+        x.mapv_inplace(|v| v + 1000.0);
+        let got = kth_neighbour_distances(x.as_slice().unwrap(), 600, 16, 5).unwrap();
+        assert_eq!(got, brute_force(&x, 5));
+    }
+
+    #[test]
+    fn many_ties_overflow_to_the_exact_route() {
+        // 40 copies of each of 20 points: candidate lists overflow with equal distances
+        let base = lcg_matrix(20, 4, 3);
+        let x = Array2::from_shape_fn((800, 4), |(i, c)| base[[i % 20, c]]);
+        for k in [1, 39, 40, 41] {
+            let got = kth_neighbour_distances(x.as_slice().unwrap(), 800, 4, k).unwrap();
+            assert_eq!(got, brute_force(&x, k), "k={k}");
+        }
+        let got = kth_neighbour_distances(x.as_slice().unwrap(), 800, 4, 39).unwrap();
+        assert!(got.iter().all(|&r| r == 0.0));
+    }
+
+    #[test]
+    fn radii_from_full_candidate_lists_equal_the_kernel() {
+        let x = lcg_matrix(50, 6, 5);
+        let cand: Vec<i64> = (0..50).flat_map(|_| (0..50).map(|j| j as i64)).collect();
+        let got = radii_from_candidates(x.as_slice().unwrap(), 50, 6, &cand, 50, 4).unwrap();
+        assert_eq!(got, brute_force(&x, 4));
+        let few: Vec<i64> = (0..50).flat_map(|i| [i as i64, -1]).collect();
+        assert!(radii_from_candidates(x.as_slice().unwrap(), 50, 6, &few, 2, 1).is_err());
     }
 
     #[test]

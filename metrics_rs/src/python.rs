@@ -1,19 +1,31 @@
-//! Thin pyo3 layer: converts arrays, releases the GIL around the work, maps errors.
+//! Thin pyo3 layer: converts arrays, releases the GIL around the work, maps errors,
+//! and relays progress (and Ctrl-C) between the running kernel and Python.
 
-use numpy::{PyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods, IntoPyArray};
-use pyo3::exceptions::PyValueError;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::error::MetricsError;
+use crate::progress::Progress;
 
 impl From<MetricsError> for PyErr {
     fn from(err: MetricsError) -> PyErr {
-        PyValueError::new_err(err.to_string())
+        match err {
+            MetricsError::Cancelled => PyKeyboardInterrupt::new_err("computation cancelled"),
+            other => PyValueError::new_err(other.to_string()),
+        }
     }
 }
 
-/// Borrow a C-contiguous float32 (N, D) array as a slice, or explain what was expected.
-fn as_matrix<'a>(name: &str, x: &'a PyReadonlyArrayDyn<'_, f32>) -> PyResult<(&'a [f32], usize, usize)> {
+/// Borrow a C-contiguous (N, D) array as a slice, or explain what was expected.
+fn as_matrix<'a, T: numpy::Element>(
+    name: &str,
+    x: &'a PyReadonlyArrayDyn<'_, T>,
+) -> PyResult<(&'a [T], usize, usize)> {
     let shape = x.shape();
     if shape.len() != 2 {
         return Err(PyValueError::new_err(format!(
@@ -26,6 +38,53 @@ fn as_matrix<'a>(name: &str, x: &'a PyReadonlyArrayDyn<'_, f32>) -> PyResult<(&'
         .as_slice()
         .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))?;
     Ok((slice, shape[0], shape[1]))
+}
+
+/// Run `work` without the GIL on a helper thread; meanwhile, every 100 ms, call
+/// `callback(done, total)` (if given) and check for Ctrl-C, which cancels the work.
+fn run_detached<T: Send>(
+    py: Python<'_>,
+    callback: Option<Py<PyAny>>,
+    work: impl FnOnce(&Progress) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let progress = Progress::new();
+    let mut py_error: Option<PyErr> = None;
+    let result = py.detach(|| {
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(|| work(&progress));
+            while !handle.is_finished() {
+                std::thread::sleep(Duration::from_millis(100));
+                if handle.is_finished() || py_error.is_some() {
+                    continue;
+                }
+                let err = Python::attach(|py| -> Option<PyErr> {
+                    if let Err(e) = py.check_signals() {
+                        return Some(e);
+                    }
+                    if let Some(cb) = &callback {
+                        let (done, total) = progress.snapshot();
+                        if let Err(e) = cb.bind(py).call1((done, total)) {
+                            return Some(e);
+                        }
+                    }
+                    None
+                });
+                if let Some(e) = err {
+                    progress.cancel.store(true, Ordering::Relaxed);
+                    py_error = Some(e);
+                }
+            }
+            handle.join().expect("metrics worker thread panicked")
+        })
+    });
+    if let Some(e) = py_error {
+        return Err(e);
+    }
+    if let Some(cb) = &callback {
+        let (done, total) = progress.snapshot();
+        cb.bind(py).call1((done, total))?;
+    }
+    Ok(result?)
 }
 
 /// Distance from each row of `x` to its k-th nearest other row (exact, blockwise).
@@ -41,9 +100,102 @@ fn kth_neighbour_distances<'py>(
     Ok(radii.into_pyarray(py))
 }
 
+/// Exact PRDC counts and radii of `real` (N, D) and `fake` (M, D).
+#[pyfunction]
+#[pyo3(signature = (real, fake, k, inclusive=false, progress=None))]
+fn prdc_counts<'py>(
+    py: Python<'py>,
+    real: PyReadonlyArrayDyn<'py, f32>,
+    fake: PyReadonlyArrayDyn<'py, f32>,
+    k: usize,
+    inclusive: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (xr, n, d) = as_matrix("real", &real)?;
+    let (yf, m, df) = as_matrix("fake", &fake)?;
+    let c = run_detached(py, progress, |p| {
+        crate::prdc::prdc_counts(xr, n, d, yf, m, df, k, inclusive, Some(p))
+    })?;
+    let out = PyDict::new(py);
+    out.set_item("n_real", c.n_real)?;
+    out.set_item("n_fake", c.n_fake)?;
+    out.set_item("k", c.k)?;
+    out.set_item("precision_count", c.precision_count)?;
+    out.set_item("recall_count", c.recall_count)?;
+    out.set_item("density_count", c.density_count)?;
+    out.set_item("coverage_count", c.coverage_count)?;
+    out.set_item("exact_pairs", c.exact_pairs)?;
+    out.set_item("exact_rows", c.exact_rows)?;
+    out.set_item("real_radii", c.real_radii.into_pyarray(py))?;
+    out.set_item("fake_radii", c.fake_radii.into_pyarray(py))?;
+    Ok(out)
+}
+
+/// prdc's float32 distance of the row pairs (x[i[t]], y[j[t]]), computed exactly.
+#[pyfunction]
+#[pyo3(signature = (x, y, rows, cols))]
+fn pair_distances<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    y: PyReadonlyArrayDyn<'py, f32>,
+    rows: PyReadonlyArrayDyn<'py, i64>,
+    cols: PyReadonlyArrayDyn<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (xs, n, d) = as_matrix("x", &x)?;
+    let (ys, m, dy) = as_matrix("y", &y)?;
+    if d != dy {
+        return Err(PyValueError::new_err(format!("x and y must have the same D, got {d} and {dy}")));
+    }
+    let rows = rows.as_slice().map_err(|_| PyValueError::new_err("rows must be contiguous"))?;
+    let cols = cols.as_slice().map_err(|_| PyValueError::new_err("cols must be contiguous"))?;
+    if rows.len() != cols.len() {
+        return Err(PyValueError::new_err("rows and cols must have the same length"));
+    }
+    if let Some(bad) = rows.iter().find(|&&i| i < 0 || i as usize >= n) {
+        return Err(PyValueError::new_err(format!("row index {bad} out of range for {n} rows")));
+    }
+    if let Some(bad) = cols.iter().find(|&&j| j < 0 || j as usize >= m) {
+        return Err(PyValueError::new_err(format!("column index {bad} out of range for {m} rows")));
+    }
+    let out = py.detach(|| crate::tiles::pair_distances(xs, ys, d, rows, cols));
+    Ok(out.into_pyarray(py))
+}
+
+/// Exact radii from candidate neighbour lists: `candidates` (N, C) holds indices of rows
+/// of `x` (any order, -1 for none, the row itself allowed); the k-th smallest exact
+/// distance to another candidate row is returned, prdc-rounded.
+#[pyfunction]
+#[pyo3(signature = (x, candidates, k))]
+fn radii_from_candidates<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    candidates: PyReadonlyArrayDyn<'py, i64>,
+    k: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (xs, n, d) = as_matrix("x", &x)?;
+    let (cand, cn, cc) = as_matrix("candidates", &candidates)?;
+    if cn != n {
+        return Err(PyValueError::new_err(format!("candidates must have {n} rows, got {cn}")));
+    }
+    let out = py.detach(|| crate::knn::radii_from_candidates(xs, n, d, cand, cc, k))?;
+    Ok(out.into_pyarray(py))
+}
+
+/// Inception Score (mean, std) of class probabilities `probs` (N, C) over `splits` groups.
+#[pyfunction]
+#[pyo3(signature = (probs, splits=10))]
+fn inception_score(py: Python<'_>, probs: PyReadonlyArrayDyn<'_, f64>, splits: usize) -> PyResult<(f64, f64)> {
+    let (p, n, c) = as_matrix("probs", &probs)?;
+    Ok(py.detach(|| crate::inception::inception_score(p, n, c, splits))?)
+}
+
 #[pymodule]
 fn _metrics_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(kth_neighbour_distances, m)?)?;
+    m.add_function(wrap_pyfunction!(prdc_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(pair_distances, m)?)?;
+    m.add_function(wrap_pyfunction!(radii_from_candidates, m)?)?;
+    m.add_function(wrap_pyfunction!(inception_score, m)?)?;
     Ok(())
 }

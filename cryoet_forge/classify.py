@@ -1,0 +1,347 @@
+"""Subtomogram classification with CB3D: load labelled sets, train, evaluate, extract features.
+
+Everything works on in-memory ``LabelledVolumes`` (volumes + 0-based labels + class names +
+voxel size), so the evaluation pipeline can feed simulated or generated arrays directly and
+``forge classify`` can feed labelled folders (MRC + STAR, the "volume-folder" dataset).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.models.cb3d import (
+    CB3D,
+    NORMALIZATIONS,
+    as_volume_batch,
+    normalize_volumes,
+    run_inference,
+)
+
+#: voxel sizes closer than this (relative) count as equal
+VOXEL_SIZE_RTOL = 1e-3
+
+
+@dataclass
+class LabelledVolumes:
+    """A labelled set of cubic volumes held in memory."""
+
+    volumes: np.ndarray  # (N, S, S, S) float32
+    labels: np.ndarray  # (N,) int64, 0-based indices into class_names
+    class_names: list[str]
+    voxel_size: float
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self.volumes = np.asarray(self.volumes, dtype=np.float32)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.class_names = [str(c) for c in self.class_names]
+        if self.volumes.ndim != 4 or len(set(self.volumes.shape[1:])) != 1:
+            raise InputError(f"{self.source}: expected cubic volumes (N, S, S, S), got {self.volumes.shape}")
+        if self.labels.shape != (self.volumes.shape[0],):
+            raise InputError(
+                f"{self.source}: {self.labels.shape[0] if self.labels.ndim else 0} labels for "
+                f"{self.volumes.shape[0]} volumes"
+            )
+        if len(set(self.class_names)) != len(self.class_names):
+            raise InputError(f"{self.source}: duplicate class names {self.class_names}")
+        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise InputError(
+                f"{self.source}: labels must be in 0..{len(self.class_names) - 1}, got "
+                f"{int(self.labels.min())}..{int(self.labels.max())}"
+            )
+        if not self.voxel_size or self.voxel_size <= 0:
+            raise InputError(f"{self.source}: voxel size must be > 0 Angstrom, got {self.voxel_size}")
+
+    def __len__(self) -> int:
+        return int(self.volumes.shape[0])
+
+    @property
+    def box(self) -> int:
+        return int(self.volumes.shape[1])
+
+    def present_classes(self) -> list[str]:
+        return [self.class_names[i] for i in sorted(set(self.labels.tolist()))]
+
+    def subset(self, index: np.ndarray) -> "LabelledVolumes":
+        return LabelledVolumes(self.volumes[index], self.labels[index], self.class_names,
+                               self.voxel_size, self.source)
+
+    def relabelled(self, class_names: Sequence[str]) -> "LabelledVolumes":
+        """The same set with labels re-indexed into ``class_names`` (which must contain every present class)."""
+        lookup = {name: i for i, name in enumerate(class_names)}
+        missing = [c for c in self.present_classes() if c not in lookup]
+        if missing:
+            raise InputError(
+                f"{self.source}: class(es) {', '.join(missing)} not among the expected classes "
+                f"{', '.join(class_names)}"
+            )
+        mapping = np.array([lookup.get(name, -1) for name in self.class_names], dtype=np.int64)
+        return LabelledVolumes(self.volumes, mapping[self.labels], list(class_names),
+                               self.voxel_size, self.source)
+
+
+# --- loading labelled folders ---------------------------------------------------------------
+
+def _star_path(root: Path) -> Path | None:
+    if root.is_file():
+        return root if root.suffix == ".star" else None
+    stars = sorted(root.glob("*.star"))
+    return stars[0] if len(stars) == 1 else None
+
+
+def _check_star_labels(star: Path) -> None:
+    """Labels must be present and consistent: every class number maps to one class name and back."""
+    from cryoet_forge.io.star import read_particles
+
+    table = read_particles(star)
+    missing = [c for c in ("rlnImageName", "rlnClassNumber", "forgeClassName") if c not in table.columns]
+    if missing:
+        raise InputError(f"{star}: labels missing, STAR table has no column(s) {', '.join(missing)}")
+    if table["rlnClassNumber"].isna().any() or table["forgeClassName"].isna().any():
+        raise InputError(f"{star}: labels missing, some rows have an empty class number or name")
+    pairs = table[["rlnClassNumber", "forgeClassName"]].drop_duplicates()
+    for column, other in (("rlnClassNumber", "forgeClassName"), ("forgeClassName", "rlnClassNumber")):
+        counts = pairs.groupby(column)[other].nunique()
+        clash = counts[counts > 1]
+        if len(clash):
+            value = clash.index[0]
+            seen = sorted(str(v) for v in pairs.loc[pairs[column] == value, other])
+            raise InputError(
+                f"{star}: labels do not match, {column} {value} appears with {other} {', '.join(seen)}"
+            )
+
+
+def load_labelled(root: str | Path) -> LabelledVolumes:
+    """Read a labelled folder (STAR file, or a folder holding exactly one) into memory, unnormalised."""
+    from cryoet_forge import registry
+
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: no such file or folder")
+    star = _star_path(root)
+    if star is None:
+        raise InputError(
+            f"{root}: labels missing, expected a STAR file (or a folder with exactly one *.star) "
+            "listing rlnImageName, rlnClassNumber and forgeClassName"
+        )
+    _check_star_labels(star)
+    dataset = registry.create("dataset", "volume-folder", root=str(star), normalize="none")
+    if len(dataset) == 0:
+        raise InputError(f"{star}: the STAR table lists no particles")
+    volumes, labels = [], []
+    box = None
+    for i in range(len(dataset)):
+        item = dataset[i]
+        volume = item["volume"]
+        volume = volume.numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+        volume = volume.reshape(volume.shape[-3:]) if volume.ndim == 4 else volume
+        if box is None:
+            box = volume.shape
+        elif volume.shape != box:
+            raise InputError(
+                f"{star}: volumes of mixed sizes, particle {i + 1} is {volume.shape} but the first is {box}"
+            )
+        volumes.append(volume.astype(np.float32, copy=False))
+        labels.append(int(item["label"]))
+    return LabelledVolumes(np.stack(volumes), np.asarray(labels), list(dataset.class_names),
+                           float(dataset.voxel_size), str(star))
+
+
+def check_splits(train: LabelledVolumes, test: LabelledVolumes) -> list[str]:
+    """Two splits must share box, voxel size and the set of present classes; returns the class list."""
+    if train.box != test.box:
+        raise InputError(
+            f"volumes of mixed sizes: {train.source} has {train.box}^3 voxels, {test.source} has {test.box}^3"
+        )
+    if not math.isclose(train.voxel_size, test.voxel_size, rel_tol=VOXEL_SIZE_RTOL):
+        raise InputError(
+            f"volumes of mixed voxel sizes: {train.source} has {train.voxel_size:g} A, "
+            f"{test.source} has {test.voxel_size:g} A"
+        )
+    train_classes, test_classes = train.present_classes(), test.present_classes()
+    only_train = [c for c in train_classes if c not in test_classes]
+    only_test = [c for c in test_classes if c not in train_classes]
+    if only_train or only_test:
+        parts = []
+        if only_train:
+            parts.append(f"{', '.join(only_train)} only in {train.source}")
+        if only_test:
+            parts.append(f"{', '.join(only_test)} only in {test.source}")
+        raise InputError(f"classes present in one split only: {'; '.join(parts)}")
+    return train_classes
+
+
+# --- training ----------------------------------------------------------------------------------
+
+@dataclass
+class ClassifierOptions:
+    """How a CB3D classifier is built and trained."""
+
+    channels: tuple[int, ...] = (64, 128, 256, 512)
+    convs_per_block: tuple[int, ...] = (1, 1, 2, 2)
+    fc_width: int = 4096
+    dropout: float = 0.5
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    normalize: str = "zscore"
+    augment: bool = True  # random axis flips; they keep a missing wedge about y where it is
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.convs_per_block = tuple(int(c) for c in self.convs_per_block)
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError(f"normalize {self.normalize!r}; choose from: {', '.join(NORMALIZATIONS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(
+                f"classifier needs epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, "
+                f"{self.batch_size}, {self.lr}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        d["convs_per_block"] = list(self.convs_per_block)
+        return d
+
+
+@dataclass
+class TrainHistory:
+    loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_cb3d(options: ClassifierOptions, num_classes: int, box: int, seed: int) -> CB3D:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CB3D(num_classes=num_classes, box=box, channels=options.channels,
+                    convs_per_block=options.convs_per_block, fc_width=options.fc_width,
+                    dropout=options.dropout)
+
+
+def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
+               progress: Callable[[int, float, float], None] | None = None) -> tuple[CB3D, TrainHistory]:
+    """Train a fresh CB3D on ``data``; deterministic for a given seed on CPU."""
+    if len(data) < 2:
+        raise InputError(f"{data.source}: need at least 2 volumes to train a classifier, got {len(data)}")
+    if len(data.present_classes()) < 2:
+        raise InputError(f"{data.source}: need at least 2 classes to train a classifier, "
+                         f"got only {', '.join(data.present_classes())}")
+    device = torch.device(options.device)
+    model = build_cb3d(options, len(data.class_names), data.box, seed).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
+    loss_fn = nn.CrossEntropyLoss()
+    volumes = normalize_volumes(as_volume_batch(data.volumes), options.normalize)
+    labels = torch.as_tensor(data.labels)
+    generator = torch.Generator().manual_seed(seed)
+    history = TrainHistory()
+    start = time.perf_counter()
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)  # dropout draws
+        for epoch in range(options.epochs):
+            order = torch.randperm(len(data), generator=generator)
+            total, correct, loss_sum = 0, 0, 0.0
+            for begin in range(0, len(order), options.batch_size):
+                index = order[begin:begin + options.batch_size]
+                if len(index) < 2 and len(order) > 1:
+                    continue  # a lone sample gives BatchNorm nothing to normalise over
+                x = volumes[index]
+                if options.augment:
+                    flips = torch.rand(3, generator=generator) < 0.5
+                    dims = [2 + d for d in range(3) if flips[d]]
+                    if dims:
+                        x = torch.flip(x, dims)
+                x, y = x.to(device), labels[index].to(device)
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(index)
+                correct += int((logits.argmax(1) == y).sum())
+                total += len(index)
+            scheduler.step()
+            history.loss.append(loss_sum / max(total, 1))
+            history.train_accuracy.append(correct / max(total, 1))
+            if progress is not None:
+                progress(epoch + 1, history.loss[-1], history.train_accuracy[-1])
+    history.seconds = time.perf_counter() - start
+    model.eval()
+    return model, history
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+@dataclass
+class ClassificationResult:
+    """Scores of a classifier on a labelled set; ``confusion[i, j]`` counts true class i predicted as j."""
+
+    class_names: list[str]
+    accuracy: float
+    per_class_accuracy: dict[str, float | None]
+    confusion: np.ndarray
+    predictions: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+    features: np.ndarray
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "n": int(self.labels.shape[0]),
+            "accuracy": self.accuracy,
+            "per_class_accuracy": dict(self.per_class_accuracy),
+            "class_names": list(self.class_names),
+            "confusion": self.confusion.tolist(),
+        }
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> np.ndarray:
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def evaluate_cb3d(model: CB3D, data: LabelledVolumes, class_names: Sequence[str], normalize: str = "zscore",
+                  batch_size: int = 32, device: str = "cpu") -> ClassificationResult:
+    """Accuracy, per-class accuracy and confusion of ``model`` (whose outputs are ``class_names``) on ``data``."""
+    if len(class_names) != model.num_classes:
+        raise ConfigError(f"{len(class_names)} class names for a {model.num_classes}-class model")
+    if data.box != model.config.box:
+        raise InputError(
+            f"{data.source}: volumes are {data.box}^3 but the classifier was trained on {model.config.box}^3"
+        )
+    data = data.relabelled(class_names)
+    features, probabilities = run_inference(model, data.volumes, normalize, batch_size, device)
+    predictions = probabilities.argmax(axis=1)
+    confusion = confusion_matrix(data.labels, predictions, len(class_names))
+    per_class: dict[str, float | None] = {}
+    for i, name in enumerate(class_names):
+        n = int(confusion[i].sum())
+        per_class[name] = float(confusion[i, i] / n) if n else None
+    accuracy = float((predictions == data.labels).mean())
+    return ClassificationResult(list(class_names), accuracy, per_class, confusion, predictions,
+                                data.labels, probabilities, features)
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Atomic JSON write (sorted keys off, two-space indent, trailing newline)."""
+    from cryoet_forge.models.cb3d import atomic_write_bytes
+
+    path = Path(path)
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
+    return path

@@ -1,0 +1,263 @@
+"""Typed run configuration: loaded from TOML, overridable from the command line, saved with the run.
+
+A configuration file has the sections of ``TrainConfig`` (``[model]``, ``[loss]``,
+``[data]``, ``[data.density]``, ``[data.subtomograms]``, ``[optim]``, ``[train]``,
+``[log]``); every key is optional and defaults to the paper's setting where the paper
+gives one. A key that does not exist is an error naming it (a typo must not silently
+train with a default). ``*_options`` / ``options`` tables are passed as keyword options
+to the named component, which rejects options it does not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cryoet_forge.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    generator: str = "cryoetgan"
+    #: options of the D -> S generator (noise channel on for cryoetgan)
+    generator_options: dict = field(default_factory=dict)
+    #: options of the S -> D generator; cryoetgan gets ``noise = false`` unless set here
+    inverse_generator_options: dict = field(default_factory=dict)
+    critic: str = "sn-wgan"
+    critic_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    adversarial: str = "wgan-clip"
+    options: dict = field(default_factory=dict)
+    #: lambda of the cycle-consistency L1 term
+    cycle_weight: float = 10.0
+
+
+@dataclass
+class DomainConfig:
+    dataset: str = "simulated"
+    options: dict = field(default_factory=dict)
+
+
+def _default_density() -> DomainConfig:
+    return DomainConfig("simulated", {"simulator": "none", "box": 32, "seed": 1})
+
+
+def _default_subtomograms() -> DomainConfig:
+    return DomainConfig("simulated", {"simulator": "fourier", "box": 32, "seed": 2})
+
+
+@dataclass
+class DataConfig:
+    #: domain D: clean density maps
+    density: DomainConfig = field(default_factory=_default_density)
+    #: domain S: (experimental or simulated) subtomograms
+    subtomograms: DomainConfig = field(default_factory=_default_subtomograms)
+    #: std of the zero-mean Gaussian noise added to density maps during training (0 = off)
+    density_noise_std: float = 0.0
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "rmsprop"
+    lr: float = 5e-4
+    #: critic learning rate; 0 means the same as ``lr``
+    critic_lr: float = 0.0
+    betas: list = field(default_factory=lambda: [0.5, 0.999])
+    weight_decay: float = 0.0
+    #: fused (single-kernel) optimizer step where torch offers it (CUDA)
+    fused: bool = False
+
+
+@dataclass
+class TrainOptions:
+    steps: int = 1000
+    #: global batch size (split across processes under torchrun)
+    batch_size: int = 8
+    n_critic: int = 5
+    seed: int = 0
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    device: str = "auto"
+    deterministic: bool = False
+    tf32: bool = True
+
+
+@dataclass
+class LogConfig:
+    every: int = 10
+    image_every: int = 100
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation) or annotation
+    if dataclasses.is_dataclass(origin):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a table, got {value!r}")
+        return _build(origin, value, key)
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+    elif origin is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif origin is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif origin is str:
+        if isinstance(value, str):
+            return value
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    else:  # pragma: no cover - every field above has one of these types
+        return value
+    raise ConfigError(
+        f"config key {key!r} must be of type {getattr(origin, '__name__', origin)}, got {value!r}"
+    )
+
+
+def _build(cls: type, table: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            where = f"[{prefix}]" if prefix else "the top level"
+            raise ConfigError(f"unknown config key {dotted!r}; valid keys in {where}: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check values that have a fixed set of choices or a range; raise ConfigError."""
+    t = cfg.train
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision {t.precision!r}; choose from: {', '.join(PRECISIONS)}")
+    if cfg.optim.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name {cfg.optim.name!r}; choose from: {', '.join(OPTIMIZERS)}")
+    for key, value, low in (("train.steps", t.steps, 0), ("train.batch_size", t.batch_size, 1),
+                            ("train.n_critic", t.n_critic, 1), ("log.every", cfg.log.every, 1),
+                            ("log.image_every", cfg.log.image_every, 0),
+                            ("log.checkpoint_every", cfg.log.checkpoint_every, 0),
+                            ("log.keep_checkpoints", cfg.log.keep_checkpoints, 1),
+                            ("data.num_workers", cfg.data.num_workers, 0)):
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.data.density_noise_std < 0:
+        raise ConfigError(f"data.density_noise_std must be >= 0, got {cfg.data.density_noise_std}")
+    if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
+        raise ConfigError(f"train.device {t.device!r}; choose from: auto, cpu, cuda, cuda:N")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.steps=10"`` -> ``("train.steps", 10)``; the value is read as TOML, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if not key:
+        raise ConfigError(f"override {text!r} has no key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(table: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys (``{"train.steps": 10}``) in a nested dict, creating tables."""
+    for dotted, value in overrides.items():
+        node = table
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is not a table")
+            node = child
+        node[parts[-1]] = value
+    return table
+
+
+def config_from_dict(table: dict, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    table = apply_overrides(_deep_copy(table), dict(overrides or {}))
+    return validate(_build(TrainConfig, table))
+
+
+def _deep_copy(table: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in table.items()}
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a TOML file (or the defaults when ``path`` is None) and apply dotted overrides."""
+    table: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                table = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        return config_from_dict(table, overrides)
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write ``cfg`` as TOML atomically; ``load_config`` reads it back to an equal config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            tomli_w.dump(cfg.to_dict(), fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,143 @@
+"""Datasets read from disk: STAR-indexed MRC folders, plain MRC folders, class subfolders, bundles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from cryoet_forge.data.bundle import load_bundle
+from cryoet_forge.data.normalization import check_normalization, normalize_volume
+from cryoet_forge.errors import InputError
+from cryoet_forge.io.mrc import read_mrc
+from cryoet_forge.io.star import read_particles
+
+UNLABELLED = "unlabelled"
+
+
+class _VolumeListDataset(Dataset):
+    """Volumes given as files (read on access) or as an in-memory array, with labels."""
+
+    def __init__(self, files: list[Path] | None, volumes: np.ndarray | None, labels: list[int],
+                 class_names: list[str], voxel_size: float, normalize: str,
+                 table: pd.DataFrame | None, source: str):
+        self.files = files
+        self._volumes = volumes
+        self.labels = [int(label) for label in labels]
+        self.class_names = list(class_names)
+        self.voxel_size = float(voxel_size)
+        self.normalize = check_normalization(normalize)
+        self.table = table
+        self.source = source
+        if len(self.labels) == 0:
+            raise InputError(f"{source}: no volumes found")
+        first = self._raw(0)
+        if first.ndim != 3 or len(set(first.shape)) != 1:
+            raise InputError(f"{self._name(0)}: expected a cubic volume, got shape {first.shape}")
+        self.box = int(first.shape[0])
+
+    def _name(self, index: int) -> str:
+        return str(self.files[index]) if self.files is not None else f"{self.source}[{index}]"
+
+    def _raw(self, index: int) -> np.ndarray:
+        if self._volumes is not None:
+            return self._volumes[index]
+        volume, voxel = read_mrc(self.files[index])
+        if not np.isclose(voxel, self.voxel_size, rtol=1e-3):
+            raise InputError(f"{self.files[index]}: voxel size {voxel:g} A differs from the "
+                             f"dataset's {self.voxel_size:g} A")
+        return volume
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} volumes")
+        index = index % len(self)
+        raw = self._raw(index)
+        if raw.shape != (self.box,) * 3:
+            raise InputError(f"{self._name(index)}: shape {raw.shape} differs from the dataset's box {self.box}")
+        volume = normalize_volume(torch.from_numpy(np.array(raw, dtype=np.float32)), self.normalize)
+        label = self.labels[index]
+        return {"volume": volume.unsqueeze(0), "label": label,
+                "class_name": self.class_names[label], "index": index}
+
+    def parameters(self, index: int) -> dict[str, Any]:
+        """The table row (recorded simulation parameters) of volume ``index``, or {}."""
+        if self.table is None or self.table.empty:
+            return {}
+        return self.table.iloc[index].to_dict()
+
+
+def _class_names_from_table(df: pd.DataFrame) -> list[str]:
+    numbers = df["rlnClassNumber"].astype(int)
+    names = {}
+    for number, name in zip(numbers, df["forgeClassName"].astype(str)):
+        if names.setdefault(number, name) != name:
+            raise InputError(f"class number {number} has two names: {names[number]!r} and {name!r}")
+    return [names.get(k, f"class{k}") for k in range(1, int(numbers.max()) + 1)]
+
+
+class VolumeFolderDataset(_VolumeListDataset):
+    """Volumes listed by a STAR table, all MRC files of a folder, or an .npz bundle."""
+
+    def __init__(self, root: str | os.PathLike, normalize: str = "zscore"):
+        root = Path(root)
+        check_normalization(normalize)
+        if root.is_dir():
+            stars = sorted(root.glob("*.star"))
+            if len(stars) > 1:
+                raise InputError(f"{root}: {len(stars)} STAR files ({', '.join(s.name for s in stars)}); "
+                                 f"pass one of them as root")
+            if len(stars) == 1:
+                root = stars[0]
+        if root.is_dir():
+            files = sorted(list(root.glob("*.mrc")) + list(root.glob("*.map")))
+            if not files:
+                raise InputError(f"{root}: no STAR file and no .mrc volumes in this folder")
+            _, voxel = read_mrc(files[0])
+            super().__init__(files, None, [0] * len(files), [UNLABELLED], voxel, normalize, None, str(root))
+        elif root.suffix == ".npz":
+            bundle = load_bundle(root)
+            super().__init__(None, bundle["volumes"], bundle["labels"].tolist(), bundle["class_names"],
+                             bundle["voxel_size"], normalize, bundle["parameters"], str(root))
+        elif root.suffix == ".star":
+            df = read_particles(root)
+            if df.empty:
+                raise InputError(f"{root}: the STAR table has no rows")
+            sizes = df["rlnImagePixelSize"].unique()
+            if not np.allclose(sizes, sizes[0], rtol=1e-3):
+                raise InputError(f"{root}: mixed rlnImagePixelSize values {sorted(sizes)[:4]}; expected one")
+            files = [root.parent / name for name in df["rlnImageName"]]
+            super().__init__(files, None, (df["rlnClassNumber"] - 1).tolist(), _class_names_from_table(df),
+                             float(sizes[0]), normalize, df, str(root))
+        elif root.exists():
+            raise InputError(f"{root}: expected a folder, a .star table or an .npz bundle")
+        else:
+            raise InputError(f"{root}: no such file or folder")
+
+
+class LabelledFolderDataset(_VolumeListDataset):
+    """One subfolder per class (ROOT/<class>/*.mrc), like torchvision's ImageFolder."""
+
+    def __init__(self, root: str | os.PathLike, normalize: str = "zscore"):
+        root = Path(root)
+        check_normalization(normalize)
+        if not root.is_dir():
+            raise InputError(f"{root}: expected a folder with one subfolder of .mrc volumes per class")
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("*.mrc")))
+        if not classes:
+            raise InputError(f"{root}: no class subfolders containing .mrc volumes")
+        files, labels = [], []
+        for label, name in enumerate(classes):
+            for f in sorted((root / name).glob("*.mrc")):
+                files.append(f)
+                labels.append(label)
+        _, voxel = read_mrc(files[0])
+        super().__init__(files, None, labels, classes, voxel, normalize, None, str(root))

@@ -1,0 +1,193 @@
+"""``forge classify train|eval|features``, ``forge evaluate`` and ``forge quickstart``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cryoet_forge.errors import ConfigError
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated integers such as 64,128,256,512") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} {text!r}: expected positive integers")
+    return values
+
+
+@click.group("classify")
+def classify_group() -> None:
+    """Train and apply the CB3D subtomogram classifier on labelled folders (MRC + STAR)."""
+
+
+@classify_group.command("train")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="training set: a STAR file or a folder holding one")
+@click.option("--test", "test_path", type=click.Path(path_type=Path), default=None,
+              help="optional test set, scored after training")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="folder for cb3d.safetensors, cb3d.json and scores")
+@click.option("--epochs", default=30, show_default=True, type=int)
+@click.option("--batch-size", default=16, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--channels", default="64,128,256,512", show_default=True, help="conv widths per block")
+@click.option("--convs-per-block", default="1,1,2,2", show_default=True)
+@click.option("--fc-width", default=4096, show_default=True, type=int, help="width of both dense layers")
+@click.option("--dropout", default=0.5, show_default=True, type=float)
+@click.option("--normalize", default="zscore", show_default=True,
+              type=click.Choice(["zscore", "minmax", "none"]), help="per-volume input normalisation")
+@click.option("--no-augment", is_flag=True, help="no random axis flips")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channels, convs_per_block,
+                   fc_width, dropout, normalize, no_augment, seed, device) -> None:
+    """Train CB3D on a labelled folder and save it (safetensors + JSON metadata)."""
+    from cryoet_forge.classify import ClassifierOptions, check_splits, load_labelled, train_cb3d
+    from cryoet_forge.evaluate.classification_report import score_and_write
+    from cryoet_forge.models.cb3d import save_cb3d
+
+    options = ClassifierOptions(channels=_int_list(channels, "--channels"),
+                                convs_per_block=_int_list(convs_per_block, "--convs-per-block"),
+                                fc_width=fc_width, dropout=dropout, epochs=epochs, batch_size=batch_size,
+                                lr=lr, normalize=normalize, augment=not no_augment, device=device)
+    train = load_labelled(data_path)
+    test = load_labelled(test_path) if test_path is not None else None
+    if test is not None:
+        check_splits(train, test)
+
+    def progress(epoch: int, loss: float, accuracy: float) -> None:
+        click.echo(f"epoch {epoch}/{epochs}  loss {loss:.4f}  train accuracy {accuracy:.3f}", err=True)
+
+    model, history = train_cb3d(train, options, seed=seed, progress=progress)
+    save_cb3d(model, out_dir, train.class_names, normalize=normalize,
+              extra={"voxel_size": train.voxel_size, "training": {
+                  "data": str(train.source), "n": len(train), "seed": seed, "options": options.to_dict(),
+                  "loss": history.loss, "train_accuracy": history.train_accuracy,
+                  "seconds": history.seconds}})
+    click.echo(f"saved {out_dir / 'cb3d.safetensors'} ({len(train)} volumes, {len(train.class_names)} classes, "
+               f"{history.seconds:.1f} s)")
+    if test is not None:
+        result = score_and_write(model, test, train.class_names, normalize, out_dir, device=device)
+        _print_scores(result)
+
+
+def _print_scores(result) -> None:
+    click.echo(f"accuracy {result.accuracy:.4f} on {result.labels.shape[0]} volumes")
+    width = max(len(c) for c in result.class_names)
+    for name, value in result.per_class_accuracy.items():
+        shown = "n/a (absent)" if value is None else f"{value:.4f}"
+        click.echo(f"  {name:<{width}}  {shown}")
+
+
+@classify_group.command("eval")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="folder (or .safetensors) written by 'forge classify train'")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="folder for scores.json and confusion.png")
+@click.option("--device", default="cpu", show_default=True)
+def classify_eval(model_path, data_path, out_dir, device) -> None:
+    """Score a trained CB3D on a labelled folder: accuracy, per-class accuracy, confusion matrix PNG."""
+    from cryoet_forge.classify import load_labelled
+    from cryoet_forge.evaluate.classification_report import score_and_write
+    from cryoet_forge.models.cb3d import load_cb3d
+
+    model, metadata = load_cb3d(model_path, device=device)
+    data = load_labelled(data_path)
+    _check_voxel_size(metadata, data)
+    result = score_and_write(model, data, metadata["class_names"], metadata.get("normalize", "zscore"),
+                             out_dir, device=device)
+    _print_scores(result)
+    click.echo(f"wrote {out_dir / 'scores.json'} and {out_dir / 'confusion.png'}")
+
+
+def _check_voxel_size(metadata, data) -> None:
+    import math
+
+    from cryoet_forge.errors import InputError
+
+    trained = metadata.get("voxel_size")
+    if trained is not None and not math.isclose(float(trained), data.voxel_size, rel_tol=1e-3):
+        raise InputError(f"volumes of mixed voxel sizes: {data.source} has {data.voxel_size:g} A but the "
+                         f"classifier was trained on {float(trained):g} A")
+
+
+@classify_group.command("features")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path))
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="labelled folder (STAR) whose volumes are embedded")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="feature file (.npy, .npz or .safetensors) for 'forge metrics'")
+@click.option("--probabilities", "probs_path", type=click.Path(path_type=Path), default=None,
+              help="also write softmax class probabilities (for the Inception Score)")
+@click.option("--device", default="cpu", show_default=True)
+def classify_features(model_path, data_path, out_path, probs_path, device) -> None:
+    """Write the CB3D dense-layer features (N x 4096) of a folder's volumes."""
+    from cryoet_forge.classify import load_labelled
+    from cryoet_forge.io.embeddings import save_features
+    from cryoet_forge.models.cb3d import load_cb3d, run_inference
+
+    model, metadata = load_cb3d(model_path, device=device)
+    data = load_labelled(data_path)
+    _check_voxel_size(metadata, data)
+    from cryoet_forge.errors import InputError
+
+    if data.box != model.config.box:
+        raise InputError(f"{data.source}: volumes are {data.box}^3 but the classifier was trained on "
+                         f"{model.config.box}^3")
+    features, probabilities = run_inference(model, data.volumes, metadata.get("normalize", "zscore"),
+                                            device=device)
+    save_features(out_path, features)
+    click.echo(f"wrote {out_path} ({features.shape[0]} x {features.shape[1]})")
+    if probs_path is not None:
+        save_features(probs_path, probabilities)
+        click.echo(f"wrote {probs_path} ({probabilities.shape[0]} x {probabilities.shape[1]})")
+
+
+@click.command("evaluate")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="evaluation TOML (see configs/evaluate-*.toml)")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a config value, e.g. --set downstream.seeds=[0,1,2]")
+def evaluate_command(config_path, out_dir, overrides) -> None:
+    """Run the paper's evaluation protocol end to end and write report.md, results.json and PNGs."""
+    from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
+    from cryoet_forge.evaluate.pipeline import run_evaluation
+
+    config = load_evaluation_config(config_path, parse_overrides(overrides))
+    report = run_evaluation(config, out_dir, log=lambda line: click.echo(line, err=True))
+    _print_summary(out_dir)
+    click.echo(f"report: {report}")
+
+
+def _print_summary(out_dir: Path) -> None:
+    from cryoet_forge.evaluate.pipeline import load_results
+
+    results = load_results(out_dir)
+    click.echo(f"train on real, test on real: accuracy {results['inception']['real_test']['accuracy']:.3f}")
+    for key, label in (("traditional", "traditional simulation"), ("cryoetgan", "CryoETGAN")):
+        d, q = results["downstream"][key], results["quality"][key]
+        click.echo(f"train on {label}, test on real: accuracy {d['mean']:.3f} "
+                   f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]; FID vs real test {q['fid']:.3f}")
+
+
+@click.command("quickstart")
+@click.option("--out", "out_dir", default=Path("quickstart-out"), show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int)
+def quickstart_command(out_dir, seed) -> None:
+    """The whole loop, small, on a CPU: simulate, train the GAN, generate, classify, metrics, report."""
+    from cryoet_forge.evaluate.config import quickstart_config
+    from cryoet_forge.evaluate.pipeline import run_evaluation
+
+    config = quickstart_config(seed=seed)
+    report = run_evaluation(config, out_dir, log=lambda line: click.echo(line, err=True))
+    _print_summary(out_dir)
+    click.echo(f"report: {report}")
+    sys.stdout.flush()

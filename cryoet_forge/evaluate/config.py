@@ -1,0 +1,289 @@
+"""Typed configuration of ``forge evaluate`` (TOML), and the embedded quickstart setting.
+
+Sections: ``[data]`` (where "real" data and the clean maps come from), ``[experimental]``
+(the simulator standing in for experimental data in the embedded default), ``[traditional]``
+(the baseline simulator), ``[gan]`` (training configuration and overrides, or an existing
+run), ``[classifier]`` (CB3D options used for the Inception network and the downstream
+classifiers), ``[downstream]``, ``[metrics]``, ``[ablations]``, ``[uncertainty]``,
+``[report]``. Every key is optional; an unknown key is a ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryoet_forge.errors import ConfigError
+
+
+@dataclass
+class DataSection:
+    #: "embedded": simulate the "experimental" domain; "folders": read real_train/real_test STAR files
+    source: str = "embedded"
+    #: class names: phantom names, or map ids found in ``maps_dir`` (e.g. 3j9i, 4v94)
+    classes: list = field(default_factory=lambda: ["barrel", "two-lobe", "ring", "membrane"])
+    #: folder of clean maps <class>.mrc (domain D templates); "" = phantoms. A path starting with
+    #: "shared:" is relative to the shared data folder beside the repository (../shared/data)
+    maps_dir: str = ""
+    box: int = 32
+    voxel_size: float = 10.0
+    n_train_per_class: int = 100
+    n_test_per_class: int = 50
+    #: number of randomly rotated clean maps per class in domain D (GAN training)
+    n_density_per_class: int = 100
+    #: per-particle structural variability of the embedded "experimental" phantoms (seeded shape changes)
+    vary_shapes: bool = True
+    seed: int = 0
+    #: source = "folders": labelled STAR files of the real splits
+    real_train: str = ""
+    real_test: str = ""
+
+
+@dataclass
+class SimulatorSection:
+    simulator: str = "fourier"
+    options: dict = field(default_factory=dict)
+
+
+def _experimental_default() -> SimulatorSection:
+    # neighbours reaching into the box, uneven ice, dose-limited shot noise: harder than the baseline
+    return SimulatorSection("tilt-series", {"crowding": 2, "ice": 0.15, "dose": 120.0})
+
+
+@dataclass
+class GanSection:
+    #: TrainConfig TOML to start from ("" = the training defaults)
+    config: str = ""
+    #: dotted TrainConfig keys set on top, e.g. {"train.steps" = 200}
+    overrides: dict = field(default_factory=dict)
+    #: an already trained run folder: skip training the main GAN
+    run: str = ""
+    #: checkpoints of the main run scored for the metric curves (evenly spaced, last included)
+    curve_points: int = 4
+
+
+@dataclass
+class ClassifierSection:
+    channels: list = field(default_factory=lambda: [64, 128, 256, 512])
+    convs_per_block: list = field(default_factory=lambda: [1, 1, 2, 2])
+    fc_width: int = 4096
+    dropout: float = 0.5
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    normalize: str = "zscore"
+    augment: bool = True
+    #: "auto" = cuda when available, else cpu
+    device: str = "auto"
+
+
+@dataclass
+class DownstreamSection:
+    #: training volumes per class for each downstream classifier (the same for traditional and GAN)
+    n_per_class: int = 100
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    confidence: float = 0.95
+
+
+@dataclass
+class MetricsSection:
+    k: int = 5
+    backend: str = "exact"
+    is_splits: int = 10
+
+
+@dataclass
+class AblationsSection:
+    #: density-map noise std values, each a separately trained GAN
+    noise_std: list = field(default_factory=list)
+    #: "without Wasserstein": lsgan loss
+    lsgan: bool = False
+    #: "without spectral norm": patchgan critic
+    patchgan: bool = False
+    #: downstream seeds for each ablation variant
+    seeds: list = field(default_factory=lambda: [0])
+
+
+@dataclass
+class UncertaintySection:
+    enabled: bool = True
+    samples: int = 20
+
+
+@dataclass
+class ReportSection:
+    title: str = "CryoETGAN evaluation"
+    #: volumes per class shown in the montages
+    montage_per_class: int = 1
+
+
+@dataclass
+class EvaluationConfig:
+    data: DataSection = field(default_factory=DataSection)
+    experimental: SimulatorSection = field(default_factory=_experimental_default)
+    traditional: SimulatorSection = field(default_factory=SimulatorSection)
+    gan: GanSection = field(default_factory=GanSection)
+    classifier: ClassifierSection = field(default_factory=ClassifierSection)
+    downstream: DownstreamSection = field(default_factory=DownstreamSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    ablations: AblationsSection = field(default_factory=AblationsSection)
+    uncertainty: UncertaintySection = field(default_factory=UncertaintySection)
+    report: ReportSection = field(default_factory=ReportSection)
+    #: where the config came from (for the report)
+    origin: str = "<defaults>"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation) or annotation
+    if dataclasses.is_dataclass(origin):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a table, got {value!r}")
+        return _build(origin, value, key)
+    checks = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        dict: lambda v: isinstance(v, dict),
+        list: lambda v: isinstance(v, (list, tuple)),
+    }
+    if origin in checks and checks[origin](value):
+        return float(value) if origin is float else (list(value) if origin is list else value)
+    raise ConfigError(f"config key {key!r} must be of type {getattr(origin, '__name__', origin)}, got {value!r}")
+
+
+def _build(cls: type, table: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "origin"]
+    kwargs = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            where = f"[{prefix}]" if prefix else "the top level"
+            raise ConfigError(f"unknown config key {dotted!r}; valid keys in {where}: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
+    """``["downstream.seeds=[0,1]"]`` -> ``{"downstream.seeds": [0, 1]}`` (values read as TOML, else strings)."""
+    result: dict[str, Any] = {}
+    for text in items:
+        if "=" not in text:
+            raise ConfigError(f"override {text!r} must look like section.key=value")
+        key, raw = (part.strip() for part in text.split("=", 1))
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        result[key] = value
+    return result
+
+
+def _apply(table: dict, overrides: dict[str, Any]) -> dict:
+    for dotted, value in overrides.items():
+        node = table
+        parts = dotted.split(".")
+        # [gan].overrides holds dotted TrainConfig keys: everything after it is one key
+        if len(parts) > 2 and parts[0] == "gan" and parts[1] == "overrides":
+            node.setdefault("gan", {}).setdefault("overrides", {})[".".join(parts[2:])] = value
+            continue
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is not a table")
+            node = child
+        node[parts[-1]] = value
+    return table
+
+
+def validate(config: EvaluationConfig) -> EvaluationConfig:
+    d = config.data
+    if d.source not in ("embedded", "folders"):
+        raise ConfigError(f"data.source {d.source!r}; choose from: embedded, folders")
+    if d.source == "folders" and not (d.real_train and d.real_test):
+        raise ConfigError("data.source = 'folders' needs data.real_train and data.real_test (STAR files)")
+    if d.source == "embedded" and len(d.classes) < 2:
+        raise ConfigError(f"data.classes needs at least 2 classes, got {d.classes}")
+    if not 16 <= d.box <= 128:
+        raise ConfigError(f"data.box must be in 16..128, got {d.box}")
+    if d.voxel_size <= 0:
+        raise ConfigError(f"data.voxel_size must be > 0 Angstrom, got {d.voxel_size}")
+    for key in ("n_train_per_class", "n_test_per_class", "n_density_per_class"):
+        if getattr(d, key) < 2:
+            raise ConfigError(f"data.{key} must be >= 2, got {getattr(d, key)}")
+    if config.downstream.n_per_class < 2:
+        raise ConfigError(f"downstream.n_per_class must be >= 2, got {config.downstream.n_per_class}")
+    if not config.downstream.seeds:
+        raise ConfigError("downstream.seeds must list at least one seed")
+    if not 0 < config.downstream.confidence < 1:
+        raise ConfigError(f"downstream.confidence must be in (0, 1), got {config.downstream.confidence}")
+    if config.metrics.k < 1 or config.metrics.is_splits < 1:
+        raise ConfigError("metrics.k and metrics.is_splits must be >= 1")
+    for value in config.ablations.noise_std:
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"ablations.noise_std values must be numbers >= 0, got {value!r}")
+    if config.gan.curve_points < 1:
+        raise ConfigError(f"gan.curve_points must be >= 1, got {config.gan.curve_points}")
+    return config
+
+
+def config_from_dict(table: dict, overrides: dict[str, Any] | None = None,
+                     origin: str = "<dict>") -> EvaluationConfig:
+    import copy
+
+    table = _apply(copy.deepcopy(table), dict(overrides or {}))
+    config = validate(_build(EvaluationConfig, table))
+    config.origin = origin
+    return config
+
+
+def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = None) -> EvaluationConfig:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            table = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        config = config_from_dict(table, overrides, origin=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    # a relative [gan] config is looked up beside the evaluation config first
+    gan_config = config.gan.config
+    if gan_config and not Path(gan_config).is_absolute() and (path.parent / gan_config).is_file():
+        config.gan.config = str(path.parent / gan_config)
+    return config
+
+
+#: the small CPU setting of ``forge quickstart`` (about five minutes on 2 cores)
+QUICKSTART: dict[str, Any] = {
+    "data": {"classes": ["barrel", "two-lobe", "ring", "membrane"], "box": 20, "voxel_size": 10.0,
+             "n_train_per_class": 48, "n_test_per_class": 24, "n_density_per_class": 48},
+    "gan": {"curve_points": 3, "overrides": {
+        "train.steps": 200, "train.batch_size": 4, "train.n_critic": 1, "train.device": "cpu",
+        "model.generator_options": {"base": 4, "n_residual": 2, "dropout": 0.1},
+        "model.critic_options": {"base": 2},
+        "data.density_noise_std": 0.05,
+        "log.every": 10, "log.checkpoint_every": 50, "log.image_every": 50, "log.progress": False}},
+    "classifier": {"channels": [8, 16, 32, 32], "fc_width": 256, "epochs": 12, "batch_size": 16,
+                   "lr": 2e-3, "dropout": 0.3},
+    "downstream": {"n_per_class": 48, "seeds": [0, 1, 2]},
+    "uncertainty": {"samples": 8},
+    "report": {"title": "cryoet-forge quickstart (CPU, small)"},
+}
+
+
+def quickstart_config(seed: int = 0) -> EvaluationConfig:
+    config = config_from_dict(QUICKSTART, {"data.seed": seed}, origin="forge quickstart (embedded)")
+    return config

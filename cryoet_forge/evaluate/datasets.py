@@ -1,0 +1,220 @@
+"""The data of one evaluation: real train/test splits, clean maps (domain D), traditional simulation.
+
+"Real" data is either read from labelled folders (MRC + STAR) or, in the embedded default,
+made by the ``experimental`` simulator (``tilt-series`` with crowding, ice and realistic SNR)
+from per-particle phantom variants, so that the traditional baseline (``fourier`` with
+textbook parameters on the canonical maps) faces a genuine domain gap, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryoet_forge.classify import LabelledVolumes, check_splits, load_labelled
+from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.evaluate.config import EvaluationConfig
+
+SHARED_PREFIX = "shared:"
+#: particles simulated per simulator call (bounds memory at large boxes)
+SIMULATION_CHUNK = 32
+
+
+def shared_data_folder() -> Path:
+    """../shared/data beside the repository root (where reference structures and maps live)."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def resolve_maps_dir(text: str) -> Path | None:
+    if not text:
+        return None
+    if text.startswith(SHARED_PREFIX):
+        return shared_data_folder() / text[len(SHARED_PREFIX):]
+    return Path(text)
+
+
+def fit_map(volume: np.ndarray, source_voxel: float, voxel_size: float, box: int) -> np.ndarray:
+    """Resample a map to ``voxel_size`` and centre-crop/pad it to ``box``^3, values scaled to max 1."""
+    from scipy import ndimage
+
+    volume = np.asarray(volume, dtype=np.float32)
+    factor = source_voxel / voxel_size
+    if not math.isclose(factor, 1.0, rel_tol=1e-3):
+        volume = ndimage.zoom(volume, factor, order=1)
+    out = np.zeros((box, box, box), dtype=np.float32)
+    src, dst = [], []
+    for n in volume.shape:
+        if n >= box:
+            start = (n - box) // 2
+            src.append(slice(start, start + box))
+            dst.append(slice(0, box))
+        else:
+            start = (box - n) // 2
+            src.append(slice(0, n))
+            dst.append(slice(start, start + n))
+    out[tuple(dst)] = volume[tuple(src)]
+    out -= float(np.median(out))  # solvent at 0
+    out = np.clip(out, 0.0, None)
+    peak = float(out.max())
+    if peak <= 0:
+        raise InputError(f"map is empty after fitting it into a {box}^3 box at {voxel_size:g} A")
+    return out / peak
+
+
+def class_templates(class_names: list[str], maps_dir: Path | None, box: int, voxel_size: float) -> dict[str, np.ndarray]:
+    """One clean centred map per class: ``maps_dir/<class>.mrc`` when there, else a phantom of that name."""
+    from cryoet_forge.io.mrc import read_mrc
+    from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES, make_phantom
+
+    if maps_dir is not None and not maps_dir.is_dir():
+        raise ConfigError(f"data.maps_dir {maps_dir}: no such folder")
+    templates = {}
+    for name in class_names:
+        path = maps_dir / f"{name}.mrc" if maps_dir is not None else None
+        if path is not None and path.is_file():
+            volume, source_voxel = read_mrc(path)
+            templates[name] = fit_map(volume, source_voxel, voxel_size, box)
+        elif name in PHANTOM_CLASSES:
+            templates[name] = make_phantom(name, box, voxel_size, seed=0)
+        else:
+            where = f" and no {path}" if path is not None else " (set data.maps_dir to a folder of <class>.mrc)"
+            raise ConfigError(f"class {name!r} is not a phantom ({', '.join(PHANTOM_CLASSES)}){where}")
+    return templates
+
+
+def simulate_labelled(simulator: str, options: dict, maps: dict[str, np.ndarray] | Callable[[str, int], np.ndarray],
+                      class_names: list[str], n_per_class: int, voxel_size: float, seed: int,
+                      source: str) -> tuple[LabelledVolumes, list[dict]]:
+    """``n_per_class`` volumes per class from ``simulator``; ``maps`` gives each particle's clean map.
+
+    ``maps`` is a dict of one template per class, or a callable (class name, particle index) ->
+    map for per-particle structural variants. Deterministic for a seed.
+    """
+    from cryoet_forge import registry
+
+    if simulator == "none":  # clean posed maps: domain D
+        from cryoet_forge.simulate.poses import PoseSimulator
+
+        sim = PoseSimulator(**options)
+    else:
+        sim = registry.create("simulator", simulator, **options)
+    generator = torch.Generator().manual_seed(int(seed))
+    # classes interleaved in a seeded order: simulators that crowd a particle with other maps
+    # of its batch (tilt-series) then get neighbours of every class, as in a cell
+    particles = [(label, i) for label in range(len(class_names)) for i in range(n_per_class)]
+    order = np.random.default_rng(int(seed)).permutation(len(particles))
+    particles = [particles[k] for k in order]
+    volumes, labels, records = [], [], []
+    for begin in range(0, len(particles), SIMULATION_CHUNK):
+        chunk = particles[begin:begin + SIMULATION_CHUNK]
+        if callable(maps):
+            batch = np.stack([maps(class_names[label], i) for label, i in chunk])
+        else:
+            batch = np.stack([maps[class_names[label]] for label, _ in chunk])
+        out, recs = sim.simulate(torch.from_numpy(batch), voxel_size, generator)
+        volumes.append(out.detach().cpu().float().numpy())
+        records.extend(recs)
+        labels.extend(label for label, _ in chunk)
+    data = LabelledVolumes(np.concatenate(volumes), np.asarray(labels), class_names, voxel_size, source)
+    return data, records
+
+
+def write_labelled_folder(folder: Path, data: LabelledVolumes, records: list[dict] | None = None) -> Path:
+    """MRC volumes + ``particles.star`` (the simulation issue's format); returns the STAR path."""
+    from cryoet_forge.io.mrc import write_mrc
+    from cryoet_forge.io.star import write_particles
+
+    folder = Path(folder)
+    (folder / "volumes").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(len(data)):
+        name = f"volumes/{i + 1:06d}.mrc"
+        write_mrc(folder / name, data.volumes[i], data.voxel_size)
+        row = {"rlnImageName": name, "rlnClassNumber": int(data.labels[i]) + 1,
+               "forgeClassName": data.class_names[int(data.labels[i])], "rlnImagePixelSize": data.voxel_size}
+        if records is not None:
+            row.update({k: v for k, v in records[i].items() if k not in row})
+        rows.append(row)
+    return write_particles(folder / "particles.star", pd.DataFrame(rows))
+
+
+@dataclass
+class EvaluationData:
+    class_names: list[str]
+    box: int
+    voxel_size: float
+    templates: dict[str, np.ndarray]
+    real_train: LabelledVolumes
+    real_test: LabelledVolumes
+    density_train: LabelledVolumes  # randomly posed clean maps, GAN domain D
+    density_generate: LabelledVolumes  # other posed clean maps, the GAN's inputs at generation
+    traditional: LabelledVolumes
+    real_train_star: Path
+    density_star: Path
+    description: str
+
+
+def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], None]) -> EvaluationData:
+    d = config.data
+    folder = Path(folder)
+    maps_dir = resolve_maps_dir(d.maps_dir)
+    if d.source == "folders":
+        real_train = load_labelled(d.real_train)
+        real_test = load_labelled(d.real_test)
+        class_names = check_splits(real_train, real_test)
+        real_train = real_train.relabelled(class_names)
+        real_test = real_test.relabelled(class_names)
+        box, voxel_size = real_train.box, real_train.voxel_size
+        templates = class_templates(class_names, maps_dir, box, voxel_size)
+        real_train_star = Path(real_train.source)
+        description = f"real data from {d.real_train} (train) and {d.real_test} (test)"
+    else:
+        class_names = [str(c) for c in d.classes]
+        box, voxel_size = d.box, d.voxel_size
+        templates = class_templates(class_names, maps_dir, box, voxel_size)
+        exp = config.experimental
+        log(f"simulating the 'experimental' domain with {exp.simulator} "
+            f"({d.n_train_per_class} + {d.n_test_per_class} per class, {box}^3, {voxel_size:g} A)")
+        variants = _particle_variants(templates, box, voxel_size, d.vary_shapes, d.seed)
+        real_train, train_records = simulate_labelled(
+            exp.simulator, exp.options, lambda name, i: variants(name, i, 0), class_names,
+            d.n_train_per_class, voxel_size, d.seed * 1000 + 11, "real train split")
+        real_test, _ = simulate_labelled(
+            exp.simulator, exp.options, lambda name, i: variants(name, i, 1), class_names,
+            d.n_test_per_class, voxel_size, d.seed * 1000 + 12, "real test split")
+        real_train_star = write_labelled_folder(folder / "real_train", real_train, train_records)
+        description = (f"embedded: 'experimental' = {exp.simulator} {exp.options or '(defaults)'} on "
+                       f"{'per-particle variants of ' if d.vary_shapes else ''}the class maps")
+    log(f"posing clean maps (domain D) and simulating the traditional baseline with {config.traditional.simulator}")
+    density_train, density_records = simulate_labelled(
+        "none", {}, templates, class_names, d.n_density_per_class, voxel_size, d.seed * 1000 + 13, "density maps")
+    density_star = write_labelled_folder(folder / "density", density_train, density_records)
+    density_generate, _ = simulate_labelled(
+        "none", {}, templates, class_names, config.downstream.n_per_class, voxel_size, d.seed * 1000 + 14,
+        "density maps for generation")
+    trad = config.traditional
+    traditional, _ = simulate_labelled(trad.simulator, trad.options, templates, class_names,
+                                       config.downstream.n_per_class, voxel_size, d.seed * 1000 + 15,
+                                       f"traditional ({trad.simulator})")
+    return EvaluationData(class_names, box, voxel_size, templates, real_train, real_test, density_train,
+                          density_generate, traditional, Path(real_train_star), Path(density_star), description)
+
+
+def _particle_variants(templates: dict[str, np.ndarray], box: int, voxel_size: float, vary: bool,
+                       seed: int) -> Callable[[str, int, int], np.ndarray]:
+    """(class, index, split) -> clean map of that particle: a seeded phantom variant, or the template."""
+    from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES, make_phantom
+
+    def variant(name: str, index: int, split: int) -> np.ndarray:
+        if vary and name in PHANTOM_CLASSES:
+            # distinct seeds per split so train and test particles are never the same instance
+            return make_phantom(name, box, voxel_size, seed=1 + seed * 1_000_003 + split * 100_003 + index)
+        return templates[name]
+
+    return variant

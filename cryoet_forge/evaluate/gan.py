@@ -1,0 +1,120 @@
+"""Training CryoETGAN variants for the evaluation and generating labelled volumes from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cryoet_forge.classify import LabelledVolumes
+from cryoet_forge.evaluate.config import EvaluationConfig
+from cryoet_forge.models.cb3d import normalize_volumes
+
+
+class InMemoryVolumes(torch.utils.data.Dataset):
+    """A ``LabelledVolumes`` as a dataset with the contract's item dicts (per-volume normalised)."""
+
+    def __init__(self, data: LabelledVolumes, normalize: str = "minmax"):
+        tensor = torch.from_numpy(np.ascontiguousarray(data.volumes))[:, None]
+        self.volumes = normalize_volumes(tensor, normalize) if normalize != "none" else tensor
+        self.labels = data.labels
+        self.class_names = list(data.class_names)
+        self.voxel_size = float(data.voxel_size)
+        self.box = int(data.box)
+
+    def __len__(self) -> int:
+        return int(self.volumes.shape[0])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        label = int(self.labels[index])
+        return {"volume": self.volumes[index], "label": label, "class_name": self.class_names[label],
+                "index": int(index)}
+
+
+def train_config_for(config: EvaluationConfig, density_star: Path, real_star: Path,
+                     variant: dict[str, Any] | None = None):
+    """The TrainConfig of one GAN: the evaluation's [gan] config and overrides, the variant's on top.
+
+    The data sections name the folders written for this evaluation, so the saved run
+    configuration reproduces the run on its own.
+    """
+    from cryoet_forge.config import load_config
+
+    overrides: dict[str, Any] = {
+        "data.density.dataset": "volume-folder",
+        "data.density.options": {"root": str(density_star), "normalize": "minmax"},
+        "data.subtomograms.dataset": "volume-folder",
+        "data.subtomograms.options": {"root": str(real_star), "normalize": "minmax"},
+    }
+    overrides.update(config.gan.overrides)
+    overrides.update(variant or {})
+    return load_config(config.gan.config or None, overrides)
+
+
+def train_gan(config: EvaluationConfig, run_dir: Path, density: LabelledVolumes, real_train: LabelledVolumes,
+              density_star: Path, real_star: Path, variant: dict[str, Any] | None = None,
+              log: Callable[[str], None] | None = None) -> Path:
+    """Train one GAN (D = posed clean maps, S = the real training split) into ``run_dir``."""
+    from cryoet_forge.train import train
+
+    cfg = train_config_for(config, density_star, real_star, variant)
+    # keep every checkpoint of the run so that the metric curves can score them
+    checkpoint_every = cfg.log.checkpoint_every or cfg.train.steps
+    cfg.log.keep_checkpoints = max(cfg.log.keep_checkpoints, cfg.train.steps // max(checkpoint_every, 1) + 1)
+    if log is not None:
+        log(f"training CryoETGAN in {run_dir} ({cfg.train.steps} steps, loss {cfg.loss.adversarial}, "
+            f"critic {cfg.model.critic}, density noise std {cfg.data.density_noise_std:g})")
+    datasets = (InMemoryVolumes(density, "minmax"), InMemoryVolumes(real_train, "minmax"))
+    return Path(train(cfg, run_dir, datasets=datasets))
+
+
+def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    from cryoet_forge.train.checkpoint import STEP_DIR, list_checkpoints
+
+    return [(int(STEP_DIR.match(p.name).group(1)), p) for p in list_checkpoints(Path(run_dir))]
+
+
+def generate_labelled(run_dir: Path, maps: LabelledVolumes, seed: int, source: str,
+                      checkpoint: Path | None = None) -> LabelledVolumes:
+    """One generated subtomogram per posed clean map, labels carried over.
+
+    ``checkpoint`` picks an intermediate checkpoint of the run (for curves over training);
+    by default the run's latest, through ``cryoet_forge.generate.generate_from_maps``.
+    """
+    normalized = normalize_volumes(torch.from_numpy(np.ascontiguousarray(maps.volumes)), "minmax").numpy()
+    if checkpoint is None:
+        from cryoet_forge.generate import generate_from_maps
+
+        volumes = generate_from_maps(run_dir, normalized, n_per_map=1, seed=seed)
+    else:
+        volumes = generate_from_checkpoint(run_dir, checkpoint, normalized, seed)
+    return LabelledVolumes(np.asarray(volumes, dtype=np.float32), maps.labels, maps.class_names,
+                           maps.voxel_size, source)
+
+
+@torch.no_grad()
+def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, seed: int,
+                             batch_size: int = 8) -> np.ndarray:
+    """D -> S generator of one checkpoint folder applied to (B, S, S, S) maps in [-1, 1]."""
+    from cryoet_forge.train import resume_config
+    from cryoet_forge.train.checkpoint import load_weights, sub_state_dict
+    from cryoet_forge.train.loop import build_networks, run_generator, takes_noise
+
+    cfg = resume_config(run_dir)
+    generator = build_networks(cfg)["g_ds"]
+    generator.load_state_dict(sub_state_dict(load_weights(Path(checkpoint)), "g_ds"))
+    generator.eval()
+    # the same noise draws as generate_from_maps, so the last checkpoint reproduces the final scores
+    noise_gen = torch.Generator().manual_seed(int(seed))
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for begin in range(0, maps.shape[0], batch_size):
+            x = torch.from_numpy(maps[begin:begin + batch_size])[:, None].float()
+            noise = None
+            if takes_noise(generator):
+                noise = torch.randn(generator.noise_shape(tuple(x.shape)), generator=noise_gen)
+            out.append(run_generator(generator, x, noise)[:, 0].float().numpy())
+    return np.concatenate(out)

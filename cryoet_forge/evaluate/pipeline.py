@@ -1,0 +1,331 @@
+"""``forge evaluate``: the paper's protocol end to end.
+
+1. CB3D trained on the real training split is the "Inception network".
+2. IS of generated data; FID and PRDC of generated vs real test features (metrics engine),
+   for traditional simulation and for the GAN side by side (and the real test split's own IS).
+3. Downstream: CB3D trained on traditional vs GAN volumes (same count, same classes) per seed,
+   tested on the real test split; mean accuracy with a t-interval over seeds.
+4. Ablations from the config: density-map noise std values, lsgan, patchgan critic.
+5. report.md, results.json, PNG figures; the features behind every metric under features/.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cryoet_forge.classify import ClassifierOptions, LabelledVolumes, evaluate_cb3d, train_cb3d, write_json
+from cryoet_forge.errors import ForgeError
+from cryoet_forge.evaluate import figures
+from cryoet_forge.evaluate.config import EvaluationConfig
+from cryoet_forge.evaluate.datasets import EvaluationData, prepare_data, write_labelled_folder
+from cryoet_forge.evaluate.downstream import train_on_synthetic_test_on_real
+from cryoet_forge.evaluate.gan import generate_labelled, run_checkpoints, train_gan
+from cryoet_forge.models.cb3d import CB3D, run_inference, save_cb3d
+
+Log = Callable[[str], None]
+
+
+def classifier_options(config: EvaluationConfig) -> ClassifierOptions:
+    c = config.classifier
+    device = c.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return ClassifierOptions(channels=tuple(c.channels), convs_per_block=tuple(c.convs_per_block),
+                             fc_width=c.fc_width, dropout=c.dropout, epochs=c.epochs, batch_size=c.batch_size,
+                             lr=c.lr, weight_decay=c.weight_decay, normalize=c.normalize, augment=c.augment,
+                             device=device)
+
+
+class InceptionNet:
+    """The CB3D trained on real data, used to embed every set the same way (features + probabilities)."""
+
+    def __init__(self, model: CB3D, class_names: list[str], normalize: str, device: str, feature_dir: Path):
+        self.model, self.class_names, self.normalize, self.device = model, class_names, normalize, device
+        self.feature_dir = feature_dir
+
+    def embed(self, name: str, data: LabelledVolumes) -> tuple[np.ndarray, np.ndarray]:
+        features, probs = run_inference(self.model, data.volumes, self.normalize, device=self.device)
+        np.save(self.feature_dir / f"{name}.features.npy", features)
+        np.save(self.feature_dir / f"{name}.probabilities.npy", probs)
+        return features, probs
+
+
+def quality_metrics(real_features: np.ndarray, features: np.ndarray, probs: np.ndarray,
+                    config: EvaluationConfig) -> dict[str, float]:
+    """IS of ``probs``; FID and PRDC of ``features`` against the real test features."""
+    from cryoet_forge.metrics import compute_fid, compute_prdc, inception_score
+
+    m = config.metrics
+    is_mean, is_std = inception_score(probs, splits=min(m.is_splits, probs.shape[0]))
+    prdc = compute_prdc(real_features, features, k=m.k, backend=m.backend)
+    # small sets have singular covariances (N < D): the engine warns; keep its notes with the number
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fid = float(compute_fid(real_features, features))
+    return {"is_mean": float(is_mean), "is_std": float(is_std), "fid": fid,
+            **{key: float(prdc[key]) for key in ("precision", "recall", "density", "coverage")},
+            "fid_notes": sorted({str(w.message).split(" (")[0] for w in caught})}
+
+
+def _per_class_rows(data: LabelledVolumes, per_class: int) -> list[np.ndarray]:
+    row = []
+    for label in range(len(data.class_names)):
+        index = np.where(data.labels == label)[0][:per_class]
+        row.extend(data.volumes[i] for i in index)
+    return row
+
+
+def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print) -> Path:
+    """Run the whole protocol; returns the path of report.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("data", "features", "figures", "runs", "models"):
+        (out / sub).mkdir(exist_ok=True)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(key: str, tic: float) -> None:
+        timings[key] = round(time.perf_counter() - tic, 2)
+
+    # -- data ---------------------------------------------------------------------------
+    tic = time.perf_counter()
+    data = prepare_data(config, out / "data", log)
+    write_labelled_folder(out / "data" / "real_test", data.real_test)
+    timed("data", tic)
+    class_names = data.class_names
+    options = classifier_options(config)
+    seeds = [int(s) for s in config.downstream.seeds]
+
+    # -- inception network ------------------------------------------------------------------
+    tic = time.perf_counter()
+    log(f"training the inception CB3D on the real training split ({len(data.real_train)} volumes)")
+    inception_model, inception_history = train_cb3d(data.real_train, options, seed=config.data.seed)
+    save_cb3d(inception_model, out / "models" / "inception", class_names, normalize=options.normalize,
+              extra={"voxel_size": data.voxel_size, "training": {"data": "real train split",
+                                                                 "loss": inception_history.loss}})
+    inception_on_test = evaluate_cb3d(inception_model, data.real_test, class_names, options.normalize,
+                                      device=options.device)
+    inception = InceptionNet(inception_model, class_names, options.normalize, options.device, out / "features")
+    real_features, real_probs = inception.embed("real_test", data.real_test)
+    timed("inception", tic)
+
+    # -- main GAN -----------------------------------------------------------------------------
+    tic = time.perf_counter()
+    if config.gan.run:
+        run_dir = Path(config.gan.run)
+        log(f"using the trained GAN run {run_dir}")
+    else:
+        run_dir = train_gan(config, out / "runs" / "cryoetgan", data.density_train, data.real_train,
+                            data.density_star, data.real_train_star, log=log)
+    timed("gan_training", tic)
+    tic = time.perf_counter()
+    gan = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source="CryoETGAN")
+    timed("generation", tic)
+    # both synthetic sets on disk in the labelled-folder format, for `forge classify` / inspection
+    write_labelled_folder(out / "data" / "traditional", data.traditional)
+    write_labelled_folder(out / "data" / "cryoetgan", gan)
+
+    # -- metrics ---------------------------------------------------------------------------------
+    tic = time.perf_counter()
+    traditional_features, traditional_probs = inception.embed("traditional", data.traditional)
+    gan_features, gan_probs = inception.embed("cryoetgan", gan)
+    from cryoet_forge.metrics import inception_score
+
+    real_is = inception_score(real_probs, splits=min(config.metrics.is_splits, real_probs.shape[0]))
+    quality = {
+        "traditional": quality_metrics(real_features, traditional_features, traditional_probs, config),
+        "cryoetgan": quality_metrics(real_features, gan_features, gan_probs, config),
+    }
+    timed("metrics", tic)
+
+    # -- downstream ------------------------------------------------------------------------------
+    tic = time.perf_counter()
+    log(f"downstream: CB3D on traditional vs GAN data ({config.downstream.n_per_class} per class, seeds {seeds})")
+    downstream = {
+        "traditional": train_on_synthetic_test_on_real("traditional", data.traditional, data.real_test,
+                                                       class_names, options, seeds, config.downstream.confidence, log),
+        "cryoetgan": train_on_synthetic_test_on_real("cryoetgan", gan, data.real_test, class_names, options,
+                                                     seeds, config.downstream.confidence, log),
+    }
+    timed("downstream", tic)
+
+    # -- curves over checkpoints -------------------------------------------------------------
+    tic = time.perf_counter()
+    curves = metric_curves(config, run_dir, data, inception, real_features)
+    timed("curves", tic)
+
+    # -- ablations -------------------------------------------------------------------------------
+    tic = time.perf_counter()
+    ablations = run_ablations(config, out, data, inception, real_features, options, log)
+    timed("ablations", tic)
+
+    # -- uncertainty -----------------------------------------------------------------------------
+    tic = time.perf_counter()
+    uncertainty = uncertainty_overlay(config, run_dir, data, out / "figures" / "uncertainty.png", log)
+    timed("uncertainty", tic)
+
+    # -- figures ---------------------------------------------------------------------------------
+    n_show = config.report.montage_per_class
+    column_labels = [name for name in class_names for _ in range(n_show)]
+    figures.save_domain_montage(
+        out / "figures" / "montage.png",
+        [_per_class_rows(data.density_generate, n_show), _per_class_rows(data.real_test, n_show),
+         _per_class_rows(data.traditional, n_show), _per_class_rows(gan, n_show)],
+        ["density map (D)", "real (test)", "traditional", "CryoETGAN"], column_labels,
+        title="central slices per class")
+    figures.save_confusion_png(out / "figures" / "confusion_inception.png", inception_on_test.confusion,
+                               class_names, f"real -> real (inception net): {inception_on_test.accuracy:.3f}")
+    for key, label in (("traditional", "traditional"), ("cryoetgan", "CryoETGAN")):
+        first = downstream[key].first
+        figures.save_confusion_png(out / "figures" / f"confusion_{key}.png", first.confusion, class_names,
+                                   f"trained on {label}, tested on real (seed {seeds[0]}): {first.accuracy:.3f}")
+    figures.save_accuracy_bars(out / "figures" / "downstream_accuracy.png", {
+        "real": (inception_on_test.accuracy, inception_on_test.accuracy, inception_on_test.accuracy),
+        "traditional": (downstream["traditional"].mean, downstream["traditional"].low, downstream["traditional"].high),
+        "CryoETGAN": (downstream["cryoetgan"].mean, downstream["cryoetgan"].low, downstream["cryoetgan"].high),
+    }, title="train on X, test on real")
+    if curves["steps"]:
+        figures.save_metric_curves(out / "figures" / "curves.png", curves["steps"],
+                                   {"FID": curves["fid"], "IS": curves["is_mean"], "coverage": curves["coverage"],
+                                    "density": curves["density"]},
+                                   title="CryoETGAN over training checkpoints",
+                                   reference={"FID": quality["traditional"]["fid"],
+                                              "IS": quality["traditional"]["is_mean"],
+                                              "coverage": quality["traditional"]["coverage"],
+                                              "density": quality["traditional"]["density"]})
+
+    results: dict[str, Any] = {
+        "title": config.report.title,
+        "config": config.to_dict(),
+        "data": {"description": data.description, "class_names": class_names, "box": data.box,
+                 "voxel_size": data.voxel_size, "n_real_train": len(data.real_train),
+                 "n_real_test": len(data.real_test), "n_density_train": len(data.density_train),
+                 "n_generated": len(gan), "n_traditional": len(data.traditional)},
+        "gan_run": str(run_dir),
+        "gan": gan_summary(run_dir),
+        "inception": {"real_test": inception_on_test.summary(),
+                      "is_mean": float(real_is[0]), "is_std": float(real_is[1])},
+        "quality": quality,
+        "downstream": {k: v.to_dict() for k, v in downstream.items()},
+        "curves": curves,
+        "ablations": ablations,
+        "uncertainty": uncertainty,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "threads": torch.get_num_threads(),
+                        "device": options.device},
+    }
+    timings["total"] = round(time.perf_counter() - started, 2)
+    results["timings_s"] = timings
+    write_json(out / "results.json", results)
+    from cryoet_forge.evaluate.report import render_report
+
+    report = out / "report.md"
+    from cryoet_forge.models.cb3d import atomic_write_bytes
+
+    atomic_write_bytes(report, render_report(results).encode())
+    log(f"done in {timings['total']:.0f} s")
+    return report
+
+
+def gan_summary(run_dir: Path) -> dict[str, Any]:
+    """The settings of a trained run that a reader of the report needs (from its saved config)."""
+    from cryoet_forge.train import resume_config
+
+    cfg = resume_config(run_dir)
+    steps = [step for step, _ in run_checkpoints(run_dir)]
+    return {"steps": steps[-1] if steps else 0, "batch_size": cfg.train.batch_size, "loss": cfg.loss.adversarial,
+            "critic": cfg.model.critic, "generator": cfg.model.generator,
+            "generator_options": dict(cfg.model.generator_options), "critic_options": dict(cfg.model.critic_options),
+            "density_noise_std": cfg.data.density_noise_std, "n_critic": cfg.train.n_critic}
+
+
+def metric_curves(config: EvaluationConfig, run_dir: Path, data: EvaluationData, inception: InceptionNet,
+                  real_features: np.ndarray) -> dict[str, list]:
+    """IS/FID/PRDC of the GAN at evenly spaced checkpoints of its run (the last included)."""
+    checkpoints = run_checkpoints(run_dir)
+    curves: dict[str, list] = {"steps": [], "is_mean": [], "fid": [], "precision": [], "recall": [],
+                               "density": [], "coverage": []}
+    if not checkpoints:
+        return curves
+    n = min(config.gan.curve_points, len(checkpoints))
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(checkpoints) - 1, n)})
+    for index in picks:
+        step, path = checkpoints[index]
+        generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed,
+                                      source=f"step {step}", checkpoint=path)
+        features, probs = run_inference(inception.model, generated.volumes, inception.normalize,
+                                        device=inception.device)
+        scores = quality_metrics(real_features, features, probs, config)
+        curves["steps"].append(step)
+        for key in ("is_mean", "fid", "precision", "recall", "density", "coverage"):
+            curves[key].append(scores[key])
+    return curves
+
+
+def ablation_variants(config: EvaluationConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """(table, label, TrainConfig overrides) for every ablation the config selects."""
+    variants = []
+    for std in config.ablations.noise_std:
+        variants.append(("noise", f"{float(std):g}", {"data.density_noise_std": float(std)}))
+    if config.ablations.lsgan:
+        variants.append(("components", "without Wasserstein (lsgan)", {"loss.adversarial": "lsgan"}))
+    if config.ablations.patchgan:
+        variants.append(("components", "without spectral norm (patchgan critic)", {"model.critic": "patchgan"}))
+    return variants
+
+
+def run_ablations(config: EvaluationConfig, out: Path, data: EvaluationData, inception: InceptionNet,
+                  real_features: np.ndarray, options: ClassifierOptions, log: Log) -> list[dict[str, Any]]:
+    rows = []
+    for index, (table, label, overrides) in enumerate(ablation_variants(config)):
+        slug = f"ablation-{index + 1}"
+        run_dir = train_gan(config, out / "runs" / slug, data.density_train, data.real_train, data.density_star,
+                            data.real_train_star, variant=overrides, log=log)
+        generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=label)
+        features, probs = inception.embed(slug, generated)
+        scores = quality_metrics(real_features, features, probs, config)
+        result = train_on_synthetic_test_on_real(label, generated, data.real_test, data.class_names, options,
+                                                 [int(s) for s in config.ablations.seeds],
+                                                 config.downstream.confidence, log)
+        rows.append({"table": table, "label": label, "overrides": overrides, "run": str(run_dir),
+                     "features": f"features/{slug}.features.npy", **scores, "downstream": result.to_dict()})
+    return rows
+
+
+def uncertainty_overlay(config: EvaluationConfig, run_dir: Path, data: EvaluationData, path: Path,
+                        log: Log) -> dict[str, Any]:
+    """MC-dropout mean/std of the generator on one posed map per class, as a PNG overlay."""
+    if not config.uncertainty.enabled:
+        return {"status": "disabled"}
+    from cryoet_forge.uncertainty import mc_dropout
+
+    maps, means, stds, summary = [], [], [], {}
+    normalized = data.density_generate.volumes
+    for label, name in enumerate(data.class_names):
+        index = int(np.where(data.density_generate.labels == label)[0][0])
+        volume = normalized[index]
+        low, high = float(volume.min()), float(volume.max())
+        volume = (2.0 * (volume - low) / max(high - low, 1e-8) - 1.0).astype(np.float32)
+        try:
+            mean, std = mc_dropout(run_dir, volume, samples=config.uncertainty.samples, seed=config.data.seed)
+        except ForgeError as exc:
+            log(f"uncertainty skipped: {exc}")
+            return {"status": f"skipped: {exc}"}
+        maps.append(volume)
+        means.append(np.asarray(mean))
+        stds.append(np.asarray(std))
+        summary[name] = float(np.asarray(std).mean())
+    figures.save_uncertainty_overlay(path, maps, means, stds, data.class_names)
+    return {"status": "ok", "samples": config.uncertainty.samples, "mean_std_per_class": summary}
+
+
+def load_results(out_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / "results.json").read_text())

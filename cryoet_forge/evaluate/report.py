@@ -1,0 +1,147 @@
+"""report.md from results.json, in the paper's table layout.
+
+Every number in the report is read from the results dictionary and printed with ``number``
+(three decimals), so ``results.json`` holds every figure the report shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_COLUMNS = ("IS", "FID", "Precision", "Recall", "Density", "Coverage")
+
+
+def number(value: float | int | None) -> str:
+    """The one format of every figure in the report."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.2e}"  # tiny FIDs of near-identical sets keep their magnitude
+    return f"{value:.3f}"
+
+
+def _interval(downstream: dict[str, Any]) -> str:
+    return (f"{number(downstream['mean'])} [{number(downstream['ci_low'])}, {number(downstream['ci_high'])}]")
+
+
+def _metric_cells(q: dict[str, Any]) -> list[str]:
+    return [f"{number(q['is_mean'])} ± {number(q['is_std'])}", number(q["fid"]), number(q["precision"]),
+            number(q["recall"]), number(q["density"]), number(q["coverage"])]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def render_report(results: dict[str, Any]) -> str:
+    data = results["data"]
+    quality = results["quality"]
+    downstream = results["downstream"]
+    inception = results["inception"]
+    confidence = downstream["cryoetgan"]["confidence"]
+    n_seeds = len(downstream["cryoetgan"]["seeds"])
+    ci = f"{round(confidence * 100)}% CI over {n_seeds} seeds"
+    lines = [f"# {results['title']}", ""]
+    lines += [
+        f"Data: {data['description']}.",
+        f"Classes: {', '.join(data['class_names'])}; box {data['box']}^3 voxels at {number(data['voxel_size'])} Å.",
+        f"Real train split: {data['n_real_train']} subtomograms; real test split: {data['n_real_test']}; "
+        f"density maps (domain D) for GAN training: {data['n_density_train']}; "
+        f"traditional and GAN sets: {data['n_traditional']} and {data['n_generated']} volumes.",
+        "",
+        "All metrics use the features (fc7, the last dense layer) and class probabilities of a CB3D "
+        "trained on the real training split (the \"Inception network\"); FID and PRDC compare each "
+        "set with the real test split.",
+        "",
+        "## Table 2: simulated data against the real test split",
+        "",
+    ]
+    header = ["Method", *METRIC_COLUMNS, f"Accuracy ({ci})"]
+    rows = [
+        ["Real test split (reference)", f"{number(inception['is_mean'])} ± {number(inception['is_std'])}",
+         "", "", "", "", "", f"{number(inception['real_test']['accuracy'])} (train on real)"],
+        ["Traditional simulation", *_metric_cells(quality["traditional"]), _interval(downstream["traditional"])],
+        ["CryoETGAN", *_metric_cells(quality["cryoetgan"]), _interval(downstream["cryoetgan"])],
+    ]
+    lines += _table(header, rows)
+    gain = downstream["cryoetgan"]["mean"] - downstream["traditional"]["mean"]
+    verdict = "beats" if downstream["cryoetgan"]["ci_low"] > downstream["traditional"]["ci_high"] else (
+        "is ahead of (intervals overlap)" if gain > 0 else "does not beat")
+    gan = results.get("gan")
+    trained = (f" The GAN ({gan['generator']} generator, {gan['critic']} critic, {gan['loss']} loss) was trained "
+               f"for {gan['steps']} steps of batch {gan['batch_size']}." if gan else "")
+    lines += ["", f"Accuracy is CB3D trained on each set ({downstream['cryoetgan']['n_train']} volumes) and tested "
+              f"on the real test split; the classifier trained on GAN output {verdict} the one trained on "
+              f"traditional simulation (mean difference {number(gain)}).{trained}", ""]
+
+    lines += ["### Per-class accuracy on the real test split", ""]
+    per_class_rows = []
+    real_pc = inception["real_test"]["per_class_accuracy"]
+    for name in data["class_names"]:
+        trad = [pc[name] for pc in downstream["traditional"]["per_class_accuracy"] if pc[name] is not None]
+        gan = [pc[name] for pc in downstream["cryoetgan"]["per_class_accuracy"] if pc[name] is not None]
+        per_class_rows.append([name, number(real_pc[name]),
+                               number(sum(trad) / len(trad)) if trad else "n/a",
+                               number(sum(gan) / len(gan)) if gan else "n/a"])
+    lines += _table(["Class", "train on real", "train on traditional (mean over seeds)",
+                     "train on CryoETGAN (mean over seeds)"], per_class_rows)
+    lines += ["", "Per-seed accuracies: traditional "
+              + ", ".join(number(a) for a in downstream["traditional"]["accuracies"])
+              + "; CryoETGAN " + ", ".join(number(a) for a in downstream["cryoetgan"]["accuracies"]) + ".", ""]
+
+    ablations = results["ablations"]
+    noise = [a for a in ablations if a["table"] == "noise"]
+    components = [a for a in ablations if a["table"] == "components"]
+    if noise:
+        lines += ["## Table 3: density-map noise std during training", ""]
+        lines += _table(["Noise std", *METRIC_COLUMNS, "Accuracy"],
+                        [[a["label"], *_metric_cells(a), _interval(a["downstream"])] for a in noise])
+        lines += [""]
+    if components:
+        lines += ["## Table 4: ablations", ""]
+        rows = [["CryoETGAN (full)", *_metric_cells(quality["cryoetgan"]), _interval(downstream["cryoetgan"])]]
+        rows += [[a["label"], *_metric_cells(a), _interval(a["downstream"])] for a in components]
+        lines += _table(["Variant", *METRIC_COLUMNS, "Accuracy"], rows)
+        lines += [""]
+    if ablations:
+        seeds = ablations[0]["downstream"]["seeds"]
+        lines += [f"Ablation accuracies use {len(seeds)} seed(s) each; a single seed gives a zero-width interval.", ""]
+
+    lines += ["## Figures", "",
+              "Central slices per class (rows: clean density map, real test, traditional, CryoETGAN):", "",
+              "![montage](figures/montage.png)", ""]
+    curves = results["curves"]
+    if curves["steps"]:
+        lines += ["Metrics of the GAN at its training checkpoints (dashed: traditional simulation):", "",
+                  "![curves](figures/curves.png)", ""]
+        lines += _table(["Step", "IS", "FID", "Precision", "Recall", "Density", "Coverage"],
+                        [[str(s), number(curves["is_mean"][i]), number(curves["fid"][i]),
+                          number(curves["precision"][i]), number(curves["recall"][i]),
+                          number(curves["density"][i]), number(curves["coverage"][i])]
+                         for i, s in enumerate(curves["steps"])])
+        lines += [""]
+    lines += ["Confusion matrices on the real test split (first seed):", "",
+              "| train on real | train on traditional | train on CryoETGAN |", "|---|---|---|",
+              "| ![](figures/confusion_inception.png) | ![](figures/confusion_traditional.png) | "
+              "![](figures/confusion_cryoetgan.png) |", "",
+              "![accuracy](figures/downstream_accuracy.png)", ""]
+    uncertainty = results["uncertainty"]
+    if uncertainty.get("status") == "ok":
+        lines += [f"Monte-Carlo-dropout uncertainty of the generator ({uncertainty['samples']} samples; mean "
+                  "per-voxel std: " + ", ".join(f"{k} {number(v)}" for k, v in
+                                                uncertainty["mean_std_per_class"].items()) + "):", "",
+                  "![uncertainty](figures/uncertainty.png)", ""]
+    else:
+        lines += [f"Uncertainty overlay: {uncertainty.get('status')}.", ""]
+    timings = results["timings_s"]
+    lines += ["## Reproduce", "",
+              f"Configuration: `{results['config']['origin']}` (the full resolved configuration is in results.json). "
+              f"GAN run folder: `{results['gan_run']}`. Features behind every metric: `features/*.npy`; "
+              "the inception CB3D: `models/inception/`.",
+              "",
+              "Time (s): " + ", ".join(f"{k} {number(float(v))}" for k, v in timings.items()) + ".", ""]
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""Generate subtomograms from density maps with a trained run's D -> S generator.
+
+Input maps are normalised the way the run's domain D was (``data.density.options.normalize``,
+default of the dataset kind), unless ``normalize`` says otherwise. Each output sample gets
+its own Gaussian noise volume drawn from a generator seeded with ``seed``, so one seed
+gives identical outputs and different seeds give different ones. Dropout, if the run has
+any, is off here (see ``cryoet_forge.uncertainty`` for Monte-Carlo dropout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryoet_forge.config import TrainConfig
+from cryoet_forge.errors import InputError
+from cryoet_forge.train import checkpoint as ckpt
+from cryoet_forge.train.loop import RUN_DATA, build_networks, resume_config, run_generator, takes_noise
+
+#: normalisation each dataset kind applies by default (what its ``normalize`` option defaults to)
+DEFAULT_NORMALIZE = {"simulated": "minmax", "volume-folder": "zscore"}
+
+
+def run_metadata(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_DATA
+    if not path.is_file():
+        raise InputError(f"{path}: run metadata missing; is {run_dir} a training run folder?")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path}: corrupt run metadata ({exc})") from None
+
+
+def density_normalization(cfg: TrainConfig) -> str:
+    d = cfg.data.density
+    return str(d.options.get("normalize", DEFAULT_NORMALIZE.get(d.dataset, "none")))
+
+
+def load_generator(run_dir: str | os.PathLike, network: str = "g_ds",
+                   **option_overrides: Any) -> tuple[nn.Module, TrainConfig]:
+    """A generator of a run with the weights of its newest checkpoint, in eval mode on CPU."""
+    run_dir = Path(run_dir)
+    cfg = resume_config(run_dir)
+    if option_overrides:
+        key = "generator_options" if network == "g_ds" else "inverse_generator_options"
+        setattr(cfg.model, key, {**getattr(cfg.model, key), **option_overrides})
+    model = build_networks(cfg)[network]
+    path = ckpt.latest_checkpoint(run_dir)
+    weights = ckpt.sub_state_dict(ckpt.load_weights(path), network)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: weights do not fit the run's {network} "
+                         f"({' '.join(str(exc).split())[:200]})") from None
+    return model.eval(), cfg
+
+
+def _as_batch(maps: np.ndarray, box: int, normalize: str) -> torch.Tensor:
+    from cryoet_forge.data.normalization import normalize_volume
+
+    array = np.asarray(maps, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or len(set(array.shape[1:])) != 1:
+        raise InputError(f"maps must be shaped (B, S, S, S), got {array.shape}")
+    if array.shape[-1] != box:
+        raise InputError(f"maps are {array.shape[-1]}^3 but the run was trained on {box}^3 volumes")
+    if not np.isfinite(array).all():
+        raise InputError("maps contain NaN or infinite voxels")
+    batch = torch.from_numpy(array.copy())
+    return torch.stack([normalize_volume(v, normalize) for v in batch])[:, None]
+
+
+@torch.no_grad()
+def generate_from_maps(run_dir: str | os.PathLike, maps: np.ndarray, n_per_map: int, seed: int,
+                       batch_size: int = 8, normalize: str | None = None) -> np.ndarray:
+    """(B, S, S, S) density maps -> (B * n_per_map, S, S, S) subtomograms; sample j of map i at i*n+j."""
+    if n_per_map < 1:
+        raise InputError(f"n_per_map must be >= 1, got {n_per_map}")
+    model, cfg = load_generator(run_dir)
+    box = int(run_metadata(Path(run_dir))["box"])
+    inputs = _as_batch(maps, box, normalize or density_normalization(cfg))
+    inputs = inputs.repeat_interleave(n_per_map, dim=0)
+    noise_gen = torch.Generator().manual_seed(int(seed))
+    outputs = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))  # generators that draw their own noise
+        for start in range(0, len(inputs), batch_size):
+            x = inputs[start:start + batch_size]
+            z = torch.randn(model.noise_shape(tuple(x.shape)), generator=noise_gen) if takes_noise(model) else None
+            outputs.append(run_generator(model, x, z)[:, 0])
+    return torch.cat(outputs).numpy().astype(np.float32)
+
+
+def _maps_from_source(run_dir: Path, maps: Path | None, structures: list[Path]):
+    """-> (volumes (B,S,S,S), (class number, class name) per map, source per map, voxel size (A),
+    recorded parameters per map)."""
+    meta = run_metadata(run_dir)
+    box, voxel = int(meta["box"]), float(meta.get("voxel_size") or 0.0)
+    if maps is not None:
+        from cryoet_forge.data.folders import VolumeFolderDataset
+
+        dataset = VolumeFolderDataset(maps, normalize="none")
+        items = [dataset[i] for i in range(len(dataset))]
+        volumes = np.stack([it["volume"][0].numpy() for it in items])
+        classes = [(int(it["label"]) + 1, it["class_name"]) for it in items]
+        files = getattr(dataset, "files", None)
+        sources = [str(files[i]) if files else f"{maps}[{i}]" for i in range(len(dataset))]
+        return volumes, classes, sources, float(dataset.voxel_size), [_carried(dataset, i) for i in range(len(dataset))]
+    from cryoet_forge.simulate.templates import load_templates
+
+    if voxel <= 0:
+        raise InputError(f"{run_dir}: the run records no voxel size; use --maps instead of --structures")
+    names, volumes = load_templates([str(p) for p in structures], box, voxel)
+    return volumes, list(enumerate(names, 1)), [str(p) for p in structures], voxel, [{} for _ in names]
+
+
+#: columns the output STAR file writes itself
+OWN_COLUMNS = {"rlnImageName", "rlnClassNumber", "forgeClassName", "rlnImagePixelSize"}
+
+
+def _carried(dataset, index: int) -> dict[str, Any]:
+    """The input map's recorded parameters (pose, ...) to carry into the output table."""
+    row = dataset.parameters(index) if hasattr(dataset, "parameters") else {}
+    return {k: v for k, v in row.items() if k not in OWN_COLUMNS and not k.startswith("forgeSource")}
+
+
+def generate_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, maps=None,
+                       structures=(), n_per_map: int = 1, seed: int = 0, batch_size: int = 8) -> Path:
+    """Write OUT/subtomograms/*.mrc and OUT/particles.star (classes carried over); return the STAR path."""
+    import pandas as pd
+
+    from cryoet_forge.io.mrc import write_mrc
+    from cryoet_forge.io.star import write_particles
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    volumes, classes, sources, voxel, carried = _maps_from_source(
+        run_dir, Path(maps) if maps else None, [Path(p) for p in structures])
+    poses = [carried[k // n_per_map] for k in range(len(volumes) * n_per_map)]
+    if structures:
+        # centred templates: give every sample its own random pose, as domain D had in training
+        from cryoet_forge.simulate.poses import PoseSimulator
+
+        repeated = torch.from_numpy(np.repeat(volumes, n_per_map, axis=0))
+        posed, poses = PoseSimulator().simulate(repeated, voxel, torch.Generator().manual_seed(int(seed) + 1))
+        generated = generate_from_maps(run_dir, posed.numpy(), 1, seed, batch_size=batch_size)
+        volumes = posed.numpy()[::n_per_map]  # what the first sample of each map was made from
+    else:
+        generated = generate_from_maps(run_dir, volumes, n_per_map, seed, batch_size=batch_size)
+    rows = []
+    for k, volume in enumerate(generated):
+        i, j = divmod(k, n_per_map)
+        name = f"subtomograms/{k:06d}.mrc"
+        write_mrc(out_dir / name, volume, voxel)
+        rows.append({"rlnImageName": name, "rlnClassNumber": classes[i][0],
+                     "forgeClassName": classes[i][1], "rlnImagePixelSize": voxel,
+                     "forgeSourceMap": sources[i], "forgeSampleIndex": j, "forgeSeed": int(seed),
+                     **poses[k]})
+    star = write_particles(out_dir / "particles.star", pd.DataFrame(rows))
+    from cryoet_forge.viz import save_slice_montage
+
+    shown = min(len(volumes), 6)
+    save_slice_montage(out_dir / "montage.png",
+                       [[volumes[i] for i in range(shown)], [generated[i * n_per_map] for i in range(shown)]],
+                       row_labels=["density map", "generated"], col_labels=[classes[i][1] for i in range(shown)])
+    return star

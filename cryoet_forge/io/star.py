@@ -1,0 +1,73 @@
+"""STAR particle tables (starfile), one row per subtomogram.
+
+Required columns: ``rlnImageName`` (volume path relative to the STAR file's folder),
+``rlnClassNumber`` (int, 1-based), ``forgeClassName`` (str) and ``rlnImagePixelSize``
+(Angstrom). Every recorded simulation parameter rides along as further columns
+(``rlnAngleRot/Tilt/Psi`` in degrees, ``rlnOriginXAngst``..., ``rlnDefocusU``, ``forgeSnr``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryoet_forge.errors import InputError
+from cryoet_forge.io.atomic import atomic_path
+
+REQUIRED_COLUMNS = ("rlnImageName", "rlnClassNumber", "forgeClassName", "rlnImagePixelSize")
+BLOCK = "particles"
+
+
+def _check_table(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{source}: missing STAR column(s) {', '.join(missing)}; "
+                         f"expected {', '.join(REQUIRED_COLUMNS)}")
+    df = df.copy()
+    try:
+        df["rlnClassNumber"] = df["rlnClassNumber"].astype(int)
+        df["rlnImagePixelSize"] = df["rlnImagePixelSize"].astype(float)
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: rlnClassNumber must be integers and rlnImagePixelSize numbers") from None
+    if len(df) and (df["rlnClassNumber"] < 1).any():
+        raise InputError(f"{source}: rlnClassNumber must be >= 1 (1-based class ids)")
+    if len(df) and not (np.isfinite(df["rlnImagePixelSize"]) & (df["rlnImagePixelSize"] > 0)).all():
+        raise InputError(f"{source}: rlnImagePixelSize must be > 0 Angstrom")
+    df["forgeClassName"] = df["forgeClassName"].astype(str)
+    df["rlnImageName"] = df["rlnImageName"].astype(str)
+    return df
+
+
+def read_particles(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a particle STAR file into a DataFrame (InputError naming the file if unusable)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such STAR file")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"{path}: not a readable STAR file ({reason})") from None
+    tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
+    if BLOCK in tables:
+        df = tables[BLOCK]
+    else:
+        candidates = [v for v in tables.values() if "rlnImageName" in v.columns]
+        if len(candidates) != 1:
+            raise InputError(f"{path}: expected one data block with rlnImageName "
+                             f"(found blocks: {', '.join(blocks) or 'none'})")
+        df = candidates[0]
+    return _check_table(df, str(path))
+
+
+def write_particles(path: str | os.PathLike, df: pd.DataFrame) -> Path:
+    """Write ``df`` as data block ``data_particles`` of a STAR file, atomically."""
+    path = Path(path)
+    df = _check_table(pd.DataFrame(df).reset_index(drop=True), str(path))
+    with atomic_path(path, suffix=".star") as tmp:
+        starfile.write({BLOCK: df}, tmp, overwrite=True, float_format="%.9g")
+    return path

@@ -1,0 +1,36 @@
+"""Built-in networks, losses and the train/generate/uncertainty commands, registered as a plugin."""
+
+from __future__ import annotations
+
+from cryoet_forge import hookimpl
+from cryoet_forge.losses import CycleL1Loss, LSGANLoss, WGANClipLoss, WGANGPLoss
+from cryoet_forge.models.critics import PatchGANCritic, SNWGANCritic
+from cryoet_forge.models.generators import CryoETGANGenerator
+
+
+@hookimpl
+def forge_register_generators(register):
+    register("cryoetgan", CryoETGANGenerator)
+
+
+@hookimpl
+def forge_register_critics(register):
+    register("sn-wgan", SNWGANCritic)
+    register("patchgan", PatchGANCritic)
+
+
+@hookimpl
+def forge_register_losses(register):
+    register("wgan-clip", WGANClipLoss)
+    register("wgan-gp", WGANGPLoss)
+    register("lsgan", LSGANLoss)
+    register("cycle-l1", CycleL1Loss)
+
+
+@hookimpl
+def forge_register_commands(cli):
+    from cryoet_forge.train.commands import generate_command, train_command, uncertainty_command
+
+    cli.add_command(train_command)
+    cli.add_command(generate_command)
+    cli.add_command(uncertainty_command)

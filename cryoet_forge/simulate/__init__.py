@@ -1,0 +1,1 @@
+"""Simulation: structures -> density maps -> subtomograms (``fourier`` and ``tilt-series``)."""

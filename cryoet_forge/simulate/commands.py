@@ -1,0 +1,222 @@
+"""``forge simulate`` and ``forge fetch-structures``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+import torch
+
+from cryoet_forge.errors import ConfigError
+
+
+OUTPUT_NAMES = ("templates", "density", "subtomograms", "density.star", "particles.star", "montage.png",
+                "density.npz", "particles.npz", "simulation.json")
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` strings -> dict; values parsed as JSON when possible (numbers, lists, true)."""
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--option {pair!r}: expected KEY=VALUE, e.g. snr=0.1 or tilt_range=[-50,50]")
+        key, value = pair.split("=", 1)
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = value
+    return options
+
+
+def _progress(total: int, quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True, quiet=quiet)
+    return Progress(TextColumn("[bold]simulate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=False, disable=quiet)
+
+
+def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box: int, voxel_size: float,
+                   seed: int, options: dict, batch_size: int = 32, resolution: float | None = None,
+                   crop: bool = False, bundle: bool = False, device: str = "cpu", quiet: bool = True,
+                   overwrite: bool = False, assembly: int | None = None) -> dict:
+    """Write templates, paired clean posed maps (domain D) and subtomograms (domain S) to ``out``.
+
+    Particle i of class c gets one random pose shared by its density map and its
+    subtomogram (so the pairs are known); training uses the two folders unpaired. Batches are
+    seeded from (seed, batch index): the same seed and batch size give identical files.
+    """
+    from cryoet_forge.data.bundle import save_bundle
+    from cryoet_forge.io.atomic import atomic_path
+    from cryoet_forge.data.simulated import item_seed, make_simulator
+    from cryoet_forge.io.mrc import check_voxel_size, write_mrc
+    from cryoet_forge.io.star import write_particles
+    from cryoet_forge.simulate.poses import PoseSimulator
+    from cryoet_forge.simulate.templates import load_templates
+    from cryoet_forge.viz import save_slice_montage
+
+    voxel_size = check_voxel_size(voxel_size)
+    existing = [name for name in OUTPUT_NAMES if (out / name).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{out} already holds a simulation ({', '.join(existing)}); "
+                          f"choose another --out or pass --overwrite")
+    if n_per_class < 1:
+        raise ConfigError(f"--n-per-class {n_per_class}: expected >= 1")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: expected >= 1")
+    shift = options.pop("max_shift", 2.0)
+    simulator = make_simulator(simulator_name, {**options, "rotate": False, "max_shift": 0.0})
+    poser = PoseSimulator(max_shift=shift)
+    class_names, templates = load_templates(specs, box, voxel_size, seed, resolution, crop, assembly)
+    for name in existing:  # only what a previous simulation wrote; other files stay
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    for name, volume in zip(class_names, templates):
+        write_mrc(out / "templates" / f"{name}.mrc", volume, voxel_size)
+
+    jobs = [(c, k) for c in range(len(class_names)) for k in range(n_per_class)]
+    density_rows, particle_rows = [], []
+    examples: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in range(len(class_names))}
+    all_density, all_particles = [], []
+    template_tensor = torch.from_numpy(templates).to(device)
+    with _progress(len(jobs), quiet) as progress:
+        task = progress.add_task(f"{simulator_name} x {len(class_names)} classes", total=len(jobs))
+        for batch_index, start in enumerate(range(0, len(jobs), batch_size)):
+            batch = jobs[start:start + batch_size]
+            generator = torch.Generator().manual_seed(item_seed(seed, batch_index))
+            maps = template_tensor[[c for c, _ in batch]]
+            posed, pose_records = poser.simulate(maps, voxel_size, generator)
+            simulated, sim_records = simulator.simulate(posed, voxel_size, generator)
+            posed_np, simulated_np = posed.cpu().numpy(), simulated.cpu().numpy()
+            for i, (c, k) in enumerate(batch):
+                name = f"{class_names[c]}_{k:05d}.mrc"
+                write_mrc(out / "density" / name, posed_np[i], voxel_size)
+                write_mrc(out / "subtomograms" / name, simulated_np[i], voxel_size)
+                common = {"rlnClassNumber": c + 1, "forgeClassName": class_names[c],
+                          "rlnImagePixelSize": voxel_size, "forgeParticleIndex": k}
+                pose = {key: v for key, v in pose_records[i].items() if key != "forgeSimulator"}
+                density_rows.append({"rlnImageName": f"density/{name}", **common, **pose})
+                params = {**sim_records[i], **pose}
+                particle_rows.append({"rlnImageName": f"subtomograms/{name}", **common, **params,
+                                      "forgeDensityName": f"density/{name}"})
+                if len(examples[c]) < 3:
+                    examples[c].append((posed_np[i], simulated_np[i]))
+            if bundle:
+                all_density.append(posed_np)
+                all_particles.append(simulated_np)
+            progress.advance(task, len(batch))
+
+    density_table = pd.DataFrame(density_rows)
+    particle_table = pd.DataFrame(particle_rows)
+    write_particles(out / "density.star", density_table)
+    write_particles(out / "particles.star", particle_table)
+    if bundle:
+        labels = [c for c, _ in jobs]
+        save_bundle(out / "density.npz", np.concatenate(all_density), labels, class_names, voxel_size,
+                    density_table)
+        save_bundle(out / "particles.npz", np.concatenate(all_particles), labels, class_names, voxel_size,
+                    particle_table.drop(columns=["forgeSimulator"], errors="ignore"))
+    rows = [[templates[c]] + [d for d, _ in examples[c]] + [s for _, s in examples[c]]
+            for c in range(len(class_names))]
+    n_ex = max(len(v) for v in examples.values())
+    save_slice_montage(out / "montage.png", rows, class_names,
+                       ["template"] + [f"D {i + 1}" for i in range(n_ex)] + [f"S {i + 1}" for i in range(n_ex)],
+                       title=f"{simulator_name}, {box}^3 at {voxel_size:g} A (central z slices)")
+    summary = {"classes": class_names, "simulator": simulator_name, "options": options, "max_shift": shift,
+               "assembly": assembly, "crop": crop,
+               "n_per_class": n_per_class, "box": box, "voxel_size": voxel_size, "seed": seed,
+               "batch_size": batch_size, "resolution": resolution, "particles": len(jobs)}
+    with atomic_path(out / "simulation.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+@click.command("simulate")
+@click.option("--phantoms", "use_phantoms", is_flag=True, help="Use the procedural phantom classes (offline).")
+@click.option("--structures", "structures", metavar="IDS_OR_DIR",
+              help="Comma-separated PDB ids / structure or map files, or a folder of them.")
+@click.option("--simulator", "simulator_name", default="fourier", show_default=True,
+              help="A registered simulator (fourier, tilt-series) or 'none'.")
+@click.option("--n-per-class", type=int, default=10, show_default=True)
+@click.option("--box", type=int, default=40, show_default=True, help="Box edge in voxels.")
+@click.option("--voxel-size", type=float, default=9.4, show_default=True, help="Angstrom per voxel.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--snr", type=float, default=None, help="Target SNR (fourier), var(signal)/var(noise).")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Simulator option, e.g. --option defocus_um=[-4,-2] (repeatable).")
+@click.option("--resolution", type=float, default=None, help="Low-pass of structure maps in A (default 2 x voxel).")
+@click.option("--crop", is_flag=True, help="Crop structures larger than the box (with a warning) instead of failing.")
+@click.option("--assembly", type=int, default=None, help="Build biological assembly N of each structure (e.g. 1).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--bundle", is_flag=True, help="Also write density.npz and particles.npz bundles.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous simulation in OUT.")
+def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box, voxel_size, seed, out,
+                     snr, option_pairs, resolution, crop, assembly, batch_size, bundle, device, quiet, overwrite):
+    """Simulate density maps and subtomograms per class into OUT (STAR tables + montage)."""
+    if use_phantoms == bool(structures):
+        raise ConfigError("give exactly one of --phantoms or --structures IDS_OR_DIR")
+    options = _parse_options(option_pairs)
+    if snr is not None:
+        options["snr"] = snr
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run_simulation(out, None if use_phantoms else structures, simulator_name, n_per_class, box,
+                                 voxel_size, seed, options, batch_size, resolution, crop, bundle, device, quiet,
+                                 overwrite, assembly)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            click.echo(f"forge: warning: {w.message}", err=True)
+    click.echo(f"wrote {summary['particles']} particles of {len(summary['classes'])} classes "
+               f"({', '.join(summary['classes'])}) to {out}")
+
+
+@click.command("fetch-structures")
+@click.argument("pdb_ids", nargs=-1, required=True)
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache folder (default $FORGE_CACHE_DIR or ~/.cache/cryoet-forge).")
+@click.option("--base-url", default=None, help="Archive URL (default $FORGE_PDB_URL or RCSB).")
+def fetch_structures_command(pdb_ids, cache, base_url):
+    """Download PDB entries (mmCIF) into the cache; cached entries are never downloaded again."""
+    from cryoet_forge.io.structures import cached_structure_path, check_pdb_id, fetch_structure
+
+    ids = [check_pdb_id(i) for raw in pdb_ids for i in raw.split(",") if i.strip()]
+    for pdb_id in ids:
+        was_cached = cached_structure_path(pdb_id, cache).is_file()
+        path = fetch_structure(pdb_id, cache=cache, base_url=base_url)
+        click.echo(f"{pdb_id} {'cached' if was_cached else 'downloaded'} {path}")
+
+
+@click.command("density")
+@click.argument("structure", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .mrc")
+@click.option("--voxel-size", type=float, default=9.4, show_default=True, help="Angstrom per voxel.")
+@click.option("--box", type=int, default=40, show_default=True, help="Box edge in voxels.")
+@click.option("--resolution", type=float, default=None, help="Low-pass in A (default 2 x voxel size).")
+@click.option("--assembly", type=int, default=None, help="Build biological assembly N (e.g. 1).")
+@click.option("--crop", is_flag=True, help="Crop a structure larger than the box (with a warning).")
+def density_command(structure, out, voxel_size, box, resolution, assembly, crop):
+    """Compute the density map of a PDB/mmCIF file (or a cached PDB id) as MRC."""
+    from cryoet_forge.io.structures import PDB_ID, fetch_structure
+    from cryoet_forge.simulate.density import write_structure_map
+
+    if not structure.exists() and PDB_ID.match(str(structure)):
+        structure = fetch_structure(str(structure))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = write_structure_map(out, structure, voxel_size, box, resolution, crop, assembly)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            click.echo(f"forge: warning: {w.message}", err=True)
+    click.echo(f"wrote {path} ({box}^3 at {voxel_size:g} A)")

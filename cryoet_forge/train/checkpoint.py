@@ -1,0 +1,163 @@
+"""Run-folder checkpoints without pickle.
+
+``RUN_DIR/checkpoints/step-00000042/`` holds
+
+- ``weights.safetensors``: the state of every network (``g_ds.``, ``g_sd.``, ``c_s.``,
+  ``c_d.`` prefixes; spectral-norm power-iteration vectors included);
+- ``state.safetensors``: every tensor of the training state (optimizer moments, RNG
+  states of torch CPU/CUDA and of the noise generator, numpy's Mersenne-Twister keys);
+- ``state.json``: everything else (step, data positions, optimizer hyper-parameters,
+  GradScaler state, Python's RNG state, ...).
+
+A checkpoint is written into a temporary folder which is then renamed, so a folder named
+``step-N`` is always complete; the oldest ones beyond ``keep`` are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from cryoet_forge.errors import InputError
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+FILES = ("weights.safetensors", "state.safetensors", "state.json")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint folder, or InputError naming the run folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run folder")
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise InputError(f"{run_dir}: no checkpoint found (expected {checkpoint_dir(run_dir)}/step-NNNNNNNN/)")
+    return found[-1]
+
+
+def flatten_state(prefix: str, state: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested dict/list into ``tensors``; return the JSON-able rest."""
+    if isinstance(state, torch.Tensor):
+        key = prefix
+        tensors[key] = state.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(state, dict):
+        return {"__dict__": [[k, flatten_state(f"{prefix}.{k}", v, tensors)] for k, v in state.items()]}
+    if isinstance(state, (list, tuple)):
+        items = [flatten_state(f"{prefix}.{i}", v, tensors) for i, v in enumerate(state)]
+        return {"__tuple__": items} if isinstance(state, tuple) else items
+    if state is None or isinstance(state, (bool, int, float, str)):
+        return state
+    raise TypeError(f"cannot store {type(state).__name__} at {prefix} in a checkpoint")
+
+
+def unflatten_state(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(node, dict):
+        if "__tensor__" in node:
+            return tensors[node["__tensor__"]]
+        if "__dict__" in node:
+            return {k: unflatten_state(v, tensors) for k, v in node["__dict__"]}
+        if "__tuple__" in node:
+            return tuple(unflatten_state(v, tensors) for v in node["__tuple__"])
+        raise ValueError(f"unexpected table in checkpoint state: {sorted(node)}")
+    if isinstance(node, list):
+        return [unflatten_state(v, tensors) for v in node]
+    return node
+
+
+def save_checkpoint(run_dir: Path, step: int, weights: dict[str, torch.Tensor],
+                    state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint ``step`` atomically and delete all but the newest ``keep``."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", dir=root))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
+                  str(tmp / "weights.safetensors"))
+        tensors: dict[str, torch.Tensor] = {}
+        meta = flatten_state("state", state, tensors)
+        save_file(tensors, str(tmp / "state.safetensors"))
+        with open(tmp / "state.json", "w") as fh:
+            json.dump({"format": 1, "step": step, "state": meta}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():  # the same step written again (a resumed run): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    # half-written folders of a process killed while saving (only rank 0 ever writes here)
+    for stale in root.glob(".step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint folder -> (step, weights, state); InputError naming a bad file."""
+    path = Path(path)
+    for name in FILES:
+        if not (path / name).is_file():
+            raise InputError(f"{path / name}: checkpoint file missing")
+    try:
+        weights = load_file(str(path / "weights.safetensors"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path / 'weights.safetensors'}: corrupt checkpoint ({_first_line(exc)})") from None
+    try:
+        tensors = load_file(str(path / "state.safetensors"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path / 'state.safetensors'}: corrupt checkpoint ({_first_line(exc)})") from None
+    try:
+        with open(path / "state.json") as fh:
+            meta = json.load(fh)
+        step = int(meta["step"])
+        state = unflatten_state(meta["state"], tensors)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path / 'state.json'}: corrupt checkpoint ({_first_line(exc)})") from None
+    return step, weights, state
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Only the network weights of a checkpoint folder (for generation)."""
+    file = Path(path) / "weights.safetensors"
+    if not file.is_file():
+        raise InputError(f"{file}: checkpoint file missing")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{file}: corrupt checkpoint ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] or type(exc).__name__
+
+
+def sub_state_dict(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}

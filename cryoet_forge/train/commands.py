@@ -1,0 +1,119 @@
+"""The ``forge train``, ``forge generate`` and ``forge uncertainty`` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cryoet_forge.errors import ConfigError, InputError
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict:
+    from cryoet_forge.config import parse_override
+
+    return dict(parse_override(p) for p in pairs)
+
+
+@click.command("train")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML run configuration (defaults apply to keys it leaves out).")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder to create (default: runs/<config name>).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this folder from its newest checkpoint.")
+@click.option("--generator", help="Generator name (forge list generator).")
+@click.option("--critic", help="Critic name (forge list critic).")
+@click.option("--loss", help="Adversarial loss name (forge list loss).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Numeric precision.")
+@click.option("--steps", type=int, help="Total number of generator steps.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="Use torch.compile.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set train.batch_size=4 (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_command(config_path, run_dir, resume_dir, generator, critic, loss, precision, steps,
+                  compile_, sets, quiet):
+    """Train CryoETGAN (density maps D <-> subtomograms S); works under torchrun too."""
+    from cryoet_forge.config import load_config
+    from cryoet_forge.train import resume_config, train
+
+    overrides = _overrides(sets)
+    for key, value in (("model.generator", generator), ("model.critic", critic),
+                       ("loss.adversarial", loss), ("train.precision", precision),
+                       ("train.steps", steps), ("train.compile", compile_)):
+        if value is not None:
+            overrides[key] = value
+    if quiet:
+        overrides["log.progress"] = False
+    if resume_dir is not None:
+        if config_path is not None:
+            raise ConfigError("--resume uses the run folder's own config.toml; drop --config")
+        cfg = resume_config(resume_dir, overrides)
+        _check_components(cfg)
+        out = train(cfg, resume_dir, resume=True)
+    else:
+        cfg = load_config(config_path, overrides)
+        _check_components(cfg)
+        if run_dir is None:
+            name = config_path.stem if config_path is not None else "default"
+            run_dir = Path("runs") / name
+        out = train(cfg, run_dir)
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"run folder: {out}")
+
+
+def _check_components(cfg) -> None:
+    """Fail on an unknown name before any data is generated (lists the valid choices)."""
+    from cryoet_forge import registry
+
+    registry.get("generator", cfg.model.generator)
+    registry.get("critic", cfg.model.critic)
+    registry.get("loss", cfg.loss.adversarial)
+    registry.get("dataset", cfg.data.density.dataset)
+    registry.get("dataset", cfg.data.subtomograms.dataset)
+
+
+@click.command("generate")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Training run folder (its newest checkpoint is used).")
+@click.option("--maps", "maps", type=click.Path(path_type=Path),
+              help="Density maps: a STAR file, or a folder of .mrc files / with one .star file.")
+@click.option("--structures", "structures", multiple=True, metavar="SPEC",
+              help="A PDB/mmCIF file, MRC map, PDB id or phantom class, turned into a density map at "
+                   "the run's box and voxel size and given a random pose per sample (repeatable).")
+@click.option("--n-per-map", "n_per_map", default=1, show_default=True, type=click.IntRange(1),
+              help="Subtomograms generated per map (different noise draws).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_size):
+    """Generate realistic subtomograms (MRC + particles.star) from density maps."""
+    from cryoet_forge.generate import generate_to_folder
+
+    if (maps is None) == (not structures):
+        raise InputError("give exactly one of --maps DIR|STAR or --structures FILE...")
+    star = generate_to_folder(run_dir, out_dir, maps=maps, structures=list(structures),
+                              n_per_map=n_per_map, seed=seed, batch_size=batch_size)
+    click.echo(f"wrote {star}")
+
+
+@click.command("uncertainty")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Density map (MRC) at the run's box size.")
+@click.option("--samples", default=20, show_default=True, type=click.IntRange(2))
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
+              help="Dropout probability to use when the run trained without dropout.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default: beside the map, <map>-uncertainty/).")
+def uncertainty_command(run_dir, map_path, samples, dropout, seed, out_dir):
+    """Monte-Carlo-dropout uncertainty: per-voxel mean and std of generated subtomograms."""
+    from cryoet_forge.uncertainty import uncertainty_to_folder
+
+    out_dir = out_dir or map_path.with_name(map_path.stem + "-uncertainty")
+    paths = uncertainty_to_folder(run_dir, map_path, out_dir, samples=samples, seed=seed, dropout=dropout)
+    for p in paths:
+        click.echo(f"wrote {p}")

@@ -1,0 +1,613 @@
+"""The CryoETGAN training loop: two generators, two critics, unpaired domains D and S.
+
+One training step = ``n_critic`` critic updates (each on a fresh pair of batches: density
+maps d from D, subtomograms s from S) followed by one generator update on the last pair:
+
+- critics:   L_C = adv.critic(C_S(s), C_S(G_ds(d))) + adv.critic(C_D(d), C_D(G_sd(s))) [+ GP]
+- generators: L_G = adv.gen(C_S(G_ds(d))) + adv.gen(C_D(G_sd(s)))
+                    + lambda * (|d - G_sd(G_ds(d))|_1 + |s - G_ds(G_sd(s))|_1)
+
+Zero-mean Gaussian noise of std ``data.density_noise_std`` is added to every density map
+drawn from D. The D -> S generator gets a fresh Gaussian noise volume per sample.
+
+Both generators form one module (``CyclePair``) so that under DistributedDataParallel it
+runs exactly one forward per backward; each critic scores its real, fake (and interpolated)
+batches in one batched forward, and the two critics do forward + backward one after the
+other, which halves the peak memory of the critic update. Inside the generator update the
+critics are used without DDP and with frozen parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryoet_forge import registry
+from cryoet_forge.config import TrainConfig, load_config, save_config
+from cryoet_forge.errors import ConfigError, InputError, TrainingError
+from cryoet_forge.losses import AdversarialLoss, CycleL1Loss
+from cryoet_forge.train import checkpoint as ckpt
+from cryoet_forge.train.distributed import (
+    DistContext,
+    ResumableBatchSampler,
+    all_gather_objects,
+    barrier,
+    init_distributed,
+    mean_across_ranks,
+    shutdown,
+)
+
+RUN_CONFIG = "config.toml"
+RUN_DATA = "data.json"
+NETWORKS = ("g_ds", "g_sd", "c_s", "c_d")
+
+
+# -- building blocks -----------------------------------------------------------------------
+
+def takes_noise(generator: nn.Module) -> bool:
+    """True for generators with an explicit noise input (``noise_shape`` + ``noise=True``)."""
+    return bool(getattr(generator, "noise", False)) and hasattr(generator, "noise_shape")
+
+
+def run_generator(generator: nn.Module, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    if noise is not None and takes_noise(generator):
+        return generator(x, noise=noise)
+    return generator(x)
+
+
+class CyclePair(nn.Module):
+    """Both generators; ``forward`` returns the translations (and their cycles)."""
+
+    def __init__(self, g_ds: nn.Module, g_sd: nn.Module):
+        super().__init__()
+        self.g_ds, self.g_sd = g_ds, g_sd
+
+    def forward(self, d: torch.Tensor, s: torch.Tensor, z1: torch.Tensor | None,
+                z2: torch.Tensor | None, cycle: bool = True):
+        fake_s = run_generator(self.g_ds, d, z1)
+        fake_d = self.g_sd(s)
+        if not cycle:
+            return fake_s, fake_d
+        cyc_d = self.g_sd(fake_s)
+        cyc_s = run_generator(self.g_ds, fake_d, z2)
+        return fake_s, fake_d, cyc_d, cyc_s
+
+
+class CriticPass(nn.Module):
+    """One critic scoring several batches (real, fake[, interpolates]) in one batched forward."""
+
+    def __init__(self, critic: nn.Module):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, parts: Sequence[torch.Tensor]):
+        return self.critic(torch.cat(list(parts))).split([p.shape[0] for p in parts])
+
+
+def _factory_takes(kind: str, name: str, option: str) -> bool:
+    factory = registry.get(kind, name).factory
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return option in params
+
+
+def build_networks(cfg: TrainConfig) -> dict[str, nn.Module]:
+    """The four networks of a run, built from the registry (unknown names list the choices)."""
+    m = cfg.model
+    forward_opts = dict(m.generator_options)
+    inverse_opts = dict(m.generator_options)
+    if _factory_takes("generator", m.generator, "noise"):
+        inverse_opts["noise"] = False  # S -> D needs no stochastic input
+    inverse_opts.update(m.inverse_generator_options)
+    return {
+        "g_ds": registry.create("generator", m.generator, in_channels=1, out_channels=1, **forward_opts),
+        "g_sd": registry.create("generator", m.generator, in_channels=1, out_channels=1, **inverse_opts),
+        "c_s": registry.create("critic", m.critic, in_channels=1, **m.critic_options),
+        "c_d": registry.create("critic", m.critic, in_channels=1, **m.critic_options),
+    }
+
+
+@torch.no_grad()
+def check_networks(nets: dict[str, nn.Module], box: int, names: dict[str, str],
+                   device: torch.device) -> None:
+    """Run each network once on a zero volume so a size it cannot take fails before training."""
+    x = torch.zeros(1, 1, box, box, box, device=device)
+    for key, net in nets.items():
+        kind = "generator" if key.startswith("g_") else "critic"
+        try:
+            net.eval()(x)
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"{kind} {names[kind]!r} cannot take {box}^3 volumes "
+                             f"({' '.join(str(exc).split())[:200]})") from None
+        finally:
+            net.train()
+
+
+def build_losses(cfg: TrainConfig) -> tuple[AdversarialLoss, CycleL1Loss]:
+    adversarial = registry.create("loss", cfg.loss.adversarial, **cfg.loss.options)
+    if not isinstance(adversarial, AdversarialLoss):
+        raise ConfigError(f"loss {cfg.loss.adversarial!r} is not an adversarial loss")
+    return adversarial, CycleL1Loss(cfg.loss.cycle_weight)
+
+
+def build_datasets(cfg: TrainConfig):
+    density = registry.create("dataset", cfg.data.density.dataset, **cfg.data.density.options)
+    subtomograms = registry.create("dataset", cfg.data.subtomograms.dataset, **cfg.data.subtomograms.options)
+    return density, subtomograms
+
+
+def volume_shape(dataset, what: str) -> tuple[int, ...]:
+    if len(dataset) == 0:
+        raise InputError(f"the {what} dataset is empty")
+    shape = tuple(dataset[0]["volume"].shape)
+    if len(shape) != 4 or shape[0] != 1 or len(set(shape[1:])) != 1:
+        raise InputError(f"{what} volumes must be (1, S, S, S) cubes, got {shape}")
+    return shape
+
+
+def check_domains(density, subtomograms) -> int:
+    d_shape = volume_shape(density, "density-map (D)")
+    s_shape = volume_shape(subtomograms, "subtomogram (S)")
+    if d_shape != s_shape:
+        raise InputError(
+            f"domain volumes differ in size: density maps are {d_shape[-1]}^3, subtomograms "
+            f"{s_shape[-1]}^3; expected the same box (resample one domain)"
+        )
+    return d_shape[-1]
+
+
+def make_optimizer(cfg: TrainConfig, params, lr: float, device: torch.device):
+    o = cfg.optim
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": o.weight_decay}
+    if o.name == "adam":
+        cls, kwargs["betas"] = torch.optim.Adam, tuple(o.betas)
+    elif o.name == "sgd":
+        cls = torch.optim.SGD
+    else:
+        cls = torch.optim.RMSprop
+    accepted = inspect.signature(cls).parameters
+    if o.fused and device.type == "cuda":
+        if "fused" in accepted:
+            kwargs["fused"] = True
+        elif "foreach" in accepted:
+            kwargs["foreach"] = True
+    return cls(params, **kwargs)
+
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# -- the trainer -----------------------------------------------------------------------------
+
+class Trainer:
+    """Owns the networks, optimizers, data streams and run folder of one training run."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool,
+                 datasets=None):
+        self.cfg, self.run_dir, self.ctx = cfg, Path(run_dir), ctx
+        t = cfg.train
+        self.device = ctx.device
+        if t.compile and cfg.loss.adversarial == "wgan-gp":
+            raise ConfigError("train.compile does not support loss 'wgan-gp' (its penalty needs double backward)")
+        if t.deterministic:
+            if self.device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = t.tf32
+            torch.backends.cudnn.allow_tf32 = t.tf32
+            torch.backends.cudnn.benchmark = not t.deterministic
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+
+        # data first: a size mismatch must fail before any network is built
+        density, subtomograms = datasets if datasets is not None else build_datasets(cfg)
+        self.box = check_domains(density, subtomograms)
+        self.datasets = {"density": density, "subtomograms": subtomograms}
+        if t.batch_size % ctx.world_size:
+            raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by {ctx.world_size} processes")
+
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.nets = build_networks(cfg)
+        self.adversarial, self.cycle = build_losses(cfg)
+        memory_format = torch.channels_last_3d if t.channels_last else torch.contiguous_format
+        self.memory_format = memory_format
+        for net in self.nets.values():
+            net.to(self.device, memory_format=memory_format)
+        check_networks(self.nets, self.box, {"generator": cfg.model.generator, "critic": cfg.model.critic},
+                       self.device)
+        self.gen_pair = CyclePair(self.nets["g_ds"], self.nets["g_sd"])
+        self.critics = nn.ModuleDict({"subtomograms": self.nets["c_s"], "density": self.nets["c_d"]})
+        lr = cfg.optim.lr
+        self.g_opt = make_optimizer(cfg, self.gen_pair.parameters(), lr, self.device)
+        self.c_opt = make_optimizer(cfg, self.critics.parameters(), cfg.optim.critic_lr or lr, self.device)
+        scaler_on = t.precision == "fp16"
+        self.g_scaler = torch.amp.GradScaler(self.device.type, enabled=scaler_on)
+        self.c_scaler = torch.amp.GradScaler(self.device.type, enabled=scaler_on)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(t.seed + 17)
+
+        self.step = 0
+        self.positions = {"density": 0, "subtomograms": 0}
+        self.last_good: Path | None = None
+        if resume:
+            self._load_latest()
+
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.gen_train = DDP(self.gen_pair, device_ids=ids, forward_sync_buffers=False)
+            self.critic_train = {k: DDP(CriticPass(c), device_ids=ids, forward_sync_buffers=False)
+                                 for k, c in self.critics.items()}
+        else:
+            self.gen_train = self.gen_pair
+            self.critic_train = {k: CriticPass(c) for k, c in self.critics.items()}
+        self.gen_eval = self.gen_pair
+        self.c_s_eval, self.c_d_eval = self.nets["c_s"], self.nets["c_d"]
+        if t.compile:
+            self.gen_train = torch.compile(self.gen_train)
+            self.critic_train = {k: torch.compile(c) for k, c in self.critic_train.items()}
+            self.gen_eval = torch.compile(self.gen_eval)
+            self.c_s_eval = torch.compile(self.c_s_eval)
+            self.c_d_eval = torch.compile(self.c_d_eval)
+
+        self.iters = {name: self._stream(name, i) for i, name in enumerate(self.datasets)}
+        if resume:
+            restore_rng(self._rng_to_restore)
+        else:
+            torch.manual_seed(t.seed + 1000 * (ctx.rank + 1))
+            np.random.seed(t.seed + ctx.rank)
+            random.seed(t.seed + ctx.rank)
+
+    # -- data ----------------------------------------------------------------------------
+    def _stream(self, name: str, index: int):
+        dataset = self.datasets[name]
+        sampler = ResumableBatchSampler(len(dataset), self.cfg.train.batch_size,
+                                        seed=self.cfg.train.seed * 2 + index, rank=self.ctx.rank,
+                                        world_size=self.ctx.world_size, start=self.positions[name])
+        workers = self.cfg.data.num_workers
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, num_workers=workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+            # a private generator: creating the iterator must not advance the global RNG
+            generator=torch.Generator().manual_seed(self.cfg.train.seed),
+        )
+        return iter(loader)
+
+    def _next(self, name: str) -> torch.Tensor:
+        batch = next(self.iters[name])
+        self.positions[name] += 1
+        volume = batch["volume"] if isinstance(batch, dict) else batch
+        return volume.to(self.device, non_blocking=True).float().contiguous(memory_format=self.memory_format)
+
+    def _global_randn(self, local_shape: tuple[int, ...]) -> torch.Tensor:
+        """Noise for this rank's slice of the global batch (same values whatever the world size)."""
+        b = local_shape[0]
+        full = torch.randn((b * self.ctx.world_size, *local_shape[1:]), generator=self.noise_gen,
+                           device=self.device)
+        return full[self.ctx.rank * b:(self.ctx.rank + 1) * b]
+
+    def _global_rand(self, local_shape: tuple[int, ...]) -> torch.Tensor:
+        b = local_shape[0]
+        full = torch.rand((b * self.ctx.world_size, *local_shape[1:]), generator=self.noise_gen,
+                          device=self.device)
+        return full[self.ctx.rank * b:(self.ctx.rank + 1) * b]
+
+    def _noise_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        g = self.nets["g_ds"]
+        if not takes_noise(g):
+            return None
+        return self._global_randn(tuple(g.noise_shape(tuple(x.shape))))
+
+    def _pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self._next("density")
+        s = self._next("subtomograms")
+        std = self.cfg.data.density_noise_std
+        if std > 0:
+            d = d + std * self._global_randn(tuple(d.shape))
+        return d, s
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # -- one step --------------------------------------------------------------------------
+    def train_step(self) -> dict[str, torch.Tensor]:
+        adv, t = self.adversarial, self.cfg.train
+        stats: dict[str, torch.Tensor] = {}
+        for _ in range(t.n_critic):
+            d, s = self._pair()
+            z = self._noise_for(d)
+            with torch.no_grad(), self._autocast():
+                fake_s, fake_d = self.gen_eval(d, s, z, None, cycle=False)
+            parts = {"subtomograms": [s, fake_s.float()], "density": [d, fake_d.float()]}
+            if adv.needs_interpolates:
+                for batches in parts.values():
+                    real, fake = batches
+                    eps = self._global_rand((real.shape[0], 1, 1, 1, 1))
+                    batches.append((eps * real + (1 - eps) * fake).requires_grad_(True))
+            self.c_opt.zero_grad(set_to_none=True)
+            total_c = penalty = None
+            gaps = {}
+            # one critic at a time (forward + backward): the critics' activations dominate the
+            # memory, so this halves the peak; their parameters are disjoint, the gradients equal
+            for domain, batches in parts.items():
+                with self._autocast():
+                    scores = self.critic_train[domain](batches)
+                    loss = adv.critic_loss(scores[0], scores[1])
+                    pen = loss.new_zeros(())
+                    if adv.needs_interpolates:
+                        scale = float(self.c_scaler.get_scale()) if self.c_scaler.is_enabled() else 1.0
+                        pen = adv.penalty(scores[2], batches[2], scale)
+                self.c_scaler.scale(loss + pen).backward()
+                total_c = (loss + pen).detach() if total_c is None else total_c + (loss + pen).detach()
+                penalty = pen.detach() if penalty is None else penalty + pen.detach()
+                gaps[domain] = adv.gap(scores[0], scores[1]).detach()
+            self.c_scaler.step(self.c_opt)
+            self.c_scaler.update()
+            adv.after_critic_step(self.nets["c_s"])
+            adv.after_critic_step(self.nets["c_d"])
+        stats["loss/critic"] = total_c.float()
+        stats["loss/penalty"] = penalty.float()
+        stats["critic_gap/subtomograms"] = gaps["subtomograms"]
+        stats["critic_gap/density"] = gaps["density"]
+
+        # generator update on the last pair, critics frozen
+        critic_params = list(self.critics.parameters())
+        for p in critic_params:
+            p.requires_grad_(False)
+        try:
+            z1 = self._noise_for(d)
+            z2 = self._noise_for(d)
+            with self._autocast():
+                fake_s, fake_d, cyc_d, cyc_s = self.gen_train(d, s, z1, z2)
+                adv_g = (adv.generator_loss(self.c_s_eval(fake_s))
+                         + adv.generator_loss(self.c_d_eval(fake_d)))
+                cycle = self.cycle(d, cyc_d) + self.cycle(s, cyc_s)
+                loss_g = adv_g + cycle
+            self.g_opt.zero_grad(set_to_none=True)
+            self.g_scaler.scale(loss_g).backward()
+            self.g_scaler.step(self.g_opt)
+            self.g_scaler.update()
+        finally:
+            for p in critic_params:
+                p.requires_grad_(True)
+        stats["loss/generator"] = adv_g.detach().float()
+        stats["loss/cycle"] = cycle.detach().float()
+        self.last_images = (d[:1].detach(), fake_s[:1].detach(), cyc_d[:1].detach(),
+                            s[:1].detach(), fake_d[:1].detach(), cyc_s[:1].detach())
+        return stats
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in NETWORKS:
+            for key, value in self.nets[name].state_dict().items():
+                out[f"{name}.{key}"] = value
+        return out
+
+    def save(self) -> Path | None:
+        rngs = all_gather_objects(self.ctx, capture_rng())
+        path = None
+        if self.ctx.is_main:
+            state = {
+                "step": self.step,
+                "world_size": self.ctx.world_size,
+                "data_position": dict(self.positions),
+                "optimizers": {"generator": self.g_opt.state_dict(), "critic": self.c_opt.state_dict()},
+                "scalers": {"generator": self.g_scaler.state_dict(), "critic": self.c_scaler.state_dict()},
+                "noise_generator": self.noise_gen.get_state(),
+                "rng": rngs,
+            }
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.weights(), state,
+                                        keep=self.cfg.log.keep_checkpoints)
+        barrier(self.ctx)
+        self.last_good = path
+        return path
+
+    def _load_latest(self) -> None:
+        path = ckpt.latest_checkpoint(self.run_dir)
+        step, weights, state = ckpt.load_checkpoint(path)
+        try:
+            for name in NETWORKS:
+                self.nets[name].load_state_dict(ckpt.sub_state_dict(weights, name))
+            self.g_opt.load_state_dict(state["optimizers"]["generator"])
+            self.c_opt.load_state_dict(state["optimizers"]["critic"])
+            self.g_scaler.load_state_dict(state["scalers"]["generator"])
+            self.c_scaler.load_state_dict(state["scalers"]["critic"])
+            self.noise_gen.set_state(state["noise_generator"])
+            self.positions = {k: int(v) for k, v in state["data_position"].items()}
+            rngs = state["rng"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise InputError(
+                f"{path}: checkpoint does not match this run's networks/optimizers "
+                f"({' '.join(str(exc).split())[:200]})"
+            ) from None
+        # a different number of processes resumes, but no longer bit-exactly
+        self._rng_to_restore = rngs[self.ctx.rank % len(rngs)]
+        self.step = step
+        self.last_good = path
+
+    # -- logging -------------------------------------------------------------------------------
+    def save_montage(self) -> Path:
+        from cryoet_forge.viz import save_slice_montage
+
+        d, fs, cd, s, fd, cs = (x[0, 0].float().cpu().numpy() for x in self.last_images)
+        path = self.run_dir / "images" / f"step-{self.step:08d}.png"
+        save_slice_montage(
+            path, [[d, fs, cd], [s, fd, cs]],
+            row_labels=["D -> S -> D", "S -> D -> S"],
+            col_labels=["input", "generated", "cycled"],
+            title=f"step {self.step}",
+        )
+        return path
+
+
+def _check_finite(stats: dict[str, torch.Tensor], step: int, last_good: Path | None) -> None:
+    values = {k: float(v) for k, v in stats.items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        listed = ", ".join(f"{k}={v}" for k, v in bad.items())
+        where = str(last_good) if last_good is not None else "none written yet"
+        raise TrainingError(f"non-finite loss at step {step} ({listed}); last good checkpoint: {where}")
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _progress(enabled: bool, total: int, start: int):
+    if not enabled:
+        return None
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                        transient=False)
+    progress.start()
+    progress.add_task("train", total=total, completed=start, info="")
+    return progress
+
+
+def write_run_metadata(run_dir: Path, density, box: int) -> None:
+    from cryoet_forge.io.atomic import atomic_path
+
+    meta = {
+        "box": box,
+        "voxel_size": float(getattr(density, "voxel_size", 0.0) or 0.0),
+        "class_names": list(getattr(density, "class_names", []) or []),
+    }
+    with atomic_path(run_dir / RUN_DATA) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+
+
+def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False, datasets=None) -> Path:
+    """Train (or, with ``resume``, continue) a run in ``run_dir``; returns the run folder.
+
+    ``datasets`` = (density_dataset, subtomogram_dataset) replaces the configured ones.
+    Under ``torchrun`` every process calls this; rank 0 writes the run folder.
+    """
+    run_dir = Path(run_dir)
+    ctx = init_distributed(cfg.train.device)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(cfg, run_dir, ctx, resume, datasets)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)  # a process-wide switch
+        shutdown(ctx)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool, datasets) -> Path:
+    if not resume and ckpt.list_checkpoints(run_dir):
+        raise InputError(f"{run_dir}: already holds checkpoints; continue it with --resume or pick a new folder")
+    trainer = Trainer(cfg, run_dir, ctx, resume, datasets)
+    writer = None
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / RUN_CONFIG)
+        write_run_metadata(run_dir, trainer.datasets["density"], trainer.box)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=trainer.step or None)
+    log = cfg.log
+    steps = cfg.train.steps
+    progress = _progress(log.progress and ctx.is_main and sys.stderr.isatty(), steps, trainer.step)
+    check_every_step = trainer.device.type == "cpu"
+    sums: dict[str, torch.Tensor] = {}
+    count, tic = 0, time.perf_counter()
+    first_step, started = trainer.step, tic
+    try:
+        while trainer.step < steps:
+            stats = trainer.train_step()
+            trainer.step += 1
+            count += 1
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0) + v
+            step = trainer.step
+            at_log = step % log.every == 0 or step == steps
+            at_ckpt = (log.checkpoint_every and step % log.checkpoint_every == 0) or step == steps
+            at_image = log.image_every and (step % log.image_every == 0 or step == steps)
+            if check_every_step or at_log or at_ckpt or at_image:
+                _check_finite(stats, step, trainer.last_good)
+            if at_log:
+                means = {k: v / count for k, v in sums.items()}
+                names = sorted(means)
+                reduced = mean_across_ranks(ctx, torch.stack([means[k] for k in names]))
+                if trainer.device.type == "cuda":
+                    torch.cuda.synchronize(trainer.device)
+                elapsed = time.perf_counter() - tic
+                values = dict(zip(names, reduced.tolist()))
+                _check_finite({k: torch.tensor(v) for k, v in values.items()}, step, trainer.last_good)
+                values["throughput/pairs_per_s"] = count * cfg.train.batch_size / max(elapsed, 1e-9)
+                if writer is not None:
+                    for k, v in values.items():
+                        writer.add_scalar(k, v, step)
+                info = (f"G {values['loss/generator']:.3g} cycle {values['loss/cycle']:.3g} "
+                        f"C {values['loss/critic']:.3g} {values['throughput/pairs_per_s']:.2f} pairs/s")
+                if progress is not None:
+                    progress.update(progress.task_ids[0], completed=step, info=info)
+                elif log.progress and ctx.is_main:
+                    # not a terminal (a log file, a batch job): one line per log interval
+                    rate = (step - first_step) / max(time.perf_counter() - started, 1e-9)
+                    eta = (steps - step) / max(rate, 1e-9)
+                    print(f"step {step}/{steps}  {info}  eta {_format_seconds(eta)}",
+                          file=sys.stderr, flush=True)
+                sums, count, tic = {}, 0, time.perf_counter()
+            elif progress is not None:
+                progress.update(progress.task_ids[0], completed=step)
+            if at_image and ctx.is_main:
+                trainer.save_montage()
+            if at_ckpt:
+                trainer.save()
+    finally:
+        if progress is not None:
+            progress.stop()
+        if writer is not None:
+            writer.close()
+    return run_dir
+
+
+def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The configuration saved in a run folder, with overrides (e.g. more steps)."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not Path(run_dir).is_dir():
+        raise InputError(f"{run_dir}: no such run folder")
+    if not path.is_file():
+        raise InputError(f"{path}: run configuration missing; is {run_dir} a training run folder?")
+    return load_config(path, overrides)

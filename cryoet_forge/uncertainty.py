@@ -1,0 +1,103 @@
+"""Monte-Carlo-dropout uncertainty maps (Gal & Ghahramani 2016), as in the CryoETGAN paper.
+
+The D -> S generator runs ``samples`` times on one density map with its dropout layers
+active and everything else in inference mode; the per-voxel mean and standard deviation
+of the outputs are the prediction and its uncertainty. The generator's noise volume is
+drawn once and held fixed across the samples, so the std measures the network's
+(dropout) uncertainty rather than the intended noise-driven diversity.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryoet_forge.errors import InputError
+from cryoet_forge.generate import _as_batch, density_normalization, load_generator, run_metadata
+from cryoet_forge.train.loop import run_generator, takes_noise
+
+
+def _dropout_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+@torch.no_grad()
+def mc_dropout(run_dir: str | os.PathLike, volume: np.ndarray, samples: int = 20, seed: int = 0,
+               dropout: float | None = None, batch_size: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(S, S, S) density map -> (mean, std), each (S, S, S) float32, over ``samples`` dropout draws.
+
+    ``dropout`` sets the dropout probability for a run trained without dropout (or overrides it).
+    """
+    if samples < 2:
+        raise InputError(f"samples must be >= 2 for a standard deviation, got {samples}")
+    overrides = {} if dropout is None else {"dropout": float(dropout)}
+    model, cfg = load_generator(run_dir, **overrides)
+    layers = _dropout_layers(model)
+    if not layers:
+        raise InputError(f"{run_dir}: the generator has no dropout layers (trained with dropout = 0); "
+                         f"pass a dropout probability (--dropout P)")
+    for layer in layers:
+        layer.train()
+    box = int(run_metadata(Path(run_dir))["box"])
+    x = _as_batch(volume, box, density_normalization(cfg))
+    if x.shape[0] != 1:
+        raise InputError(f"expected one density map (S, S, S), got {tuple(x.shape)}")
+    noise = None
+    if takes_noise(model):
+        noise = torch.randn(model.noise_shape(tuple(x.shape)), generator=torch.Generator().manual_seed(seed))
+    outputs = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for start in range(0, samples, batch_size):
+            n = min(batch_size, samples - start)
+            z = None if noise is None else noise.expand(n, *noise.shape[1:]).contiguous()
+            outputs.append(run_generator(model, x.expand(n, *x.shape[1:]).contiguous(), z)[:, 0])
+    stack = torch.cat(outputs).double()
+    return (stack.mean(0).float().numpy(), stack.std(0, unbiased=True).float().numpy())
+
+
+def save_overlay(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, title: str = "") -> Path:
+    """PNG: central z, y and x slices of the mean (grey) with the std overlaid (colour)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from cryoet_forge.io.atomic import atomic_path
+
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 3)
+    vmax = float(np.percentile(std, 99.5)) or 1e-6
+    image = None
+    for axis, ax in enumerate(axes):
+        centre = mean.shape[axis] // 2
+        m, s = np.take(mean, centre, axis=axis), np.take(std, centre, axis=axis)
+        ax.imshow(m, cmap="gray", interpolation="nearest")
+        image = ax.imshow(s, cmap="inferno", alpha=0.55, vmin=0.0, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"central {'zyx'[axis]} slice", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="per-voxel std")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)
+
+
+def uncertainty_to_folder(run_dir, map_path, out_dir, samples: int = 20, seed: int = 0,
+                          dropout: float | None = None) -> list[Path]:
+    """Write OUT/mean.mrc, OUT/std.mrc and OUT/overlay.png for one density map."""
+    from cryoet_forge.io.mrc import read_mrc, write_mrc
+
+    volume, voxel = read_mrc(map_path)
+    mean, std = mc_dropout(run_dir, volume, samples=samples, seed=seed, dropout=dropout)
+    out_dir = Path(out_dir)
+    paths = [write_mrc(out_dir / "mean.mrc", mean, voxel), write_mrc(out_dir / "std.mrc", std, voxel)]
+    paths.append(save_overlay(out_dir / "overlay.png", mean, std,
+                              title=f"{Path(map_path).name}: MC dropout, {samples} samples"))
+    return paths

@@ -1,0 +1,374 @@
+//! Blockwise squared Euclidean distances with a rigorous error bound.
+//!
+//! A float32 GEMM on tiles of centred rows gives an approximation `a` of the squared
+//! distance `d` with `|a - d| <= margin(i, j)`, a bound that holds for any summation order
+//! (Higham's gamma_D). Callers decide every comparison the bound settles and recompute the
+//! rest exactly in float64 from the original rows, so results are exact while nearly all
+//! of the work runs at GEMM speed. No N x M matrix is formed: each worker holds one tile.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use crate::error::{MetricsError, Result};
+use crate::progress::Progress;
+
+/// Rows per tile side; a worker holds two (TILE x D) float32 row blocks and a TILE x TILE tile.
+pub const TILE: usize = 512;
+/// Unit roundoff of float32.
+const U32: f64 = 1.0 / 16_777_216.0;
+/// Squared centred norms above this could overflow the float32 GEMM; such data takes
+/// the exact (slow) route.
+pub const MAX_GEMM_SQ_NORM: f64 = 1e36;
+
+/// A borrowed row-major (n x d) float32 matrix.
+#[derive(Clone, Copy)]
+pub struct Features<'a> {
+    pub data: &'a [f32],
+    pub n: usize,
+    pub d: usize,
+}
+
+impl<'a> Features<'a> {
+    /// Check shape and finiteness; `name` appears in the error messages.
+    pub fn new(name: &'static str, data: &'a [f32], n: usize, d: usize) -> Result<Self> {
+        if n == 0 || d == 0 {
+            return Err(MetricsError::Shape(format!(
+                "{name} must be a non-empty (N, D) matrix, got ({n}, {d})"
+            )));
+        }
+        if data.len() != n * d {
+            return Err(MetricsError::Shape(format!(
+                "{name} has {} values, expected N*D = {n}*{d} = {}",
+                data.len(),
+                n * d
+            )));
+        }
+        check_finite(name, data, d)?;
+        Ok(Self { data, n, d })
+    }
+
+    #[inline]
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.d..(i + 1) * self.d]
+    }
+}
+
+/// Fail on the first NaN or infinite value of an `n x d` row-major matrix.
+pub fn check_finite(name: &'static str, data: &[f32], d: usize) -> Result<()> {
+    if d == 0 {
+        return Ok(());
+    }
+    let bad = data
+        .par_chunks(d.max(1) * 1024)
+        .enumerate()
+        .filter_map(|(c, chunk)| chunk.iter().position(|v| !v.is_finite()).map(|p| c * d * 1024 + p))
+        .min();
+    match bad {
+        Some(pos) => Err(MetricsError::NonFinite { name, row: pos / d, col: pos % d }),
+        None => Ok(()),
+    }
+}
+
+/// Exact squared distance in float64 (differences of float32 values are exact in float64).
+#[inline]
+pub fn exact_sq(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            let diff = a[8 * c + l] as f64 - b[8 * c + l] as f64;
+            acc[l] += diff * diff;
+        }
+    }
+    let mut sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for i in 8 * chunks..a.len() {
+        let diff = a[i] as f64 - b[i] as f64;
+        sum += diff * diff;
+    }
+    sum
+}
+
+/// The distance value `prdc` compares: scikit-learn rounds the float64 squared distance
+/// to float32, clips at 0 and takes a float32 square root.
+#[inline]
+pub fn dist32(sq: f64) -> f32 {
+    (sq.max(0.0) as f32).sqrt()
+}
+
+/// Float64 mean of the rows of all `sets`, rounded to float32: subtracting it before the
+/// GEMM keeps norms (and so the error bound) at the scale of the distances.
+pub fn common_centre(sets: &[Features]) -> Vec<f32> {
+    let d = sets[0].d;
+    let total: usize = sets.iter().map(|s| s.n).sum();
+    let mut sum = vec![0.0f64; d];
+    for s in sets {
+        let part = s
+            .data
+            .par_chunks(d * 256)
+            .map(|rows| {
+                let mut acc = vec![0.0f64; d];
+                for row in rows.chunks_exact(d) {
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += v as f64;
+                    }
+                }
+                acc
+            })
+            .reduce(
+                || vec![0.0f64; d],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        sum.iter_mut().zip(&part).for_each(|(x, y)| *x += y);
+    }
+    sum.iter().map(|&v| (v / total as f64) as f32).collect()
+}
+
+/// Squared norms (float64) of the rows as the GEMM sees them (shifted by `centre` if given).
+pub fn gemm_sq_norms(f: &Features, centre: Option<&[f32]>) -> Vec<f64> {
+    match centre {
+        Some(c) => centred_sq_norms(f, c),
+        None => (0..f.n)
+            .into_par_iter()
+            .map(|i| f.row(i).iter().map(|&x| (x as f64) * (x as f64)).sum())
+            .collect(),
+    }
+}
+
+/// Squared norms (float64) of the centred rows exactly as the GEMM sees them.
+pub fn centred_sq_norms(f: &Features, centre: &[f32]) -> Vec<f64> {
+    (0..f.n)
+        .into_par_iter()
+        .map(|i| {
+            f.row(i)
+                .iter()
+                .zip(centre)
+                .map(|(&x, &c)| {
+                    let v = (x - c) as f64;
+                    v * v
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// Error bound of `a = |x'|^2 + |y'|^2 - 2 fl(x'.y')` against the exact squared distance:
+/// `margin = factor * (|x'|^2 + |y'|^2) + absolute`.
+#[derive(Clone, Copy, Debug)]
+pub struct Margin {
+    pub factor: f64,
+    pub absolute: f64,
+}
+
+impl Margin {
+    /// `None` when D is so large that the float32 bound is useless (D * u >= 1/4).
+    pub fn for_dim(d: usize) -> Option<Self> {
+        let du = d as f64 * U32;
+        if du >= 0.25 {
+            return None;
+        }
+        // gamma_D for the dot product (|x.y| <= (|x|^2+|y|^2)/2, times 2 in `a`), plus the
+        // float32 rounding of the centred copies (<= 4.5u), with 1% slack for the float64
+        // arithmetic; the absolute term covers gradual underflow of tiny products.
+        let factor = 1.01 * (du / (1.0 - du) + 4.5 * U32);
+        let absolute = d as f64 * 2f64.powi(-140);
+        Some(Self { factor, absolute })
+    }
+
+    #[inline]
+    pub fn of(&self, norm_sum: f64) -> f64 {
+        self.factor * norm_sum + self.absolute
+    }
+}
+
+/// Thresholds in squared-distance space that settle `dist32(d) < r` (or `<=`) without
+/// rounding doubts: `d < lo` means the float32 distance is below `r`, `d > hi` above it.
+#[inline]
+pub fn settle_thresholds(r: f32) -> (f64, f64) {
+    let rr = (r as f64) * (r as f64);
+    if rr < 1e-30 {
+        // float32 subnormals lie below: only exact recomputation decides here
+        (-1.0, 1e-30)
+    } else {
+        (rr * (1.0 - 1e-6), rr * (1.0 + 1e-6))
+    }
+}
+
+/// Per-worker scratch: two centred row blocks and one tile of dot products.
+#[derive(Default)]
+pub struct Scratch {
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub g: Vec<f32>,
+    /// (data pointer, first row) of the block held in `a`, to skip refilling it
+    a_holds: Option<(usize, usize)>,
+}
+
+/// The GEMM's view of the rows: as given, or shifted by a centre.
+///
+/// Centring costs a copy of each block; it is only worth it when the rows share a large
+/// offset (then the error bound, proportional to the norms, would otherwise be loose).
+pub fn choose_centre(sets: &[Features]) -> Option<Vec<f32>> {
+    let centre = common_centre(sets);
+    let raw = vec![0.0f32; sets[0].d];
+    let max_norm = |c: &[f32]| {
+        sets.iter()
+            .map(|f| centred_sq_norms(f, c).into_iter().fold(0.0f64, f64::max))
+            .fold(0.0f64, f64::max)
+    };
+    if max_norm(&raw) <= 2.0 * max_norm(&centre) {
+        None
+    } else {
+        Some(centre)
+    }
+}
+
+/// Fill `s.g` with the dot products of rows `i0..i1` of `x` and `j0..j1` of `y`, both
+/// shifted by `centre` if given. `same` says the two blocks are the same rows.
+#[allow(clippy::too_many_arguments)]
+pub fn tile_gram(
+    s: &mut Scratch,
+    x: &Features,
+    (i0, i1): (usize, usize),
+    y: &Features,
+    (j0, j1): (usize, usize),
+    centre: Option<&[f32]>,
+    same: bool,
+) {
+    let d = x.d;
+    let (na, nb) = (i1 - i0, j1 - j0);
+    match centre {
+        None => {
+            let a = &x.data[i0 * d..i1 * d];
+            let b = &y.data[j0 * d..j1 * d];
+            gram(a, na, b, nb, d, &mut s.g);
+        }
+        Some(c) => {
+            let key = (x.data.as_ptr() as usize, i0);
+            if s.a_holds != Some(key) {
+                fill_centred(&mut s.a, x, i0, i1, c);
+                s.a_holds = Some(key);
+            }
+            if same {
+                gram(&s.a, na, &s.a, na, d, &mut s.g);
+            } else {
+                fill_centred(&mut s.b, y, j0, j1, c);
+                gram(&s.a, na, &s.b, nb, d, &mut s.g);
+            }
+        }
+    }
+}
+
+/// Copy rows `start..end` of `f`, centred, into `dst`.
+pub fn fill_centred(dst: &mut Vec<f32>, f: &Features, start: usize, end: usize, centre: &[f32]) {
+    let d = f.d;
+    dst.resize((end - start) * d, 0.0);
+    for (r, out) in dst.chunks_exact_mut(d).enumerate() {
+        for ((o, &x), &c) in out.iter_mut().zip(f.row(start + r)).zip(centre) {
+            *o = x - c;
+        }
+    }
+}
+
+/// `g[r * nb + s] = a_r . b_s` for row-major `a` (na x d) and `b` (nb x d), single-threaded
+/// (the callers parallelise over tiles).
+pub fn gram(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, g: &mut Vec<f32>) {
+    g.resize(na * nb, 0.0);
+    // SAFETY: the slices hold na*d, nb*d and na*nb values and the strides below stay inside.
+    unsafe {
+        matrixmultiply::sgemm(
+            na,
+            d,
+            nb,
+            1.0,
+            a.as_ptr(),
+            d as isize,
+            1,
+            b.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            g.as_mut_ptr(),
+            nb as isize,
+            1,
+        );
+    }
+}
+
+/// Tiles of the upper triangle (bi <= bj) of an n x n block grid.
+pub fn triangle_tiles(n: usize) -> Vec<(usize, usize)> {
+    let nb = n.div_ceil(TILE);
+    (0..nb).flat_map(|bi| (bi..nb).map(move |bj| (bi, bj))).collect()
+}
+
+/// Every tile of an n x m block grid.
+pub fn rectangle_tiles(n: usize, m: usize) -> Vec<(usize, usize)> {
+    let (nb, mb) = (n.div_ceil(TILE), m.div_ceil(TILE));
+    (0..nb).flat_map(|bi| (0..mb).map(move |bj| (bi, bj))).collect()
+}
+
+/// Row range of block `b` for `n` rows.
+#[inline]
+pub fn block_rows(b: usize, n: usize) -> (usize, usize) {
+    (b * TILE, ((b + 1) * TILE).min(n))
+}
+
+/// Run `work` over all tiles on one worker per rayon thread, each with its own state
+/// (made by `init`), pulling tiles from a shared counter; returns the workers' states.
+pub fn run_tiles<S, I, F>(
+    tiles: &[(usize, usize)],
+    progress: Option<&Progress>,
+    init: I,
+    work: F,
+) -> Result<Vec<S>>
+where
+    S: Send,
+    I: Fn() -> S + Sync,
+    F: Fn(&mut S, &mut Scratch, usize, usize) + Sync,
+{
+    let workers = rayon::current_num_threads().clamp(1, tiles.len().max(1));
+    let next = AtomicUsize::new(0);
+    let cancelled = AtomicBool::new(false);
+    let states: Vec<S> = (0..workers)
+        .into_par_iter()
+        .map(|_| {
+            let mut state = init();
+            let mut scratch = Scratch::default();
+            loop {
+                if let Some(p) = progress {
+                    if p.check().is_err() {
+                        cancelled.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                let t = next.fetch_add(1, Ordering::Relaxed);
+                if t >= tiles.len() {
+                    break;
+                }
+                work(&mut state, &mut scratch, tiles[t].0, tiles[t].1);
+                if let Some(p) = progress {
+                    p.tick();
+                }
+            }
+            state
+        })
+        .collect();
+    if cancelled.load(Ordering::Relaxed) {
+        return Err(MetricsError::Cancelled);
+    }
+    Ok(states)
+}
+
+/// `dist32` of the pairs (x[rows[t]], y[cols[t]]), exactly; indices must be in range.
+pub fn pair_distances(x: &[f32], y: &[f32], d: usize, rows: &[i64], cols: &[i64]) -> Vec<f32> {
+    rows.par_iter()
+        .zip(cols.par_iter())
+        .map(|(&i, &j)| {
+            let (i, j) = (i as usize, j as usize);
+            dist32(exact_sq(&x[i * d..(i + 1) * d], &y[j * d..(j + 1) * d]))
+        })
+        .collect()
+}

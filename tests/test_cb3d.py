@@ -1,0 +1,117 @@
+"""CB3D: layout, shapes for 16^3..40^3, features and probabilities, safetensors checkpoints."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cryoet_forge import registry
+from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.models.cb3d import (
+    CB3D,
+    load_cb3d,
+    normalize_volumes,
+    run_inference,
+    save_cb3d,
+)
+
+NARROW = dict(channels=(4, 8, 8, 8), convs_per_block=(1, 1, 2, 2), fc_width=32)
+
+
+def test_default_layout_is_the_paper_network():
+    model = CB3D(num_classes=4, box=40)
+    convs = [m for m in model.features if isinstance(m, nn.Conv3d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 256, 512, 512]
+    assert all(c.kernel_size == (3, 3, 3) for c in convs)
+    assert sum(isinstance(m, nn.BatchNorm3d) for m in model.features) == 6
+    assert sum(isinstance(m, nn.MaxPool3d) for m in model.features) == 4
+    assert model.fc6[0].out_features == 4096 and model.fc7[0].out_features == 4096
+    # 40 -> 20 -> 10 -> 5 -> 3 voxels after four ceil-mode pools
+    assert model.fc6[0].in_features == 512 * 3 ** 3
+    assert model.head.out_features == 4
+    assert model.dropout.p == 0.5
+
+
+@pytest.mark.parametrize("box", [16, 21, 28, 40])
+def test_shapes_features_and_probabilities(box):
+    torch.manual_seed(0)
+    model = CB3D(num_classes=3, box=box, **NARROW)
+    volumes = np.random.default_rng(box).normal(size=(5, box, box, box)).astype(np.float32)
+    features, probs = run_inference(model, volumes)
+    assert features.shape == (5, 32) and features.dtype == np.float32
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert (features >= 0).all()  # post-ReLU activations
+    # eval mode: dropout off, so inference is repeatable
+    again, _ = run_inference(model, volumes)
+    np.testing.assert_array_equal(features, again)
+
+
+def test_wrong_box_and_bad_options_are_clear_errors():
+    model = CB3D(num_classes=2, box=16, **NARROW)
+    with pytest.raises(InputError, match=r"\(B, 1, 16, 16, 16\)"):
+        model(torch.zeros(1, 1, 20, 20, 20))
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        CB3D(num_classes=1, box=16)
+    with pytest.raises(InputError, match="NaN"):
+        run_inference(model, np.full((1, 16, 16, 16), np.nan, dtype=np.float32))
+
+
+def test_normalizations():
+    x = torch.randn(3, 1, 8, 8, 8) * 5 + 2
+    z = normalize_volumes(x, "zscore").reshape(3, -1)
+    np.testing.assert_allclose(z.mean(1).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(1).numpy(), 1, atol=1e-5)
+    m = normalize_volumes(x, "minmax").reshape(3, -1)
+    np.testing.assert_allclose(m.min(1).values.numpy(), -1, atol=1e-6)
+    np.testing.assert_allclose(m.max(1).values.numpy(), 1, atol=1e-6)
+    with pytest.raises(ConfigError, match="unknown normalisation"):
+        normalize_volumes(x, "whiten")
+
+
+def test_checkpoint_roundtrip_is_safetensors_and_exact(tmp_path):
+    torch.manual_seed(1)
+    model = CB3D(num_classes=3, box=16, **NARROW).eval()
+    save_cb3d(model, tmp_path / "clf", ["ribosome", "proteasome", "membrane"], normalize="zscore",
+              extra={"voxel_size": 10.0})
+    weights = (tmp_path / "clf" / "cb3d.safetensors").read_bytes()
+    header_len = struct.unpack("<Q", weights[:8])[0]
+    header = json.loads(weights[8:8 + header_len])  # a safetensors header, not a pickle
+    assert "head.weight" in header
+    meta = json.loads((tmp_path / "clf" / "cb3d.json").read_text())
+    assert meta["class_names"] == ["ribosome", "proteasome", "membrane"]
+    assert meta["config"]["box"] == 16 and meta["voxel_size"] == 10.0
+
+    loaded, metadata = load_cb3d(tmp_path / "clf")
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(run_inference(model, x)[0], run_inference(loaded, x)[0])
+    # also addressable by the .safetensors file itself
+    loaded2, _ = load_cb3d(tmp_path / "clf" / "cb3d.safetensors")
+    np.testing.assert_array_equal(run_inference(loaded2, x)[1], run_inference(model, x)[1])
+
+
+def test_corrupt_or_missing_checkpoint(tmp_path):
+    with pytest.raises(InputError, match="checkpoint file not found"):
+        load_cb3d(tmp_path / "nothing")
+    model = CB3D(num_classes=2, box=16, **NARROW)
+    save_cb3d(model, tmp_path / "clf", ["a", "b"])
+    (tmp_path / "clf" / "cb3d.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(InputError, match="unreadable or mismatched CB3D weights"):
+        load_cb3d(tmp_path / "clf")
+
+
+def test_feature_extractor_plugin_matches_the_model(tmp_path):
+    torch.manual_seed(2)
+    model = CB3D(num_classes=2, box=16, **NARROW).eval()
+    save_cb3d(model, tmp_path / "clf", ["a", "b"], normalize="minmax")
+    extractor = registry.create("feature-extractor", "cb3d", checkpoint=str(tmp_path / "clf"))
+    x = np.random.default_rng(3).normal(size=(6, 16, 16, 16)).astype(np.float32)
+    expected_features, expected_probs = run_inference(model, x, normalize="minmax")
+    np.testing.assert_array_equal(extractor.extract(x), expected_features)
+    np.testing.assert_array_equal(extractor.probabilities(x[:, None]), expected_probs)
+    assert extractor.dim == 32 and extractor.class_names == ["a", "b"]

@@ -1,0 +1,194 @@
+"""`forge evaluate` end to end at toy size: report structure, and every number traced to its source."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from cryoet_forge.classify import evaluate_cb3d, load_labelled
+from cryoet_forge.cli import main
+from cryoet_forge.errors import ConfigError
+from cryoet_forge.evaluate.config import config_from_dict, load_evaluation_config
+from cryoet_forge.evaluate.downstream import confidence_interval
+from cryoet_forge.evaluate.pipeline import run_evaluation
+from cryoet_forge.evaluate.report import number
+from cryoet_forge.metrics import compute_fid, compute_prdc, inception_score
+from cryoet_forge.models.cb3d import load_cb3d
+
+TOY = {
+    "data": {"classes": ["barrel", "ring", "membrane"], "box": 16, "n_train_per_class": 10,
+             "n_test_per_class": 8, "n_density_per_class": 8},
+    "experimental": {"simulator": "tilt-series", "options": {"crowding": 2, "tilt_step": 6.0}},
+    "gan": {"curve_points": 2, "overrides": {
+        "train.steps": 4, "train.batch_size": 2, "train.n_critic": 1, "train.device": "cpu",
+        "model.generator_options": {"base": 4, "n_residual": 1, "dropout": 0.1},
+        "model.critic_options": {"base": 2, "n_layers": 2},
+        "log.every": 2, "log.checkpoint_every": 2, "log.image_every": 0, "log.progress": False}},
+    "classifier": {"channels": [4, 8, 8, 8], "fc_width": 16, "epochs": 2, "batch_size": 8},
+    "downstream": {"n_per_class": 8, "seeds": [0, 1]},
+    "metrics": {"k": 3, "is_splits": 2},
+    "ablations": {"noise_std": [0.2], "lsgan": True, "patchgan": True, "seeds": [0]},
+    "uncertainty": {"samples": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation")
+    report = run_evaluation(config_from_dict(TOY, origin="toy"), out, log=lambda line: None)
+    return out, report, json.loads((out / "results.json").read_text())
+
+
+def test_report_structure(evaluation):
+    out, report, results = evaluation
+    text = report.read_text()
+    for heading in ("## Table 2: simulated data against the real test split",
+                    "## Table 3: density-map noise std during training", "## Table 4: ablations",
+                    "### Per-class accuracy on the real test split", "## Figures", "## Reproduce"):
+        assert heading in text
+    for row in ("| Real test split (reference) |", "| Traditional simulation |", "| CryoETGAN |",
+                "| without Wasserstein (lsgan) |", "| without spectral norm (patchgan critic) |", "| 0.2 |"):
+        assert row in text
+    for image in re.findall(r"\]\((figures/[^)]+\.png)\)", text):
+        assert (out / image).stat().st_size > 1000, image
+    for name in ("montage", "curves", "confusion_inception", "confusion_traditional", "confusion_cryoetgan",
+                 "downstream_accuracy", "uncertainty"):
+        assert f"figures/{name}.png" in text
+    assert results["data"]["n_real_train"] == 30 and results["data"]["n_real_test"] == 24
+    assert results["data"]["n_generated"] == results["data"]["n_traditional"] == 24
+
+
+def _formatted_numbers(node, found):
+    if isinstance(node, bool):
+        return found
+    if isinstance(node, (int, float)):
+        found.update({number(node), number(float(node)), str(node)})
+    elif isinstance(node, str):
+        found.add(node)
+    elif isinstance(node, dict):
+        for value in node.values():
+            _formatted_numbers(value, found)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _formatted_numbers(value, found)
+    return found
+
+
+def test_every_number_in_the_report_is_in_results_json(evaluation):
+    _, report, results = evaluation
+    known = _formatted_numbers(results, set())
+    decimals = re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", report.read_text())
+    assert len(decimals) > 40
+    missing = [d for d in decimals if d not in known]
+    assert not missing, missing
+
+
+def test_quality_metrics_are_the_metrics_engine_values(evaluation):
+    out, _, results = evaluation
+    real = np.load(out / "features" / "real_test.features.npy")
+    for key, stem in (("traditional", "traditional"), ("cryoetgan", "cryoetgan")):
+        fake = np.load(out / "features" / f"{stem}.features.npy")
+        probs = np.load(out / "features" / f"{stem}.probabilities.npy")
+        q = results["quality"][key]
+        assert q["fid"] == compute_fid(real, fake)
+        prdc = compute_prdc(real, fake, k=3)
+        for metric in ("precision", "recall", "density", "coverage"):
+            assert q[metric] == prdc[metric]
+        assert (q["is_mean"], q["is_std"]) == inception_score(probs, splits=2)
+    real_probs = np.load(out / "features" / "real_test.probabilities.npy")
+    assert (results["inception"]["is_mean"], results["inception"]["is_std"]) == inception_score(real_probs, splits=2)
+    # the curve's last checkpoint is the final generator with the same noise: the same scores
+    assert results["curves"]["steps"][-1] == 4
+    assert results["curves"]["fid"][-1] == pytest.approx(results["quality"]["cryoetgan"]["fid"], rel=1e-6)
+
+
+def test_accuracies_are_the_classifier_values(evaluation):
+    out, _, results = evaluation
+    model, meta = load_cb3d(out / "models" / "inception")
+    real_test = load_labelled(out / "data" / "real_test" / "particles.star")
+    scored = evaluate_cb3d(model, real_test, meta["class_names"])
+    assert results["inception"]["real_test"]["accuracy"] == scored.accuracy
+    assert results["inception"]["real_test"]["confusion"] == scored.confusion.tolist()
+    for key in ("traditional", "cryoetgan"):
+        d = results["downstream"][key]
+        assert len(d["accuracies"]) == 2
+        confusion = np.array(d["confusion_first_seed"])
+        assert d["accuracies"][0] == pytest.approx(np.trace(confusion) / confusion.sum())
+        assert (d["mean"], d["ci_low"], d["ci_high"]) == pytest.approx(confidence_interval(d["accuracies"], 0.95))
+    for row in results["ablations"]:
+        assert row["downstream"]["ci_low"] == row["downstream"]["ci_high"] == row["downstream"]["mean"]
+
+
+def test_config_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown config key 'data.clases'"):
+        config_from_dict({"data": {"clases": ["a"]}})
+    with pytest.raises(ConfigError, match="data.real_train and data.real_test"):
+        config_from_dict({"data": {"source": "folders"}})
+    path = tmp_path / "bad.toml"
+    path.write_text("[downstream]\nseeds = 3\n")
+    with pytest.raises(ConfigError, match="bad.toml: config key 'downstream.seeds' must be of type list"):
+        load_evaluation_config(path)
+    code = main(["evaluate", "--config", str(path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("forge: error: ") and "downstream.seeds" in err[0]
+    code = main(["evaluate", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "config file not found" in err[0]
+
+
+def test_unknown_class_without_maps_is_one_clear_error(tmp_path):
+    config = config_from_dict({**TOY, "data": {**TOY["data"], "classes": ["barrel", "spaceship"]}})
+    with pytest.raises(ConfigError, match="class 'spaceship' is not a phantom"):
+        run_evaluation(config, tmp_path, log=lambda line: None)
+
+
+def test_quickstart_config_file_matches_the_embedded_setting():
+    from pathlib import Path
+
+    from cryoet_forge.evaluate.config import quickstart_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "evaluate-quickstart.toml"
+    from_file = load_evaluation_config(path).to_dict()
+    embedded = quickstart_config().to_dict()
+    from_file.pop("origin")
+    embedded.pop("origin")
+    assert from_file == embedded
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    """`forge quickstart` writes a report with tables and pictures (about 5 minutes on 2 cores)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    forge = Path(sys.executable).with_name("forge")
+    tic = time.perf_counter()
+    proc = subprocess.run([str(forge), "quickstart", "--out", str(tmp_path / "qs")], capture_output=True,
+                          text=True, timeout=900)
+    elapsed = time.perf_counter() - tic
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"report: {tmp_path / 'qs' / 'report.md'}" in proc.stdout
+    text = (tmp_path / "qs" / "report.md").read_text()
+    assert "## Table 2" in text and "figures/montage.png" in text
+    results = json.loads((tmp_path / "qs" / "results.json").read_text())
+    assert results["data"]["n_real_test"] == 96
+    assert elapsed < 600
+
+
+def test_evaluate_on_folders_rejects_classes_present_in_one_split_only(tmp_path, capsys):
+    from test_classify_cli import _edit_star, labelled_folder
+
+    train = labelled_folder(tmp_path / "train", 2, seed=0)
+    test = labelled_folder(tmp_path / "test", 2, seed=1)
+    _edit_star(test, lambda t: t[t["forgeClassName"] != "shell"])
+    config = tmp_path / "eval.toml"
+    config.write_text(f'[data]\nsource = "folders"\nreal_train = "{train}"\nreal_test = "{test}"\n')
+    code = main(["evaluate", "--config", str(config), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert err[0].startswith("forge: error: classes present in one split only: shell only in")

@@ -1,0 +1,192 @@
+"""forge generate / forge uncertainty from a tiny trained run, and CLI errors for bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryoet_forge.cli import main as forge
+from cryoet_forge.config import load_config
+from cryoet_forge.io.mrc import read_mrc, write_mrc
+from cryoet_forge.io.star import read_particles, write_particles
+from tests_support import forge_executable
+
+TINY_RUN = {
+    "model.generator_options": {"base": 4, "n_residual": 1, "dropout": 0.2},
+    "model.critic_options": {"base": 4},
+    "data.density.options": {"simulator": "none", "box": 16, "length": 8, "seed": 1},
+    "data.subtomograms.options": {"simulator": "fourier", "box": 16, "length": 8, "seed": 2},
+    "train.steps": 2, "train.batch_size": 2, "train.n_critic": 1, "train.device": "cpu",
+    "log.every": 1, "log.image_every": 2, "log.checkpoint_every": 1, "log.progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from cryoet_forge.train import train
+
+    folder = tmp_path_factory.mktemp("run") / "tiny"
+    train(load_config(None, TINY_RUN), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def maps_star(tmp_path_factory):
+    """Two density maps of two classes, listed by a STAR file."""
+    folder = tmp_path_factory.mktemp("maps")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, name in enumerate(["ring", "barrel"]):
+        write_mrc(folder / f"{name}.mrc", rng.random((16, 16, 16), dtype=np.float32), 10.0)
+        rows.append({"rlnImageName": f"{name}.mrc", "rlnClassNumber": i + 1, "forgeClassName": name,
+                     "rlnImagePixelSize": 10.0})
+    return write_particles(folder / "maps.star", pd.DataFrame(rows))
+
+
+def test_run_folder_layout(run_dir):
+    assert (run_dir / "config.toml").is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "images" / "step-00000002.png").stat().st_size > 1000
+    assert load_config(run_dir / "config.toml", {}).train.steps == 2
+
+
+def test_generate_same_seed_identical_other_seed_differs(run_dir, maps_star, tmp_path, capsys):
+    outs = {}
+    for label, seed in (("a", 3), ("b", 3), ("c", 4)):
+        code = forge(["generate", "--run", str(run_dir), "--maps", str(maps_star), "--n-per-map", "3",
+                      "--out", str(tmp_path / label), "--seed", str(seed)])
+        assert code == 0, capsys.readouterr().err
+        table = read_particles(tmp_path / label / "particles.star")
+        outs[label] = np.stack([read_mrc(tmp_path / label / name)[0] for name in table["rlnImageName"]])
+    assert len(table) == 6
+    assert table["forgeClassName"].tolist() == ["ring"] * 3 + ["barrel"] * 3
+    assert table["rlnClassNumber"].tolist() == [1] * 3 + [2] * 3
+    assert (table["rlnImagePixelSize"] == 10.0).all()
+    assert outs["a"].shape == (6, 16, 16, 16)
+    assert np.array_equal(outs["a"], outs["b"])
+    assert np.abs(outs["a"] - outs["c"]).max() > 1e-3
+    # different noise draws for the same map give different subtomograms
+    assert np.abs(outs["a"][0] - outs["a"][1]).max() > 1e-3
+    assert np.abs(outs["a"]).max() <= 1.0
+
+
+def test_generate_from_maps_api(run_dir):
+    from cryoet_forge.generate import generate_from_maps
+
+    maps = np.random.default_rng(1).random((2, 16, 16, 16), dtype=np.float32)
+    out = generate_from_maps(run_dir, maps, n_per_map=2, seed=0)
+    assert out.shape == (4, 16, 16, 16) and out.dtype == np.float32
+    from cryoet_forge.errors import InputError
+
+    with pytest.raises(InputError, match="20\\^3 but the run was trained on 16\\^3"):
+        generate_from_maps(run_dir, np.zeros((1, 20, 20, 20), np.float32), 1, 0)
+
+
+def test_uncertainty_writes_mean_std_overlay(run_dir, maps_star, tmp_path, capsys):
+    map_path = maps_star.parent / "ring.mrc"
+    code = forge(["uncertainty", "--run", str(run_dir), "--map", str(map_path), "--samples", "6",
+                  "--out", str(tmp_path / "u")])
+    assert code == 0, capsys.readouterr().err
+    mean, voxel = read_mrc(tmp_path / "u" / "mean.mrc")
+    std, _ = read_mrc(tmp_path / "u" / "std.mrc")
+    assert mean.shape == std.shape == (16, 16, 16) and voxel == pytest.approx(10.0)
+    assert std.min() >= 0 and std.max() > 1e-4  # dropout is active at inference
+    assert (tmp_path / "u" / "overlay.png").stat().st_size > 1000
+    from cryoet_forge.uncertainty import mc_dropout
+
+    m1, s1 = mc_dropout(run_dir, read_mrc(map_path)[0], samples=4, seed=7)
+    m2, s2 = mc_dropout(run_dir, read_mrc(map_path)[0], samples=4, seed=7)
+    assert np.array_equal(m1, m2) and np.array_equal(s1, s2)
+
+
+# -- bad input: one 'forge: error: ...' line and a non-zero exit --------------------------------
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("forge: error: ")
+    return err[0]
+
+
+def test_unknown_component_lists_choices_via_subprocess():
+    proc = subprocess.run([forge_executable(), "train", "--generator", "nope", "--steps", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["forge: error: unknown generator 'nope'; choose from: " + ", ".join(
+        __import__("cryoet_forge").list_components("generator"))]
+
+
+@pytest.mark.parametrize("option,kind", [("--critic", "critic"), ("--loss", "loss")])
+def test_unknown_critic_or_loss(option, kind, capsys):
+    assert forge(["train", option, "nope"]) != 0
+    line = _one_error_line(capsys)
+    assert f"unknown {kind} 'nope'; choose from:" in line
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[train]\nbatchsize = 4\n")
+    assert forge(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) != 0
+    line = _one_error_line(capsys)
+    assert "unknown config key 'train.batchsize'" in line and "bad.toml" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_checkpoint(run_dir, maps_star, tmp_path, capsys):
+    empty = tmp_path / "nockpt"
+    shutil.copytree(run_dir, empty)
+    shutil.rmtree(empty / "checkpoints")
+    assert forge(["generate", "--run", str(empty), "--maps", str(maps_star), "--out", str(tmp_path / "o")]) != 0
+    assert "no checkpoint found" in _one_error_line(capsys)
+    assert forge(["train", "--resume", str(empty)]) != 0
+    assert "no checkpoint found" in _one_error_line(capsys)
+    assert forge(["train", "--resume", str(tmp_path / "absent")]) != 0
+    assert "no such run folder" in _one_error_line(capsys)
+
+
+def test_corrupt_checkpoint(run_dir, maps_star, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    weights = broken / "checkpoints" / "step-00000002" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert forge(["generate", "--run", str(broken), "--maps", str(maps_star), "--out", str(tmp_path / "o")]) != 0
+    line = _one_error_line(capsys)
+    assert "weights.safetensors: corrupt checkpoint" in line
+    assert forge(["train", "--resume", str(broken)]) != 0
+    assert "corrupt checkpoint" in _one_error_line(capsys)
+
+
+def test_domain_size_mismatch(tmp_path, capsys):
+    args = ["train", "--out", str(tmp_path / "r"), "--steps", "1",
+            "--set", "data.density.options={simulator='none', box=16, length=4}",
+            "--set", "data.subtomograms.options={simulator='fourier', box=20, length=4}"]
+    assert forge(args) != 0
+    line = _one_error_line(capsys)
+    assert "domain volumes differ in size: density maps are 16^3, subtomograms 20^3" in line
+
+
+def test_generator_that_cannot_take_the_box(tmp_path, capsys):
+    # unet3d needs sizes divisible by 8: 20^3 must be refused before training, in one line
+    args = ["train", "--generator", "unet3d", "--out", str(tmp_path / "r"), "--steps", "1",
+            "--set", "model.generator_options={base=4}", "--set", "model.critic_options={base=4}",
+            "--set", "data.density.options={simulator='none', box=20, length=4}",
+            "--set", "data.subtomograms.options={simulator='fourier', box=20, length=4}"]
+    assert forge(args) != 0
+    line = _one_error_line(capsys)
+    assert "generator 'unet3d' cannot take 20^3 volumes" in line
+
+
+def test_generate_from_structures_gives_posed_samples(run_dir, tmp_path, capsys):
+    code = forge(["generate", "--run", str(run_dir), "--structures", "ring", "--structures", "barrel",
+                  "--n-per-map", "2", "--out", str(tmp_path / "s"), "--seed", "1"])
+    assert code == 0, capsys.readouterr().err
+    table = read_particles(tmp_path / "s" / "particles.star")
+    assert table["forgeClassName"].tolist() == ["ring", "ring", "barrel", "barrel"]
+    assert {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= set(table.columns)
+    assert table["rlnAngleRot"].nunique() == 4  # every sample has its own pose

@@ -1,0 +1,77 @@
+"""Checkpoint folders: pickle-free round trip, keep-last-K, half-written folders, corrupt files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cryoet_forge.errors import InputError
+from cryoet_forge.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def _state():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.RMSprop(model.parameters(), lr=5e-4)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    return model, {"step": 3, "optimizers": {"g": opt.state_dict()}, "rng": [{"torch": torch.get_rng_state(),
+                   "python": (3, tuple(range(5)), None)}], "scaler": {}}
+
+
+def test_round_trip_without_pickle(tmp_path):
+    model, state = _state()
+    path = save_checkpoint(tmp_path, 3, {"g." + k: v for k, v in model.state_dict().items()}, state, keep=2)
+    step, weights, loaded = load_checkpoint(path)
+    assert step == 3 and torch.equal(weights["g.weight"], model.weight.detach())
+    opt_state = loaded["optimizers"]["g"]
+    assert torch.equal(opt_state["state"][0]["square_avg"], state["optimizers"]["g"]["state"][0]["square_avg"])
+    assert opt_state["param_groups"][0]["lr"] == 5e-4
+    assert loaded["rng"][0]["python"] == (3, (0, 1, 2, 3, 4), None)
+    assert torch.equal(loaded["rng"][0]["torch"], state["rng"][0]["torch"])
+    fresh = torch.optim.RMSprop(model.parameters(), lr=1.0)
+    fresh.load_state_dict(opt_state)  # the restored dict is what torch expects
+    # the folder holds exactly two safetensors files and one JSON document, no pickle
+    from safetensors import safe_open
+
+    assert sorted(p.name for p in path.iterdir()) == ["state.json", "state.safetensors", "weights.safetensors"]
+    for name in ("state.safetensors", "weights.safetensors"):
+        with safe_open(str(path / name), framework="pt") as fh:
+            assert list(fh.keys())
+    assert json.loads((path / "state.json").read_text())["step"] == 3
+
+
+def test_keep_last_k_and_ignore_half_written(tmp_path):
+    model, state = _state()
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, model.state_dict(), state, keep=2)
+    half = tmp_path / "checkpoints" / ".step-00000005.abc"
+    half.mkdir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
+    assert latest_checkpoint(tmp_path).name == "step-00000004"
+    save_checkpoint(tmp_path, 5, model.state_dict(), state, keep=2)
+    assert not half.exists()
+
+
+def test_bad_checkpoints_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="no such run folder"):
+        latest_checkpoint(tmp_path / "missing")
+    with pytest.raises(InputError, match="no checkpoint found"):
+        latest_checkpoint(tmp_path)
+    model, state = _state()
+    path = save_checkpoint(tmp_path, 1, model.state_dict(), state, keep=1)
+    (path / "state.json").write_text(json.dumps({"format": 1}))
+    with pytest.raises(InputError, match=r"state.json: corrupt checkpoint"):
+        load_checkpoint(path)
+    (path / "state.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InputError, match=r"state.safetensors: corrupt checkpoint"):
+        load_checkpoint(path)
+    (path / "weights.safetensors").unlink()
+    with pytest.raises(InputError, match=r"weights.safetensors: checkpoint file missing"):
+        load_checkpoint(path)
