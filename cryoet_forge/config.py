@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import tomli_w
 
 from cryoet_forge.errors import ConfigError
+from cryoet_forge.io.atomic import atomic_path
 
 
 @dataclass
@@ -126,7 +126,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if dataclasses.is_dataclass(origin):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a table, got {value!r}")
-        return _build(origin, value, key)
+        return build_dataclass(origin, value, key)
     if origin is bool:
         if isinstance(value, bool):
             return value
@@ -152,9 +152,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     )
 
 
-def _build(cls: type, table: dict, prefix: str = "") -> Any:
+def build_dataclass(cls: type, table: dict, prefix: str = "", skip: tuple[str, ...] = ()) -> Any:
+    """Build dataclass ``cls`` from a TOML table, type-checking every value; fields in ``skip``
+    cannot be set from the table. Unknown keys are a ConfigError naming the key."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
     kwargs = {}
     for key, value in table.items():
         dotted = f"{prefix}.{key}" if prefix else key
@@ -219,27 +221,30 @@ def apply_overrides(table: dict, overrides: dict[str, Any]) -> dict:
 
 def config_from_dict(table: dict, overrides: dict[str, Any] | None = None) -> TrainConfig:
     table = apply_overrides(_deep_copy(table), dict(overrides or {}))
-    return validate(_build(TrainConfig, table))
+    return validate(build_dataclass(TrainConfig, table))
 
 
 def _deep_copy(table: dict) -> dict:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in table.items()}
 
 
+def read_toml(path: str | os.PathLike) -> dict:
+    """The table of a TOML config file, or a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+
+
 def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a TOML file (or the defaults when ``path`` is None) and apply dotted overrides."""
-    table: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            with open(path, "rb") as fh:
-                table = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    table = read_toml(path) if path is not None else {}
     try:
         return config_from_dict(table, overrides)
     except ConfigError as exc:
@@ -252,12 +257,6 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     """Write ``cfg`` as TOML atomically; ``load_config`` reads it back to an equal config."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            tomli_w.dump(cfg.to_dict(), fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        tomli_w.dump(cfg.to_dict(), fh)
     return path

@@ -22,7 +22,7 @@ TOY = {
     "data": {"classes": ["barrel", "ring", "membrane"], "box": 16, "n_train_per_class": 10,
              "n_test_per_class": 8, "n_density_per_class": 8},
     "experimental": {"simulator": "tilt-series", "options": {"crowding": 2, "tilt_step": 6.0}},
-    "gan": {"curve_points": 2, "overrides": {
+    "gan": {"curve_points": 2, "select_checkpoint": "best-fid-train", "overrides": {
         "train.steps": 4, "train.batch_size": 2, "train.n_critic": 1, "train.device": "cpu",
         "model.generator_options": {"base": 4, "n_residual": 1, "dropout": 0.1},
         "model.critic_options": {"base": 2, "n_layers": 2},
@@ -100,9 +100,14 @@ def test_quality_metrics_are_the_metrics_engine_values(evaluation):
         assert (q["is_mean"], q["is_std"]) == inception_score(probs, splits=2)
     real_probs = np.load(out / "features" / "real_test.probabilities.npy")
     assert (results["inception"]["is_mean"], results["inception"]["is_std"]) == inception_score(real_probs, splits=2)
-    # the curve's last checkpoint is the final generator with the same noise: the same scores
-    assert results["curves"]["steps"][-1] == 4
-    assert results["curves"]["fid"][-1] == pytest.approx(results["quality"]["cryoetgan"]["fid"], rel=1e-6)
+    # the selected checkpoint is the one with the lowest FID against the real training split, and its
+    # point on the curves (same generator, same noise) has the same scores as the main table
+    chosen = results["gan_checkpoint"]
+    assert chosen["rule"] == "best-fid-train" and set(chosen["fid_train"]) == {"2", "4"}
+    assert chosen["fid_train"][str(chosen["step"])] == min(chosen["fid_train"].values())
+    assert results["curves"]["steps"] == [2, 4]
+    at = results["curves"]["steps"].index(chosen["step"])
+    assert results["curves"]["fid"][at] == pytest.approx(results["quality"]["cryoetgan"]["fid"], rel=1e-6)
 
 
 def test_accuracies_are_the_classifier_values(evaluation):

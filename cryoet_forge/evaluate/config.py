@@ -11,12 +11,12 @@ classifiers), ``[downstream]``, ``[metrics]``, ``[ablations]``, ``[uncertainty]`
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryoet_forge.config import apply_overrides, build_dataclass, parse_override, read_toml
 from cryoet_forge.errors import ConfigError
 
 
@@ -64,6 +64,9 @@ class GanSection:
     run: str = ""
     #: checkpoints of the main run scored for the metric curves (evenly spaced, last included)
     curve_points: int = 4
+    #: which checkpoint generates the evaluated data: "last", or "best-fid-train" (lowest FID of its
+    #: output against the real *training* split, so the test split plays no part in the choice)
+    select_checkpoint: str = "last"
 
 
 @dataclass
@@ -141,68 +144,21 @@ class EvaluationConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    origin = typing.get_origin(annotation) or annotation
-    if dataclasses.is_dataclass(origin):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a table, got {value!r}")
-        return _build(origin, value, key)
-    checks = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-        dict: lambda v: isinstance(v, dict),
-        list: lambda v: isinstance(v, (list, tuple)),
-    }
-    if origin in checks and checks[origin](value):
-        return float(value) if origin is float else (list(value) if origin is list else value)
-    raise ConfigError(f"config key {key!r} must be of type {getattr(origin, '__name__', origin)}, got {value!r}")
-
-
-def _build(cls: type, table: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "origin"]
-    kwargs = {}
-    for key, value in table.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            where = f"[{prefix}]" if prefix else "the top level"
-            raise ConfigError(f"unknown config key {dotted!r}; valid keys in {where}: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
-    return cls(**kwargs)
-
-
 def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
     """``["downstream.seeds=[0,1]"]`` -> ``{"downstream.seeds": [0, 1]}`` (values read as TOML, else strings)."""
-    result: dict[str, Any] = {}
-    for text in items:
-        if "=" not in text:
-            raise ConfigError(f"override {text!r} must look like section.key=value")
-        key, raw = (part.strip() for part in text.split("=", 1))
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        result[key] = value
-    return result
+    return dict(parse_override(text) for text in items)
 
 
 def _apply(table: dict, overrides: dict[str, Any]) -> dict:
+    plain = {}
     for dotted, value in overrides.items():
-        node = table
         parts = dotted.split(".")
         # [gan].overrides holds dotted TrainConfig keys: everything after it is one key
         if len(parts) > 2 and parts[0] == "gan" and parts[1] == "overrides":
-            node.setdefault("gan", {}).setdefault("overrides", {})[".".join(parts[2:])] = value
-            continue
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {dotted!r}: {part!r} is not a table")
-            node = child
-        node[parts[-1]] = value
-    return table
+            table.setdefault("gan", {}).setdefault("overrides", {})[".".join(parts[2:])] = value
+        else:
+            plain[dotted] = value
+    return apply_overrides(table, plain)
 
 
 def validate(config: EvaluationConfig) -> EvaluationConfig:
@@ -231,6 +187,8 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
     for value in config.ablations.noise_std:
         if not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"ablations.noise_std values must be numbers >= 0, got {value!r}")
+    if config.gan.select_checkpoint not in ("last", "best-fid-train"):
+        raise ConfigError(f"gan.select_checkpoint {config.gan.select_checkpoint!r}; choose from: last, best-fid-train")
     if config.gan.curve_points < 1:
         raise ConfigError(f"gan.curve_points must be >= 1, got {config.gan.curve_points}")
     return config
@@ -241,20 +199,14 @@ def config_from_dict(table: dict, overrides: dict[str, Any] | None = None,
     import copy
 
     table = _apply(copy.deepcopy(table), dict(overrides or {}))
-    config = validate(_build(EvaluationConfig, table))
+    config = validate(build_dataclass(EvaluationConfig, table, skip=("origin",)))
     config.origin = origin
     return config
 
 
 def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = None) -> EvaluationConfig:
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            table = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    table = read_toml(path)
     try:
         config = config_from_dict(table, overrides, origin=str(path))
     except ConfigError as exc:
@@ -270,7 +222,7 @@ def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = 
 QUICKSTART: dict[str, Any] = {
     "data": {"classes": ["barrel", "two-lobe", "ring", "membrane"], "box": 20, "voxel_size": 10.0,
              "n_train_per_class": 48, "n_test_per_class": 24, "n_density_per_class": 48},
-    "gan": {"curve_points": 3, "overrides": {
+    "gan": {"curve_points": 4, "select_checkpoint": "best-fid-train", "overrides": {
         "train.steps": 200, "train.batch_size": 4, "train.n_critic": 1, "train.device": "cpu",
         "model.generator_options": {"base": 4, "n_residual": 2, "dropout": 0.1},
         "model.critic_options": {"base": 2},

@@ -127,7 +127,9 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
                             data.density_star, data.real_train_star, log=log)
     timed("gan_training", tic)
     tic = time.perf_counter()
-    gan = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source="CryoETGAN")
+    train_features, _ = run_inference(inception.model, data.real_train.volumes, inception.normalize,
+                                      device=inception.device)
+    gan, gan_checkpoint = select_and_generate(config, run_dir, data, inception, train_features, "CryoETGAN")
     timed("generation", tic)
     # both synthetic sets on disk in the labelled-folder format, for `forge classify` / inspection
     write_labelled_folder(out / "data" / "traditional", data.traditional)
@@ -164,7 +166,7 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
 
     # -- ablations -------------------------------------------------------------------------------
     tic = time.perf_counter()
-    ablations = run_ablations(config, out, data, inception, real_features, options, log)
+    ablations = run_ablations(config, out, data, inception, real_features, train_features, options, log)
     timed("ablations", tic)
 
     # -- uncertainty -----------------------------------------------------------------------------
@@ -211,6 +213,7 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
                  "n_generated": len(gan), "n_traditional": len(data.traditional)},
         "gan_run": str(run_dir),
         "gan": gan_summary(run_dir),
+        "gan_checkpoint": gan_checkpoint,
         "inception": {"real_test": inception_on_test.summary(),
                       "is_mean": float(real_is[0]), "is_std": float(real_is[1])},
         "quality": quality,
@@ -233,6 +236,31 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     atomic_write_bytes(report, render_report(results).encode())
     log(f"done in {timings['total']:.0f} s")
     return report
+
+
+def select_and_generate(config: EvaluationConfig, run_dir: Path, data: EvaluationData, inception: InceptionNet,
+                        train_features: np.ndarray, source: str) -> tuple[LabelledVolumes, dict[str, Any]]:
+    """Generated volumes from the checkpoint the config's rule picks, and a record of the choice."""
+    from cryoet_forge.metrics import compute_fid
+
+    checkpoints = run_checkpoints(run_dir)
+    if config.gan.select_checkpoint == "last" or len(checkpoints) < 2:
+        step = checkpoints[-1][0] if checkpoints else None
+        generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source)
+        return generated, {"rule": "last", "step": step}
+    fid_train: dict[str, float] = {}
+    best: tuple[float, int, LabelledVolumes] | None = None
+    for step, path in checkpoints:
+        generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source,
+                                      checkpoint=path)
+        features, _ = run_inference(inception.model, generated.volumes, inception.normalize, device=inception.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fid = float(compute_fid(train_features, features))
+        fid_train[str(step)] = fid
+        if best is None or fid < best[0]:
+            best = (fid, step, generated)
+    return best[2], {"rule": "best-fid-train", "step": best[1], "fid_train": fid_train}
 
 
 def gan_summary(run_dir: Path) -> dict[str, Any]:
@@ -283,19 +311,21 @@ def ablation_variants(config: EvaluationConfig) -> list[tuple[str, str, dict[str
 
 
 def run_ablations(config: EvaluationConfig, out: Path, data: EvaluationData, inception: InceptionNet,
-                  real_features: np.ndarray, options: ClassifierOptions, log: Log) -> list[dict[str, Any]]:
+                  real_features: np.ndarray, train_features: np.ndarray, options: ClassifierOptions,
+                  log: Log) -> list[dict[str, Any]]:
     rows = []
     for index, (table, label, overrides) in enumerate(ablation_variants(config)):
         slug = f"ablation-{index + 1}"
         run_dir = train_gan(config, out / "runs" / slug, data.density_train, data.real_train, data.density_star,
                             data.real_train_star, variant=overrides, log=log)
-        generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=label)
+        generated, checkpoint = select_and_generate(config, run_dir, data, inception, train_features, label)
         features, probs = inception.embed(slug, generated)
         scores = quality_metrics(real_features, features, probs, config)
         result = train_on_synthetic_test_on_real(label, generated, data.real_test, data.class_names, options,
                                                  [int(s) for s in config.ablations.seeds],
                                                  config.downstream.confidence, log)
         rows.append({"table": table, "label": label, "overrides": overrides, "run": str(run_dir),
+                     "checkpoint": checkpoint,
                      "features": f"features/{slug}.features.npy", **scores, "downstream": result.to_dict()})
     return rows
 

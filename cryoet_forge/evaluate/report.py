@@ -74,6 +74,10 @@ def render_report(results: dict[str, Any]) -> str:
     gan = results.get("gan")
     trained = (f" The GAN ({gan['generator']} generator, {gan['critic']} critic, {gan['loss']} loss) was trained "
                f"for {gan['steps']} steps of batch {gan['batch_size']}." if gan else "")
+    chosen = results.get("gan_checkpoint")
+    if chosen and chosen.get("rule") == "best-fid-train":
+        trained += (f" Its data come from the checkpoint at step {chosen['step']}, the lowest FID against the real "
+                    f"training split ({number(chosen['fid_train'][str(chosen['step'])])}).")
     lines += ["", f"Accuracy is CB3D trained on each set ({downstream['cryoetgan']['n_train']} volumes) and tested "
               f"on the real test split; the classifier trained on GAN output {verdict} the one trained on "
               f"traditional simulation (mean difference {number(gain)}).{trained}", ""]
