@@ -168,21 +168,17 @@ def test_quickstart_end_to_end(tmp_path):
     """`forge quickstart` writes a report with tables and pictures (about 5 minutes on 2 cores)."""
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     forge = Path(sys.executable).with_name("forge")
-    tic = time.perf_counter()
     proc = subprocess.run([str(forge), "quickstart", "--out", str(tmp_path / "qs")], capture_output=True,
                           text=True, timeout=900)
-    elapsed = time.perf_counter() - tic
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"report: {tmp_path / 'qs' / 'report.md'}" in proc.stdout
     text = (tmp_path / "qs" / "report.md").read_text()
     assert "## Table 2" in text and "figures/montage.png" in text
     results = json.loads((tmp_path / "qs" / "results.json").read_text())
     assert results["data"]["n_real_test"] == 96
-    assert elapsed < 600
 
 
 def test_evaluate_on_folders_rejects_classes_present_in_one_split_only(tmp_path, capsys):
