@@ -340,8 +340,8 @@ def evaluate_cb3d(model: CB3D, data: LabelledVolumes, class_names: Sequence[str]
 
 def write_json(path: str | Path, payload: Any) -> Path:
     """Atomic JSON write (sorted keys off, two-space indent, trailing newline)."""
-    from cryoet_forge.models.cb3d import atomic_write_bytes
+    from cryoet_forge.io.atomic import write_bytes_atomic
 
     path = Path(path)
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
     return path

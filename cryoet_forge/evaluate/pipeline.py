@@ -231,9 +231,9 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     from cryoet_forge.evaluate.report import render_report
 
     report = out / "report.md"
-    from cryoet_forge.models.cb3d import atomic_write_bytes
+    from cryoet_forge.io.atomic import write_bytes_atomic
 
-    atomic_write_bytes(report, render_report(results).encode())
+    write_bytes_atomic(report, render_report(results).encode())
     log(f"done in {timings['total']:.0f} s")
     return report
 

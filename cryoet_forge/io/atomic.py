@@ -38,3 +38,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; a reader sees the old file or the new one, never half."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

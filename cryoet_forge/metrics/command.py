@@ -93,7 +93,7 @@ def metrics_command(real_path, fake_path, k, backend, device, strict, with_fid, 
     fid = None
     if with_fid:
         started = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True):  # reported below from fid.warnings
             warnings.simplefilter("always", FIDWarning)
             fid = fid_details(real, fake, bootstrap=bootstrap)
         fid_seconds = time.perf_counter() - started

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.atomic import write_bytes_atomic
 
 WEIGHTS_NAME = "cb3d.safetensors"
 METADATA_NAME = "cb3d.json"
@@ -181,19 +181,6 @@ def as_volume_batch(volumes: Any) -> torch.Tensor:
 
 # --- checkpoints --------------------------------------------------------------------------
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """(weights, metadata) for a checkpoint folder or a ``.safetensors`` file."""
     p = Path(path)
@@ -211,13 +198,13 @@ def save_cb3d(model: CB3D, path: str | os.PathLike, class_names: Sequence[str],
         raise ConfigError(f"{len(class_names)} class names for a {model.num_classes}-class model")
     weights_path, meta_path = checkpoint_paths(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(weights_path, save(state, metadata={"format": "cryoet-forge-cb3d"}))
+    write_bytes_atomic(weights_path, save(state, metadata={"format": "cryoet-forge-cb3d"}))
     config = asdict(model.config)
     config["channels"] = list(config["channels"])
     config["convs_per_block"] = list(config["convs_per_block"])
     metadata = {"format_version": FORMAT_VERSION, "model": "cb3d", "config": config,
                 "class_names": list(class_names), "normalize": normalize, **(extra or {})}
-    atomic_write_bytes(meta_path, (json.dumps(metadata, indent=2) + "\n").encode())
+    write_bytes_atomic(meta_path, (json.dumps(metadata, indent=2) + "\n").encode())
     return weights_path
 
 
