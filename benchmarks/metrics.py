@@ -144,10 +144,13 @@ CHILDREN = {"prdc": child_prdc, "matmul": child_matmul, "fid": child_fid}
 
 
 def run_child(kind: str, spec: dict, timeout: float) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", kind, json.dumps(spec)],
-        capture_output=True, text=True, timeout=timeout,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", kind, json.dumps(spec)],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -171,7 +174,11 @@ def main() -> None:
         print(json.dumps(CHILDREN[kind](json.loads(spec))))
         return
 
-    sink = open(args.out, "a") if args.out else sys.stdout
+    with open(args.out, "a") if args.out else contextlib.nullcontext(sys.stdout) as sink:
+        run_benchmarks(args, sink)
+
+
+def run_benchmarks(args: argparse.Namespace, sink) -> None:
     machine = {"machine": platform.machine(), "cpus": os.cpu_count(), "host": platform.node()}
 
     def emit(record: dict) -> None:

@@ -12,6 +12,7 @@ the ratio is reported. Writes one JSON line per measurement (``--out FILE``, def
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -144,7 +145,12 @@ def main(argv=None) -> int:
     common = {"benchmark": "simulate", "box": args.box, "voxel_size": args.voxel_size,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__}
-    out = open(args.out, "a") if args.out else sys.stdout
+    with open(args.out, "a") if args.out else contextlib.nullcontext(sys.stdout) as out:
+        run(args, devices, volumes, common, out)
+    return 0
+
+
+def run(args, devices, volumes, common, out) -> None:
     baselines = {
         "fourier": time_numpy(fourier_numpy, volumes[:args.baseline_volumes], args.voxel_size),
         "tilt-series": time_numpy(tilt_series_numpy, volumes[:max(2, args.baseline_volumes // 4)], args.voxel_size),
@@ -160,9 +166,6 @@ def main(argv=None) -> int:
                                   "batch": batch, "volumes_per_s": round(rate, 3),
                                   "ratio_vs_numpy": round(rate / baselines[name], 2)}) + "\n")
             out.flush()
-    if args.out:
-        out.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -185,10 +185,14 @@ def check_splits(train: LabelledVolumes, test: LabelledVolumes) -> list[str]:
 
 @dataclass
 class ClassifierOptions:
-    """How a CB3D classifier is built and trained."""
+    """How a CB3D classifier is built and trained (also the ``[classifier]`` table of ``forge evaluate``).
 
-    channels: tuple[int, ...] = (64, 128, 256, 512)
-    convs_per_block: tuple[int, ...] = (1, 1, 2, 2)
+    ``channels`` and ``convs_per_block`` are plain lists so that ``build_dataclass`` can read them
+    from TOML; any sequence of integers is accepted and stored as a list of ints.
+    """
+
+    channels: list = field(default_factory=lambda: [64, 128, 256, 512])
+    convs_per_block: list = field(default_factory=lambda: [1, 1, 2, 2])
     fc_width: int = 4096
     dropout: float = 0.5
     epochs: int = 30
@@ -200,8 +204,12 @@ class ClassifierOptions:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        self.convs_per_block = tuple(int(c) for c in self.convs_per_block)
+        for key in ("channels", "convs_per_block"):
+            values = getattr(self, key)
+            try:
+                setattr(self, key, [int(v) for v in values])
+            except (TypeError, ValueError):
+                raise ConfigError(f"classifier {key} must be a list of integers, got {values!r}") from None
         if self.normalize not in NORMALIZATIONS:
             raise ConfigError(f"normalize {self.normalize!r}; choose from: {', '.join(NORMALIZATIONS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -211,10 +219,7 @@ class ClassifierOptions:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        d["convs_per_block"] = list(self.convs_per_block)
-        return d
+        return asdict(self)
 
 
 @dataclass

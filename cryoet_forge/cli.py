@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("forge: interrupted", err=True)
         return 130
+    except OSError as exc:  # an unwritable output folder, a full disk: the user's to fix
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"forge: error: {_one_line(exc.strerror or exc)}{where}", err=True)
+        return 1
     return 0
 
 

@@ -184,6 +184,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{key} must be >= {low}, got {value}")
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    o = cfg.optim
+    if o.critic_lr < 0:
+        raise ConfigError(f"optim.critic_lr must be >= 0 (0 = optim.lr), got {o.critic_lr}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    if o.name == "adam" and not (
+            len(o.betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in o.betas)):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
     if cfg.data.density_noise_std < 0:
         raise ConfigError(f"data.density_noise_std must be >= 0, got {cfg.data.density_noise_std}")
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
@@ -256,7 +265,6 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     """Write ``cfg`` as TOML atomically; ``load_config`` reads it back to an equal config."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         tomli_w.dump(cfg.to_dict(), fh)
     return path

@@ -19,12 +19,10 @@ import torch
 from torch import nn
 
 from cryoet_forge.config import TrainConfig
-from cryoet_forge.errors import InputError
+from cryoet_forge.errors import InputError, PluginError
 from cryoet_forge.train import checkpoint as ckpt
-from cryoet_forge.train.loop import RUN_DATA, build_networks, resume_config, run_generator, takes_noise
-
-#: normalisation each dataset kind applies by default (what its ``normalize`` option defaults to)
-DEFAULT_NORMALIZE = {"simulated": "minmax", "volume-folder": "zscore"}
+from cryoet_forge.train.loop import (RUN_DATA, build_networks, factory_parameters, resume_config,
+                                     run_generator, takes_noise)
 
 
 def run_metadata(run_dir: Path) -> dict[str, Any]:
@@ -38,8 +36,17 @@ def run_metadata(run_dir: Path) -> dict[str, Any]:
 
 
 def density_normalization(cfg: TrainConfig) -> str:
+    """The normalisation domain D had: its ``normalize`` option, else its dataset's default."""
     d = cfg.data.density
-    return str(d.options.get("normalize", DEFAULT_NORMALIZE.get(d.dataset, "none")))
+    if "normalize" in d.options:
+        return str(d.options["normalize"])
+    try:
+        param = factory_parameters("dataset", d.dataset).get("normalize")
+    except PluginError:  # the run's dataset plugin is not installed here
+        param = None
+    if param is None or param.default is param.empty:
+        return "none"
+    return str(param.default)
 
 
 def load_generator(run_dir: str | os.PathLike, network: str = "g_ds",
@@ -50,14 +57,14 @@ def load_generator(run_dir: str | os.PathLike, network: str = "g_ds",
     if option_overrides:
         key = "generator_options" if network == "g_ds" else "inverse_generator_options"
         setattr(cfg.model, key, {**getattr(cfg.model, key), **option_overrides})
-    model = build_networks(cfg)[network]
+    model = build_networks(cfg, [network])[network]
     path = ckpt.latest_checkpoint(run_dir)
     weights = ckpt.sub_state_dict(ckpt.load_weights(path), network)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit the run's {network} "
-                         f"({' '.join(str(exc).split())[:200]})") from None
+                         f"({ckpt.error_text(exc)})") from None
     return model.eval(), cfg
 
 

@@ -103,6 +103,10 @@ def test_corrupt_or_missing_checkpoint(tmp_path):
     (tmp_path / "clf" / "cb3d.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(InputError, match="unreadable or mismatched CB3D weights"):
         load_cb3d(tmp_path / "clf")
+    meta = tmp_path / "clf" / "cb3d.json"
+    meta.write_text(meta.read_text().replace('"num_classes"', '"n_classes"'))
+    with pytest.raises(InputError, match="not a CB3D checkpoint metadata file"):
+        load_cb3d(tmp_path / "clf")
 
 
 def test_feature_extractor_plugin_matches_the_model(tmp_path):

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from cryoet_forge.classify import LabelledVolumes, evaluate_cb3d, load_labelled

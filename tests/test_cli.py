@@ -54,3 +54,12 @@ def test_main_returns_exit_codes_in_process(capsys):
     assert "exact" in capsys.readouterr().out
     assert main(["list", "gizmo"]) == 3
     assert capsys.readouterr().err.startswith("forge: error: unknown component kind 'gizmo'")
+
+
+def test_os_error_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["simulate", "--phantoms", "--n-per-class", "1", "--box", "16", "--out", str(blocker / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("forge: error: "), err

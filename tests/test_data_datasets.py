@@ -92,6 +92,10 @@ def test_npz_bundle_round_trip_keeps_everything(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"junk")
     with pytest.raises(InputError, match="bad.npz: not a readable .npz bundle"):
         load_bundle(tmp_path / "bad.npz")
+    np.savez(tmp_path / "labels.npz", volumes=volumes, labels=np.array([0, 1, 0, 2]),
+             class_names=np.array(["a", "b"]), voxel_size=np.float64(9.4))
+    with pytest.raises(InputError, match=r"labels.npz: labels must lie in 0..1"):
+        load_bundle(tmp_path / "labels.npz")
 
 
 @pytest.mark.parametrize("simulator", ["fourier", "none"])

@@ -123,6 +123,10 @@ def test_accuracies_are_the_classifier_values(evaluation):
         confusion = np.array(d["confusion_first_seed"])
         assert d["accuracies"][0] == pytest.approx(np.trace(confusion) / confusion.sum())
         assert (d["mean"], d["ci_low"], d["ci_high"]) == pytest.approx(confidence_interval(d["accuracies"], 0.95))
+        for name, mean in d["per_class_accuracy_mean"].items():  # the report's per-class table
+            assert mean == pytest.approx(np.mean([pc[name] for pc in d["per_class_accuracy"]]))
+    assert results["downstream_difference"] == pytest.approx(
+        results["downstream"]["cryoetgan"]["mean"] - results["downstream"]["traditional"]["mean"])
     for row in results["ablations"]:
         assert row["downstream"]["ci_low"] == row["downstream"]["ci_high"] == row["downstream"]["mean"]
 

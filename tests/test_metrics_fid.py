@@ -123,6 +123,10 @@ def test_rejects_bad_input():
         compute_fid(bad, np.ones((5, 3)))
     with pytest.raises(InputError, match="at least one update"):
         FID().compute()
+    with pytest.raises(InputError, match="bootstrap must be >= 0"):
+        fid_details(np.ones((5, 3)), np.ones((5, 3)), bootstrap=-1)
+    with pytest.raises(InputError, match=r"means \(D,\) and covariances"):
+        fid_from_moments(1.0, [[1.0]], 2.0, [[1.0]])
     metric = FID()
     metric.update(real=np.zeros((4, 3)))
     with pytest.raises(InputError, match="batch has D=5, earlier batches D=3"):

@@ -60,6 +60,9 @@ def test_object_accumulates_batches():
         (np.full((4, 2), 0.7), 2, r"sum to 1 per row; row 0"),
         (np.array([[1.5, -0.5]] * 3), 1, r"non-negative"),
         (np.full(4, 0.25), 1, r"2-D array"),
+        ([["a", "b"]], 1, r"cannot be read as a real-number array"),
+        ([[0.5, 0.5], [1.0]], 1, r"cannot be read as a real-number array"),
+        (np.full((4, 2), 0.5), True, r"1 <= splits <= N=4"),
     ],
 )
 def test_rejects_bad_input(probs, splits, message):

@@ -113,6 +113,30 @@ def test_backends_equal_exact(backend):
     )
 
 
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_backends_hand_float32_overflowing_norms_to_exact(backend):
+    # squared norms ~1e40 overflow float32: the GEMM backends must not use their bound
+    real, fake = overlapping(120, 110, 4, seed=5)
+    real, fake = real * np.float32(1e19), fake * np.float32(1e19)
+    counts = prdc_counts(real, fake, 3, backend=backend, device="cpu")
+    assert counts.metrics() == compute_prdc(real, fake, 3)
+    assert "exact backend" in counts.info["note"]
+
+
+def test_gemm_backends_mix_refined_and_fully_recomputed_rows():
+    # rows with many duplicates overflow their candidate lists; the rest are refined
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((300, 6)).astype(np.float32)
+    real = np.concatenate([base, np.repeat(base[:3], 40, axis=0)])
+    fake = rng.standard_normal((200, 6)).astype(np.float32)
+    want = prdc_counts(real, fake, 3)
+    for backend in ("faiss", "torch"):
+        got = prdc_counts(real, fake, 3, backend=backend, device="cpu")
+        assert 0 < got.info["exact_rows"] < real.shape[0] + fake.shape[0]
+        assert np.array_equal(got.real_radii, want.real_radii)
+        assert got.metrics() == want.metrics()
+
+
 def test_torch_backend_with_small_blocks_equals_exact():
     real, fake = overlapping(300, 260, 16, seed=21)
     got = compute_prdc(real, fake, 3, backend="torch", device="cpu", block=64)

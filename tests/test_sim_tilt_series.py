@@ -130,3 +130,9 @@ def test_bad_options():
         tilt_series(shot_noise="loud")
     with pytest.raises(ConfigError, match="tilt_range"):
         tilt_series(tilt_range=(-90, 90))
+    with pytest.raises(ConfigError, match="amplitude_contrast < 1"):
+        tilt_series(amplitude_contrast=1.5)
+    with pytest.raises(ConfigError, match="max_shift -1"):
+        tilt_series(max_shift=-1)
+    with pytest.raises(ConfigError, match="max_shift 'abc'"):
+        PoseSimulator(max_shift="abc")

@@ -65,11 +65,20 @@ def load_bundle(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: volumes have shape {volumes.shape}; expected (N, S, S, S)")
     if not np.isfinite(volumes).all():
         raise InputError(f"{path}: volumes contain NaN or infinite voxels")
+    labels = content["labels"]
+    n_classes = len(content["class_names"])
+    if labels.shape != (len(volumes),) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{path}: labels have shape {labels.shape} and dtype {labels.dtype}; "
+                         f"expected {len(volumes)} integers")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise InputError(f"{path}: labels must lie in 0..{n_classes - 1} (one per class name)")
     params = {k[len(PARAM_PREFIX):]: v for k, v in content.items() if k.startswith(PARAM_PREFIX)}
+    if any(np.shape(v) != (len(volumes),) for v in params.values()):
+        raise InputError(f"{path}: every {PARAM_PREFIX}<column> array must hold one value per volume")
     return {
         "volumes": volumes,
-        "labels": content["labels"].astype(np.int64),
+        "labels": labels.astype(np.int64),
         "class_names": [str(c) for c in content["class_names"].tolist()],
-        "voxel_size": check_voxel_size(float(content["voxel_size"]), f"{path}: voxel size"),
+        "voxel_size": check_voxel_size(content["voxel_size"].tolist(), f"{path}: voxel size"),
         "parameters": pd.DataFrame(params),
     }

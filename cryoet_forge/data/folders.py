@@ -24,19 +24,23 @@ class _VolumeListDataset(Dataset):
     """Volumes given as files (read on access) or as an in-memory array, with labels."""
 
     def __init__(self, files: list[Path] | None, volumes: np.ndarray | None, labels: list[int],
-                 class_names: list[str], voxel_size: float, normalize: str,
+                 class_names: list[str], voxel_size: float | None, normalize: str,
                  table: pd.DataFrame | None, source: str):
         self.files = files
         self._volumes = volumes
         self.labels = [int(label) for label in labels]
         self.class_names = list(class_names)
-        self.voxel_size = float(voxel_size)
         self.normalize = check_normalization(normalize)
         self.table = table
         self.source = source
         if len(self.labels) == 0:
             raise InputError(f"{source}: no volumes found")
-        first = self._raw(0)
+        first = None
+        if voxel_size is None:  # files without a table: the first file's header sets the voxel size
+            first, voxel_size = read_mrc(self.files[0])
+        self.voxel_size = float(voxel_size)
+        if first is None:
+            first = self._raw(0)
         if first.ndim != 3 or len(set(first.shape)) != 1:
             raise InputError(f"{self._name(0)}: expected a cubic volume, got shape {first.shape}")
         self.box = int(first.shape[0])
@@ -101,8 +105,7 @@ class VolumeFolderDataset(_VolumeListDataset):
             files = sorted(list(root.glob("*.mrc")) + list(root.glob("*.map")))
             if not files:
                 raise InputError(f"{root}: no STAR file and no .mrc volumes in this folder")
-            _, voxel = read_mrc(files[0])
-            super().__init__(files, None, [0] * len(files), [UNLABELLED], voxel, normalize, None, str(root))
+            super().__init__(files, None, [0] * len(files), [UNLABELLED], None, normalize, None, str(root))
         elif root.suffix == ".npz":
             bundle = load_bundle(root)
             super().__init__(None, bundle["volumes"], bundle["labels"].tolist(), bundle["class_names"],
@@ -139,5 +142,4 @@ class LabelledFolderDataset(_VolumeListDataset):
             for f in sorted((root / name).glob("*.mrc")):
                 files.append(f)
                 labels.append(label)
-        _, voxel = read_mrc(files[0])
-        super().__init__(files, None, labels, classes, voxel, normalize, None, str(root))
+        super().__init__(files, None, labels, classes, None, normalize, None, str(root))

@@ -109,10 +109,11 @@ def classify_eval(model_path, data_path, out_dir, device) -> None:
 def _check_voxel_size(metadata, data) -> None:
     import math
 
+    from cryoet_forge.classify import VOXEL_SIZE_RTOL
     from cryoet_forge.errors import InputError
 
     trained = metadata.get("voxel_size")
-    if trained is not None and not math.isclose(float(trained), data.voxel_size, rel_tol=1e-3):
+    if trained is not None and not math.isclose(float(trained), data.voxel_size, rel_tol=VOXEL_SIZE_RTOL):
         raise InputError(f"volumes of mixed voxel sizes: {data.source} has {data.voxel_size:g} A but the "
                          f"classifier was trained on {float(trained):g} A")
 
@@ -168,13 +169,14 @@ def evaluate_command(config_path, out_dir, overrides) -> None:
 
 def _print_summary(out_dir: Path) -> None:
     from cryoet_forge.evaluate.pipeline import load_results
+    from cryoet_forge.evaluate.report import number
 
     results = load_results(out_dir)
     click.echo(f"train on real, test on real: accuracy {results['inception']['real_test']['accuracy']:.3f}")
     for key, label in (("traditional", "traditional simulation"), ("cryoetgan", "CryoETGAN")):
         d, q = results["downstream"][key], results["quality"][key]
         click.echo(f"train on {label}, test on real: accuracy {d['mean']:.3f} "
-                   f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]; FID vs real test {q['fid']:.3f}")
+                   f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]; FID vs real test {number(q['fid'])}")
 
 
 @click.command("quickstart")

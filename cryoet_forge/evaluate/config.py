@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryoet_forge.classify import ClassifierOptions
 from cryoet_forge.config import apply_overrides, build_dataclass, parse_override, read_toml
 from cryoet_forge.errors import ConfigError
 
@@ -70,17 +71,9 @@ class GanSection:
 
 
 @dataclass
-class ClassifierSection:
-    channels: list = field(default_factory=lambda: [64, 128, 256, 512])
-    convs_per_block: list = field(default_factory=lambda: [1, 1, 2, 2])
-    fc_width: int = 4096
-    dropout: float = 0.5
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    normalize: str = "zscore"
-    augment: bool = True
+class ClassifierSection(ClassifierOptions):
+    """``[classifier]``: the fields of ``ClassifierOptions`` (checked when the config is read)."""
+
     #: "auto" = cuda when available, else cpu
     device: str = "auto"
 

@@ -30,6 +30,15 @@ def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tu
     return mean, mean - half, mean + half
 
 
+def per_class_mean(per_class: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
+    """Per-class accuracy averaged over seeds (seeds where the class is absent left out; None if all are)."""
+    means: dict[str, float | None] = {}
+    for name in (per_class[0] if per_class else {}):
+        values = [pc[name] for pc in per_class if pc[name] is not None]
+        means[name] = sum(values) / len(values) if values else None
+    return means
+
+
 @dataclass
 class DownstreamResult:
     """Accuracies of CB3D trained on ``source`` (one per seed) on the real test split."""
@@ -47,7 +56,8 @@ class DownstreamResult:
 
     def to_dict(self) -> dict:
         return {"source": self.source, "seeds": list(self.seeds), "accuracies": list(self.accuracies),
-                "per_class_accuracy": list(self.per_class), "mean": self.mean, "ci_low": self.low,
+                "per_class_accuracy": list(self.per_class),
+                "per_class_accuracy_mean": per_class_mean(self.per_class), "mean": self.mean, "ci_low": self.low,
                 "ci_high": self.high, "confidence": self.confidence, "n_train": self.n_train,
                 "confusion_first_seed": self.first.confusion.tolist() if self.first is not None else None}
 

@@ -1,4 +1,4 @@
-"""PNG figures of the evaluation: confusion matrices, slice montages, metric curves, uncertainty overlays.
+"""PNG figures of the evaluation: confusion matrices, metric curves, uncertainty overlays, accuracy bars.
 
 All use matplotlib's Agg backend and are written atomically (temporary file + rename).
 """
@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cryoet_forge.io.atomic import atomic_path
+from cryoet_forge.viz import central_slice  # slice montages: cryoet_forge.viz.save_slice_montage
 
 
 def _pyplot():
@@ -53,43 +54,6 @@ def save_confusion_png(path: str | Path, confusion: np.ndarray, class_names: Seq
     if title:
         ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    return _save(fig, path)
-
-
-def central_slice(volume: np.ndarray) -> np.ndarray:
-    """The central z slice of a (S, S, S) volume (the xy plane, where the missing wedge blurs least)."""
-    volume = np.asarray(volume)
-    return volume[volume.shape[0] // 2]
-
-
-def save_domain_montage(path: str | Path, rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
-                        col_labels: Sequence[str] | None = None, title: str | None = None) -> Path:
-    """Grid of central slices: one row per domain (real / traditional / GAN ...), one column per class.
-
-    Each slice is shown with its own 1-99 percentile window so that noisy and clean volumes are
-    both readable.
-    """
-    plt = _pyplot()
-    n_rows = len(rows)
-    n_cols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols + 0.8, 1.6 * n_rows + 0.4), squeeze=False)
-    for r, row in enumerate(rows):
-        for c in range(n_cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(row) and row[c] is not None:
-                image = central_slice(row[c])
-                low, high = np.percentile(image, [1, 99])
-                ax.imshow(image, cmap="gray", vmin=low, vmax=high if high > low else low + 1e-6)
-            else:
-                ax.axis("off")
-            if c == 0:
-                ax.set_ylabel(row_labels[r], fontsize=9)
-            if r == 0 and col_labels is not None and c < len(col_labels):
-                ax.set_title(col_labels[c], fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

@@ -18,7 +18,7 @@ class InMemoryVolumes(torch.utils.data.Dataset):
 
     def __init__(self, data: LabelledVolumes, normalize: str = "minmax"):
         tensor = torch.from_numpy(np.ascontiguousarray(data.volumes))[:, None]
-        self.volumes = normalize_volumes(tensor, normalize) if normalize != "none" else tensor
+        self.volumes = normalize_volumes(tensor, normalize)
         self.labels = data.labels
         self.class_names = list(data.class_names)
         self.voxel_size = float(data.voxel_size)

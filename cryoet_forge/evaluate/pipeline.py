@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -28,7 +29,8 @@ from cryoet_forge.evaluate.config import EvaluationConfig
 from cryoet_forge.evaluate.datasets import EvaluationData, prepare_data, write_labelled_folder
 from cryoet_forge.evaluate.downstream import train_on_synthetic_test_on_real
 from cryoet_forge.evaluate.gan import generate_labelled, run_checkpoints, train_gan
-from cryoet_forge.models.cb3d import CB3D, run_inference, save_cb3d
+from cryoet_forge.models.cb3d import CB3D, normalize_volumes, run_inference, save_cb3d
+from cryoet_forge.viz import save_slice_montage
 
 Log = Callable[[str], None]
 
@@ -38,10 +40,7 @@ def classifier_options(config: EvaluationConfig) -> ClassifierOptions:
     device = c.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return ClassifierOptions(channels=tuple(c.channels), convs_per_block=tuple(c.convs_per_block),
-                             fc_width=c.fc_width, dropout=c.dropout, epochs=c.epochs, batch_size=c.batch_size,
-                             lr=c.lr, weight_decay=c.weight_decay, normalize=c.normalize, augment=c.augment,
-                             device=device)
+    return ClassifierOptions(**{**dataclasses.asdict(c), "device": device})
 
 
 class InceptionNet:
@@ -52,9 +51,11 @@ class InceptionNet:
         self.feature_dir = feature_dir
 
     def embed(self, name: str, data: LabelledVolumes) -> tuple[np.ndarray, np.ndarray]:
+        from cryoet_forge.io.embeddings import save_features
+
         features, probs = run_inference(self.model, data.volumes, self.normalize, device=self.device)
-        np.save(self.feature_dir / f"{name}.features.npy", features)
-        np.save(self.feature_dir / f"{name}.probabilities.npy", probs)
+        save_features(self.feature_dir / f"{name}.features.npy", features)  # atomic, like every output
+        save_features(self.feature_dir / f"{name}.probabilities.npy", probs)
         return features, probs
 
 
@@ -129,7 +130,11 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     tic = time.perf_counter()
     train_features, _ = run_inference(inception.model, data.real_train.volumes, inception.normalize,
                                       device=inception.device)
-    gan, gan_checkpoint = select_and_generate(config, run_dir, data, inception, train_features, "CryoETGAN")
+    # inception outputs of the curve checkpoints already generated during the selection, so the
+    # curves below do not generate and embed them a second time
+    curve_cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+    gan, gan_checkpoint = select_and_generate(config, run_dir, data, inception, train_features, "CryoETGAN",
+                                              curve_cache=curve_cache)
     timed("generation", tic)
     # both synthetic sets on disk in the labelled-folder format, for `forge classify` / inspection
     write_labelled_folder(out / "data" / "traditional", data.traditional)
@@ -161,7 +166,7 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
 
     # -- curves over checkpoints -------------------------------------------------------------
     tic = time.perf_counter()
-    curves = metric_curves(config, run_dir, data, inception, real_features)
+    curves = metric_curves(config, run_dir, data, inception, real_features, cache=curve_cache)
     timed("curves", tic)
 
     # -- ablations -------------------------------------------------------------------------------
@@ -177,7 +182,7 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     # -- figures ---------------------------------------------------------------------------------
     n_show = config.report.montage_per_class
     column_labels = [name for name in class_names for _ in range(n_show)]
-    figures.save_domain_montage(
+    save_slice_montage(
         out / "figures" / "montage.png",
         [_per_class_rows(data.density_generate, n_show), _per_class_rows(data.real_test, n_show),
          _per_class_rows(data.traditional, n_show), _per_class_rows(gan, n_show)],
@@ -218,6 +223,8 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
                       "is_mean": float(real_is[0]), "is_std": float(real_is[1])},
         "quality": quality,
         "downstream": {k: v.to_dict() for k, v in downstream.items()},
+        # CryoETGAN minus traditional mean accuracy, the "mean difference" of the report
+        "downstream_difference": downstream["cryoetgan"].mean - downstream["traditional"].mean,
         "curves": curves,
         "ablations": ablations,
         "uncertainty": uncertainty,
@@ -239,8 +246,14 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
 
 
 def select_and_generate(config: EvaluationConfig, run_dir: Path, data: EvaluationData, inception: InceptionNet,
-                        train_features: np.ndarray, source: str) -> tuple[LabelledVolumes, dict[str, Any]]:
-    """Generated volumes from the checkpoint the config's rule picks, and a record of the choice."""
+                        train_features: np.ndarray, source: str,
+                        curve_cache: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None,
+                        ) -> tuple[LabelledVolumes, dict[str, Any]]:
+    """Generated volumes from the checkpoint the config's rule picks, and a record of the choice.
+
+    ``curve_cache``, when given, receives (features, probabilities) of the checkpoints that
+    ``metric_curves`` scores, keyed by checkpoint folder.
+    """
     from cryoet_forge.metrics import compute_fid
 
     checkpoints = run_checkpoints(run_dir)
@@ -250,10 +263,14 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
         return generated, {"rule": "last", "step": step}
     fid_train: dict[str, float] = {}
     best: tuple[float, int, LabelledVolumes] | None = None
+    on_curves = {checkpoints[i][1] for i in curve_picks(config, len(checkpoints))}
     for step, path in checkpoints:
         generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source,
                                       checkpoint=path)
-        features, _ = run_inference(inception.model, generated.volumes, inception.normalize, device=inception.device)
+        features, probs = run_inference(inception.model, generated.volumes, inception.normalize,
+                                        device=inception.device)
+        if curve_cache is not None and path in on_curves:
+            curve_cache[path] = (features, probs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fid = float(compute_fid(train_features, features))
@@ -275,22 +292,33 @@ def gan_summary(run_dir: Path) -> dict[str, Any]:
             "density_noise_std": cfg.data.density_noise_std, "n_critic": cfg.train.n_critic}
 
 
+def curve_picks(config: EvaluationConfig, n_checkpoints: int) -> list[int]:
+    """Indices of the ``gan.curve_points`` evenly spaced checkpoints (the first and last included)."""
+    n = min(config.gan.curve_points, n_checkpoints)
+    return sorted({int(round(i)) for i in np.linspace(0, n_checkpoints - 1, n)})
+
+
 def metric_curves(config: EvaluationConfig, run_dir: Path, data: EvaluationData, inception: InceptionNet,
-                  real_features: np.ndarray) -> dict[str, list]:
-    """IS/FID/PRDC of the GAN at evenly spaced checkpoints of its run (the last included)."""
+                  real_features: np.ndarray,
+                  cache: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, list]:
+    """IS/FID/PRDC of the GAN at evenly spaced checkpoints of its run (the last included).
+
+    ``cache``: (features, probabilities) already computed for some checkpoint folders.
+    """
     checkpoints = run_checkpoints(run_dir)
     curves: dict[str, list] = {"steps": [], "is_mean": [], "fid": [], "precision": [], "recall": [],
                                "density": [], "coverage": []}
     if not checkpoints:
         return curves
-    n = min(config.gan.curve_points, len(checkpoints))
-    picks = sorted({int(round(i)) for i in np.linspace(0, len(checkpoints) - 1, n)})
-    for index in picks:
+    for index in curve_picks(config, len(checkpoints)):
         step, path = checkpoints[index]
-        generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed,
-                                      source=f"step {step}", checkpoint=path)
-        features, probs = run_inference(inception.model, generated.volumes, inception.normalize,
-                                        device=inception.device)
+        if cache is not None and path in cache:
+            features, probs = cache[path]
+        else:
+            generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed,
+                                          source=f"step {step}", checkpoint=path)
+            features, probs = run_inference(inception.model, generated.volumes, inception.normalize,
+                                            device=inception.device)
         scores = quality_metrics(real_features, features, probs, config)
         curves["steps"].append(step)
         for key in ("is_mean", "fid", "precision", "recall", "density", "coverage"):
@@ -338,12 +366,11 @@ def uncertainty_overlay(config: EvaluationConfig, run_dir: Path, data: Evaluatio
     from cryoet_forge.uncertainty import mc_dropout
 
     maps, means, stds, summary = [], [], [], {}
-    normalized = data.density_generate.volumes
     for label, name in enumerate(data.class_names):
         index = int(np.where(data.density_generate.labels == label)[0][0])
-        volume = normalized[index]
-        low, high = float(volume.min()), float(volume.max())
-        volume = (2.0 * (volume - low) / max(high - low, 1e-8) - 1.0).astype(np.float32)
+        # scaled to [-1, 1] like the generator's inputs in generate_labelled
+        volume = data.density_generate.volumes[index:index + 1]
+        volume = normalize_volumes(torch.from_numpy(volume), "minmax")[0].numpy()
         try:
             mean, std = mc_dropout(run_dir, volume, samples=config.uncertainty.samples, seed=config.data.seed)
         except ForgeError as exc:

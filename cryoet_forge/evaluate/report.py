@@ -68,7 +68,7 @@ def render_report(results: dict[str, Any]) -> str:
         ["CryoETGAN", *_metric_cells(quality["cryoetgan"]), _interval(downstream["cryoetgan"])],
     ]
     lines += _table(header, rows)
-    gain = downstream["cryoetgan"]["mean"] - downstream["traditional"]["mean"]
+    gain = results["downstream_difference"]
     verdict = "beats" if downstream["cryoetgan"]["ci_low"] > downstream["traditional"]["ci_high"] else (
         "is ahead of (intervals overlap)" if gain > 0 else "does not beat")
     gan = results.get("gan")
@@ -86,11 +86,9 @@ def render_report(results: dict[str, Any]) -> str:
     per_class_rows = []
     real_pc = inception["real_test"]["per_class_accuracy"]
     for name in data["class_names"]:
-        trad = [pc[name] for pc in downstream["traditional"]["per_class_accuracy"] if pc[name] is not None]
-        gan = [pc[name] for pc in downstream["cryoetgan"]["per_class_accuracy"] if pc[name] is not None]
         per_class_rows.append([name, number(real_pc[name]),
-                               number(sum(trad) / len(trad)) if trad else "n/a",
-                               number(sum(gan) / len(gan)) if gan else "n/a"])
+                               number(downstream["traditional"]["per_class_accuracy_mean"][name]),
+                               number(downstream["cryoetgan"]["per_class_accuracy_mean"][name])])
     lines += _table(["Class", "train on real", "train on traditional (mean over seeds)",
                      "train on CryoETGAN (mean over seeds)"], per_class_rows)
     lines += ["", "Per-seed accuracies: traditional "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ def load_features(path: str | os.PathLike) -> np.ndarray:
                 )
     except InputError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, Exception) as exc:  # corrupt or foreign files
+    except Exception as exc:  # corrupt or foreign files (ValueError, OSError, BadZipFile, ...)
         raise InputError(f"{p}: cannot read features ({type(exc).__name__}: {exc})") from None
     return _as_matrix(array, p)
 

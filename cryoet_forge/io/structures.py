@@ -9,6 +9,7 @@ service (``https://files.rcsb.org/download``), asked for ``<base>/<ID>.cif.gz``.
 from __future__ import annotations
 
 import gzip
+import http.client
 import os
 import re
 import urllib.error
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import gemmi
 
-from cryoet_forge.errors import InputError, NetworkError
-from cryoet_forge.io.atomic import atomic_path
+from cryoet_forge.errors import ConfigError, InputError, NetworkError
+from cryoet_forge.io.atomic import write_bytes_atomic
 
 DEFAULT_PDB_URL = "https://files.rcsb.org/download"
 PDB_ID = re.compile(r"^(?:[0-9][A-Za-z0-9]{3}|pdb_[0-9]{4}[0-9a-zA-Z]{4})$")
@@ -68,7 +69,10 @@ def fetch_structure(pdb_id: str, cache: str | os.PathLike | None = None, base_ur
         if exc.code == 404:
             raise NetworkError(f"PDB id {pdb_id} is unknown to {base} (HTTP 404 for {url})") from None
         raise NetworkError(f"cannot download PDB id {pdb_id} from {url}: HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except ValueError as exc:  # urlopen: a base URL without scheme ("unknown url type")
+        raise NetworkError(f"cannot download PDB id {pdb_id} from {url} ({exc}); "
+                           f"expected an http(s) archive URL in --base-url / FORGE_PDB_URL") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # incl. IncompleteRead
         reason = getattr(exc, "reason", exc)
         raise NetworkError(f"cannot download PDB id {pdb_id} from {url} ({reason}); offline? "
                            f"place the file at {target} to use it without network") from None
@@ -76,9 +80,11 @@ def fetch_structure(pdb_id: str, cache: str | os.PathLike | None = None, base_ur
         gzip.decompress(payload)
     except (OSError, EOFError):
         raise NetworkError(f"download of PDB id {pdb_id} from {url} is not a complete .gz file") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target, suffix=".gz") as tmp:
-        tmp.write_bytes(payload)
+    try:
+        write_bytes_atomic(target, payload)
+    except OSError as exc:  # read-only or misplaced cache folder
+        raise ConfigError(f"cannot write the structure cache file {target} ({exc.strerror or exc}); "
+                          f"set FORGE_CACHE_DIR or --cache to a writable folder") from None
     return target
 
 

@@ -115,7 +115,7 @@ def metrics_command(real_path, fake_path, k, backend, device, strict, with_fid, 
             click.echo(f"FID warning: {message}")
 
     if json_path is not None:
-        from cryoet_forge.io.atomic import atomic_path
+        from cryoet_forge.io.atomic import write_bytes_atomic
 
         doc = {
             "real": str(real_path), "fake": str(fake_path), "n_real": n, "n_fake": m, "dim": d, "k": k,
@@ -132,8 +132,7 @@ def metrics_command(real_path, fake_path, k, backend, device, strict, with_fid, 
             doc["fid"] = fid.fid
             doc["fid_details"] = fid.as_dict()
             doc["fid_seconds"] = fid_seconds
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+        write_bytes_atomic(json_path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
 
 
 def _json_default(value):

@@ -224,7 +224,7 @@ def fid_from_moments(mu_x: Any, cov_x: Any, mu_y: Any, cov_y: Any, n_real: int =
     """FID from means (D,) and covariances (D, D) in float64."""
     mu_x, mu_y = np.asarray(mu_x, dtype=np.float64), np.asarray(mu_y, dtype=np.float64)
     cov_x, cov_y = np.asarray(cov_x, dtype=np.float64), np.asarray(cov_y, dtype=np.float64)
-    d = mu_x.shape[0]
+    d = mu_x.shape[0] if mu_x.ndim else 0
     if mu_x.shape != (d,) or mu_y.shape != (d,) or cov_x.shape != (d, d) or cov_y.shape != (d, d):
         raise InputError(
             f"FID moments must be means (D,) and covariances (D, D) of one D; got {mu_x.shape}, "
@@ -266,6 +266,8 @@ def fid_details(real: Any, fake: Any, bootstrap: int = 0, ci_level: float = 0.95
     ``bootstrap`` > 0 resamples the rows of both sets with replacement that many times and
     reports the percentile interval at ``ci_level``.
     """
+    if bootstrap < 0:
+        raise InputError(f"bootstrap must be >= 0 resamples, got {bootstrap!r}")
     x = as_feature_matrix(real, "real features")
     y = as_feature_matrix(fake, "fake features")
     if x.shape[1] != y.shape[1]:

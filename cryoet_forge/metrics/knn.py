@@ -20,6 +20,8 @@ from cryoet_forge.errors import InputError
 ProgressCallback = Callable[[int, int], Any]
 
 _U32 = 2.0**-24  # unit roundoff of float32
+#: squared (centred) row norms above this could overflow a float32 GEMM (as in the Rust core)
+_MAX_GEMM_SQ_NORM = 1e36
 _FINITE_CHECK_ROWS = 4096
 
 
@@ -62,7 +64,7 @@ def kth_neighbour_distances(x: Any, k: int = 5) -> np.ndarray:
 
     matrix = as_feature_matrix(x)
     n = matrix.shape[0]
-    if not isinstance(k, (int, np.integer)) or not 1 <= k < n:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k < n:
         raise InputError(f"k must be an integer with 1 <= k < N; got k={k!r} for N={n} rows")
     try:
         return _metrics_rs.kth_neighbour_distances(matrix, int(k))
@@ -163,6 +165,20 @@ def gemm_margin_factor(d: int) -> float:
     return 1.01 * (du / (1.0 - du) + 12.0 * _U32)
 
 
+def gemm_usable(d: int, *norms: np.ndarray) -> bool:
+    """Whether float32 GEMM distances of rows with these squared norms have a usable error
+    bound (no overflow, moderate D); where not, a backend hands the job to ``ExactKnn``."""
+    return gemm_margin_factor(d) < float("inf") and max(float(n.max()) for n in norms) <= _MAX_GEMM_SQ_NORM
+
+
+def exact_instead(backend: str, real: np.ndarray, fake: np.ndarray, k: int, inclusive: bool,
+                  progress: ProgressCallback | None) -> PrdcCounts:
+    """PRDC from the exact backend for data a float32 GEMM cannot handle (see ``gemm_usable``)."""
+    counts = ExactKnn().prdc_counts(real, fake, k, inclusive, progress)
+    counts.info["note"] = f"feature norms too large for {backend}'s float32 distances; computed by the exact backend"
+    return counts
+
+
 def row_sq_norms(x: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
     """float64 squared norms of the float32 rows (shifted by ``centre``), in row chunks
     so no float64 copy of ``x`` is made."""
@@ -226,27 +242,21 @@ def refine_radii(
     bound = cand_sq[:, kk - 1] + 2.0 * margins
     short = (cand_sq[:, -1] <= bound) & (c < n - (0 if self_included else 1))
     short |= (cand_idx < 0).any(axis=1) & (c < n)
-    radii = np.empty(n, dtype=np.float32)
-    good = np.flatnonzero(~short)
-    if good.size == n:
-        radii[:] = exact_radii_from_candidates(x, cand_idx, k)
-    elif good.size:
-        radii[good] = _radii_of_rows(x, good, cand_idx[good], k)
     rows = np.flatnonzero(short)
-    if rows.size:
-        everything = np.broadcast_to(np.arange(n, dtype=np.int64), (rows.size, n))
-        radii[rows] = _radii_of_rows(x, rows, everything, k)
-    return radii, int(rows.size)
-
-
-def _radii_of_rows(x: np.ndarray, rows: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
-    """Exact radii of ``rows`` of ``x``, each against its own candidate indices."""
-    out = np.empty(rows.size, dtype=np.float32)
-    for t, i in enumerate(rows):
-        others = np.unique(candidates[t][(candidates[t] >= 0) & (candidates[t] != i)])
+    if rows.size == n:
+        radii = np.empty(n, dtype=np.float32)
+    else:
+        # one Rust call for the good rows; short rows get placeholder candidates (the first
+        # c rows other than themselves, as many as a good row has) and are redone in full below
+        if rows.size:
+            cand_idx = cand_idx.copy()
+            cand_idx[rows] = np.arange(c) + (np.arange(c) >= rows[:, None])
+        radii = exact_radii_from_candidates(x, cand_idx, k)
+    for i in rows:  # against every other row
+        others = np.delete(np.arange(n, dtype=np.int64), i)
         d = exact_pair_distances(x, x, np.full(others.size, i, dtype=np.int64), others)
-        out[t] = np.partition(d, k - 1)[k - 1]  # dist32 is monotone in the exact distance
-    return out
+        radii[i] = np.partition(d, k - 1)[k - 1]  # dist32 is monotone in the exact distance
+    return radii, int(rows.size)
 
 
 def settle_block(

@@ -14,12 +14,16 @@ import numpy as np
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.metrics.knn import (
+    ExactKnn,
     PrdcCounts,
     choose_centre,
+    exact_instead,
     exact_pair_distances,
     gemm_margin_factor,
+    gemm_usable,
     refine_radii,
     row_sq_norms,
+    settle_block,
     settle_thresholds,
 )
 
@@ -87,6 +91,8 @@ class FaissKnn:
         centre = choose_centre(x)
         xs = x if centre is None else np.ascontiguousarray(x - centre)
         nx = row_sq_norms(xs)
+        if not gemm_usable(x.shape[1], nx):
+            return ExactKnn().kth_neighbour_distances(x, k)
         return self._radii(x, xs, nx, k)[0]
 
     def _balls(self, queries_exact, db_exact, queries, db, nq, ndb, db_radii, inclusive, factor):
@@ -97,9 +103,7 @@ class FaissKnn:
         lims, sq, ids = index.range_search(queries, np.float32(threshold))
         q = np.repeat(np.arange(queries.shape[0], dtype=np.int64), np.diff(lims).astype(np.int64))
         sq = sq.astype(np.float64)
-        margin = factor * (nq[q] + ndb[ids])
-        inside = sq + margin < lo[ids]
-        undecided = ~inside & ~(sq - margin > hi[ids])
+        inside, undecided = settle_block(sq, factor * (nq[q] + ndb[ids]), lo[ids], hi[ids])
         rows = np.flatnonzero(undecided)
         if rows.size:
             dist = exact_pair_distances(queries_exact, db_exact, q[rows], ids[rows])
@@ -114,6 +118,8 @@ class FaissKnn:
         ys = fake if centre is None else np.ascontiguousarray(fake - centre)
         nx = row_sq_norms(xs)
         ny = row_sq_norms(ys)
+        if not gemm_usable(d, nx, ny):
+            return exact_instead("faiss", real, fake, k, inclusive, progress)
         steps = 4
         rx, full_x = self._radii(real, xs, nx, k)
         if progress:

@@ -13,10 +13,13 @@ import numpy as np
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.metrics.knn import (
+    ExactKnn,
     PrdcCounts,
     choose_centre,
+    exact_instead,
     exact_pair_distances,
     gemm_margin_factor,
+    gemm_usable,
     refine_radii,
     row_sq_norms,
     settle_thresholds,
@@ -61,15 +64,16 @@ class TorchKnn:
 
     # -- helpers -----------------------------------------------------------------------
     def _prepare(self, *sets: np.ndarray):
+        """(tensors, float64 squared norms) of the centred sets; tensors is None when the
+        float32 GEMM is unusable for them (see ``gemm_usable``)."""
         import torch
 
         centre = choose_centre(*sets)
-        tensors, norms = [], []
-        for s in sets:
-            shifted = s if centre is None else s - centre
-            norms.append(row_sq_norms(shifted))
-            tensors.append(torch.from_numpy(np.ascontiguousarray(shifted)).to(self.device))
-        return tensors, norms
+        shifted = [s if centre is None else s - centre for s in sets]
+        norms = [row_sq_norms(s) for s in shifted]
+        if not gemm_usable(sets[0].shape[1], *norms):
+            return None, norms
+        return [torch.from_numpy(np.ascontiguousarray(s)).to(self.device) for s in shifted], norms
 
     def _approx(self, a, na, b, nb):
         # |x|^2 + |y|^2 - 2 x.y in float32; the margin factor covers its rounding
@@ -107,8 +111,10 @@ class TorchKnn:
     # -- the backend interface ---------------------------------------------------------------
     def kth_neighbour_distances(self, x: np.ndarray, k: int) -> np.ndarray:
         with _full_float32_matmul():
-            (xt,), (nx,) = self._prepare(x)
-            radii, _ = self._radii(x, xt, nx, k, None, [0], 0)
+            tensors, (nx,) = self._prepare(x)
+            if tensors is None:
+                return ExactKnn().kth_neighbour_distances(x, k)
+            radii, _ = self._radii(x, tensors[0], nx, k, None, [0], 0)
         return radii
 
     def prdc_counts(self, real, fake, k, inclusive=False, progress=None) -> PrdcCounts:
@@ -119,7 +125,10 @@ class TorchKnn:
         total = nbx * nbx + nby * nby + nbx * nby
         done = [0]
         with _full_float32_matmul():
-            (xt, yt), (nx, ny) = self._prepare(real, fake)
+            tensors, (nx, ny) = self._prepare(real, fake)
+            if tensors is None:
+                return exact_instead("torch", real, fake, k, inclusive, progress)
+            xt, yt = tensors
             rx, full_x = self._radii(real, xt, nx, k, progress, done, total)
             ry, full_y = self._radii(fake, yt, ny, k, progress, done, total)
             factor = gemm_margin_factor(d)

@@ -223,7 +223,10 @@ def load_cb3d(path: str | os.PathLike, device: str | torch.device = "cpu") -> tu
         class_names = list(metadata["class_names"])
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{meta_path}: not a CB3D checkpoint metadata file ({exc})") from None
-    model = CB3D(**config)
+    try:
+        model = CB3D(**config)
+    except (TypeError, ValueError) as exc:  # unknown keys or values of the wrong type
+        raise InputError(f"{meta_path}: not a CB3D checkpoint metadata file ({exc})") from None
     try:
         state = load_file(str(weights_path))
         model.load_state_dict(state)

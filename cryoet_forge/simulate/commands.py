@@ -53,7 +53,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     seeded from (seed, batch index): the same seed and batch size give identical files.
     """
     from cryoet_forge.data.bundle import save_bundle
-    from cryoet_forge.io.atomic import atomic_path
+    from cryoet_forge.io.atomic import write_bytes_atomic
     from cryoet_forge.data.simulated import item_seed, make_simulator
     from cryoet_forge.io.mrc import check_voxel_size, write_mrc
     from cryoet_forge.io.star import write_particles
@@ -70,6 +70,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
         raise ConfigError(f"--n-per-class {n_per_class}: expected >= 1")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: expected >= 1")
+    options = dict(options)  # the caller's dict stays as it was
     shift = options.pop("max_shift", 2.0)
     simulator = make_simulator(simulator_name, {**options, "rotate": False, "max_shift": 0.0})
     poser = PoseSimulator(max_shift=shift)
@@ -133,8 +134,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
                "assembly": assembly, "crop": crop,
                "n_per_class": n_per_class, "box": box, "voxel_size": voxel_size, "seed": seed,
                "batch_size": batch_size, "resolution": resolution, "particles": len(jobs)}
-    with atomic_path(out / "simulation.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_bytes_atomic(out / "simulation.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
     return summary
 
 
@@ -193,7 +193,8 @@ def fetch_structures_command(pdb_ids, cache, base_url):
 
     ids = [check_pdb_id(i) for raw in pdb_ids for i in raw.split(",") if i.strip()]
     for pdb_id in ids:
-        was_cached = cached_structure_path(pdb_id, cache).is_file()
+        cached = cached_structure_path(pdb_id, cache)
+        was_cached = cached.is_file() and cached.stat().st_size > 0  # as fetch_structure decides
         path = fetch_structure(pdb_id, cache=cache, base_url=base_url)
         click.echo(f"{pdb_id} {'cached' if was_cached else 'downloaded'} {path}")
 

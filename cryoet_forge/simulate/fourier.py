@@ -19,6 +19,7 @@ expected variance of the filtered noise, so a measured SNR scatters around the t
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any, Sequence
 
 import torch
@@ -35,6 +36,24 @@ def spectrum_variance(spectrum: torch.Tensor, size: int) -> torch.Tensor:
     power = (spectrum.real**2 + spectrum.imag**2) * w
     total = power.sum(dim=(-3, -2, -1)) - power[..., 0, 0, 0]
     return total / float(size) ** 6
+
+
+@lru_cache(maxsize=16)
+def _static_filters(size: int, voxel_size: float, tilt_range: tuple[float, float], mtf: bool, bfactor: float,
+                    device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The defocus-independent parts of the filters, built once per (size, voxel, ..., device).
+
+    Returns (s2, noise transfer = wedge * MTF, B-factor envelope * noise transfer, noise gain
+    sum |H|^2 over the full spectrum). The tensors are shared: never modify them in place.
+    """
+    s2 = ctf_model.rfft_s2(size, voxel_size, device)
+    common = ctf_model.missing_wedge_mask(size, *tilt_range, device=device).to(s2.dtype)
+    if mtf:
+        common = common * ctf_model.detector_mtf(torch.sqrt(s2) * voxel_size)
+    envelope = ctf_model.bfactor_envelope(s2, bfactor) * common
+    w = ctf_model.rfft_weights(size, device=device)
+    gain = (common**2 * w).sum() - common[0, 0, 0] ** 2
+    return s2, common, envelope, gain
 
 
 class FourierSimulator:
@@ -76,15 +95,18 @@ class FourierSimulator:
         }
 
     def filters(self, size: int, voxel_size: float, defocus_A: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(signal transfer (B, S, S, S//2+1), noise transfer (S, S, S//2+1)) on the rfftn grid."""
-        s2 = ctf_model.rfft_s2(size, voxel_size, device)
-        common = ctf_model.missing_wedge_mask(size, *self.tilt_range, device=device).to(s2.dtype)
-        if self.mtf:
-            common = common * ctf_model.detector_mtf(torch.sqrt(s2) * voxel_size)
+        """(signal transfer (B, S, S, S//2+1), noise transfer (S, S, S//2+1)) on the rfftn grid.
+
+        The noise transfer is cached and shared between calls: do not modify it in place.
+        """
+        s2, common, envelope, _ = self._static(size, voxel_size, device)
         signal = ctf_model.ctf(s2, defocus_A.to(device=device, dtype=s2.dtype), self.cs_mm,
                                self.voltage_kv, self.amplitude_contrast)
-        signal = signal * (ctf_model.bfactor_envelope(s2, self.bfactor) * common)
-        return signal, common
+        return signal * envelope, common
+
+    def _static(self, size: int, voxel_size: float, device):
+        return _static_filters(int(size), float(voxel_size), tuple(self.tilt_range), self.mtf, self.bfactor,
+                               str(torch.device(device)))
 
     @torch.no_grad()
     def simulate(self, maps: torch.Tensor, voxel_size: float,
@@ -105,8 +127,7 @@ class FourierSimulator:
             noise = torch.randn(b, s, s, s, generator=generator,
                                 device=generator.device if generator is not None else "cpu").to(device)
             signal_var = spectrum_variance(spectrum, s)
-            w = ctf_model.rfft_weights(s, device=device)
-            gain = (noise_tf**2 * w).sum() - noise_tf[0, 0, 0] ** 2  # sum |H|^2 over the full spectrum
+            gain = self._static(s, voxel_size, device)[3]  # sum |H|^2 over the full spectrum
             noise_var_per_sigma2 = gain / float(s) ** 3
             sigma = torch.sqrt(signal_var / (snr.to(device).float() * noise_var_per_sigma2))
             spectrum = spectrum + torch.fft.rfftn(noise, dim=(-3, -2, -1)) * noise_tf * sigma.reshape(b, 1, 1, 1)

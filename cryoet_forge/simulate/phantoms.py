@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from cryoet_forge.errors import InputError
+from cryoet_forge.io.mrc import check_voxel_size
 
 PHANTOM_CLASSES: list[str] = ["barrel", "two-lobe", "ring", "globule", "membrane"]
 
@@ -111,8 +112,7 @@ def make_phantom(name: str, box: int, voxel_size: float = 10.0, seed: int = 0) -
         raise InputError(f"unknown phantom class {name!r}; choose from: {', '.join(PHANTOM_CLASSES)}")
     if int(box) != box or box < 8:
         raise InputError(f"phantom box {box!r} is too small; expected an integer >= 8")
-    if not np.isfinite(voxel_size) or voxel_size <= 0:
-        raise InputError(f"voxel size {voxel_size!r} is invalid; expected Angstrom > 0")
+    voxel_size = check_voxel_size(voxel_size)
     box = int(box)
     rng = np.random.default_rng([int(seed), PHANTOM_CLASSES.index(name)])
     z, y, x = _coordinates(box)

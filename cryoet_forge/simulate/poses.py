@@ -5,6 +5,7 @@ Clean randomly rotated and shifted density maps are domain D of CryoETGAN.
 
 from __future__ import annotations
 
+import math
 
 import torch
 
@@ -42,7 +43,6 @@ def pose_records(rotations: torch.Tensor, shifts: torch.Tensor, voxel_size: floa
     return records
 
 
-
 def posed_maps(maps: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor, rotate: bool,
                max_shift: float) -> torch.Tensor:
     """``maps`` moved to the drawn poses (one trilinear resampling), or as they are when the
@@ -58,9 +58,13 @@ class PoseSimulator:
     name = "none"
 
     def __init__(self, max_shift: float = 2.0, rotate: bool = True):
-        if max_shift < 0:
+        try:
+            shift = float(max_shift)
+        except (TypeError, ValueError):
+            shift = math.nan
+        if not shift >= 0:  # also rejects NaN and text such as --option max_shift=abc
             raise ConfigError(f"max_shift {max_shift!r}: expected >= 0 voxels")
-        self.max_shift = float(max_shift)
+        self.max_shift = shift
         self.rotate = bool(rotate)
 
     @torch.no_grad()

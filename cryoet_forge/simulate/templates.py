@@ -10,7 +10,6 @@ fit are an error unless ``crop=True`` (see ``density_from_structure``).
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -24,7 +23,6 @@ from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES, make_phantom
 
 STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".ent.gz", ".cif.gz", ".mmcif.gz")
 MAP_SUFFIXES = (".mrc", ".map", ".mrcs")
-PDB_ID = re.compile(r"^(?:[0-9][A-Za-z0-9]{3}|pdb_[0-9]{4}[0-9a-zA-Z]{4})$")
 
 
 def is_structure_file(path: Path) -> bool:
@@ -58,8 +56,9 @@ def fit_map(volume: np.ndarray, voxel_in: float, voxel_out: float, box: int,
         volume = ndimage.gaussian_filter(volume, sigma=0.5 * factor)
     axis = (np.arange(box, dtype=np.float64) - box // 2) * factor
     zz, yy, xx = np.meshgrid(axis + com[0], axis + com[1], axis + com[2], indexing="ij")
-    out = ndimage.map_coordinates(volume, [zz, yy, xx], order=1, mode="constant", cval=float(np.median(volume)))
-    kept = float(np.clip(out - np.median(volume), 0, None).sum()) * factor**3
+    background = float(np.median(volume))
+    out = ndimage.map_coordinates(volume, [zz, yy, xx], order=1, mode="constant", cval=background)
+    kept = float(np.clip(out - background, 0, None).sum()) * factor**3
     if kept < (1.0 - edge_warning) * total:
         warnings.warn(f"{source}: {100 * (1 - kept / total):.0f}% of the density lies outside the "
                       f"{box}^3 box at {voxel_out:g} A and was cropped", stacklevel=2)
@@ -77,14 +76,13 @@ def load_template(spec: str, box: int, voxel_size: float, seed: int = 0,
     if path.suffix.lower() in MAP_SUFFIXES:
         volume, voxel_in = read_mrc(path)
         return class_name_of(path), fit_map(volume, voxel_in, voxel_size, box, str(path))
+    from cryoet_forge.io.structures import PDB_ID, fetch_structure
     from cryoet_forge.simulate.density import density_from_structure
 
     if is_structure_file(path) or path.exists():
         return class_name_of(path), density_from_structure(path, voxel_size, box, resolution, crop=crop,
                                                            assembly=assembly)
     if PDB_ID.match(spec):
-        from cryoet_forge.io.structures import fetch_structure
-
         return spec.lower(), density_from_structure(fetch_structure(spec), voxel_size, box, resolution,
                                                     crop=crop, assembly=assembly)
     raise InputError(f"{spec!r} is neither a phantom class ({', '.join(PHANTOM_CLASSES)}), "

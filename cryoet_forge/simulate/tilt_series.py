@@ -64,11 +64,12 @@ def critical_exposure(s: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=8)
-def _backprojection_matrix(size: int, canvas: int, angles: tuple[float, ...]) -> tuple[torch.Tensor, int, int]:
+def _backprojection_matrix(size: int, canvas: int, angles: tuple[float, ...],
+                           device: str = "cpu") -> tuple[torch.Tensor, int, int]:
     """Dense (T * width, size * size) linear-interpolation back-projector for (z, x) planes.
 
     Only detector columns [lo, lo + width) of the canvas-wide tilt images reach the box;
-    returns (matrix, lo, width).
+    returns (matrix on ``device``, lo, width). The cached matrix is shared: never modify it.
     """
     t_count = len(angles)
     axis = np.arange(size) - size // 2
@@ -86,11 +87,11 @@ def _backprojection_matrix(size: int, canvas: int, angles: tuple[float, ...]) ->
     used = np.nonzero(matrix.any(axis=(0, 2)))[0]
     lo, hi = int(used.min()), int(used.max()) + 1
     matrix = np.ascontiguousarray(matrix[:, lo:hi])
-    return torch.from_numpy(matrix.reshape(t_count * (hi - lo), size * size)), lo, hi - lo
+    return torch.from_numpy(matrix.reshape(t_count * (hi - lo), size * size)).to(device), lo, hi - lo
 
 
 @lru_cache(maxsize=8)
-def _slice_grid(canvas: int, angles: tuple[float, ...]) -> torch.Tensor:
+def _slice_grid(canvas: int, angles: tuple[float, ...], device: str = "cpu") -> torch.Tensor:
     """grid_sample coordinates (T, P, P//2+1, 3) of each tilt's central slice.
 
     The slice is sampled on the half plane u >= 0 (the other half is its Hermitian mirror),
@@ -108,27 +109,58 @@ def _slice_grid(canvas: int, angles: tuple[float, ...]) -> torch.Tensor:
         grids.append(torch.stack([(2.0 * kx + 1.0) / half - 1.0,
                                   (2.0 * (ky + canvas // 2) + 1.0) / canvas - 1.0,
                                   (2.0 * (kz + canvas // 2) + 1.0) / canvas - 1.0], dim=-1))
-    return torch.stack(grids).float()
+    return torch.stack(grids).float().to(device)
 
 
 @lru_cache(maxsize=8)
-def _spectrum_sign(canvas: int) -> torch.Tensor:
+def _spectrum_sign(canvas: int, device: str = "cpu") -> torch.Tensor:
     """(-1)^(j_z + j_y + k_x): moves the phase origin of the rfft spectrum to the canvas centre."""
     j = torch.arange(canvas)
     k = torch.arange(canvas // 2 + 1)
     parity = j.reshape(-1, 1, 1) + j.reshape(1, -1, 1) + k.reshape(1, 1, -1)
-    return (1 - 2 * (parity % 2)).float()
+    return (1 - 2 * (parity % 2)).float().to(device)
 
 
 @lru_cache(maxsize=8)
-def _apodisation_correction(canvas: int) -> torch.Tensor:
+def _apodisation_correction(canvas: int, device: str = "cpu") -> torch.Tensor:
     """1 / sinc^2 per axis (undoes trilinear interpolation in Fourier space), times (-1)^(z+y),
     which centres the k_z and k_y axes of the canvas spectrum without an fftshift copy."""
     index = torch.arange(canvas)
     x = (index.double() - canvas // 2) / canvas
     c = 1.0 / torch.sinc(x) ** 2
     sign = (1 - 2 * (index % 2)).double()
-    return ((c * sign).reshape(-1, 1, 1) * (c * sign).reshape(1, -1, 1) * c.reshape(1, 1, -1)).float()
+    return ((c * sign).reshape(-1, 1, 1) * (c * sign).reshape(1, -1, 1) * c.reshape(1, 1, -1)).float().to(device)
+
+
+@lru_cache(maxsize=8)
+def _tilt_filters(size: int, canvas: int, voxel_size: float, angles: tuple[float, ...], dose: float,
+                  bfactor: float, phase_per_A: float, mtf: bool,
+                  device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The defocus-independent per-tilt filters, built once per geometry and device (shared: never
+    modify them in place).
+
+    Returns (s2 (P, P//2+1) in 1/A^2 on the (v, u) half grid of the tilt images; the B-factor
+    envelope x exposure filter x centring parity x 2 * phase per voxel, (T, P, P//2+1); the detector
+    MTF x R-weighting filter (S, P//2+1) over (y, x') of the cropped images).
+    """
+    p, half = canvas, canvas // 2 + 1
+    kv = torch.fft.fftfreq(p, device=device) / voxel_size
+    ku = torch.arange(half, device=device, dtype=torch.float32) / (p * voxel_size)
+    s2 = kv.reshape(-1, 1) ** 2 + ku.reshape(1, -1) ** 2  # 1/A^2
+    dose_per_tilt = dose / len(angles)
+    rank = dose_symmetric_order(np.asarray(angles))
+    prior = torch.tensor(rank * dose_per_tilt + 0.5 * dose_per_tilt, dtype=torch.float32, device=device)
+    exposure = torch.exp(-prior.reshape(-1, 1, 1) / (2.0 * critical_exposure(s2.sqrt()).unsqueeze(0)))
+    # (-1)^(v + u) puts the projection centre at pixel (p//2, p//2) instead of (0, 0)
+    parity = (torch.arange(p, device=device).reshape(-1, 1) + torch.arange(half, device=device)) % 2
+    envelope = ctf_model.bfactor_envelope(s2, bfactor) * (1 - 2 * parity) * exposure  # (T, P, half)
+    envelope = envelope.unsqueeze(0) * (2.0 * (phase_per_A * voxel_size))
+    fy = torch.fft.fftfreq(size, device=device).reshape(-1, 1)
+    fx = torch.fft.rfftfreq(p, device=device).reshape(1, -1)
+    weight = fx.clamp_min(0.5 / p) * 2.0  # ramp, 1 at Nyquist; a small DC term keeps the mean
+    if mtf:
+        weight = weight * ctf_model.detector_mtf(torch.sqrt(fx**2 + fy**2))
+    return s2, envelope, weight
 
 
 def _cube_orientation(volume: torch.Tensor, code: int) -> torch.Tensor:
@@ -171,6 +203,10 @@ class TiltSeriesSimulator:
             raise ConfigError(f"shot_noise {shot_noise!r}: choose from poisson, gaussian, none")
         if dose <= 0 or phase_per_A < 0 or ice < 0 or ice_thickness_A < 0 or int(crowding) < 0:
             raise ConfigError("dose > 0, phase_per_A >= 0, ice >= 0, ice_thickness_A >= 0, crowding >= 0 expected")
+        if voltage_kv <= 0 or cs_mm < 0 or not (0 <= amplitude_contrast < 1) or bfactor < 0:
+            raise ConfigError("voltage_kv > 0, cs_mm >= 0, 0 <= amplitude_contrast < 1, bfactor >= 0 expected")
+        if max_shift < 0:
+            raise ConfigError(f"max_shift {max_shift!r}: expected >= 0 voxels")
         if int(pad) < 1 or (int(crowding) > 0 and int(pad) < 2):
             raise ConfigError(f"pad {pad!r}: expected an integer >= 1 (>= 2 with crowding)")
         self.dose = float(dose)
@@ -184,7 +220,6 @@ class TiltSeriesSimulator:
         self.shot_noise, self.pad = shot_noise, int(pad)
         self.max_shift, self.rotate = float(max_shift), bool(rotate)
         self.use_ctf = bool(ctf)  # False: plain negative contrast (for checking the geometry)
-        self.rank = dose_symmetric_order(self.angles)
 
     # -- pieces -----------------------------------------------------------------------------
     def _canvas(self, posed: torch.Tensor, generator, records: list[dict], voxel_size: float) -> torch.Tensor:
@@ -252,7 +287,9 @@ class TiltSeriesSimulator:
         b, s = maps.shape[0], maps.shape[-1]
         p = s * self.pad
         device = maps.device
+        device_key = str(device)  # the cached grids and filters below live on this device
         angles = self.angles
+        angle_key = tuple(float(a) for a in angles)
         t_count = len(angles)
         rotations, shifts = draw_poses(b, self.max_shift, generator, self.rotate)
         defocus_um = uniform(b, self.defocus_um, generator)
@@ -263,14 +300,14 @@ class TiltSeriesSimulator:
         posed = posed_maps(maps, rotations, shifts, self.rotate, self.max_shift)
         posed = posed / posed.flatten(1).amax(dim=1).clamp_min(1e-12).reshape(b, 1, 1, 1)
         canvas = self._canvas(posed, generator, records, voxel_size)
-        canvas = canvas * _apodisation_correction(p).to(device)
+        canvas = canvas * _apodisation_correction(p, device_key)
         spectrum = torch.fft.rfftn(canvas, dim=(-3, -2, -1))
         del canvas
-        spectrum *= _spectrum_sign(p).to(device)
+        spectrum *= _spectrum_sign(p, device_key)
         self._add_ice(spectrum, generator, voxel_size, records)
 
         # every central slice of every particle in one grid_sample: (B, 2, T, P_v, P_u half)
-        grid = _slice_grid(p, tuple(float(a) for a in angles)).to(device)
+        grid = _slice_grid(p, angle_key, device_key)
         parts = torch.view_as_real(spectrum).permute(0, 4, 1, 2, 3)
         sampled = F.grid_sample(parts, grid.unsqueeze(0).expand(b, -1, -1, -1, -1), mode="bilinear",
                                 padding_mode="zeros", align_corners=False)
@@ -280,9 +317,8 @@ class TiltSeriesSimulator:
 
         # per-tilt transfer on the same (v, u) half grid
         half = p // 2 + 1
-        kv = torch.fft.fftfreq(p, device=device) / voxel_size
-        ku = torch.arange(half, device=device, dtype=torch.float32) / (p * voxel_size)
-        s2 = kv.reshape(-1, 1) ** 2 + ku.reshape(1, -1) ** 2  # 1/A^2
+        s2, envelope, weight = _tilt_filters(s, p, float(voxel_size), angle_key, self.dose, self.bfactor,
+                                             self.phase_per_A, self.mtf, device_key)
         radians = torch.tensor(np.radians(angles), dtype=torch.float64)
         tilt_height = (-field_x.reshape(-1, 1) * torch.sin(radians) + height.reshape(-1, 1) * torch.cos(radians))
         underfocus = (-defocus_um.reshape(-1, 1) * 1e4 - tilt_height).float().to(device)  # (B, T) A
@@ -292,13 +328,7 @@ class TiltSeriesSimulator:
         else:
             transfer = torch.full((b, t_count, p, half), -1.0, device=device)
         dose_per_tilt = self.dose / t_count
-        prior = torch.tensor(self.rank * dose_per_tilt + 0.5 * dose_per_tilt, dtype=torch.float32, device=device)
-        exposure = torch.exp(-prior.reshape(-1, 1, 1) / (2.0 * critical_exposure(s2.sqrt()).unsqueeze(0)))
-        # (-1)^(v + u) puts the projection centre at pixel (p//2, p//2) instead of (0, 0)
-        parity = (torch.arange(p, device=device).reshape(-1, 1) + torch.arange(half, device=device)) % 2
-        envelope = ctf_model.bfactor_envelope(s2, self.bfactor) * (1 - 2 * parity) * exposure  # (T, P, half)
-        phase_scale = self.phase_per_A * voxel_size
-        transfer *= envelope.unsqueeze(0) * (2.0 * phase_scale)
+        transfer *= envelope
         contrast = torch.fft.irfft2(slices * transfer, s=(p, p))  # (B, T, P_y, P_x)
         del slices, transfer
         y0 = p // 2 - s // 2
@@ -320,16 +350,10 @@ class TiltSeriesSimulator:
             detected = expected
         images = detected / n0 - 1.0
 
-        # detector MTF and R-weighting in one 2D filter over (y, x')
-        fy = torch.fft.fftfreq(s, device=device).reshape(-1, 1)
-        fx = torch.fft.rfftfreq(p, device=device).reshape(1, -1)
-        weight = fx.clamp_min(0.5 / p) * 2.0  # ramp, 1 at Nyquist; a small DC term keeps the mean
-        if self.mtf:
-            weight = weight * ctf_model.detector_mtf(torch.sqrt(fx**2 + fy**2))
+        # detector MTF and R-weighting in one 2D filter over (y, x') (from _tilt_filters)
         filtered = torch.fft.irfft2(torch.fft.rfft2(images) * weight, s=(s, p))  # (B, T, S, P)
 
-        matrix, lo, width = _backprojection_matrix(s, p, tuple(float(a) for a in angles))
-        matrix = matrix.to(device)
+        matrix, lo, width = _backprojection_matrix(s, p, angle_key, device_key)
         used = filtered[..., lo:lo + width]
         stacked = used.permute(0, 2, 1, 3).reshape(b * s, t_count * width)  # rows (b, y), cols (t, x')
         volume = (stacked @ matrix).reshape(b, s, s, s).permute(0, 2, 1, 3)  # (b, y, z, x) -> (b, z, y, x)

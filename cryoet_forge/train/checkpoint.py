@@ -96,6 +96,7 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, torch.Tensor],
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", dir=root))
     try:
+        os.chmod(tmp, _default_dir_mode())  # mkdtemp makes 0700; a run folder is shared like any other
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
                   str(tmp / "weights.safetensors"))
         tensors: dict[str, torch.Tensor] = {}
@@ -103,8 +104,8 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, torch.Tensor],
         save_file(tensors, str(tmp / "state.safetensors"))
         with open(tmp / "state.json", "w") as fh:
             json.dump({"format": 1, "step": step, "state": meta}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        for name in FILES:  # on disk before the rename makes the folder count as complete
+            _fsync(tmp / name)
         if final.exists():  # the same step written again (a resumed run): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -119,6 +120,20 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, torch.Tensor],
     return final
 
 
+def _default_dir_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint folder -> (step, weights, state); InputError naming a bad file."""
     path = Path(path)
@@ -128,18 +143,18 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str,
     try:
         weights = load_file(str(path / "weights.safetensors"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{path / 'weights.safetensors'}: corrupt checkpoint ({_first_line(exc)})") from None
+        raise InputError(f"{path / 'weights.safetensors'}: corrupt checkpoint ({error_text(exc)})") from None
     try:
         tensors = load_file(str(path / "state.safetensors"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{path / 'state.safetensors'}: corrupt checkpoint ({_first_line(exc)})") from None
+        raise InputError(f"{path / 'state.safetensors'}: corrupt checkpoint ({error_text(exc)})") from None
     try:
         with open(path / "state.json") as fh:
             meta = json.load(fh)
         step = int(meta["step"])
         state = unflatten_state(meta["state"], tensors)
     except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path / 'state.json'}: corrupt checkpoint ({_first_line(exc)})") from None
+        raise InputError(f"{path / 'state.json'}: corrupt checkpoint ({error_text(exc)})") from None
     return step, weights, state
 
 
@@ -151,10 +166,11 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{file}: corrupt checkpoint ({_first_line(exc)})") from None
+        raise InputError(f"{file}: corrupt checkpoint ({error_text(exc)})") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters (for ForgeError messages)."""
     text = " ".join(str(exc).split())
     return text[:200] or type(exc).__name__
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -48,6 +49,8 @@ def train_command(config_path, run_dir, resume_dir, generator, critic, loss, pre
     if resume_dir is not None:
         if config_path is not None:
             raise ConfigError("--resume uses the run folder's own config.toml; drop --config")
+        if run_dir is not None:
+            raise ConfigError("--resume continues the run in its own folder; drop --out")
         cfg = resume_config(resume_dir, overrides)
         _check_components(cfg)
         out = train(cfg, resume_dir, resume=True)
@@ -58,8 +61,6 @@ def train_command(config_path, run_dir, resume_dir, generator, critic, loss, pre
             name = config_path.stem if config_path is not None else "default"
             run_dir = Path("runs") / name
         out = train(cfg, run_dir)
-    import os
-
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"run folder: {out}")
 

@@ -74,14 +74,6 @@ def all_gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(ctx: DistContext, obj: Any) -> Any:
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def mean_across_ranks(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
     if ctx.distributed:
         values = values.clone()

@@ -96,29 +96,32 @@ class CriticPass(nn.Module):
         return self.critic(torch.cat(list(parts))).split([p.shape[0] for p in parts])
 
 
-def _factory_takes(kind: str, name: str, option: str) -> bool:
+def factory_parameters(kind: str, name: str) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of a registered component's factory ({} if not introspectable)."""
     factory = registry.get(kind, name).factory
     try:
-        params = inspect.signature(factory).parameters
+        return dict(inspect.signature(factory).parameters)
     except (TypeError, ValueError):
-        return False
-    return option in params
+        return {}
 
 
-def build_networks(cfg: TrainConfig) -> dict[str, nn.Module]:
-    """The four networks of a run, built from the registry (unknown names list the choices)."""
+def build_networks(cfg: TrainConfig, names: Sequence[str] = NETWORKS) -> dict[str, nn.Module]:
+    """The networks ``names`` of a run (default: all four, created in ``NETWORKS`` order),
+    built from the registry (unknown names list the choices)."""
     m = cfg.model
     forward_opts = dict(m.generator_options)
     inverse_opts = dict(m.generator_options)
-    if _factory_takes("generator", m.generator, "noise"):
+    if "noise" in factory_parameters("generator", m.generator):
         inverse_opts["noise"] = False  # S -> D needs no stochastic input
     inverse_opts.update(m.inverse_generator_options)
-    return {
-        "g_ds": registry.create("generator", m.generator, in_channels=1, out_channels=1, **forward_opts),
-        "g_sd": registry.create("generator", m.generator, in_channels=1, out_channels=1, **inverse_opts),
-        "c_s": registry.create("critic", m.critic, in_channels=1, **m.critic_options),
-        "c_d": registry.create("critic", m.critic, in_channels=1, **m.critic_options),
+    specs = {
+        "g_ds": ("generator", m.generator, {"out_channels": 1, **forward_opts}),
+        "g_sd": ("generator", m.generator, {"out_channels": 1, **inverse_opts}),
+        "c_s": ("critic", m.critic, dict(m.critic_options)),
+        "c_d": ("critic", m.critic, dict(m.critic_options)),
     }
+    return {key: registry.create(kind, name, in_channels=1, **opts)
+            for key, (kind, name, opts) in specs.items() if key in names}
 
 
 @torch.no_grad()
@@ -132,7 +135,7 @@ def check_networks(nets: dict[str, nn.Module], box: int, names: dict[str, str],
             net.eval()(x)
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"{kind} {names[kind]!r} cannot take {box}^3 volumes "
-                             f"({' '.join(str(exc).split())[:200]})") from None
+                             f"({ckpt.error_text(exc)})") from None
         finally:
             net.train()
 
@@ -221,8 +224,10 @@ class Trainer:
         self.cfg, self.run_dir, self.ctx = cfg, Path(run_dir), ctx
         t = cfg.train
         self.device = ctx.device
-        if t.compile and cfg.loss.adversarial == "wgan-gp":
-            raise ConfigError("train.compile does not support loss 'wgan-gp' (its penalty needs double backward)")
+        self.adversarial, self.cycle = build_losses(cfg)
+        if t.compile and self.adversarial.needs_interpolates:
+            raise ConfigError(f"train.compile does not support loss {cfg.loss.adversarial!r} "
+                              "(its gradient penalty needs double backward)")
         if t.deterministic:
             if self.device.type == "cuda":
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -242,7 +247,6 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.nets = build_networks(cfg)
-        self.adversarial, self.cycle = build_losses(cfg)
         memory_format = torch.channels_last_3d if t.channels_last else torch.contiguous_format
         self.memory_format = memory_format
         for net in self.nets.values():
@@ -251,9 +255,10 @@ class Trainer:
                        self.device)
         self.gen_pair = CyclePair(self.nets["g_ds"], self.nets["g_sd"])
         self.critics = nn.ModuleDict({"subtomograms": self.nets["c_s"], "density": self.nets["c_d"]})
+        self.critic_params = list(self.critics.parameters())
         lr = cfg.optim.lr
         self.g_opt = make_optimizer(cfg, self.gen_pair.parameters(), lr, self.device)
-        self.c_opt = make_optimizer(cfg, self.critics.parameters(), cfg.optim.critic_lr or lr, self.device)
+        self.c_opt = make_optimizer(cfg, self.critic_params, cfg.optim.critic_lr or lr, self.device)
         scaler_on = t.precision == "fp16"
         self.g_scaler = torch.amp.GradScaler(self.device.type, enabled=scaler_on)
         self.c_scaler = torch.amp.GradScaler(self.device.type, enabled=scaler_on)
@@ -286,7 +291,11 @@ class Trainer:
 
         self.iters = {name: self._stream(name, i) for i, name in enumerate(self.datasets)}
         if resume:
-            restore_rng(self._rng_to_restore)
+            try:
+                restore_rng(self._rng_to_restore)
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                raise InputError(f"{self.last_good}: checkpoint RNG state is unusable "
+                                 f"({ckpt.error_text(exc)})") from None
         else:
             torch.manual_seed(t.seed + 1000 * (ctx.rank + 1))
             np.random.seed(t.seed + ctx.rank)
@@ -313,18 +322,15 @@ class Trainer:
         volume = batch["volume"] if isinstance(batch, dict) else batch
         return volume.to(self.device, non_blocking=True).float().contiguous(memory_format=self.memory_format)
 
-    def _global_randn(self, local_shape: tuple[int, ...]) -> torch.Tensor:
+    def _global_randn(self, local_shape: tuple[int, ...], sample=torch.randn) -> torch.Tensor:
         """Noise for this rank's slice of the global batch (same values whatever the world size)."""
         b = local_shape[0]
-        full = torch.randn((b * self.ctx.world_size, *local_shape[1:]), generator=self.noise_gen,
-                           device=self.device)
+        full = sample((b * self.ctx.world_size, *local_shape[1:]), generator=self.noise_gen,
+                      device=self.device)
         return full[self.ctx.rank * b:(self.ctx.rank + 1) * b]
 
     def _global_rand(self, local_shape: tuple[int, ...]) -> torch.Tensor:
-        b = local_shape[0]
-        full = torch.rand((b * self.ctx.world_size, *local_shape[1:]), generator=self.noise_gen,
-                          device=self.device)
-        return full[self.ctx.rank * b:(self.ctx.rank + 1) * b]
+        return self._global_randn(local_shape, sample=torch.rand)
 
     def _noise_for(self, x: torch.Tensor) -> torch.Tensor | None:
         g = self.nets["g_ds"]
@@ -373,8 +379,9 @@ class Trainer:
                     if adv.needs_interpolates:
                         scale = float(self.c_scaler.get_scale()) if self.c_scaler.is_enabled() else 1.0
                         pen = adv.penalty(scores[2], batches[2], scale)
-                self.c_scaler.scale(loss + pen).backward()
-                total_c = (loss + pen).detach() if total_c is None else total_c + (loss + pen).detach()
+                    loss = loss + pen
+                self.c_scaler.scale(loss).backward()
+                total_c = loss.detach() if total_c is None else total_c + loss.detach()
                 penalty = pen.detach() if penalty is None else penalty + pen.detach()
                 gaps[domain] = adv.gap(scores[0], scores[1]).detach()
             self.c_scaler.step(self.c_opt)
@@ -387,7 +394,7 @@ class Trainer:
         stats["critic_gap/density"] = gaps["density"]
 
         # generator update on the last pair, critics frozen
-        critic_params = list(self.critics.parameters())
+        critic_params = self.critic_params
         for p in critic_params:
             p.requires_grad_(False)
         try:
@@ -455,7 +462,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise InputError(
                 f"{path}: checkpoint does not match this run's networks/optimizers "
-                f"({' '.join(str(exc).split())[:200]})"
+                f"({ckpt.error_text(exc)})"
             ) from None
         # a different number of processes resumes, but no longer bit-exactly
         self._rng_to_restore = rngs[self.ctx.rank % len(rngs)]
@@ -506,15 +513,14 @@ def _progress(enabled: bool, total: int, start: int):
 
 
 def write_run_metadata(run_dir: Path, density, box: int) -> None:
-    from cryoet_forge.io.atomic import atomic_path
+    from cryoet_forge.io.atomic import write_bytes_atomic
 
     meta = {
         "box": box,
         "voxel_size": float(getattr(density, "voxel_size", 0.0) or 0.0),
         "class_names": list(getattr(density, "class_names", []) or []),
     }
-    with atomic_path(run_dir / RUN_DATA) as tmp:
-        tmp.write_text(json.dumps(meta, indent=1))
+    write_bytes_atomic(run_dir / RUN_DATA, json.dumps(meta, indent=1).encode())
 
 
 def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False, datasets=None) -> Path:

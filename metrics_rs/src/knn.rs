@@ -34,7 +34,7 @@ pub struct Radii {
 /// The `cap` smallest approximate distances seen per row, sorted ascending, with indices.
 struct Candidates {
     cap: usize,
-    len: Vec<u16>,
+    len: Vec<u32>,
     vals: Vec<f64>,
     idx: Vec<u32>,
 }
@@ -89,12 +89,23 @@ fn brute_force_row(f: &Features, i: usize, k: usize) -> f64 {
 /// `prdc`'s `(k+1)`-th smallest entry of the distance matrix (diagonal zero) gives. Distances
 /// are computed exactly and reported as `prdc` rounds them (`tiles::dist32`). Requires `1 <= k < n`.
 pub fn kth_neighbour_distances(data: &[f32], n: usize, d: usize, k: usize) -> Result<Vec<f32>> {
+    kth_neighbour_distances_with(data, n, d, k, None)
+}
+
+/// `kth_neighbour_distances` reporting tiles to (and stopping on cancel from) `progress`.
+pub fn kth_neighbour_distances_with(
+    data: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    progress: Option<&Progress>,
+) -> Result<Vec<f32>> {
     if n > 0 && d > 0 && data.len() == n * d && (k == 0 || k >= n) {
         return Err(MetricsError::InvalidK { k, n });
     }
     let f = Features::new("features", data, n, d)?;
     let centre = choose_centre(&[f]);
-    Ok(radii(&f, k, centre.as_deref(), None)?.radii)
+    Ok(radii(&f, k, centre.as_deref(), progress)?.radii)
 }
 
 /// Radii of `f` with the GEMM run on rows shifted by `centre` (see `tiles::choose_centre`).

@@ -5,8 +5,6 @@
 //! bound, recomputing exactly only the pairs within the bound of a radius. Per worker the
 //! state is O(N + M) counters; memory stays bounded by the inputs plus O(TILE * D).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use crate::error::{MetricsError, Result};
 use crate::knn;
 use crate::progress::Progress;
@@ -220,7 +218,6 @@ pub fn prdc_counts(
     let ry = knn::radii(&y, k, centre, progress)?;
     let (ball_count, recalled, covered, cross_exact) =
         ball_counts(&x, &y, &rx.radii, &ry.radii, inclusive, centre, progress)?;
-    let exact_pairs = AtomicU64::new(rx.exact_pairs + ry.exact_pairs + cross_exact);
     Ok(PrdcCounts {
         n_real: n,
         n_fake: m,
@@ -231,7 +228,7 @@ pub fn prdc_counts(
         coverage_count: covered.iter().filter(|&&b| b).count() as u64,
         real_radii: rx.radii,
         fake_radii: ry.radii,
-        exact_pairs: exact_pairs.load(Ordering::Relaxed),
+        exact_pairs: rx.exact_pairs + ry.exact_pairs + cross_exact,
         exact_rows: rx.exact_rows + ry.exact_rows,
     })
 }

@@ -2,6 +2,7 @@
 //! and relays progress (and Ctrl-C) between the running kernel and Python.
 
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -51,10 +52,16 @@ fn run_detached<T: Send>(
     let mut py_error: Option<PyErr> = None;
     let result = py.detach(|| {
         std::thread::scope(|scope| {
-            let handle = scope.spawn(|| work(&progress));
-            while !handle.is_finished() {
-                std::thread::sleep(Duration::from_millis(100));
-                if handle.is_finished() || py_error.is_some() {
+            // the worker drops `done` when it returns (or panics), which wakes the wait below
+            // at once instead of at the next 100 ms tick
+            let (done, finished) = mpsc::channel::<()>();
+            let shared = &progress;
+            let handle = scope.spawn(move || {
+                let _done = done;
+                work(shared)
+            });
+            while let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(Duration::from_millis(100)) {
+                if py_error.is_some() {
                     continue;
                 }
                 let err = Python::attach(|py| -> Option<PyErr> {
@@ -96,7 +103,8 @@ fn kth_neighbour_distances<'py>(
     k: usize,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (data, n, d) = as_matrix("x", &x)?;
-    let radii = py.detach(|| crate::knn::kth_neighbour_distances(data, n, d, k))?;
+    // run_detached, so that Ctrl-C stops a long call
+    let radii = run_detached(py, None, |p| crate::knn::kth_neighbour_distances_with(data, n, d, k, Some(p)))?;
     Ok(radii.into_pyarray(py))
 }
 
