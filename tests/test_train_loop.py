@@ -68,11 +68,11 @@ def test_wgan_clip_keeps_critic_weights_clipped(tmp_path):
     assert critic and max(v.abs().max().item() for v in critic) <= 0.005 + 1e-9
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_on_cpu(precision, tmp_path):
+@pytest.mark.parametrize(("precision", "loss"), [("bf16", "wgan-clip"), ("fp16", "wgan-clip"), ("fp16", "wgan-gp")])
+def test_mixed_precision_on_cpu(precision, loss, tmp_path):
     from cryoet_forge.train.checkpoint import load_checkpoint
 
-    run = train(tiny(**{"train.precision": precision}), tmp_path / precision,
+    run = train(tiny(**{"train.precision": precision, "loss.adversarial": loss}), tmp_path / precision,
                 datasets=(Volumes(), Volumes(seed=1)))
     step, weights, state = load_checkpoint(list_checkpoints(run)[-1])
     assert step == 2 and all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())

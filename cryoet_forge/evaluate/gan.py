@@ -103,7 +103,7 @@ def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, 
     from cryoet_forge.train.loop import build_networks, run_generator, takes_noise
 
     cfg = resume_config(run_dir)
-    generator = build_networks(cfg)["g_ds"]
+    generator = build_networks(cfg, ["g_ds"])["g_ds"]
     generator.load_state_dict(sub_state_dict(load_weights(Path(checkpoint)), "g_ds"))
     generator.eval()
     # the same noise draws as generate_from_maps, so the last checkpoint reproduces the final scores

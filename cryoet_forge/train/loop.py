@@ -377,8 +377,10 @@ class Trainer:
                     loss = adv.critic_loss(scores[0], scores[1])
                     pen = loss.new_zeros(())
                     if adv.needs_interpolates:
-                        scale = float(self.c_scaler.get_scale()) if self.c_scaler.is_enabled() else 1.0
-                        pen = adv.penalty(scores[2], batches[2], scale)
+                        # the penalty's inner gradient is taken unscaled: at the GradScaler's
+                        # starting scale (65536) it overflows fp16 and the penalty turns NaN;
+                        # the outer loss below is still scaled for the parameter gradients
+                        pen = adv.penalty(scores[2], batches[2])
                     loss = loss + pen
                 self.c_scaler.scale(loss).backward()
                 total_c = loss.detach() if total_c is None else total_c + loss.detach()
