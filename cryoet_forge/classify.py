@@ -138,6 +138,37 @@ def load_labelled(root: str | Path) -> LabelledVolumes:
     dataset = registry.create("dataset", "volume-folder", root=str(star), normalize="none")
     if len(dataset) == 0:
         raise InputError(f"{star}: the STAR table lists no particles")
+    return _read_dataset(dataset, star)
+
+
+def load_volumes(root: str | Path) -> LabelledVolumes:
+    """Read any volume source into memory, unnormalised, labels kept where the source has them.
+
+    ``root``: a STAR file (or a folder holding exactly one), a folder of ``.mrc``/``.map`` files
+    (one class, ``unlabelled``), an ``.npz`` bundle, or a single ``.mrc``/``.map`` file holding
+    one volume.
+    """
+    from cryoet_forge import registry
+    from cryoet_forge.data.folders import UNLABELLED
+    from cryoet_forge.io.mrc import read_mrc
+
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: no such file or folder")
+    if root.is_file() and root.suffix.lower() in (".mrc", ".map"):
+        volume, voxel_size = read_mrc(root)
+        return LabelledVolumes(volume[None], np.zeros(1), [UNLABELLED], voxel_size, str(root))
+    if root.is_file() and root.suffix.lower() not in (".star", ".npz"):
+        raise InputError(f"{root}: expected a folder of .mrc volumes, a STAR file, an .npz bundle or "
+                         "one .mrc volume")
+    dataset = registry.create("dataset", "volume-folder", root=str(root), normalize="none")
+    return _read_dataset(dataset, getattr(dataset, "source", root))
+
+
+def _read_dataset(dataset, source: str | Path) -> LabelledVolumes:
+    """Every item of a volume dataset (items ``{"volume", "label"}``), all of one box, in memory."""
+    if len(dataset) == 0:
+        raise InputError(f"{source}: no volumes found")
     volumes, labels = [], []
     box = None
     for i in range(len(dataset)):
@@ -149,25 +180,35 @@ def load_labelled(root: str | Path) -> LabelledVolumes:
             box = volume.shape
         elif volume.shape != box:
             raise InputError(
-                f"{star}: volumes of mixed sizes, particle {i + 1} is {volume.shape} but the first is {box}"
+                f"{source}: volumes of mixed sizes, particle {i + 1} is {volume.shape} but the first is {box}"
             )
         volumes.append(volume.astype(np.float32, copy=False))
         labels.append(int(item["label"]))
     return LabelledVolumes(np.stack(volumes), np.asarray(labels), list(dataset.class_names),
-                           float(dataset.voxel_size), str(star))
+                           float(dataset.voxel_size), str(source))
+
+
+def check_same_grid(a: LabelledVolumes, b: LabelledVolumes) -> None:
+    """Two sets must share box and voxel size (InputError naming both sources)."""
+    if a.box != b.box:
+        raise InputError(f"volumes of mixed sizes: {a.source} has {a.box}^3 voxels, {b.source} has {b.box}^3")
+    if not math.isclose(a.voxel_size, b.voxel_size, rel_tol=VOXEL_SIZE_RTOL):
+        raise InputError(
+            f"volumes of mixed voxel sizes: {a.source} has {a.voxel_size:g} A, {b.source} has {b.voxel_size:g} A"
+        )
+
+
+def check_trained_voxel_size(metadata: dict[str, Any], data: LabelledVolumes) -> None:
+    """``data`` must have the voxel size a classifier was trained on (``metadata["voxel_size"]``, if recorded)."""
+    trained = metadata.get("voxel_size")
+    if trained is not None and not math.isclose(float(trained), data.voxel_size, rel_tol=VOXEL_SIZE_RTOL):
+        raise InputError(f"volumes of mixed voxel sizes: {data.source} has {data.voxel_size:g} A but the "
+                         f"classifier was trained on {float(trained):g} A")
 
 
 def check_splits(train: LabelledVolumes, test: LabelledVolumes) -> list[str]:
     """Two splits must share box, voxel size and the set of present classes; returns the class list."""
-    if train.box != test.box:
-        raise InputError(
-            f"volumes of mixed sizes: {train.source} has {train.box}^3 voxels, {test.source} has {test.box}^3"
-        )
-    if not math.isclose(train.voxel_size, test.voxel_size, rel_tol=VOXEL_SIZE_RTOL):
-        raise InputError(
-            f"volumes of mixed voxel sizes: {train.source} has {train.voxel_size:g} A, "
-            f"{test.source} has {test.voxel_size:g} A"
-        )
+    check_same_grid(train, test)
     train_classes, test_classes = train.present_classes(), test.present_classes()
     only_train = [c for c in train_classes if c not in test_classes]
     only_test = [c for c in test_classes if c not in train_classes]

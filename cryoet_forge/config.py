@@ -41,6 +41,11 @@ class LossConfig:
     options: dict = field(default_factory=dict)
     #: lambda of the cycle-consistency L1 term
     cycle_weight: float = 10.0
+    #: std of Gaussian noise added to generated subtomograms before the S -> D generator maps
+    #: them back in the D -> S -> D cycle (0 = off, the paper). It stops the D -> S generator
+    #: from hiding the input map in imperceptible low-amplitude patterns (CycleGAN
+    #: "steganography", Chu et al. 2017): content must survive noise of this level.
+    cycle_noise_std: float = 0.0
 
 
 @dataclass

@@ -49,16 +49,16 @@ def density_normalization(cfg: TrainConfig) -> str:
     return str(param.default)
 
 
-def load_generator(run_dir: str | os.PathLike, network: str = "g_ds",
+def load_generator(run_dir: str | os.PathLike, network: str = "g_ds", checkpoint: str | os.PathLike | None = None,
                    **option_overrides: Any) -> tuple[nn.Module, TrainConfig]:
-    """A generator of a run with the weights of its newest checkpoint, in eval mode on CPU."""
+    """A generator of a run with the weights of ``checkpoint`` (default: the run's newest), in eval mode on CPU."""
     run_dir = Path(run_dir)
     cfg = resume_config(run_dir)
     if option_overrides:
         key = "generator_options" if network == "g_ds" else "inverse_generator_options"
         setattr(cfg.model, key, {**getattr(cfg.model, key), **option_overrides})
     model = build_networks(cfg, [network])[network]
-    path = ckpt.latest_checkpoint(run_dir)
+    path = ckpt.latest_checkpoint(run_dir) if checkpoint is None else Path(checkpoint)
     weights = ckpt.sub_state_dict(ckpt.load_weights(path), network)
     try:
         model.load_state_dict(weights)

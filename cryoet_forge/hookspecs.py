@@ -78,8 +78,11 @@ def forge_register_feature_extractors(register):
     """Register feature extractors (volumes -> embedding vectors, e.g. ``cb3d``).
 
     Factory contract: ``factory(**options)`` returns an object with
-    ``extract(volumes) -> numpy.ndarray`` of shape (N, D). Called when the registry is
-    built; returns nothing.
+    ``extract(volumes) -> numpy.ndarray`` of shape (N, D). Optional: ``probabilities(volumes)``
+    -> (N, C) class probabilities (``forge metrics --features`` then reports the Inception
+    Score), ``extract_with_probabilities(volumes)`` for both in one pass, ``box`` (the one edge
+    length it takes) and ``metadata["voxel_size"]`` (checked against the volumes). Called when
+    the registry is built; returns nothing.
     """
 
 

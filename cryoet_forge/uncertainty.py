@@ -27,15 +27,17 @@ def _dropout_layers(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def mc_dropout(run_dir: str | os.PathLike, volume: np.ndarray, samples: int = 20, seed: int = 0,
-               dropout: float | None = None, batch_size: int = 10) -> tuple[np.ndarray, np.ndarray]:
+               dropout: float | None = None, batch_size: int = 10,
+               checkpoint: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(S, S, S) density map -> (mean, std), each (S, S, S) float32, over ``samples`` dropout draws.
 
-    ``dropout`` sets the dropout probability for a run trained without dropout (or overrides it).
+    ``dropout`` sets the dropout probability for a run trained without dropout (or overrides it);
+    ``checkpoint`` picks a checkpoint folder of the run (default: the newest).
     """
     if samples < 2:
         raise InputError(f"samples must be >= 2 for a standard deviation, got {samples}")
     overrides = {} if dropout is None else {"dropout": float(dropout)}
-    model, cfg = load_generator(run_dir, **overrides)
+    model, cfg = load_generator(run_dir, checkpoint=checkpoint, **overrides)
     layers = _dropout_layers(model)
     if not layers:
         raise InputError(f"{run_dir}: the generator has no dropout layers (trained with dropout = 0); "

@@ -18,6 +18,7 @@ from cryoet_forge.io.mrc import write_mrc
 from cryoet_forge.io.star import read_particles, write_particles
 from cryoet_forge.models.cb3d import load_cb3d, run_inference
 from test_classify import toy_shapes
+from tests_support import assert_one_line_error
 
 NET = ["--channels", "4,8,8,8", "--fc-width", "32", "--epochs", "10", "--batch-size", "6", "--lr", "3e-3",
        "--dropout", "0.1"]
@@ -38,15 +39,6 @@ def run_cli(capsys, *args):
     code = main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("forge: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -187,3 +187,16 @@ def test_zero_padding_variant_works():
     model = _build("generator", "cryoetgan", padding_mode="zeros")
     with torch.no_grad():
         assert model(torch.randn(1, 1, 17, 17, 17)).shape[-1] == 17
+
+
+def test_cryoetgan_skips_variant_sizes_and_parameter_count():
+    model = _build("generator", "cryoetgan", n_residual=1, base=2, skips=True)
+    for size in (16, 20, 25, 28, 40):
+        x = torch.randn(1, 1, size, size, size)
+        with torch.no_grad():
+            assert model(x).shape == x.shape, size
+    # only u32 and the head grow: u32 takes 2 * 2 base channels, the head 2 base
+    n = sum(p.numel() for p in _build("generator", "cryoetgan", base=32, n_residual=6, skips=True).parameters())
+    assert n == cryoetgan_parameter_count(skips=True)
+    assert n - cryoetgan_parameter_count() == 27 * 64 * 32 + 343 * 32 * 1
+

@@ -197,3 +197,57 @@ def test_evaluate_on_folders_rejects_classes_present_in_one_split_only(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1
     assert err[0].startswith("forge: error: classes present in one split only: shell only in")
+
+
+def _evaluate_folders(tmp_path, capsys, train, test):
+    config = tmp_path / "eval.toml"
+    config.write_text(f'[data]\nsource = "folders"\nreal_train = "{train}"\nreal_test = "{test}"\n')
+    code = main(["evaluate", "--config", str(config), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("forge: error: "), err
+    return err[0]
+
+
+def test_evaluate_on_folders_rejects_one_split_given_twice(tmp_path, capsys):
+    from test_classify_cli import labelled_folder
+
+    star = labelled_folder(tmp_path / "real", 2, seed=0)
+    n = len(load_labelled(star))
+    line = _evaluate_folders(tmp_path, capsys, tmp_path / "real", star)  # the folder, then its STAR table
+    assert line == (f"forge: error: data.real_train {tmp_path / 'real'} and data.real_test {star} are the same "
+                    f"STAR table {star} (all {n} volumes overlap); the train and test splits must be disjoint")
+
+
+def test_evaluate_on_folders_rejects_volumes_in_both_splits(tmp_path, capsys):
+    from test_classify import toy_shapes
+
+    from cryoet_forge.classify import LabelledVolumes
+    from cryoet_forge.evaluate.datasets import write_labelled_folder
+
+    train = toy_shapes(2, seed=0, box=16)
+    test = toy_shapes(2, seed=1, box=16)
+    volumes = test.volumes.copy()
+    volumes[[0, 2, 3]] = train.volumes[[5, 1, 4]]  # three train particles leaked into the test split
+    train_star = write_labelled_folder(tmp_path / "train", LabelledVolumes(train.volumes, train.labels,
+                                                                             train.class_names, 10.0))
+    test_star = write_labelled_folder(tmp_path / "test", LabelledVolumes(volumes, test.labels,
+                                                                           test.class_names, 10.0))
+    line = _evaluate_folders(tmp_path, capsys, train_star, test_star)
+    assert line == (f"forge: error: data.real_train {train_star} and data.real_test {test_star} overlap: 3 of "
+                    f"the {len(volumes)} test volumes are byte-identical to train volumes; the train and test "
+                    "splits must be disjoint")
+
+
+def test_disjoint_splits_pass_the_overlap_check(tmp_path):
+    from test_classify_cli import labelled_folder
+
+    from cryoet_forge.evaluate.datasets import check_disjoint
+
+    train = load_labelled(labelled_folder(tmp_path / "train", 2, seed=0))
+    test = load_labelled(labelled_folder(tmp_path / "test", 2, seed=1))
+    check_disjoint(train, test, tmp_path / "train", tmp_path / "test")  # no error
+    nearly = test.volumes.copy()
+    nearly[0] = train.volumes[0]
+    nearly[0].flat[0] = np.nextafter(nearly[0].flat[0], np.float32(np.inf))  # one ulp apart: not identical
+    check_disjoint(train, type(test)(nearly, test.labels, test.class_names, test.voxel_size, test.source),
+                   tmp_path / "train", tmp_path / "test")

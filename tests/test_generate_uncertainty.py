@@ -190,3 +190,21 @@ def test_generate_from_structures_gives_posed_samples(run_dir, tmp_path, capsys)
     assert table["forgeClassName"].tolist() == ["ring", "ring", "barrel", "barrel"]
     assert {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= set(table.columns)
     assert table["rlnAngleRot"].nunique() == 4  # every sample has its own pose
+
+
+def test_uncertainty_and_generation_from_a_chosen_checkpoint(run_dir):
+    from cryoet_forge.evaluate.gan import generate_from_checkpoint
+    from cryoet_forge.generate import generate_from_maps
+    from cryoet_forge.train.checkpoint import list_checkpoints
+    from cryoet_forge.uncertainty import mc_dropout
+
+    first, last = list_checkpoints(run_dir)[0], list_checkpoints(run_dir)[-1]
+    volume = np.random.default_rng(1).random((16, 16, 16), dtype=np.float32) * 2 - 1
+    newest = mc_dropout(run_dir, volume, samples=4, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(newest, mc_dropout(run_dir, volume, samples=4, seed=3,
+                                                                         checkpoint=last)))
+    older = mc_dropout(run_dir, volume, samples=4, seed=3, checkpoint=first)
+    assert np.abs(older[0] - newest[0]).max() > 1e-6
+    # an intermediate checkpoint generates what the newest would when it is the newest
+    assert np.array_equal(generate_from_checkpoint(run_dir, last, volume[None], seed=5),
+                          generate_from_maps(run_dir, volume[None], n_per_map=1, seed=5, normalize="none"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cryoet_forge import registry
-from cryoet_forge.errors import PluginError, UnknownComponentError
+from cryoet_forge.errors import ConfigError, PluginError, UnknownComponentError
 from tests_support import forge_executable
 
 
@@ -85,9 +85,95 @@ def test_unknown_component_lists_choices():
     assert "unet3d" in message
 
 
-def test_unknown_option_names_the_component():
-    with pytest.raises(PluginError, match=r"generator 'unet3d': .*unexpected keyword argument 'wings'"):
+UNET3D_OPTIONS = "in_channels, out_channels, base, dropout, noise_channels"
+
+
+def test_unknown_option_names_the_component_and_lists_the_accepted_ones():
+    with pytest.raises(ConfigError) as info:
         registry.Registry().create("generator", "unet3d", wings=2)
+    assert str(info.value) == f"generator 'unet3d': unknown option 'wings'; accepted options: {UNET3D_OPTIONS}"
+    with pytest.raises(ConfigError) as info:
+        registry.Registry().create("generator", "unet3d", bsae=8, in_channels=1)
+    assert str(info.value) == ("generator 'unet3d': unknown option 'bsae' (did you mean 'base'?); "
+                               f"accepted options: {UNET3D_OPTIONS}")
+
+
+def test_wrongly_typed_or_missing_option_is_a_config_error():
+    reg = registry.Registry()
+    with pytest.raises(ConfigError) as info:
+        reg.create("generator", "unet3d", base="16")
+    assert str(info.value) == "generator 'unet3d': option base='16' has the wrong type; expected int"
+    with pytest.raises(ConfigError) as info:
+        reg.create("simulator", "fourier", tilt_range=["-60", 60])
+    assert str(info.value) == ("simulator 'fourier': option tilt_range=['-60', 60] has the wrong type; "
+                               "expected Sequence[float]")
+    with pytest.raises(ConfigError) as info:
+        reg.create("dataset", "volume-folder")
+    assert str(info.value) == ("dataset 'volume-folder': missing a required argument: 'root'; "
+                               "accepted options: root, normalize")
+    # what a config file gives for these annotations is accepted: ints for floats, lists for sequences
+    reg.create("simulator", "fourier", snr=[1, 2], tilt_range=[-50, 50], voltage_kv=300)
+
+
+def test_lazy_factories_check_the_class_they_build():
+    with pytest.raises(ConfigError) as info:
+        registry.Registry().create("knn-backend", "torch", blok=64)
+    assert str(info.value) == ("knn-backend 'torch': unknown option 'blok' (did you mean 'block'?); "
+                               "accepted options: device, block")
+
+
+FACTORIES_MODULE = '''
+    class Strict:
+        def __init__(self, size: int = 2, name: str = "x"):
+            self.size = size
+            self.parts = [0] * size + None  # a bug inside a factory that took its options fine
+
+    def anything(**options):
+        return sorted(options, key=len)(1)  # a bug, whatever the options
+
+    def positional(size, /):
+        return size
+'''
+
+
+@pytest.fixture
+def factories(plugin_path):
+    """A Registry holding throwaway factories (registered as a built-in module would be)."""
+    (plugin_path / "forge_factories.py").write_text(textwrap.dedent(FACTORIES_MODULE) + textwrap.dedent('''
+        from cryoet_forge import hookimpl
+
+        @hookimpl
+        def forge_register_losses(register):
+            register("strict", Strict)
+            register("anything", anything)
+            register("positional", positional)
+            register("builtin", dict)
+    '''))
+    return registry.Registry(load_entry_points=False, builtin_modules=["forge_factories"])
+
+
+def test_a_type_error_inside_a_factory_is_not_relabelled(factories):
+    with pytest.raises(TypeError, match="can only concatenate list"):
+        factories.create("loss", "strict", size=3)
+    with pytest.raises(TypeError, match="'list' object is not callable"):
+        factories.create("loss", "anything", whatever=1)  # **options binds anything: the factory judges
+    with pytest.raises(ConfigError, match=r"^loss 'strict': unknown option 'sise' \(did you mean 'size'\?\); "
+                                          r"accepted options: size, name$"):
+        factories.create("loss", "strict", sise=3)
+
+
+def test_factories_without_keyword_options(factories):
+    with pytest.raises(ConfigError, match=r"^loss 'positional': unknown option 'size'; accepted options: \(none\)$"):
+        factories.create("loss", "positional", size=3)
+    assert factories.create("loss", "builtin", a=1) == {"a": 1}  # no signature to check against
+
+
+def test_cli_reports_a_bad_component_option_in_one_line(tmp_path):
+    result = run_forge("simulate", "--phantoms", "--option", "voltage_kv=high", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "forge: error: simulator 'fourier': option voltage_kv='high' has the wrong type; expected float"]
+    assert not (tmp_path / "o").exists()
 
 
 def test_kind_names_are_normalised_and_checked():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 
 import numpy as np
 import pandas as pd
@@ -187,3 +188,94 @@ def test_density_command_writes_map_with_voxel_size(tmp_path, capsys):
     assert voxel == pytest.approx(4.0) and volume.shape == (24, 24, 24) and volume.max() > 0
     code, _, err = forge(capsys, "density", pdb, "--out", tmp_path / "n.mrc", "--voxel-size", 4, "--box", 6)
     assert code != 0 and err.strip().splitlines()[0].startswith("forge: error: ") and "use a box >=" in err
+
+
+def fail_on_third_batch(monkeypatch, out):
+    """Make the fourier simulator raise on its third batch, after earlier volumes were written."""
+    from cryoet_forge.errors import InputError
+    from cryoet_forge.simulate.fourier import FourierSimulator
+
+    real = FourierSimulator.simulate
+    calls = []
+    started = time.time_ns()
+
+    def simulate(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # two batches of two really were written before the failure
+            written = [p for p in out.parent.rglob("subtomograms/*.mrc") if p.stat().st_mtime_ns >= started]
+            assert len(written) == 4
+            raise InputError("simulator failed on purpose in batch 3")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FourierSimulator, "simulate", simulate)
+    return calls
+
+
+def test_failure_midway_leaves_no_output_folder(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "new"
+    calls = fail_on_third_batch(monkeypatch, out)
+    code, _, err = simulate(capsys, out, "--batch-size", 2)
+    assert len(calls) == 3
+    assert code == 2 and err.strip().splitlines() == ["forge: error: simulator failed on purpose in batch 3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no OUT, no .new.partial-* folder
+
+
+def test_failure_midway_keeps_the_previous_simulation(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o"
+    assert simulate(capsys, out, "--bundle")[0] == 0
+    (out / "notes.txt").write_text("mine")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = fail_on_third_batch(monkeypatch, out)
+    code, _, err = simulate(capsys, out, "--batch-size", 2, "--seed", 4, "--overwrite")
+    assert len(calls) == 3 and code == 2 and "failed on purpose" in err
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_overwrite_replaces_only_the_simulation_outputs(tmp_path, capsys):
+    import os
+
+    out = tmp_path / "o"
+    assert simulate(capsys, out, "--bundle")[0] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's 0700
+    (out / "notes.txt").write_text("mine")
+    old_star = (out / "particles.star").read_bytes()
+    assert simulate(capsys, out, "--seed", 4, "--overwrite")[0] == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "particles.star").read_bytes() != old_star
+    assert not (out / "density.npz").exists() and not (out / "particles.npz").exists()  # stale bundle gone
+    assert len(list((out / "subtomograms").glob("*.mrc"))) == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no temporary folders left
+
+
+def test_a_failed_swap_into_an_existing_folder_puts_everything_back(tmp_path, monkeypatch):
+    import os
+
+    from cryoet_forge.io import atomic
+
+    out = tmp_path / "o"
+    (out / "density").mkdir(parents=True)
+    (out / "density" / "old.mrc").write_text("old map")
+    (out / "particles.star").write_text("old table")
+    (out / "notes.txt").write_text("mine")
+    real_replace, moves = os.replace, []
+
+    def replace(src, dst):
+        moves.append((src, dst))
+        if len(moves) == 4:  # both old entries moved aside, one new entry moved in: then a failure
+            raise OSError("disk gone")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="disk gone"):
+        with atomic.atomic_folder(out, stale=("density", "particles.star")) as work:
+            (work / "density").mkdir()
+            (work / "density" / "new.mrc").write_text("new map")
+            (work / "particles.star").write_text("new table")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "density", "density/old.mrc", "notes.txt", "particles.star"]
+    assert (out / "particles.star").read_text() == "old table" and (out / "density" / "old.mrc").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]

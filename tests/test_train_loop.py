@@ -130,3 +130,20 @@ def test_torch_compile_step_on_cpu(tmp_path):
     run = train(tiny(**{"train.compile": True, "train.steps": 1}), tmp_path / "c",
                 datasets=(Volumes(), Volumes(seed=1)))
     assert list_checkpoints(run)
+
+
+def test_cycle_noise_changes_training_and_is_validated(tmp_path):
+    from cryoet_forge.errors import ConfigError
+    from cryoet_forge.train.checkpoint import load_weights
+
+    def final_weights(name, **extra):
+        run = train(tiny(**extra), tmp_path / name, datasets=(Volumes(), Volumes(seed=1)))
+        return load_weights(list_checkpoints(run)[-1])
+
+    plain, again = final_weights("plain"), final_weights("again")
+    noisy = final_weights("noisy", **{"loss.cycle_noise_std": 0.3})
+    assert all(torch.equal(plain[k], again[k]) for k in plain)  # the option off changes nothing
+    # the cycle noise reaches the S -> D generator's gradients in the D -> S -> D cycle
+    assert any(not torch.equal(plain[k], noisy[k]) for k in plain if k.startswith("g_sd."))
+    with pytest.raises(ConfigError, match="cycle_noise_std must be >= 0, got -0.1"):
+        train(tiny(**{"loss.cycle_noise_std": -0.1}), tmp_path / "bad", datasets=(Volumes(), Volumes(seed=1)))

@@ -93,29 +93,17 @@ def _print_scores(result) -> None:
 @click.option("--device", default="cpu", show_default=True)
 def classify_eval(model_path, data_path, out_dir, device) -> None:
     """Score a trained CB3D on a labelled folder: accuracy, per-class accuracy, confusion matrix PNG."""
-    from cryoet_forge.classify import load_labelled
+    from cryoet_forge.classify import check_trained_voxel_size, load_labelled
     from cryoet_forge.evaluate.classification_report import score_and_write
     from cryoet_forge.models.cb3d import load_cb3d
 
     model, metadata = load_cb3d(model_path, device=device)
     data = load_labelled(data_path)
-    _check_voxel_size(metadata, data)
+    check_trained_voxel_size(metadata, data)
     result = score_and_write(model, data, metadata["class_names"], metadata.get("normalize", "zscore"),
                              out_dir, device=device)
     _print_scores(result)
     click.echo(f"wrote {out_dir / 'scores.json'} and {out_dir / 'confusion.png'}")
-
-
-def _check_voxel_size(metadata, data) -> None:
-    import math
-
-    from cryoet_forge.classify import VOXEL_SIZE_RTOL
-    from cryoet_forge.errors import InputError
-
-    trained = metadata.get("voxel_size")
-    if trained is not None and not math.isclose(float(trained), data.voxel_size, rel_tol=VOXEL_SIZE_RTOL):
-        raise InputError(f"volumes of mixed voxel sizes: {data.source} has {data.voxel_size:g} A but the "
-                         f"classifier was trained on {float(trained):g} A")
 
 
 @classify_group.command("features")
@@ -129,13 +117,13 @@ def _check_voxel_size(metadata, data) -> None:
 @click.option("--device", default="cpu", show_default=True)
 def classify_features(model_path, data_path, out_path, probs_path, device) -> None:
     """Write the CB3D dense-layer features (N x 4096) of a folder's volumes."""
-    from cryoet_forge.classify import load_labelled
+    from cryoet_forge.classify import check_trained_voxel_size, load_labelled
     from cryoet_forge.io.embeddings import save_features
     from cryoet_forge.models.cb3d import load_cb3d, run_inference
 
     model, metadata = load_cb3d(model_path, device=device)
     data = load_labelled(data_path)
-    _check_voxel_size(metadata, data)
+    check_trained_voxel_size(metadata, data)
     from cryoet_forge.errors import InputError
 
     if data.box != model.config.box:

@@ -8,6 +8,7 @@ textbook parameters on the canonical maps) faces a genuine domain gap, as in the
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,7 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
     if d.source == "folders":
         real_train = load_labelled(d.real_train)
         real_test = load_labelled(d.real_test)
+        check_disjoint(real_train, real_test, d.real_train, d.real_test)
         class_names = check_splits(real_train, real_test)
         real_train = real_train.relabelled(class_names)
         real_test = real_test.relabelled(class_names)
@@ -204,6 +206,35 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
                                        f"traditional ({trad.simulator})")
     return EvaluationData(class_names, box, voxel_size, templates, real_train, real_test, density_train,
                           density_generate, traditional, Path(real_train_star), Path(density_star), description)
+
+
+def _volume_digests(data: LabelledVolumes) -> list[bytes]:
+    """One digest per volume of its exact bytes (and shape)."""
+    digests = []
+    for volume in data.volumes:
+        volume = np.ascontiguousarray(volume)
+        h = hashlib.blake2b(str(volume.shape).encode(), digest_size=20)
+        h.update(memoryview(volume).cast("B"))
+        digests.append(h.digest())
+    return digests
+
+
+def check_disjoint(train: LabelledVolumes, test: LabelledVolumes, train_path: str | Path,
+                   test_path: str | Path) -> None:
+    """The real train and test splits must share no data: not one STAR table given twice and no
+    byte-identical volume in both (InputError naming both paths and how many volumes overlap).
+
+    ``train_path``/``test_path`` are the paths as given (``data.real_train``/``data.real_test``).
+    """
+    where = f"data.real_train {train_path} and data.real_test {test_path}"
+    if Path(train.source).resolve() == Path(test.source).resolve():
+        raise InputError(f"{where} are the same STAR table {train.source} (all {len(test)} volumes "
+                         "overlap); the train and test splits must be disjoint")
+    in_train = set(_volume_digests(train))
+    shared = sum(digest in in_train for digest in _volume_digests(test))
+    if shared:
+        raise InputError(f"{where} overlap: {shared} of the {len(test)} test volumes are byte-identical "
+                         "to train volumes; the train and test splits must be disjoint")
 
 
 def _particle_variants(templates: dict[str, np.ndarray], box: int, voxel_size: float, vary: bool,

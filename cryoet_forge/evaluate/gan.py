@@ -98,14 +98,10 @@ def generate_labelled(run_dir: Path, maps: LabelledVolumes, seed: int, source: s
 def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, seed: int,
                              batch_size: int = 8) -> np.ndarray:
     """D -> S generator of one checkpoint folder applied to (B, S, S, S) maps in [-1, 1]."""
-    from cryoet_forge.train import resume_config
-    from cryoet_forge.train.checkpoint import load_weights, sub_state_dict
-    from cryoet_forge.train.loop import build_networks, run_generator, takes_noise
+    from cryoet_forge.generate import load_generator
+    from cryoet_forge.train.loop import run_generator, takes_noise
 
-    cfg = resume_config(run_dir)
-    generator = build_networks(cfg, ["g_ds"])["g_ds"]
-    generator.load_state_dict(sub_state_dict(load_weights(Path(checkpoint)), "g_ds"))
-    generator.eval()
+    generator, _ = load_generator(run_dir, checkpoint=checkpoint)
     # the same noise draws as generate_from_maps, so the last checkpoint reproduces the final scores
     noise_gen = torch.Generator().manual_seed(int(seed))
     out = []

@@ -176,7 +176,8 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
 
     # -- uncertainty -----------------------------------------------------------------------------
     tic = time.perf_counter()
-    uncertainty = uncertainty_overlay(config, run_dir, data, out / "figures" / "uncertainty.png", log)
+    uncertainty = uncertainty_overlay(config, run_dir, data, out / "figures" / "uncertainty.png", log,
+                                      checkpoint=gan_checkpoint.get("checkpoint"))
     timed("uncertainty", tic)
 
     # -- figures ---------------------------------------------------------------------------------
@@ -258,9 +259,9 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
 
     checkpoints = run_checkpoints(run_dir)
     if config.gan.select_checkpoint == "last" or len(checkpoints) < 2:
-        step = checkpoints[-1][0] if checkpoints else None
+        step, path = checkpoints[-1] if checkpoints else (None, None)
         generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source)
-        return generated, {"rule": "last", "step": step}
+        return generated, {"rule": "last", "step": step, "checkpoint": None if path is None else str(path)}
     fid_train: dict[str, float] = {}
     best: tuple[float, int, LabelledVolumes] | None = None
     on_curves = {checkpoints[i][1] for i in curve_picks(config, len(checkpoints))}
@@ -276,8 +277,8 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
             fid = float(compute_fid(train_features, features))
         fid_train[str(step)] = fid
         if best is None or fid < best[0]:
-            best = (fid, step, generated)
-    return best[2], {"rule": "best-fid-train", "step": best[1], "fid_train": fid_train}
+            best = (fid, step, generated, path)
+    return best[2], {"rule": "best-fid-train", "step": best[1], "checkpoint": str(best[3]), "fid_train": fid_train}
 
 
 def gan_summary(run_dir: Path) -> dict[str, Any]:
@@ -359,8 +360,9 @@ def run_ablations(config: EvaluationConfig, out: Path, data: EvaluationData, inc
 
 
 def uncertainty_overlay(config: EvaluationConfig, run_dir: Path, data: EvaluationData, path: Path,
-                        log: Log) -> dict[str, Any]:
-    """MC-dropout mean/std of the generator on one posed map per class, as a PNG overlay."""
+                        log: Log, checkpoint: str | None = None) -> dict[str, Any]:
+    """MC-dropout mean/std of the generator (of ``checkpoint``, default the run's newest) on one
+    posed map per class, as a PNG overlay."""
     if not config.uncertainty.enabled:
         return {"status": "disabled"}
     from cryoet_forge.uncertainty import mc_dropout
@@ -372,7 +374,8 @@ def uncertainty_overlay(config: EvaluationConfig, run_dir: Path, data: Evaluatio
         volume = data.density_generate.volumes[index:index + 1]
         volume = normalize_volumes(torch.from_numpy(volume), "minmax")[0].numpy()
         try:
-            mean, std = mc_dropout(run_dir, volume, samples=config.uncertainty.samples, seed=config.data.seed)
+            mean, std = mc_dropout(run_dir, volume, samples=config.uncertainty.samples, seed=config.data.seed,
+                                   checkpoint=checkpoint)
         except ForgeError as exc:
             log(f"uncertainty skipped: {exc}")
             return {"status": f"skipped: {exc}"}
@@ -381,7 +384,8 @@ def uncertainty_overlay(config: EvaluationConfig, run_dir: Path, data: Evaluatio
         stds.append(np.asarray(std))
         summary[name] = float(np.asarray(std).mean())
     figures.save_uncertainty_overlay(path, maps, means, stds, data.class_names)
-    return {"status": "ok", "samples": config.uncertainty.samples, "mean_std_per_class": summary}
+    return {"status": "ok", "samples": config.uncertainty.samples, "checkpoint": checkpoint,
+            "mean_std_per_class": summary}
 
 
 def load_results(out_dir: str | Path) -> dict[str, Any]:

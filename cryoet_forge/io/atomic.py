@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 
-def _default_mode() -> int:
-    # mkstemp creates 0600 files; outputs should get the usual 0666 & ~umask like open() gives
+def _default_mode(folder: bool = False) -> int:
+    # mkstemp creates 0600 files (mkdtemp 0700 folders); outputs should get the usual
+    # 0666 (0777) & ~umask like open() (mkdir) gives
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return (0o777 if folder else 0o666) & ~umask
 
 
 @contextmanager
@@ -45,3 +47,60 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, stale: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` (``.NAME.partial-XXXX``) to write into;
+    its contents appear in ``path`` only when the block succeeds.
+
+    When ``path`` does not exist the temporary folder is renamed to it, so a reader sees no
+    folder or the complete one. When it does, each entry of the temporary folder replaces the
+    entry of that name in ``path``, and the entries named in ``stale`` that the new contents
+    lack are removed; the old entries are moved aside first and deleted only once every new
+    one is in place, and anything else in ``path`` stays. When the block raises, the temporary
+    folder is removed and ``path`` is left exactly as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        os.chmod(tmp, _default_mode(folder=True))
+        yield tmp
+        if not target.exists():
+            try:
+                os.rename(tmp, target)
+                return
+            except OSError:  # created meanwhile: merge into it below
+                if not target.is_dir():
+                    raise
+        _merge_into(tmp, target, stale)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _merge_into(new: Path, target: Path, stale: tuple[str, ...]) -> None:
+    """Move the entries of ``new`` into ``target``, replacing same-named ones and ``stale`` ones;
+    all or nothing: on an error every entry moved so far goes back where it was."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    names = sorted(entry.name for entry in new.iterdir())
+    replaced = names + [name for name in stale if name not in names]
+    moved_aside: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for name in replaced:
+            old = target / name
+            if old.exists() or old.is_symlink():
+                os.replace(old, aside / name)
+                moved_aside.append(name)
+        for name in names:
+            os.replace(new / name, target / name)
+            moved_in.append(name)
+    except BaseException:
+        for name in reversed(moved_in):
+            os.replace(target / name, new / name)
+        for name in reversed(moved_aside):
+            os.replace(aside / name, target / name)
+        aside.rmdir()  # empty again; if a step above failed, the old entries stay in it
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""``forge metrics``: PRDC and FID of two feature files, as a table and optionally JSON."""
+"""``forge metrics``: PRDC and FID (and IS) of two feature files, or of two volume sets run through a
+feature extractor (``--features NAME``), as a table and optionally JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cryoet_forge.errors import InputError
+from cryoet_forge.errors import ConfigError, InputError
 
 #: above this many distance evaluations (N^2 + M^2 + N M) * D a progress bar is shown
 _PROGRESS_WORK = 2e10
@@ -35,10 +36,20 @@ def _progress_bar(enabled: bool):
 
 
 @click.command("metrics")
-@click.option("--real", "real_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Real features (N x D): .npy, .npz or .safetensors.")
-@click.option("--fake", "fake_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Fake (generated) features (M x D), same formats.")
+@click.option("--real", "real_path", required=True, type=click.Path(path_type=Path),
+              help="Real features (N x D): .npy, .npz or .safetensors; with --features, real volumes.")
+@click.option("--fake", "fake_path", required=True, type=click.Path(path_type=Path),
+              help="Fake (generated) features (M x D), same formats; with --features, fake volumes.")
+@click.option("--features", "extractor_name", metavar="NAME", default=None,
+              help="Feature extractor (forge list feature-extractor), e.g. cb3d: --real and --fake are then "
+                   "volumes (a STAR file or a folder with one, a folder of .mrc files, an .npz bundle, one .mrc).")
+@click.option("--feature-option", "feature_options", multiple=True, metavar="KEY=VALUE",
+              help="Option for the extractor (repeatable; values read as TOML), e.g. checkpoint=runs/cb3d.")
+@click.option("--save-features", "save_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --features: write real/fake.features.npy (and .probabilities.npy) to this folder.")
+@click.option("--is-splits", "is_splits", type=int, default=None,
+              help="With --features and an extractor giving class probabilities: Inception Score splits "
+                   "[default: 10, at most the set size].")
 @click.option("--k", "k", default=5, show_default=True, type=int, help="Neighbours for the PRDC radii.")
 @click.option("--backend", default="exact", show_default=True,
               help="kNN backend (forge list knn-backend): exact, faiss, torch, or a plugin's.")
@@ -53,9 +64,9 @@ def _progress_bar(enabled: bool):
               help="Also write all values and diagnostics to this JSON file.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: on long runs in a terminal).")
-def metrics_command(real_path, fake_path, k, backend, device, strict, with_fid, bootstrap, json_path,
-                    show_progress) -> None:
-    """Precision, recall, density, coverage (and FID) of fake against real features."""
+def metrics_command(real_path, fake_path, extractor_name, feature_options, save_dir, is_splits, k, backend,
+                    device, strict, with_fid, bootstrap, json_path, show_progress) -> None:
+    """Precision, recall, density, coverage (and FID, IS) of fake against real features or volumes."""
     import warnings
 
     import numpy as np
@@ -68,8 +79,23 @@ def metrics_command(real_path, fake_path, k, backend, device, strict, with_fid, 
 
     if bootstrap < 0:
         raise InputError(f"--bootstrap must be >= 0, got {bootstrap}")
-    real = load_features(real_path)
-    fake = load_features(fake_path)
+    extracted = None
+    if extractor_name is None:
+        for flag, given in (("--feature-option", feature_options), ("--save-features", save_dir),
+                            ("--is-splits", is_splits)):
+            if given is not None and given != ():
+                raise ConfigError(f"{flag} needs --features NAME (feature extraction from volumes)")
+        for path in (real_path, fake_path):
+            if path.is_dir():
+                raise InputError(f"{path}: a folder, not a feature file (.npy, .npz, .safetensors); "
+                                 "add --features NAME to extract features from its volumes")
+        real = load_features(real_path)
+        fake = load_features(fake_path)
+    else:
+        if is_splits is not None and is_splits < 1:
+            raise ConfigError(f"--is-splits must be >= 1, got {is_splits}")
+        extracted = _extract_features(extractor_name, feature_options, real_path, fake_path, save_dir)
+        real, fake = extracted["real"].features, extracted["fake"].features
     try:
         real, fake = validate_pair(real, fake, k)
     except InputError as exc:  # say which file the problem is in
@@ -98,7 +124,12 @@ def metrics_command(real_path, fake_path, k, backend, device, strict, with_fid, 
             fid = fid_details(real, fake, bootstrap=bootstrap)
         fid_seconds = time.perf_counter() - started
 
-    table = Table(title=f"forge metrics: {n} real x {m} fake, D={d}, k={k}, backend={engine.name}")
+    scores = {}
+    if extracted is not None:
+        scores = _inception_scores(extracted, 10 if is_splits is None else is_splits)
+
+    source = f", features={extractor_name}" if extracted is not None else ""
+    table = Table(title=f"forge metrics: {n} real x {m} fake{source}, D={d}, k={k}, backend={engine.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in ("precision", "recall", "density", "coverage"):
@@ -107,12 +138,18 @@ def metrics_command(real_path, fake_path, k, backend, device, strict, with_fid, 
         table.add_row("FID", f"{fid.fid:.6f}")
         if fid.ci is not None:
             table.add_row(f"FID {int(fid.ci_level * 100)}% CI", f"[{fid.ci[0]:.4f}, {fid.ci[1]:.4f}]")
+    for which, score in scores.items():
+        table.add_row(f"IS {which}", f"{score['mean']:.6f} (std {score['std']:.4f}, {score['splits']} splits)")
     Console(soft_wrap=True).print(table)
     rule = "distance < radius" if strict else "distance <= radius"
     click.echo(f"ball membership: {rule}; exact: {counts.exact}; PRDC {prdc_seconds:.2f} s")
     if fid is not None:
         for message in fid.warnings:
             click.echo(f"FID warning: {message}")
+    if extracted is not None:
+        info = extracted["info"]
+        click.echo(f"features: {extractor_name}, {n} real + {m} fake volumes of {info['box']}^3, "
+                   f"{info['seconds']:.2f} s" + (f"; saved in {save_dir}" if save_dir is not None else ""))
 
     if json_path is not None:
         from cryoet_forge.io.atomic import write_bytes_atomic
@@ -132,7 +169,68 @@ def metrics_command(real_path, fake_path, k, backend, device, strict, with_fid, 
             doc["fid"] = fid.fid
             doc["fid_details"] = fid.as_dict()
             doc["fid_seconds"] = fid_seconds
+        if extracted is not None:
+            doc["features"] = extracted["info"]
+            if scores:
+                doc["inception_score"] = scores["fake"]["mean"]
+                doc["inception_score_details"] = scores
         write_bytes_atomic(json_path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
+
+
+def _extract_features(name, option_items, real_path, fake_path, save_dir) -> dict:
+    """{"real": ExtractedSet, "fake": ExtractedSet, "info": {...}}; features saved when asked."""
+    from cryoet_forge.classify import check_same_grid, load_volumes
+    from cryoet_forge.metrics.features import create_extractor, extract_set, parse_feature_options
+
+    options = parse_feature_options(option_items)
+    extractor = create_extractor(name, options)
+    real_volumes = load_volumes(real_path)
+    fake_volumes = load_volumes(fake_path)
+    check_same_grid(real_volumes, fake_volumes)
+    started = time.perf_counter()
+    sets = {which: extract_set(extractor, name, volumes, options)
+            for which, volumes in (("real", real_volumes), ("fake", fake_volumes))}
+    seconds = time.perf_counter() - started
+    saved = {}
+    if save_dir is not None:
+        from cryoet_forge.io.embeddings import save_features
+
+        for which, extracted in sets.items():
+            saved[f"{which}_features"] = str(save_features(save_dir / f"{which}.features.npy", extracted.features))
+            if extracted.probabilities is not None:
+                saved[f"{which}_probabilities"] = str(
+                    save_features(save_dir / f"{which}.probabilities.npy", extracted.probabilities))
+    info = {"extractor": name, "options": {key: _plain(value) for key, value in options.items()},
+            "box": real_volumes.box, "voxel_size": real_volumes.voxel_size, "seconds": seconds, "saved": saved}
+    return {**sets, "info": info}
+
+
+def _inception_scores(extracted: dict, splits: int) -> dict:
+    """{"fake": {"mean", "std", "splits"}, "real": {...}} when the extractor gave probabilities, else {}."""
+    from cryoet_forge.metrics import inception_score
+
+    scores = {}
+    for which in ("fake", "real"):
+        probs = extracted[which].probabilities
+        if probs is not None:
+            used = min(splits, probs.shape[0])
+            try:
+                mean, std = inception_score(probs, used)
+            except InputError as exc:  # an extractor's probabilities that are not probabilities
+                raise InputError(f"{extracted[which].source}: {exc}") from None
+            scores[which] = {"mean": mean, "std": std, "splits": used}
+    return scores
+
+
+def _plain(value):
+    """A TOML value as JSON can hold it (dates and times as ISO text)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def _json_default(value):

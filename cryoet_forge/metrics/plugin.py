@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from cryoet_forge import hookimpl
 from cryoet_forge.metrics.knn import ExactKnn
+from cryoet_forge.registry import check_options
 
 
 def _faiss_backend(**options):
     """FAISS flat (exact after refinement) or IVF (approximate) search; GPU when present."""
     from cryoet_forge.metrics.knn_faiss import FaissKnn
 
+    check_options("knn-backend", "faiss", FaissKnn, options)
     return FaissKnn(**options)
 
 
@@ -17,6 +19,7 @@ def _torch_backend(**options):
     """Blockwise float32 GEMM distances in PyTorch (CUDA when present), settled exactly."""
     from cryoet_forge.metrics.knn_torch import TorchKnn
 
+    check_options("knn-backend", "torch", TorchKnn, options)
     return TorchKnn(**options)
 
 

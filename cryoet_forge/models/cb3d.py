@@ -275,6 +275,9 @@ class CB3DFeatureExtractor:
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         if checkpoint is not None:
+            if arch:  # architecture options (or misspelt names) would be silently ignored
+                raise ConfigError(f"cb3d option(s) {', '.join(sorted(arch))} do not apply with a checkpoint "
+                                  "(its cb3d.json holds the architecture)")
             self.model, self.metadata = load_cb3d(checkpoint, device=self.device)
             self.normalize = self.metadata.get("normalize", "zscore")
             self.class_names = list(self.metadata["class_names"])

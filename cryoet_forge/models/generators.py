@@ -92,15 +92,23 @@ class CryoETGANGenerator(nn.Module):
     Options: ``base`` (32 in the paper; the widths are base, 2*base, 4*base),
     ``n_residual`` (6), ``noise`` (True: one Gaussian channel before the first upsampling,
     the D -> S direction; False for S -> D), ``dropout`` (probability inside each residual
-    block, 0 = off; Monte-Carlo dropout needs it > 0), ``padding_mode`` ("reflect"|"zeros").
-    Any cubic size S >= 8 works (odd sizes included).
+    block, 0 = off; Monte-Carlo dropout needs it > 0), ``padding_mode`` ("reflect"|"zeros"),
+    ``skips`` (False, the paper: True concatenates the encoder features of the same size to
+    the input of u32 and of the c7s1-1 head, U-Net style). Any cubic size S >= 8 works (odd
+    sizes included).
+
+    Why ``skips``: with narrow CPU-sized widths at small boxes the plain ResNet hides its input
+    map in low-amplitude patterns that the S -> D generator decodes (cycle loss satisfied) while
+    the generated subtomograms show no particle (CycleGAN "steganography"). Full-resolution
+    skip paths let the generator apply the imaging model (CTF, missing wedge) to the map
+    directly, and its output keeps the class: see the README's evaluation section.
     """
 
     min_size = 8
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base: int = 32,
                  n_residual: int = 6, noise: bool = True, dropout: float = 0.0,
-                 padding_mode: str = "reflect"):
+                 padding_mode: str = "reflect", skips: bool = False):
         super().__init__()
         if padding_mode not in PADDING_MODES:
             raise ConfigError(f"cryoetgan padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
@@ -108,6 +116,8 @@ class CryoETGANGenerator(nn.Module):
             raise ConfigError(f"cryoetgan dropout must be in [0, 1), got {dropout}")
         self.noise = bool(noise)
         self.dropout = float(dropout)
+        self.skips = bool(skips)
+        extra = 1 if self.skips else 0  # skip inputs double the channels of u32 and the head
         self.stem = ConvNormReLU(in_channels, base, 7, 1, padding_mode)
         self.down1 = ConvNormReLU(base, 2 * base, 3, 2, padding_mode)
         self.down2 = ConvNormReLU(2 * base, 4 * base, 3, 2, padding_mode)
@@ -115,8 +125,8 @@ class CryoETGANGenerator(nn.Module):
             *(ResidualBlock(4 * base, padding_mode, dropout) for _ in range(n_residual))
         )
         self.up1 = UpConv(4 * base + int(self.noise), 2 * base)
-        self.up2 = UpConv(2 * base, base)
-        self.head = nn.Conv3d(base, out_channels, 7, padding=3, padding_mode=padding_mode)
+        self.up2 = UpConv(2 * base * (1 + extra), base)
+        self.head = nn.Conv3d(base * (1 + extra), out_channels, 7, padding=3, padding_mode=padding_mode)
 
     @staticmethod
     def noise_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -141,17 +151,21 @@ class CryoETGANGenerator(nn.Module):
                 noise = torch.randn(self.noise_shape(tuple(x.shape)), device=x.device, dtype=h.dtype)
             h = torch.cat([h, noise.to(h.dtype)], dim=1)
         h = self.up1(h, h1.shape[-1])
+        if self.skips:
+            h = torch.cat([h, h1], dim=1)
         h = self.up2(h, size)
+        if self.skips:
+            h = torch.cat([h, h0], dim=1)
         return torch.tanh(self.head(h))
 
 
 def cryoetgan_parameter_count(in_channels: int = 1, out_channels: int = 1, base: int = 32,
-                              n_residual: int = 6, noise: bool = True) -> int:
+                              n_residual: int = 6, noise: bool = True, skips: bool = False) -> int:
     """Trainable parameters of the spec, from the layer list (weights k^3*cin*cout + biases)."""
     def conv(k: int, cin: int, cout: int) -> int:
         return k**3 * cin * cout + cout
 
     return (conv(7, in_channels, base) + conv(3, base, 2 * base) + conv(3, 2 * base, 4 * base)
             + n_residual * 2 * conv(3, 4 * base, 4 * base)
-            + conv(3, 4 * base + int(noise), 2 * base) + conv(3, 2 * base, base)
-            + conv(7, base, out_channels))
+            + conv(3, 4 * base + int(noise), 2 * base) + conv(3, 2 * base * (1 + int(skips)), base)
+            + conv(7, base * (1 + int(skips)), out_channels))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -51,9 +50,10 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     Particle i of class c gets one random pose shared by its density map and its
     subtomogram (so the pairs are known); training uses the two folders unpaired. Batches are
     seeded from (seed, batch index): the same seed and batch size give identical files.
+    The outputs appear in ``out`` together, once all are written; a failure leaves ``out`` as it was.
     """
     from cryoet_forge.data.bundle import save_bundle
-    from cryoet_forge.io.atomic import write_bytes_atomic
+    from cryoet_forge.io.atomic import atomic_folder, write_bytes_atomic
     from cryoet_forge.data.simulated import item_seed, make_simulator
     from cryoet_forge.io.mrc import check_voxel_size, write_mrc
     from cryoet_forge.io.star import write_particles
@@ -62,6 +62,8 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     from cryoet_forge.viz import save_slice_montage
 
     voxel_size = check_voxel_size(voxel_size)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; expected a folder")
     existing = [name for name in OUTPUT_NAMES if (out / name).exists()]
     if existing and not overwrite:
         raise ConfigError(f"{out} already holds a simulation ({', '.join(existing)}); "
@@ -75,66 +77,65 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     simulator = make_simulator(simulator_name, {**options, "rotate": False, "max_shift": 0.0})
     poser = PoseSimulator(max_shift=shift)
     class_names, templates = load_templates(specs, box, voxel_size, seed, resolution, crop, assembly)
-    for name in existing:  # only what a previous simulation wrote; other files stay
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    for name, volume in zip(class_names, templates):
-        write_mrc(out / "templates" / f"{name}.mrc", volume, voxel_size)
+    # everything is written into a temporary folder beside OUT and appears in OUT only when
+    # the whole simulation succeeded; a failure leaves OUT (and a previous simulation in it) as it was
+    with atomic_folder(out, stale=tuple(existing)) as work:
+        for name, volume in zip(class_names, templates):
+            write_mrc(work / "templates" / f"{name}.mrc", volume, voxel_size)
 
-    jobs = [(c, k) for c in range(len(class_names)) for k in range(n_per_class)]
-    density_rows, particle_rows = [], []
-    examples: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in range(len(class_names))}
-    all_density, all_particles = [], []
-    template_tensor = torch.from_numpy(templates).to(device)
-    with _progress(len(jobs), quiet) as progress:
-        task = progress.add_task(f"{simulator_name} x {len(class_names)} classes", total=len(jobs))
-        for batch_index, start in enumerate(range(0, len(jobs), batch_size)):
-            batch = jobs[start:start + batch_size]
-            generator = torch.Generator().manual_seed(item_seed(seed, batch_index))
-            maps = template_tensor[[c for c, _ in batch]]
-            posed, pose_records = poser.simulate(maps, voxel_size, generator)
-            simulated, sim_records = simulator.simulate(posed, voxel_size, generator)
-            posed_np, simulated_np = posed.cpu().numpy(), simulated.cpu().numpy()
-            for i, (c, k) in enumerate(batch):
-                name = f"{class_names[c]}_{k:05d}.mrc"
-                write_mrc(out / "density" / name, posed_np[i], voxel_size)
-                write_mrc(out / "subtomograms" / name, simulated_np[i], voxel_size)
-                common = {"rlnClassNumber": c + 1, "forgeClassName": class_names[c],
-                          "rlnImagePixelSize": voxel_size, "forgeParticleIndex": k}
-                pose = {key: v for key, v in pose_records[i].items() if key != "forgeSimulator"}
-                density_rows.append({"rlnImageName": f"density/{name}", **common, **pose})
-                params = {**sim_records[i], **pose}
-                particle_rows.append({"rlnImageName": f"subtomograms/{name}", **common, **params,
-                                      "forgeDensityName": f"density/{name}"})
-                if len(examples[c]) < 3:
-                    examples[c].append((posed_np[i], simulated_np[i]))
-            if bundle:
-                all_density.append(posed_np)
-                all_particles.append(simulated_np)
-            progress.advance(task, len(batch))
+        jobs = [(c, k) for c in range(len(class_names)) for k in range(n_per_class)]
+        density_rows, particle_rows = [], []
+        examples: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in range(len(class_names))}
+        all_density, all_particles = [], []
+        template_tensor = torch.from_numpy(templates).to(device)
+        with _progress(len(jobs), quiet) as progress:
+            task = progress.add_task(f"{simulator_name} x {len(class_names)} classes", total=len(jobs))
+            for batch_index, start in enumerate(range(0, len(jobs), batch_size)):
+                batch = jobs[start:start + batch_size]
+                generator = torch.Generator().manual_seed(item_seed(seed, batch_index))
+                maps = template_tensor[[c for c, _ in batch]]
+                posed, pose_records = poser.simulate(maps, voxel_size, generator)
+                simulated, sim_records = simulator.simulate(posed, voxel_size, generator)
+                posed_np, simulated_np = posed.cpu().numpy(), simulated.cpu().numpy()
+                for i, (c, k) in enumerate(batch):
+                    name = f"{class_names[c]}_{k:05d}.mrc"
+                    write_mrc(work / "density" / name, posed_np[i], voxel_size)
+                    write_mrc(work / "subtomograms" / name, simulated_np[i], voxel_size)
+                    common = {"rlnClassNumber": c + 1, "forgeClassName": class_names[c],
+                              "rlnImagePixelSize": voxel_size, "forgeParticleIndex": k}
+                    pose = {key: v for key, v in pose_records[i].items() if key != "forgeSimulator"}
+                    density_rows.append({"rlnImageName": f"density/{name}", **common, **pose})
+                    params = {**sim_records[i], **pose}
+                    particle_rows.append({"rlnImageName": f"subtomograms/{name}", **common, **params,
+                                          "forgeDensityName": f"density/{name}"})
+                    if len(examples[c]) < 3:
+                        examples[c].append((posed_np[i], simulated_np[i]))
+                if bundle:
+                    all_density.append(posed_np)
+                    all_particles.append(simulated_np)
+                progress.advance(task, len(batch))
 
-    density_table = pd.DataFrame(density_rows)
-    particle_table = pd.DataFrame(particle_rows)
-    write_particles(out / "density.star", density_table)
-    write_particles(out / "particles.star", particle_table)
-    if bundle:
-        labels = [c for c, _ in jobs]
-        save_bundle(out / "density.npz", np.concatenate(all_density), labels, class_names, voxel_size,
-                    density_table)
-        save_bundle(out / "particles.npz", np.concatenate(all_particles), labels, class_names, voxel_size,
-                    particle_table.drop(columns=["forgeSimulator"], errors="ignore"))
-    rows = [[templates[c]] + [d for d, _ in examples[c]] + [s for _, s in examples[c]]
-            for c in range(len(class_names))]
-    n_ex = max(len(v) for v in examples.values())
-    save_slice_montage(out / "montage.png", rows, class_names,
-                       ["template"] + [f"D {i + 1}" for i in range(n_ex)] + [f"S {i + 1}" for i in range(n_ex)],
-                       title=f"{simulator_name}, {box}^3 at {voxel_size:g} A (central z slices)")
-    summary = {"classes": class_names, "simulator": simulator_name, "options": options, "max_shift": shift,
-               "assembly": assembly, "crop": crop,
-               "n_per_class": n_per_class, "box": box, "voxel_size": voxel_size, "seed": seed,
-               "batch_size": batch_size, "resolution": resolution, "particles": len(jobs)}
-    write_bytes_atomic(out / "simulation.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
+        density_table = pd.DataFrame(density_rows)
+        particle_table = pd.DataFrame(particle_rows)
+        write_particles(work / "density.star", density_table)
+        write_particles(work / "particles.star", particle_table)
+        if bundle:
+            labels = [c for c, _ in jobs]
+            save_bundle(work / "density.npz", np.concatenate(all_density), labels, class_names, voxel_size,
+                        density_table)
+            save_bundle(work / "particles.npz", np.concatenate(all_particles), labels, class_names, voxel_size,
+                        particle_table.drop(columns=["forgeSimulator"], errors="ignore"))
+        rows = [[templates[c]] + [d for d, _ in examples[c]] + [s for _, s in examples[c]]
+                for c in range(len(class_names))]
+        n_ex = max(len(v) for v in examples.values())
+        save_slice_montage(work / "montage.png", rows, class_names,
+                           ["template"] + [f"D {i + 1}" for i in range(n_ex)] + [f"S {i + 1}" for i in range(n_ex)],
+                           title=f"{simulator_name}, {box}^3 at {voxel_size:g} A (central z slices)")
+        summary = {"classes": class_names, "simulator": simulator_name, "options": options, "max_shift": shift,
+                   "assembly": assembly, "crop": crop,
+                   "n_per_class": n_per_class, "box": box, "voxel_size": voxel_size, "seed": seed,
+                   "batch_size": batch_size, "resolution": resolution, "particles": len(jobs)}
+        write_bytes_atomic(work / "simulation.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
     return summary
 
 

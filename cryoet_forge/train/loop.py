@@ -75,12 +75,14 @@ class CyclePair(nn.Module):
         self.g_ds, self.g_sd = g_ds, g_sd
 
     def forward(self, d: torch.Tensor, s: torch.Tensor, z1: torch.Tensor | None,
-                z2: torch.Tensor | None, cycle: bool = True):
+                z2: torch.Tensor | None, cycle: bool = True, cycle_noise: torch.Tensor | None = None):
         fake_s = run_generator(self.g_ds, d, z1)
         fake_d = self.g_sd(s)
         if not cycle:
             return fake_s, fake_d
-        cyc_d = self.g_sd(fake_s)
+        # cycle noise: the D -> S -> D cycle sees the generated subtomogram plus Gaussian noise,
+        # so the content it reconstructs from must be carried above that noise level
+        cyc_d = self.g_sd(fake_s if cycle_noise is None else fake_s + cycle_noise.to(fake_s.dtype))
         cyc_s = run_generator(self.g_ds, fake_d, z2)
         return fake_s, fake_d, cyc_d, cyc_s
 
@@ -144,6 +146,8 @@ def build_losses(cfg: TrainConfig) -> tuple[AdversarialLoss, CycleL1Loss]:
     adversarial = registry.create("loss", cfg.loss.adversarial, **cfg.loss.options)
     if not isinstance(adversarial, AdversarialLoss):
         raise ConfigError(f"loss {cfg.loss.adversarial!r} is not an adversarial loss")
+    if not cfg.loss.cycle_noise_std >= 0:
+        raise ConfigError(f"loss.cycle_noise_std must be >= 0, got {cfg.loss.cycle_noise_std}")
     return adversarial, CycleL1Loss(cfg.loss.cycle_weight)
 
 
@@ -402,8 +406,11 @@ class Trainer:
         try:
             z1 = self._noise_for(d)
             z2 = self._noise_for(d)
+            cycle_noise = None
+            if self.cfg.loss.cycle_noise_std > 0:
+                cycle_noise = self.cfg.loss.cycle_noise_std * self._global_randn(tuple(d.shape))
             with self._autocast():
-                fake_s, fake_d, cyc_d, cyc_s = self.gen_train(d, s, z1, z2)
+                fake_s, fake_d, cyc_d, cyc_s = self.gen_train(d, s, z1, z2, cycle_noise=cycle_noise)
                 adv_g = (adv.generator_loss(self.c_s_eval(fake_s))
                          + adv.generator_loss(self.c_d_eval(fake_d)))
                 cycle = self.cycle(d, cyc_d) + self.cycle(s, cyc_s)
