@@ -200,3 +200,18 @@ def test_cryoetgan_skips_variant_sizes_and_parameter_count():
     assert n == cryoetgan_parameter_count(skips=True)
     assert n - cryoetgan_parameter_count() == 27 * 64 * 32 + 343 * 32 * 1
 
+
+
+def test_unet3d_follows_the_trainer_noise_contract():
+    from cryoet_forge.train.loop import takes_noise
+
+    model = _build("generator", "unet3d", noise_channels=2)
+    plain = _build("generator", "unet3d")
+    assert takes_noise(model) and not takes_noise(plain)
+    x = torch.randn(3, 1, 24, 24, 24)
+    shape = model.noise_shape(tuple(x.shape))
+    assert shape == (3, 2, 3, 3, 3)
+    z = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.equal(model(x, noise=z), model(x, noise=z))
+        assert (model(x, noise=z) - model(x, noise=torch.randn(shape))).abs().max() > 1e-4

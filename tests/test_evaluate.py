@@ -108,6 +108,9 @@ def test_quality_metrics_are_the_metrics_engine_values(evaluation):
     assert results["curves"]["steps"] == [2, 4]
     at = results["curves"]["steps"].index(chosen["step"])
     assert results["curves"]["fid"][at] == pytest.approx(results["quality"]["cryoetgan"]["fid"], rel=1e-6)
+    # the uncertainty overlay is of the same (selected) generator
+    assert chosen["checkpoint"].endswith(f"step-{chosen['step']:08d}")
+    assert results["uncertainty"]["checkpoint"] == chosen["checkpoint"]
 
 
 def test_accuracies_are_the_classifier_values(evaluation):
@@ -251,3 +254,20 @@ def test_disjoint_splits_pass_the_overlap_check(tmp_path):
     nearly[0].flat[0] = np.nextafter(nearly[0].flat[0], np.float32(np.inf))  # one ulp apart: not identical
     check_disjoint(train, type(test)(nearly, test.labels, test.class_names, test.voxel_size, test.source),
                    tmp_path / "train", tmp_path / "test")
+
+
+def test_quickstart_falls_back_to_the_core_generator_without_the_plugin(monkeypatch):
+    from cryoet_forge import registry
+    from cryoet_forge.evaluate.config import QUICKSTART, quickstart_config
+
+    with_plugin = quickstart_config()
+    assert with_plugin.gan.overrides["model.generator"] == "unet3d"  # the plugin is installed for the tests
+    names = registry.names
+    monkeypatch.setattr(registry, "names", lambda kind: [n for n in names(kind) if n != "unet3d"])
+    lines = []
+    core = quickstart_config(log=lines.append)
+    assert core.gan.overrides["model.generator"] == "cryoetgan"
+    assert core.gan.overrides["model.generator_options"]["skips"] is True
+    assert core.gan.overrides["model.inverse_generator_options"] == {"skips": False}
+    assert len(lines) == 1 and "'unet3d' is not installed" in lines[0]
+    assert QUICKSTART["gan"]["overrides"]["model.generator"] == "unet3d"  # the embedded table is untouched

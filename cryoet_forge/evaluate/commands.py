@@ -176,8 +176,11 @@ def quickstart_command(out_dir, seed) -> None:
     from cryoet_forge.evaluate.config import quickstart_config
     from cryoet_forge.evaluate.pipeline import run_evaluation
 
-    config = quickstart_config(seed=seed)
-    report = run_evaluation(config, out_dir, log=lambda line: click.echo(line, err=True))
+    def log(line: str) -> None:
+        click.echo(line, err=True)
+
+    config = quickstart_config(seed=seed, log=log)
+    report = run_evaluation(config, out_dir, log=log)
     _print_summary(out_dir)
     click.echo(f"report: {report}")
     sys.stdout.flush()

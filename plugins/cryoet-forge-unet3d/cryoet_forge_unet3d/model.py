@@ -31,7 +31,10 @@ class UNet3D(nn.Module):
                  dropout: float = 0.0, noise_channels: int = 0):
         super().__init__()
         widths = [base * 2**i for i in range(self.depth + 1)]
-        self.noise_channels = noise_channels
+        self.noise_channels = int(noise_channels)
+        # the trainer's noise contract: with ``noise`` true it draws the volumes of
+        # ``noise_shape`` itself (seeded, the same on every rank) and passes them in
+        self.noise = self.noise_channels > 0
         self.stem = _conv_block(in_channels, widths[0], stride=1, dropout=0.0)
         self.down = nn.ModuleList(
             _conv_block(widths[i], widths[i + 1], stride=2, dropout=dropout) for i in range(self.depth)
@@ -45,6 +48,10 @@ class UNet3D(nn.Module):
             _conv_block(2 * widths[i], widths[i], stride=1, dropout=0.0) for i in reversed(range(self.depth))
         )
         self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
+
+    def noise_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the bottleneck noise for an input of ``input_shape`` (B, C, S, S, S)."""
+        return (input_shape[0], self.noise_channels, *(n // 2**self.depth for n in input_shape[-3:]))
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         size = x.shape[-3:]
