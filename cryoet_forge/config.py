@@ -94,7 +94,11 @@ class TrainOptions:
     seed: int = 0
     precision: str = "fp32"
     compile: bool = False
-    channels_last: bool = False
+    #: channels_last_3d memory format for activations and weights (exact; faster with oneDNN)
+    channels_last: bool = True
+    #: the generator update back-propagates through the forward pass of the last critic
+    #: update instead of recomputing it (exact: same noise, same dropout draws)
+    reuse_fakes: bool = True
     device: str = "auto"
     deterministic: bool = False
     tf32: bool = True

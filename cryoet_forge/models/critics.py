@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from cryoet_forge.errors import InputError
+from cryoet_forge.models.fastconv import FewOutputConv3d
 
 
 def _norm(channels: int) -> nn.Module:
@@ -44,7 +45,8 @@ class _PatchCritic(nn.Module):
                 layers.append(_norm(width))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             channels = width
-        layers.append(wrap(nn.Conv3d(channels, 1, 4, stride=1, padding=1)))
+        # the one-channel score layer: same parameters as nn.Conv3d, an exact faster form on CPU
+        layers.append(wrap(FewOutputConv3d(channels, 1, 4, stride=1, padding=1)))
         self.net = nn.Sequential(*layers)
         self.stride = stride
         self.n_layers = n_layers

@@ -356,14 +356,54 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # -- one step --------------------------------------------------------------------------
+    def _rng_states(self):
+        """The global RNG states that dropout draws from (CPU, and the CUDA device in use)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set_rng_states(self, states) -> None:
+        cpu, cuda = states
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.device)
+
+    def _generator_noise(self, d: torch.Tensor):
+        """The noise of one generator update: z for D -> S, z for the S -> D -> S cycle, cycle noise."""
+        z1 = self._noise_for(d)
+        z2 = self._noise_for(d)
+        cycle_noise = None
+        if self.cfg.loss.cycle_noise_std > 0:
+            cycle_noise = self.cfg.loss.cycle_noise_std * self._global_randn(tuple(d.shape))
+        return z1, z2, cycle_noise
+
     def train_step(self) -> dict[str, torch.Tensor]:
+        """One step: ``n_critic`` critic updates, then one generator update on the last pair.
+
+        The generators' forward pass of the last critic update is the one the generator
+        update back-propagates through (``train.reuse_fakes``, the default): the critic sees
+        ``G(d).detach()``, the generator loss the same ``G(d)`` scored by the updated critic.
+        With ``reuse_fakes = false`` the generators run twice (no-grad for the critic, again
+        with grad for the generator) with the same noise and dropout draws, so both settings
+        compute the same numbers; the second is the reference the fast path is tested against.
+        """
         adv, t = self.adversarial, self.cfg.train
         stats: dict[str, torch.Tensor] = {}
-        for _ in range(t.n_critic):
+        for i in range(t.n_critic):
             d, s = self._pair()
-            z = self._noise_for(d)
-            with torch.no_grad(), self._autocast():
-                fake_s, fake_d = self.gen_eval(d, s, z, None, cycle=False)
+            last = i == t.n_critic - 1
+            if last:
+                z1, z2, cycle_noise = self._generator_noise(d)
+                if t.reuse_fakes:
+                    with self._autocast():
+                        outputs = self.gen_train(d, s, z1, z2, cycle_noise=cycle_noise)
+                    fake_s, fake_d = outputs[0].detach(), outputs[1].detach()
+                else:
+                    rng = self._rng_states()  # replayed for the generator update's forward
+                    with torch.no_grad(), self._autocast():
+                        fake_s, fake_d = self.gen_eval(d, s, z1, None, cycle=False)
+            else:
+                with torch.no_grad(), self._autocast():
+                    fake_s, fake_d = self.gen_eval(d, s, self._noise_for(d), None, cycle=False)
             parts = {"subtomograms": [s, fake_s.float()], "density": [d, fake_d.float()]}
             if adv.needs_interpolates:
                 for batches in parts.values():
@@ -404,13 +444,12 @@ class Trainer:
         for p in critic_params:
             p.requires_grad_(False)
         try:
-            z1 = self._noise_for(d)
-            z2 = self._noise_for(d)
-            cycle_noise = None
-            if self.cfg.loss.cycle_noise_std > 0:
-                cycle_noise = self.cfg.loss.cycle_noise_std * self._global_randn(tuple(d.shape))
+            if not t.reuse_fakes:
+                self._set_rng_states(rng)
+                with self._autocast():
+                    outputs = self.gen_train(d, s, z1, z2, cycle_noise=cycle_noise)
+            fake_s, fake_d, cyc_d, cyc_s = outputs
             with self._autocast():
-                fake_s, fake_d, cyc_d, cyc_s = self.gen_train(d, s, z1, z2, cycle_noise=cycle_noise)
                 adv_g = (adv.generator_loss(self.c_s_eval(fake_s))
                          + adv.generator_loss(self.c_d_eval(fake_d)))
                 cycle = self.cycle(d, cyc_d) + self.cycle(s, cyc_s)
