@@ -1,27 +1,39 @@
-"""Training throughput of the paper-spec CryoETGAN (cryoetgan + sn-wgan, wgan-clip, RMSProp).
+"""Training throughput of CryoETGAN: the plain eager loop beside the fast paths, in one run.
 
-For each batch size it times the real training step (``Trainer.train_step``: n_critic
-critic updates + one generator update with both cycles) on synthetic volumes already on
-the device, in three modes, all in this one run:
+Every mode times the real training step (``Trainer.train_step``: ``n_critic`` critic updates
+and one generator update with both cycles) on the same data, so the ratio column compares
+like with like:
 
-- ``fp32``: plain fp32 eager, TF32 off (the baseline);
-- ``bf16``: bf16 autocast, TF32 on;
-- ``fast``: bf16 autocast + channels_last_3d + torch.compile + fused/foreach optimizer.
+- ``eager``: the plain loop, the reference: fp32, contiguous tensors, the generators run twice
+  per step (no-grad for the critic, again for the generator update), ``nn.Conv3d`` everywhere,
+  TF32 off;
+- ``fast``: the default path, exact: channels_last_3d, the generator forward of the last
+  critic update reused by the generator update, the split form of the critics' one-channel
+  score convolution on CPU (``cryoet_forge.models.fastconv``), TF32 on CUDA;
+- ``fast-bf16``: ``fast`` + bf16 autocast (+ fused optimizer on CUDA); not exact;
+- ``compile``: ``fast`` + ``torch.compile`` (inductor); only when listed in ``--modes``.
 
-Each JSON line gives pairs/s (one pair = one density map + one subtomogram through a full
-training step), seconds per step, peak memory (CUDA allocator peak; on CPU the process's
-peak RSS), achieved TFLOP/s (FLOPs of one step counted by torch.utils.flop_counter in
-eager mode, divided by the measured step time) and the ratio to the fp32 baseline.
+Settings: ``quickstart`` (the embedded quickstart's GAN: 24^3, batch 4, ``unet3d`` base 8 +
+``sn-wgan`` base 4, cycle noise 0.3, n_critic 1) and ``paper`` (the paper's ``cryoetgan`` +
+``sn-wgan`` widths, 40^3, batch 2 on CPU, 8 and 32 on CUDA). On CPU the batches come through
+the trainer's own DataLoader from in-memory volumes (the quickstart's data path); on CUDA
+they are pre-made device tensors.
 
-    python benchmarks/train_throughput.py                      # GPU: 40^3, batch 8 and 32
-    python benchmarks/train_throughput.py --device cpu --size 16 --batch 2 --steps 2 \\
-        --gen-base 4 --critic-base 4 --compile off             # CPU smoke run
+Each JSON line has pairs/s (one pair = one density map + one subtomogram through a full
+step), seconds per step, the ratio to ``eager`` of the same setting and batch, FLOPs of one
+step (``torch.utils.flop_counter``, eager) and achieved TFLOP/s, peak memory (CUDA: allocator
+peak; CPU: the process's peak RSS so far, not per mode) and the CPU's native bf16 support.
+
+    python benchmarks/train_throughput.py --device cpu                     # both settings
+    python benchmarks/train_throughput.py --device cpu --settings quickstart --steps 10
+    python benchmarks/train_throughput.py --device cuda --out gpu.jsonl    # 40^3, batch 8 and 32
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import resource
 import sys
 import time
@@ -30,67 +42,71 @@ from pathlib import Path
 import torch
 
 from cryoet_forge.config import load_config
+from cryoet_forge.models.fastconv import FewOutputConv3d
 from cryoet_forge.train.distributed import DistContext, resolve_device
 from cryoet_forge.train.loop import Trainer
+from cryoet_forge.train.precision import native_bf16
+
+SETTINGS = {
+    "quickstart": {
+        "size": 24, "cpu_batches": [4], "cuda_batches": [4, 32],
+        "overrides": {
+            "model.generator": "unet3d",
+            "model.generator_options": {"base": 8, "dropout": 0.1, "noise_channels": 1},
+            "model.inverse_generator_options": {"noise_channels": 0},
+            "model.critic_options": {"base": 4},
+            "loss.cycle_noise_std": 0.3, "data.density_noise_std": 0.05,
+        },
+    },
+    "paper": {
+        "size": 40, "cpu_batches": [2], "cuda_batches": [8, 32],
+        "overrides": {"model.generator_options": {"base": 32}, "model.critic_options": {"base": 64}},
+    },
+}
 
 
-class _Volumes(torch.utils.data.Dataset):
-    """Stand-in dataset: the benchmark feeds device tensors directly (see SyntheticTrainer)."""
+class Volumes(torch.utils.data.Dataset):
+    """In-memory volumes in [-1, 1] with the dataset contract's item dicts."""
 
-    def __init__(self, n: int, size: int):
-        self.n, self.size, self.box, self.voxel_size, self.class_names = n, size, size, 10.0, ["x"]
+    def __init__(self, n: int, size: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.v = torch.rand(n, 1, size, size, size, generator=g) * 2 - 1
+        self.box, self.voxel_size, self.class_names = size, 10.0, ["x"]
 
     def __len__(self):
-        return self.n
+        return len(self.v)
 
     def __getitem__(self, i):
-        return {"volume": torch.zeros(1, self.size, self.size, self.size), "label": 0,
-                "class_name": "x", "index": i}
+        return {"volume": self.v[i], "label": 0, "class_name": "x", "index": i}
 
 
-class SyntheticTrainer(Trainer):
-    """The real training step, fed from pre-made device batches (no data loading in the timing)."""
+class DeviceBatchTrainer(Trainer):
+    """The real training step, fed from pre-made device batches (no data loading timed)."""
 
     def _next(self, name: str) -> torch.Tensor:
-        batch = self._batches[name]
         self.positions[name] += 1
-        return batch
+        return self._batches[name]
 
 
-def build(args, mode: str, batch: int, device: torch.device) -> SyntheticTrainer:
-    fast = mode == "fast"
-    compile_on = fast and (args.compile == "on" or (args.compile == "auto" and device.type == "cuda"))
+def build(setting: dict, mode: str, batch: int, device: torch.device, n_critic: int) -> Trainer:
+    fast = mode != "eager"
     cfg = load_config(None, {
-        "model.generator_options": {"base": args.gen_base},
-        "model.critic_options": {"base": args.critic_base},
-        "train.batch_size": batch, "train.n_critic": args.n_critic, "train.steps": 10**9,
-        "train.precision": "fp32" if mode == "fp32" else "bf16",
-        "train.tf32": mode != "fp32", "train.compile": compile_on,
-        "train.channels_last": fast, "optim.fused": fast, "train.device": str(device),
+        **setting["overrides"],
+        "train.batch_size": batch, "train.n_critic": n_critic, "train.steps": 10**9,
+        "train.precision": "bf16" if mode == "fast-bf16" else "fp32",
+        "train.tf32": fast, "train.compile": mode == "compile", "train.channels_last": fast,
+        "train.reuse_fakes": fast, "optim.fused": mode == "fast-bf16", "train.device": str(device),
         "log.progress": False,
     })
-    n = max(batch, 2)
-    trainer = SyntheticTrainer(cfg, Path("unused-run-dir"), DistContext(device=device), resume=False,
-                               datasets=(_Volumes(n, args.size), _Volumes(n, args.size)))
-    g = torch.Generator(device=device).manual_seed(0)
-    shape = (batch, 1, args.size, args.size, args.size)
-    fmt = torch.channels_last_3d if fast else torch.contiguous_format
-    trainer._batches = {
-        "density": (torch.rand(shape, generator=g, device=device) * 2 - 1).contiguous(memory_format=fmt),
-        "subtomograms": torch.randn(shape, generator=g, device=device).contiguous(memory_format=fmt),
-    }
+    size = setting["size"]
+    datasets = (Volumes(4 * batch, size, 0), Volumes(4 * batch, size, 1))
+    cls = DeviceBatchTrainer if device.type == "cuda" else Trainer
+    trainer = cls(cfg, Path("unused-run-dir"), DistContext(device=device), resume=False, datasets=datasets)
+    if device.type == "cuda":
+        fmt = trainer.memory_format
+        trainer._batches = {name: ds.v[:batch].to(device).contiguous(memory_format=fmt)
+                            for name, ds in zip(("density", "subtomograms"), datasets)}
     return trainer
-
-
-def count_flops(args, batch: int, device: torch.device) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    trainer = build(args, "fp32", batch, device)
-    trainer.train_step()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        trainer.train_step()
-    return float(counter.get_total_flops())
 
 
 def sync(device: torch.device) -> None:
@@ -98,64 +114,97 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(args, mode: str, batch: int, device: torch.device) -> dict:
+def count_flops(setting: dict, batch: int, device: torch.device, n_critic: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    FewOutputConv3d.use_split = False
+    try:
+        trainer = build(setting, "eager", batch, device, n_critic)
+        trainer.train_step()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            trainer.train_step()
+    finally:
+        FewOutputConv3d.use_split = True
+    return float(counter.get_total_flops())
+
+
+def measure(setting: dict, mode: str, batch: int, device: torch.device, args, steps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = build(args, mode, batch, device)
-    for _ in range(args.warmup):
-        trainer.train_step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        stats = trainer.train_step()
-    sync(device)
-    elapsed = time.perf_counter() - start
+    FewOutputConv3d.use_split = mode != "eager"
+    try:
+        trainer = build(setting, mode, batch, device, args.n_critic)
+        tic = time.perf_counter()
+        for _ in range(args.warmup):
+            trainer.train_step()
+        sync(device)
+        warmup_s = time.perf_counter() - tic
+        start = time.perf_counter()
+        for _ in range(steps):
+            stats = trainer.train_step()
+        sync(device)
+        elapsed = time.perf_counter() - start
+    finally:
+        FewOutputConv3d.use_split = True
     finite = all(torch.isfinite(v).item() for v in stats.values())
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    del trainer
-    return {"step_s": elapsed / args.steps, "pairs_per_s": batch * args.steps / elapsed,
-            "peak_mem_gib": peak, "finite": finite}
+    return {"step_s": elapsed / steps, "pairs_per_s": batch * steps / elapsed,
+            "warmup_s": warmup_s, "peak_mem_gib": peak, "finite": finite}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=40)
-    parser.add_argument("--batch", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per mode")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
+    parser.add_argument("--settings", default="quickstart,paper", help="comma-separated: quickstart, paper")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch sizes (default: per setting and device, see the module docstring)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per mode (CPU 10/3, CUDA 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, caches)")
     parser.add_argument("--n-critic", type=int, default=1)
-    parser.add_argument("--gen-base", type=int, default=32)
-    parser.add_argument("--critic-base", type=int, default=64)
-    parser.add_argument("--modes", default="fp32,bf16,fast")
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                        help="torch.compile in the fast mode (auto: on CUDA only)")
+    parser.add_argument("--modes", default="eager,fast,fast-bf16", help="eager is always run first")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, help="JSON lines file (default: stdout)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--out", type=Path, help="append JSON lines here (default: stdout)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip() and m.strip() != "eager"]
+    unknown = set(modes) - {"fast", "fast-bf16", "compile"}
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from eager, fast, fast-bf16, compile")
     out = open(args.out, "a") if args.out else sys.stdout
     try:
-        for batch in args.batch:
-            flops = count_flops(args, batch, device)
-            baseline = None
-            for mode in modes:
-                row = measure(args, mode, batch, device)
-                if mode == "fp32":
-                    baseline = row["pairs_per_s"]
-                row.update({
-                    "benchmark": "train_throughput", "device": name, "torch": torch.__version__,
-                    "size": args.size, "batch": batch, "n_critic": args.n_critic, "mode": mode,
-                    "gen_base": args.gen_base, "critic_base": args.critic_base,
-                    "flops_per_step": flops, "tflops": flops / row["step_s"] / 1e12,
-                    "ratio_to_fp32": row["pairs_per_s"] / baseline if baseline else None,
-                })
-                print(json.dumps(row), file=out, flush=True)
+        for setting_name in [s.strip() for s in args.settings.split(",") if s.strip()]:
+            if setting_name not in SETTINGS:
+                parser.error(f"unknown setting {setting_name!r}; choose from {', '.join(SETTINGS)}")
+            setting = SETTINGS[setting_name]
+            batches = args.batch or setting["cuda_batches" if device.type == "cuda" else "cpu_batches"]
+            steps = args.steps or (20 if device.type == "cuda" else (10 if setting_name == "quickstart" else 3))
+            for batch in batches:
+                flops = count_flops(setting, batch, device, args.n_critic)
+                baseline = None
+                for mode in ["eager", *modes]:
+                    row = measure(setting, mode, batch, device, args, steps)
+                    if mode == "eager":
+                        baseline = row["pairs_per_s"]
+                    row.update({
+                        "benchmark": "train_throughput", "setting": setting_name, "mode": mode,
+                        "device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "native_bf16": native_bf16(device), "size": setting["size"], "batch": batch,
+                        "n_critic": args.n_critic, "steps": steps, "flops_per_step": flops,
+                        "tflops": flops / row["step_s"] / 1e12, "reference": "eager",
+                        "reference_pairs_per_s": baseline, "ratio_to_eager": row["pairs_per_s"] / baseline,
+                    })
+                    print(json.dumps(row), file=out, flush=True)
+                    print(f"# {setting_name} batch {batch} {mode:9s} {row['pairs_per_s']:8.2f} pairs/s "
+                          f"({row['step_s']:.3f} s/step), eager {baseline:.2f} pairs/s, "
+                          f"ratio {row['ratio_to_eager']:.2f}x", file=sys.stderr, flush=True)
     finally:
         if out is not sys.stdout:
             out.close()

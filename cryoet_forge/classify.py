@@ -279,8 +279,13 @@ def build_cb3d(options: ClassifierOptions, num_classes: int, box: int, seed: int
 
 
 def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
-               progress: Callable[[int, float, float], None] | None = None) -> tuple[CB3D, TrainHistory]:
-    """Train a fresh CB3D on ``data``; deterministic for a given seed on CPU."""
+               progress: Callable[[int, float, float], None] | None = None,
+               label: str = "CB3D training") -> tuple[CB3D, TrainHistory]:
+    """Train a fresh CB3D on ``data``; deterministic for a given seed on CPU.
+
+    Shows a progress stage ``label`` over the epochs (loss and training accuracy as info);
+    ``progress(epoch, loss, accuracy)`` is also called after every epoch.
+    """
     if len(data) < 2:
         raise InputError(f"{data.source}: need at least 2 volumes to train a classifier, got {len(data)}")
     if len(data.present_classes()) < 2:
@@ -297,7 +302,9 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
     history = TrainHistory()
     start = time.perf_counter()
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    from cryoet_forge import progress as display
+
+    with torch.random.fork_rng(devices=[]), display.stage(label, options.epochs, "epochs") as bar:
         torch.manual_seed(seed + 1)  # dropout draws
         for epoch in range(options.epochs):
             order = torch.randperm(len(data), generator=generator)
@@ -324,6 +331,7 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
             scheduler.step()
             history.loss.append(loss_sum / max(total, 1))
             history.train_accuracy.append(correct / max(total, 1))
+            bar.advance(info=f"loss {history.loss[-1]:.3f} train accuracy {history.train_accuracy[-1]:.3f}")
             if progress is not None:
                 progress(epoch + 1, history.loss[-1], history.train_accuracy[-1])
     history.seconds = time.perf_counter() - start

@@ -12,15 +12,22 @@ import sys
 
 import click
 
-from cryoet_forge import __version__
+from cryoet_forge import __version__, progress
 from cryoet_forge.errors import ForgeError
 from cryoet_forge.registry import KIND_HOOKS, get_registry, normalize_kind
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="forge")
-def cli() -> None:
-    """cryoet-forge: realistic cryo-ET training data and how realistic it is."""
+@click.option("--quiet", "-q", is_flag=True, help="No progress output in any command (results still print).")
+def cli(quiet: bool) -> None:
+    """cryoet-forge: realistic cryo-ET training data and how realistic it is.
+
+    Long stages show a progress bar with an ETA in a terminal and a plain line every 10 s
+    otherwise (FORGE_PROGRESS=bar|lines|off, FORGE_PROGRESS_INTERVAL=seconds).
+    """
+    if quiet:
+        progress.configure(quiet=True)
 
 
 @cli.command("list")
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``forge`` console script; returns the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = os.environ.get("FORGE_DEBUG") == "1"
+    progress.configure(quiet=False)  # each invocation starts from the defaults
     try:
         get_registry().register_commands(cli)
         cli.main(args=args, prog_name="forge", standalone_mode=False)

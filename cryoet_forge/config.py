@@ -126,7 +126,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 

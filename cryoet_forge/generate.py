@@ -96,12 +96,15 @@ def generate_from_maps(run_dir: str | os.PathLike, maps: np.ndarray, n_per_map: 
     inputs = inputs.repeat_interleave(n_per_map, dim=0)
     noise_gen = torch.Generator().manual_seed(int(seed))
     outputs = []
-    with torch.random.fork_rng(devices=[]):
+    from cryoet_forge import progress
+
+    with torch.random.fork_rng(devices=[]), progress.stage("generate", len(inputs), "volumes") as bar:
         torch.manual_seed(int(seed))  # generators that draw their own noise
         for start in range(0, len(inputs), batch_size):
             x = inputs[start:start + batch_size]
             z = torch.randn(model.noise_shape(tuple(x.shape)), generator=noise_gen) if takes_noise(model) else None
             outputs.append(run_generator(model, x, z)[:, 0])
+            bar.advance(x.shape[0])
     return torch.cat(outputs).numpy().astype(np.float32)
 
 

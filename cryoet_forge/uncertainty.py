@@ -52,12 +52,15 @@ def mc_dropout(run_dir: str | os.PathLike, volume: np.ndarray, samples: int = 20
     if takes_noise(model):
         noise = torch.randn(model.noise_shape(tuple(x.shape)), generator=torch.Generator().manual_seed(seed))
     outputs = []
-    with torch.random.fork_rng(devices=[]):
+    from cryoet_forge import progress
+
+    with torch.random.fork_rng(devices=[]), progress.stage("MC dropout", samples, "samples") as bar:
         torch.manual_seed(int(seed))
         for start in range(0, samples, batch_size):
             n = min(batch_size, samples - start)
             z = None if noise is None else noise.expand(n, *noise.shape[1:]).contiguous()
             outputs.append(run_generator(model, x.expand(n, *x.shape[1:]).contiguous(), z)[:, 0])
+            bar.advance(n)
     stack = torch.cat(outputs).double()
     return (stack.mean(0).float().numpy(), stack.std(0, unbiased=True).float().numpy())
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cryoet_forge.progress import quiet_option
 from cryoet_forge.errors import ConfigError
 
 
@@ -26,6 +27,7 @@ def classify_group() -> None:
 
 
 @classify_group.command("train")
+@quiet_option
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="training set: a STAR file or a folder holding one")
 @click.option("--test", "test_path", type=click.Path(path_type=Path), default=None,
@@ -60,10 +62,7 @@ def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channe
     if test is not None:
         check_splits(train, test)
 
-    def progress(epoch: int, loss: float, accuracy: float) -> None:
-        click.echo(f"epoch {epoch}/{epochs}  loss {loss:.4f}  train accuracy {accuracy:.3f}", err=True)
-
-    model, history = train_cb3d(train, options, seed=seed, progress=progress)
+    model, history = train_cb3d(train, options, seed=seed)
     save_cb3d(model, out_dir, train.class_names, normalize=normalize,
               extra={"voxel_size": train.voxel_size, "training": {
                   "data": str(train.source), "n": len(train), "seed": seed, "options": options.to_dict(),
@@ -85,6 +84,7 @@ def _print_scores(result) -> None:
 
 
 @classify_group.command("eval")
+@quiet_option
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
               help="folder (or .safetensors) written by 'forge classify train'")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path))
@@ -107,6 +107,7 @@ def classify_eval(model_path, data_path, out_dir, device) -> None:
 
 
 @classify_group.command("features")
+@quiet_option
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path))
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="labelled folder (STAR) whose volumes are embedded")
@@ -139,6 +140,7 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
 
 
 @click.command("evaluate")
+@quiet_option
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="evaluation TOML (see configs/evaluate-*.toml)")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
@@ -149,8 +151,10 @@ def evaluate_command(config_path, out_dir, overrides) -> None:
     from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
     from cryoet_forge.evaluate.pipeline import run_evaluation
 
+    from cryoet_forge import progress
+
     config = load_evaluation_config(config_path, parse_overrides(overrides))
-    report = run_evaluation(config, out_dir, log=lambda line: click.echo(line, err=True))
+    report = run_evaluation(config, out_dir, log=progress.log)
     _print_summary(out_dir)
     click.echo(f"report: {report}")
 
@@ -168,6 +172,7 @@ def _print_summary(out_dir: Path) -> None:
 
 
 @click.command("quickstart")
+@quiet_option
 @click.option("--out", "out_dir", default=Path("quickstart-out"), show_default=True,
               type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -176,8 +181,7 @@ def quickstart_command(out_dir, seed) -> None:
     from cryoet_forge.evaluate.config import quickstart_config
     from cryoet_forge.evaluate.pipeline import run_evaluation
 
-    def log(line: str) -> None:
-        click.echo(line, err=True)
+    from cryoet_forge.progress import log
 
     config = quickstart_config(seed=seed, log=log)
     report = run_evaluation(config, out_dir, log=log)

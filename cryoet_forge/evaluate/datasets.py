@@ -111,7 +111,10 @@ def simulate_labelled(simulator: str, options: dict, maps: dict[str, np.ndarray]
     particles = [(label, i) for label in range(len(class_names)) for i in range(n_per_class)]
     order = np.random.default_rng(int(seed)).permutation(len(particles))
     particles = [particles[k] for k in order]
+    from cryoet_forge import progress
+
     volumes, labels, records = [], [], []
+    bar = progress.stage(f"simulate {source}", len(particles), "volumes")
     for begin in range(0, len(particles), SIMULATION_CHUNK):
         chunk = particles[begin:begin + SIMULATION_CHUNK]
         if callable(maps):
@@ -122,6 +125,8 @@ def simulate_labelled(simulator: str, options: dict, maps: dict[str, np.ndarray]
         volumes.append(out.detach().cpu().float().numpy())
         records.extend(recs)
         labels.extend(label for label, _ in chunk)
+        bar.advance(len(chunk))
+    bar.close()
     data = LabelledVolumes(np.concatenate(volumes), np.asarray(labels), class_names, voxel_size, source)
     return data, records
 

@@ -67,18 +67,22 @@ def train_on_synthetic_test_on_real(source: str, train: LabelledVolumes, test: L
                                     seeds: Sequence[int], confidence: float = 0.95,
                                     log: Callable[[str], None] | None = None) -> DownstreamResult:
     """One CB3D per seed on ``train``; accuracy on ``test``; mean and t-interval over seeds."""
+    from cryoet_forge import progress
+
     train = train.relabelled(class_names)
     accuracies, per_class = [], []
     first: ClassificationResult | None = None
-    for seed in seeds:
-        model, _ = train_cb3d(train, options, seed=int(seed))
-        result = evaluate_cb3d(model, test, class_names, normalize=options.normalize, device=options.device)
-        accuracies.append(result.accuracy)
-        per_class.append(result.per_class_accuracy)
-        if first is None:
-            first = result
-        if log is not None:
-            log(f"  downstream {source} seed {seed}: accuracy {result.accuracy:.4f}")
+    with progress.stage(f"downstream {source}", len(seeds), "seeds") as bar:
+        for seed in seeds:
+            model, _ = train_cb3d(train, options, seed=int(seed), label=f"CB3D on {source}, seed {seed}")
+            result = evaluate_cb3d(model, test, class_names, normalize=options.normalize, device=options.device)
+            accuracies.append(result.accuracy)
+            per_class.append(result.per_class_accuracy)
+            if first is None:
+                first = result
+            bar.advance(info=f"seed {seed}: accuracy {result.accuracy:.3f}")
+            if log is not None:
+                log(f"  downstream {source} seed {seed}: accuracy {result.accuracy:.4f}")
     mean, low, high = confidence_interval(accuracies, confidence)
     return DownstreamResult(source, [int(s) for s in seeds], accuracies, per_class, mean, low, high,
                             confidence, len(train), first)

@@ -105,7 +105,9 @@ def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, 
     # the same noise draws as generate_from_maps, so the last checkpoint reproduces the final scores
     noise_gen = torch.Generator().manual_seed(int(seed))
     out = []
-    with torch.random.fork_rng(devices=[]):
+    from cryoet_forge import progress
+
+    with torch.random.fork_rng(devices=[]), progress.stage("generate", maps.shape[0], "volumes") as bar:
         torch.manual_seed(int(seed))
         for begin in range(0, maps.shape[0], batch_size):
             x = torch.from_numpy(maps[begin:begin + batch_size])[:, None].float()
@@ -113,4 +115,5 @@ def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, 
             if takes_noise(generator):
                 noise = torch.randn(generator.noise_shape(tuple(x.shape)), generator=noise_gen)
             out.append(run_generator(generator, x, noise)[:, 0].float().numpy())
+            bar.advance(x.shape[0])
     return np.concatenate(out)

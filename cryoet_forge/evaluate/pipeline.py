@@ -108,7 +108,8 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     # -- inception network ------------------------------------------------------------------
     tic = time.perf_counter()
     log(f"training the inception CB3D on the real training split ({len(data.real_train)} volumes)")
-    inception_model, inception_history = train_cb3d(data.real_train, options, seed=config.data.seed)
+    inception_model, inception_history = train_cb3d(data.real_train, options, seed=config.data.seed,
+                                                    label="inception CB3D (real training split)")
     save_cb3d(inception_model, out / "models" / "inception", class_names, normalize=options.normalize,
               extra={"voxel_size": data.voxel_size, "training": {"data": "real train split",
                                                                  "loss": inception_history.loss}})
@@ -262,9 +263,13 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
         step, path = checkpoints[-1] if checkpoints else (None, None)
         generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source)
         return generated, {"rule": "last", "step": step, "checkpoint": None if path is None else str(path)}
+    from cryoet_forge import progress
+
     fid_train: dict[str, float] = {}
     best: tuple[float, int, LabelledVolumes] | None = None
     on_curves = {checkpoints[i][1] for i in curve_picks(config, len(checkpoints))}
+    bar = progress.stage(f"{source}: checkpoint selection (FID to the real training split)", len(checkpoints),
+                         "checkpoints")
     for step, path in checkpoints:
         generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source,
                                       checkpoint=path)
@@ -278,6 +283,8 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
         fid_train[str(step)] = fid
         if best is None or fid < best[0]:
             best = (fid, step, generated, path)
+        bar.advance(info=f"step {step}: FID {fid:.3g}")
+    bar.close()
     return best[2], {"rule": "best-fid-train", "step": best[1], "checkpoint": str(best[3]), "fid_train": fid_train}
 
 
@@ -342,8 +349,12 @@ def ablation_variants(config: EvaluationConfig) -> list[tuple[str, str, dict[str
 def run_ablations(config: EvaluationConfig, out: Path, data: EvaluationData, inception: InceptionNet,
                   real_features: np.ndarray, train_features: np.ndarray, options: ClassifierOptions,
                   log: Log) -> list[dict[str, Any]]:
+    from cryoet_forge import progress
+
     rows = []
-    for index, (table, label, overrides) in enumerate(ablation_variants(config)):
+    variants = ablation_variants(config)
+    bar = progress.stage("ablations", len(variants), "variants") if variants else None
+    for index, (table, label, overrides) in enumerate(variants):
         slug = f"ablation-{index + 1}"
         run_dir = train_gan(config, out / "runs" / slug, data.density_train, data.real_train, data.density_star,
                             data.real_train_star, variant=overrides, log=log)
@@ -356,6 +367,9 @@ def run_ablations(config: EvaluationConfig, out: Path, data: EvaluationData, inc
         rows.append({"table": table, "label": label, "overrides": overrides, "run": str(run_dir),
                      "checkpoint": checkpoint,
                      "features": f"features/{slug}.features.npy", **scores, "downstream": result.to_dict()})
+        bar.advance(info=label)
+    if bar is not None:
+        bar.close()
     return rows
 
 

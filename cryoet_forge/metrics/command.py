@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from cryoet_forge.progress import quiet_option
 from cryoet_forge.errors import ConfigError, InputError
 
 #: above this many distance evaluations (N^2 + M^2 + N M) * D a progress bar is shown
@@ -36,6 +37,7 @@ def _progress_bar(enabled: bool):
 
 
 @click.command("metrics")
+@quiet_option
 @click.option("--real", "real_path", required=True, type=click.Path(path_type=Path),
               help="Real features (N x D): .npy, .npz or .safetensors; with --features, real volumes.")
 @click.option("--fake", "fake_path", required=True, type=click.Path(path_type=Path),
@@ -105,7 +107,9 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
     engine = resolve_backend(backend, device)
     n, m, d = real.shape[0], fake.shape[0], real.shape[1]
     if show_progress is None:
-        show_progress = sys.stderr.isatty() and (n * n + m * m + n * m) * d > _PROGRESS_WORK
+        from cryoet_forge import progress
+
+        show_progress = progress.mode() == "bar" and (n * n + m * m + n * m) * d > _PROGRESS_WORK
     bar, callback = _progress_bar(show_progress)
     started = time.perf_counter()
     if bar is not None:

@@ -32,15 +32,6 @@ def _parse_options(pairs: tuple[str, ...]) -> dict:
     return options
 
 
-def _progress(total: int, quiet: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True, quiet=quiet)
-    return Progress(TextColumn("[bold]simulate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, transient=False, disable=quiet)
-
-
 def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box: int, voxel_size: float,
                    seed: int, options: dict, batch_size: int = 32, resolution: float | None = None,
                    crop: bool = False, bundle: bool = False, device: str = "cpu", quiet: bool = True,
@@ -88,8 +79,10 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
         examples: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in range(len(class_names))}
         all_density, all_particles = [], []
         template_tensor = torch.from_numpy(templates).to(device)
-        with _progress(len(jobs), quiet) as progress:
-            task = progress.add_task(f"{simulator_name} x {len(class_names)} classes", total=len(jobs))
+        from cryoet_forge import progress
+
+        with progress.stage(f"simulate {simulator_name} x {len(class_names)} classes", len(jobs),
+                            "particles", enabled=not quiet) as bar:
             for batch_index, start in enumerate(range(0, len(jobs), batch_size)):
                 batch = jobs[start:start + batch_size]
                 generator = torch.Generator().manual_seed(item_seed(seed, batch_index))
@@ -113,7 +106,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
                 if bundle:
                     all_density.append(posed_np)
                     all_particles.append(simulated_np)
-                progress.advance(task, len(batch))
+                bar.advance(len(batch))
 
         density_table = pd.DataFrame(density_rows)
         particle_table = pd.DataFrame(particle_rows)
@@ -159,7 +152,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--bundle", is_flag=True, help="Also write density.npz and particles.npz bundles.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output (results still print).")
 @click.option("--overwrite", is_flag=True, help="Replace a previous simulation in OUT.")
 def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box, voxel_size, seed, out,
                      snr, option_pairs, resolution, crop, assembly, batch_size, bundle, device, quiet, overwrite):

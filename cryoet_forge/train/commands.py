@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cryoet_forge.progress import quiet_option
 from cryoet_forge.errors import ConfigError, InputError
 
 
@@ -17,6 +18,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 
 
 @click.command("train")
+@quiet_option
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML run configuration (defaults apply to keys it leaves out).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -26,14 +28,15 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 @click.option("--generator", help="Generator name (forge list generator).")
 @click.option("--critic", help="Critic name (forge list critic).")
 @click.option("--loss", help="Adversarial loss name (forge list loss).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Numeric precision.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+              help="Numeric precision; auto = bf16 autocast where the device computes bf16 natively "
+                   "(CPU: AVX512-BF16 or AMX), else fp32.")
 @click.option("--steps", type=int, help="Total number of generator steps.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="Use torch.compile.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.batch_size=4 (repeatable).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_command(config_path, run_dir, resume_dir, generator, critic, loss, precision, steps,
-                  compile_, sets, quiet):
+                  compile_, sets):
     """Train CryoETGAN (density maps D <-> subtomograms S); works under torchrun too."""
     from cryoet_forge.config import load_config
     from cryoet_forge.train import resume_config, train
@@ -44,8 +47,6 @@ def train_command(config_path, run_dir, resume_dir, generator, critic, loss, pre
                        ("train.steps", steps), ("train.compile", compile_)):
         if value is not None:
             overrides[key] = value
-    if quiet:
-        overrides["log.progress"] = False
     if resume_dir is not None:
         if config_path is not None:
             raise ConfigError("--resume uses the run folder's own config.toml; drop --config")
@@ -77,6 +78,7 @@ def _check_components(cfg) -> None:
 
 
 @click.command("generate")
+@quiet_option
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Training run folder (its newest checkpoint is used).")
 @click.option("--maps", "maps", type=click.Path(path_type=Path),
@@ -101,6 +103,7 @@ def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_
 
 
 @click.command("uncertainty")
+@quiet_option
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Density map (MRC) at the run's box size.")

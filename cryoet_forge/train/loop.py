@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -240,7 +239,10 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
             torch.backends.cudnn.allow_tf32 = t.tf32
             torch.backends.cudnn.benchmark = not t.deterministic
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        from cryoet_forge.train.precision import resolve_precision
+
+        self.precision = resolve_precision(t.precision, self.device)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
         # data first: a size mismatch must fail before any network is built
         density, subtomograms = datasets if datasets is not None else build_datasets(cfg)
@@ -263,7 +265,7 @@ class Trainer:
         lr = cfg.optim.lr
         self.g_opt = make_optimizer(cfg, self.gen_pair.parameters(), lr, self.device)
         self.c_opt = make_optimizer(cfg, self.critic_params, cfg.optim.critic_lr or lr, self.device)
-        scaler_on = t.precision == "fp16"
+        scaler_on = self.precision == "fp16"
         self.g_scaler = torch.amp.GradScaler(self.device.type, enabled=scaler_on)
         self.c_scaler = torch.amp.GradScaler(self.device.type, enabled=scaler_on)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(t.seed + 17)
@@ -541,25 +543,6 @@ def _check_finite(stats: dict[str, torch.Tensor], step: int, last_good: Path | N
         raise TrainingError(f"non-finite loss at step {step} ({listed}); last good checkpoint: {where}")
 
 
-def _format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _progress(enabled: bool, total: int, start: int):
-    if not enabled:
-        return None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                        transient=False)
-    progress.start()
-    progress.add_task("train", total=total, completed=start, info="")
-    return progress
-
-
 def write_run_metadata(run_dir: Path, density, box: int) -> None:
     from cryoet_forge.io.atomic import write_bytes_atomic
 
@@ -601,11 +584,13 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool, data
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=trainer.step or None)
     log = cfg.log
     steps = cfg.train.steps
-    progress = _progress(log.progress and ctx.is_main and sys.stderr.isatty(), steps, trainer.step)
+    from cryoet_forge import progress
+
+    show = log.progress and ctx.is_main
+    bar = progress.stage("GAN training", steps, "steps", start=trainer.step) if show else None
     check_every_step = trainer.device.type == "cpu"
     sums: dict[str, torch.Tensor] = {}
     count, tic = 0, time.perf_counter()
-    first_step, started = trainer.step, tic
     try:
         while trainer.step < steps:
             stats = trainer.train_step()
@@ -619,6 +604,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool, data
             at_image = log.image_every and (step % log.image_every == 0 or step == steps)
             if check_every_step or at_log or at_ckpt or at_image:
                 _check_finite(stats, step, trainer.last_good)
+            info = None
             if at_log:
                 means = {k: v / count for k, v in sums.items()}
                 names = sorted(means)
@@ -633,25 +619,17 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool, data
                     for k, v in values.items():
                         writer.add_scalar(k, v, step)
                 info = (f"G {values['loss/generator']:.3g} cycle {values['loss/cycle']:.3g} "
-                        f"C {values['loss/critic']:.3g} {values['throughput/pairs_per_s']:.2f} pairs/s")
-                if progress is not None:
-                    progress.update(progress.task_ids[0], completed=step, info=info)
-                elif log.progress and ctx.is_main:
-                    # not a terminal (a log file, a batch job): one line per log interval
-                    rate = (step - first_step) / max(time.perf_counter() - started, 1e-9)
-                    eta = (steps - step) / max(rate, 1e-9)
-                    print(f"step {step}/{steps}  {info}  eta {_format_seconds(eta)}",
-                          file=sys.stderr, flush=True)
+                        f"C {values['loss/critic']:.3g} {values['throughput/pairs_per_s']:.1f} pairs/s")
                 sums, count, tic = {}, 0, time.perf_counter()
-            elif progress is not None:
-                progress.update(progress.task_ids[0], completed=step)
+            if bar is not None:
+                bar.update(step, info)
             if at_image and ctx.is_main:
                 trainer.save_montage()
             if at_ckpt:
                 trainer.save()
     finally:
-        if progress is not None:
-            progress.stop()
+        if bar is not None:
+            bar.close()
         if writer is not None:
             writer.close()
     return run_dir
