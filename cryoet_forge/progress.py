@@ -14,6 +14,8 @@ and shows, on stderr, in one of three modes:
 - ``lines``: a plain line when the stage starts, then at most one every
   ``FORGE_PROGRESS_INTERVAL`` seconds (default 10) and one when it ends, each with done/total,
   elapsed, ETA and info (the default when stderr is not a terminal: a CI log, ``nohup``).
+  A stage inside another prints no start line, and an end line only when it ran long
+  enough to print a periodic one.
 - ``off``: nothing (``--quiet``, or ``FORGE_PROGRESS=off``).
 
 ``FORGE_PROGRESS=bar|lines|off`` forces a mode. ``log(message)`` prints a line on stderr
@@ -103,11 +105,12 @@ class Stage:
         self.closed = False
         self.task = None
         self.nested = _live["open"] > 0
-        _live["open"] += 1
+        self.printed = False
+        _live["open"] += 1 if self.mode != "off" else 0
         if self.mode == "bar":
             self.task = _rich().add_task(label, total=self.total or None, completed=self.done,
                                          unit=unit, info=info)
-        elif self.mode == "lines":
+        elif self.mode == "lines" and not self.nested:
             what = f"{self.total} {unit}".strip()
             print(f"{label}: started ({what})" if self.total else f"{label}: started", file=sys.stderr, flush=True)
 
@@ -135,7 +138,7 @@ class Stage:
         return (self.total - self.done) * (now - self.started) / work
 
     def _line(self, now: float, final: bool = False) -> None:
-        self.last_line = now
+        self.last_line, self.printed = now, True
         elapsed = format_seconds(now - self.started)
         if final:
             text = f"{self.label}: done, {self.done} {self.unit} in {elapsed}".replace("  ", " ")
@@ -152,7 +155,8 @@ class Stage:
         if self.closed:
             return
         self.closed = True
-        _live["open"] = max(0, _live["open"] - 1)
+        if self.mode != "off":
+            _live["open"] = max(0, _live["open"] - 1)
         if self.mode == "bar" and self.task is not None:
             bar = _live["progress"]
             if self.nested:
@@ -162,7 +166,8 @@ class Stage:
             if _live["open"] == 0:
                 bar.stop()
                 _live["progress"] = None
-        elif self.mode == "lines":
+        elif self.mode == "lines" and (not self.nested or self.printed):
+            # a short stage inside another one ends silently; its parent's lines show the progress
             self._line(time.perf_counter(), final=True)
 
     def __enter__(self) -> "Stage":

@@ -146,7 +146,10 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a config value, e.g. --set downstream.seeds=[0,1,2]")
-def evaluate_command(config_path, out_dir, overrides) -> None:
+@click.option("--budget-minutes", type=float, default=None,
+              help="scale GAN steps, classifier epochs (and set sizes if needed) to finish in about N minutes "
+                   "on this machine, measured first; the report says what was scaled")
+def evaluate_command(config_path, out_dir, overrides, budget_minutes) -> None:
     """Run the paper's evaluation protocol end to end and write report.md, results.json and PNGs."""
     from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
     from cryoet_forge.evaluate.pipeline import run_evaluation
@@ -154,7 +157,12 @@ def evaluate_command(config_path, out_dir, overrides) -> None:
     from cryoet_forge import progress
 
     config = load_evaluation_config(config_path, parse_overrides(overrides))
-    report = run_evaluation(config, out_dir, log=progress.log)
+    budget = None
+    if budget_minutes is not None:
+        from cryoet_forge.evaluate.budget import fit_to_budget
+
+        config, budget = fit_to_budget(config, budget_minutes, log=progress.log)
+    report = run_evaluation(config, out_dir, log=progress.log, budget=budget)
     _print_summary(out_dir)
     click.echo(f"report: {report}")
 
@@ -176,7 +184,10 @@ def _print_summary(out_dir: Path) -> None:
 @click.option("--out", "out_dir", default=Path("quickstart-out"), show_default=True,
               type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=int)
-def quickstart_command(out_dir, seed) -> None:
+@click.option("--budget-minutes", type=float, default=None,
+              help="scale GAN steps, classifier epochs (and set sizes if needed) to finish in about N minutes "
+                   "on this machine, measured first; the report says what was scaled")
+def quickstart_command(out_dir, seed, budget_minutes) -> None:
     """The whole loop, small, on a CPU: simulate, train the GAN, generate, classify, metrics, report."""
     from cryoet_forge.evaluate.config import quickstart_config
     from cryoet_forge.evaluate.pipeline import run_evaluation
@@ -184,7 +195,12 @@ def quickstart_command(out_dir, seed) -> None:
     from cryoet_forge.progress import log
 
     config = quickstart_config(seed=seed, log=log)
-    report = run_evaluation(config, out_dir, log=log)
+    budget = None
+    if budget_minutes is not None:
+        from cryoet_forge.evaluate.budget import fit_to_budget
+
+        config, budget = fit_to_budget(config, budget_minutes, log=log)
+    report = run_evaluation(config, out_dir, log=log, budget=budget)
     _print_summary(out_dir)
     click.echo(f"report: {report}")
     sys.stdout.flush()

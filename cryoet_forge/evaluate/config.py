@@ -227,7 +227,7 @@ QUICKSTART: dict[str, Any] = {
         "model.critic_options": {"base": 4},
         "loss.cycle_noise_std": 0.3,
         "data.density_noise_std": 0.05,
-        "log.every": 20, "log.checkpoint_every": 100, "log.image_every": 100, "log.progress": False}},
+        "log.every": 20, "log.checkpoint_every": 100, "log.image_every": 100}},
     "classifier": {"channels": [8, 16, 32, 32], "fc_width": 256, "epochs": 12, "batch_size": 16,
                    "lr": 2e-3, "dropout": 0.3},
     "downstream": {"n_per_class": 48, "seeds": [0, 1, 2]},

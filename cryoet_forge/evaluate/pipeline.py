@@ -84,8 +84,12 @@ def _per_class_rows(data: LabelledVolumes, per_class: int) -> list[np.ndarray]:
     return row
 
 
-def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print) -> Path:
-    """Run the whole protocol; returns the path of report.md."""
+def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print,
+                   budget: dict[str, Any] | None = None) -> Path:
+    """Run the whole protocol; returns the path of report.md.
+
+    ``budget``: the record of ``budget.fit_to_budget`` that scaled ``config`` (kept in the results).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("data", "features", "figures", "runs", "models"):
@@ -236,6 +240,8 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     }
     timings["total"] = round(time.perf_counter() - started, 2)
     results["timings_s"] = timings
+    if budget is not None:
+        results["budget"] = budget
     write_json(out / "results.json", results)
     from cryoet_forge.evaluate.report import render_report
 

@@ -146,4 +146,19 @@ def render_report(results: dict[str, Any]) -> str:
               "the inception CB3D: `models/inception/`.",
               "",
               "Time (s): " + ", ".join(f"{k} {number(float(v))}" for k, v in timings.items()) + ".", ""]
+    budget = results.get("budget")
+    if budget:
+        scaled = budget["scaled"]
+        shown = ("; ".join(f"`{key}` {change['from']} -> {change['to']}" for key, change in scaled.items())
+                 if scaled else "nothing (the configured run fits)")
+        lines += ["## Time budget", "",
+                  f"Asked for {number(budget['minutes'])} min. Measured on this machine before the run "
+                  f"({number(budget['costs']['calibration_s'])} s): "
+                  f"{number(budget['costs']['gan_step_s'])} s per GAN step, "
+                  f"{number(budget['costs']['classifier_volume_epoch_s'])} s per classifier volume-epoch. "
+                  f"Scaled: {shown}. Predicted {number(budget['predicted_s']['total'])} s "
+                  f"(unscaled {number(budget['predicted_unscaled_s'])} s); the run took "
+                  f"{number(float(timings['total']))} s.", ""]
+        if budget.get("warning"):
+            lines += [f"Warning: {budget['warning']}.", ""]
     return "\n".join(lines)
