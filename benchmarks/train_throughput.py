@@ -109,6 +109,17 @@ def build(setting: dict, mode: str, batch: int, device: torch.device, n_critic: 
     return trainer
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -173,7 +184,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     modes = [m.strip() for m in args.modes.split(",") if m.strip() and m.strip() != "eager"]
     unknown = set(modes) - {"fast", "fast-bf16", "compile"}
     if unknown:

@@ -105,3 +105,30 @@ def test_the_comparison_can_fail():
     fast = losses(True, 2, "unet3d", **opts)
     other = losses(True, 2, "unet3d", **opts, **{"train.seed": 1})
     assert any(abs(a[k] - b[k]) > 1e-3 * abs(b[k]) for a, b in zip(fast, other) for k in a)
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(True, False, "bf16"), (False, True, "bf16"),
+                                                       (False, False, "fp32")])
+def test_auto_precision_follows_the_cpu(monkeypatch, avx512_bf16, amx, expected):
+    import torch.cpu
+
+    from cryoet_forge.train.precision import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("fp16", "cpu") == "fp16"  # an explicit choice is kept
+
+
+def test_auto_precision_trains(monkeypatch):
+    import torch.cpu
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    cfg = load_config(None, {**GENERATORS["cryoetgan"], "model.critic_options": {"base": 4},
+                             "train.batch_size": 2, "train.n_critic": 1, "train.device": "cpu",
+                             "train.precision": "auto"})
+    trainer = Trainer(cfg, Path("unused"), DistContext(device=torch.device("cpu")), resume=False,
+                      datasets=(Volumes(), Volumes(seed=1)))
+    assert trainer.autocast_dtype == torch.bfloat16
+    stats = trainer.train_step()
+    assert all(torch.isfinite(v) for v in stats.values())
