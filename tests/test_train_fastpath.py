@@ -27,19 +27,7 @@ from cryoet_forge.config import load_config
 from cryoet_forge.models.fastconv import FewOutputConv3d
 from cryoet_forge.train.distributed import DistContext
 from cryoet_forge.train.loop import Trainer
-
-
-class Volumes(torch.utils.data.Dataset):
-    def __init__(self, n=8, size=16, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.v = torch.rand(n, 1, size, size, size, generator=g) * 2 - 1
-        self.box, self.voxel_size, self.class_names = size, 10.0, ["phantom"]
-
-    def __len__(self):
-        return len(self.v)
-
-    def __getitem__(self, i):
-        return {"volume": self.v[i], "label": 0, "class_name": "phantom", "index": i}
+from test_train_loop import Volumes
 
 
 GENERATORS = {

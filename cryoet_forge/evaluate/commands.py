@@ -152,11 +152,15 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
 def evaluate_command(config_path, out_dir, overrides, budget_minutes) -> None:
     """Run the paper's evaluation protocol end to end and write report.md, results.json and PNGs."""
     from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
+
+    _run(load_evaluation_config(config_path, parse_overrides(overrides)), out_dir, budget_minutes)
+
+
+def _run(config, out_dir: Path, budget_minutes: float | None) -> None:
+    """Fit to the time budget (if one is given), run the evaluation, print the headline numbers last."""
+    from cryoet_forge import progress
     from cryoet_forge.evaluate.pipeline import run_evaluation
 
-    from cryoet_forge import progress
-
-    config = load_evaluation_config(config_path, parse_overrides(overrides))
     budget = None
     if budget_minutes is not None:
         from cryoet_forge.evaluate.budget import fit_to_budget
@@ -165,6 +169,7 @@ def evaluate_command(config_path, out_dir, overrides, budget_minutes) -> None:
     report = run_evaluation(config, out_dir, log=progress.log, budget=budget)
     _print_summary(out_dir)
     click.echo(f"report: {report}")
+    sys.stdout.flush()
 
 
 def _print_summary(out_dir: Path) -> None:
@@ -172,11 +177,22 @@ def _print_summary(out_dir: Path) -> None:
     from cryoet_forge.evaluate.report import number
 
     results = load_results(out_dir)
+    verdict = results.get("verdict")
+    if verdict is not None:
+        click.echo(f"chance {number(results['chance'])}; radial-profile baseline on the real split "
+                   f"{number(results['baseline']['accuracy'])}")
+        if not verdict["metrics_reliable"]:
+            click.echo("warning: the inception network is near chance: FID, PRDC and IS below are unreliable")
     click.echo(f"train on real, test on real: accuracy {results['inception']['real_test']['accuracy']:.3f}")
     for key, label in (("traditional", "traditional simulation"), ("cryoetgan", "CryoETGAN")):
         d, q = results["downstream"][key], results["quality"][key]
         click.echo(f"train on {label}, test on real: accuracy {d['mean']:.3f} "
-                   f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]; FID vs real test {number(q['fid'])}")
+                   f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]; FID vs real test {number(q['fid'])}"
+                   + ("" if q.get("reliable", True) else " (unreliable)"))
+    if verdict is not None:
+        for note in verdict["notes"]:
+            click.echo(f"warning: {note}")
+        click.echo(verdict["sentence"])
 
 
 @click.command("quickstart")
@@ -190,17 +206,6 @@ def _print_summary(out_dir: Path) -> None:
 def quickstart_command(out_dir, seed, budget_minutes) -> None:
     """The whole loop, small, on a CPU: simulate, train the GAN, generate, classify, metrics, report."""
     from cryoet_forge.evaluate.config import quickstart_config
-    from cryoet_forge.evaluate.pipeline import run_evaluation
-
     from cryoet_forge.progress import log
 
-    config = quickstart_config(seed=seed, log=log)
-    budget = None
-    if budget_minutes is not None:
-        from cryoet_forge.evaluate.budget import fit_to_budget
-
-        config, budget = fit_to_budget(config, budget_minutes, log=log)
-    report = run_evaluation(config, out_dir, log=log, budget=budget)
-    _print_summary(out_dir)
-    click.echo(f"report: {report}")
-    sys.stdout.flush()
+    _run(quickstart_config(seed=seed, log=log), out_dir, budget_minutes)

@@ -91,6 +91,9 @@ class MetricsSection:
     k: int = 5
     backend: str = "exact"
     is_splits: int = 10
+    #: FID, PRDC and IS are marked unreliable when the inception network's accuracy on the real
+    #: test split is less than this far above chance (absolute accuracy)
+    reliability_margin: float = 0.1
 
 
 @dataclass
@@ -177,6 +180,8 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
         raise ConfigError(f"downstream.confidence must be in (0, 1), got {config.downstream.confidence}")
     if config.metrics.k < 1 or config.metrics.is_splits < 1:
         raise ConfigError("metrics.k and metrics.is_splits must be >= 1")
+    if not 0 <= config.metrics.reliability_margin < 1:
+        raise ConfigError(f"metrics.reliability_margin must be in [0, 1), got {config.metrics.reliability_margin}")
     for value in config.ablations.noise_std:
         if not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"ablations.noise_std values must be numbers >= 0, got {value!r}")

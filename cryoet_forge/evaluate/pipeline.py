@@ -169,6 +169,23 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     }
     timed("downstream", tic)
 
+    # -- what the evaluation can say: chance, the real ceiling, a simple baseline, paired seeds --
+    tic = time.perf_counter()
+    from cryoet_forge.evaluate.baseline import radial_baseline
+    from cryoet_forge.evaluate.verdict import assess, chance_level, class_counts, paired_difference
+
+    chance = chance_level(data.real_test.labels, len(class_names))
+    baseline = radial_baseline(data.real_train, data.real_test, seed=config.data.seed)
+    paired = paired_difference(downstream["cryoetgan"].accuracies, downstream["traditional"].accuracies, seeds,
+                               config.downstream.confidence)
+    verdict = assess(inception_on_test.accuracy, chance, config.metrics.reliability_margin, paired,
+                     inception_on_test.accuracy, baseline.accuracy)
+    for scores in quality.values():
+        scores["reliable"] = verdict["metrics_reliable"]
+    for note in verdict["notes"]:
+        log(f"warning: {note}")
+    timed("baseline", tic)
+
     # -- curves over checkpoints -------------------------------------------------------------
     tic = time.perf_counter()
     curves = metric_curves(config, run_dir, data, inception, real_features, cache=curve_cache)
@@ -177,6 +194,8 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     # -- ablations -------------------------------------------------------------------------------
     tic = time.perf_counter()
     ablations = run_ablations(config, out, data, inception, real_features, train_features, options, log)
+    for row in ablations:
+        row["reliable"] = verdict["metrics_reliable"]
     timed("ablations", tic)
 
     # -- uncertainty -----------------------------------------------------------------------------
@@ -231,6 +250,14 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
         "downstream": {k: v.to_dict() for k, v in downstream.items()},
         # CryoETGAN minus traditional mean accuracy, the "mean difference" of the report
         "downstream_difference": downstream["cryoetgan"].mean - downstream["traditional"].mean,
+        "downstream_paired": paired,
+        "chance": chance,
+        "baseline": baseline.to_dict(),
+        "verdict": verdict,
+        "counts": {"real_train": class_counts(data.real_train.labels, class_names),
+                   "real_test": class_counts(data.real_test.labels, class_names),
+                   "traditional": class_counts(data.traditional.labels, class_names),
+                   "cryoetgan": class_counts(gan.labels, class_names)},
         "curves": curves,
         "ablations": ablations,
         "uncertainty": uncertainty,

@@ -27,8 +27,41 @@ def _interval(downstream: dict[str, Any]) -> str:
 
 
 def _metric_cells(q: dict[str, Any]) -> list[str]:
-    return [f"{number(q['is_mean'])} ± {number(q['is_std'])}", number(q["fid"]), number(q["precision"]),
-            number(q["recall"]), number(q["density"]), number(q["coverage"])]
+    cells = [f"{number(q['is_mean'])} ± {number(q['is_std'])}", number(q["fid"]), number(q["precision"]),
+             number(q["recall"]), number(q["density"]), number(q["coverage"])]
+    if q.get("reliable") is False:  # the inception network is near chance (see the verdict section)
+        cells = [f"{cell} (unreliable)" for cell in cells]
+    return cells
+
+
+def _verdict_section(results: dict[str, Any]) -> list[str]:
+    """Chance, the real ceiling, the baseline, the inception network's own scores, the counts, the verdict."""
+    verdict, paired = results.get("verdict"), results.get("downstream_paired")
+    if not verdict:
+        return []
+    inception, baseline = results["inception"], results["baseline"]
+    counts = results["counts"]
+    lines = ["## What this evaluation can say", "",
+             f"**{verdict['sentence']}**", ""]
+    lines += [f"- Chance (always the most common test class): {number(results['chance'])}.",
+              f"- Ceiling: CB3D trained on the real training split scores {number(inception['real_test']['accuracy'])} "
+              f"on the real test split; its Inception Score there is {number(inception['is_mean'])} "
+              f"± {number(inception['is_std'])}. FID, PRDC and IS are "
+              + ("reliable" if verdict["metrics_reliable"] else "**unreliable**")
+              + f" (the rule: the ceiling must be at least {number(verdict['margin'])} above chance).",
+              f"- Baseline: a radial-profile logistic regression trained on the same real split scores "
+              f"{number(baseline['accuracy'])} (train {number(baseline['train_accuracy'])}).",
+              "- GAN minus traditional accuracy per seed (same seed, same classifier initialisation): "
+              + ", ".join(number(d) for d in paired["differences"])
+              + f"; mean {number(paired['mean'])}, paired interval [{number(paired['ci_low'])}, "
+              f"{number(paired['ci_high'])}]; the GAN wins {paired['gan_wins']} of {paired['n']} seeds."]
+    lines += [f"- Warning: {note}." for note in verdict["notes"]]
+    names = list(counts["real_test"])
+    lines += ["", "Volumes per class:", ""]
+    lines += _table(["Set", *names], [[label, *(str(counts[key][n]) for n in names)] for key, label in
+                                      (("real_train", "real train"), ("real_test", "real test"),
+                                       ("traditional", "traditional"), ("cryoetgan", "CryoETGAN"))])
+    return lines + [""]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -57,10 +90,13 @@ def render_report(results: dict[str, Any]) -> str:
         "trained on the real training split (the \"Inception network\"); FID and PRDC compare each "
         "set with the real test split.",
         "",
-        "## Table 2: simulated data against the real test split",
-        "",
     ]
-    header = ["Method", *METRIC_COLUMNS, f"Accuracy ({ci})"]
+    lines += _verdict_section(results)
+    lines += ["## Table 2: simulated data against the real test split", ""]
+    chance = results.get("chance")
+    beside = (f"; chance {number(chance)}, train-on-real ceiling {number(inception['real_test']['accuracy'])}"
+              if chance is not None else "")
+    header = ["Method", *METRIC_COLUMNS, f"Accuracy ({ci}{beside})"]
     rows = [
         ["Real test split (reference)", f"{number(inception['is_mean'])} ± {number(inception['is_std'])}",
          "", "", "", "", "", f"{number(inception['real_test']['accuracy'])} (train on real)"],
@@ -69,8 +105,6 @@ def render_report(results: dict[str, Any]) -> str:
     ]
     lines += _table(header, rows)
     gain = results["downstream_difference"]
-    verdict = "beats" if downstream["cryoetgan"]["ci_low"] > downstream["traditional"]["ci_high"] else (
-        "is ahead of (intervals overlap)" if gain > 0 else "does not beat")
     gan = results.get("gan")
     trained = (f" The GAN ({gan['generator']} generator, {gan['critic']} critic, {gan['loss']} loss) was trained "
                f"for {gan['steps']} steps of batch {gan['batch_size']}." if gan else "")
@@ -78,9 +112,15 @@ def render_report(results: dict[str, Any]) -> str:
     if chosen and chosen.get("rule") == "best-fid-train":
         trained += (f" Its data come from the checkpoint at step {chosen['step']}, the lowest FID against the real "
                     f"training split ({number(chosen['fid_train'][str(chosen['step'])])}).")
+    if results.get("verdict"):
+        comparison = f"{results['verdict']['sentence']}"
+    else:  # results written before the verdict existed
+        word = "beats" if downstream["cryoetgan"]["ci_low"] > downstream["traditional"]["ci_high"] else (
+            "is ahead of (intervals overlap)" if gain > 0 else "does not beat")
+        comparison = (f"The classifier trained on GAN output {word} the one trained on traditional simulation "
+                      f"(mean difference {number(gain)}).")
     lines += ["", f"Accuracy is CB3D trained on each set ({downstream['cryoetgan']['n_train']} volumes) and tested "
-              f"on the real test split; the classifier trained on GAN output {verdict} the one trained on "
-              f"traditional simulation (mean difference {number(gain)}).{trained}", ""]
+              f"on the real test split. {comparison}{trained}", ""]
 
     lines += ["### Per-class accuracy on the real test split", ""]
     per_class_rows = []

@@ -32,7 +32,7 @@ class ShiftSum(torch.autograd.Function):
         b, channels, dp, hp, w = y.shape
         out_channels = channels // (k * k)
         d, h = dp - k + 1, hp - k + 1
-        ctx.k, ctx.y_shape, ctx.y_dtype = k, y.shape, y.dtype
+        ctx.k, ctx.y_shape, ctx.y_stride, ctx.y_dtype = k, y.shape, y.stride(), y.dtype
         yv = y.reshape(b, out_channels, k * k, dp, hp, w)
         # bf16/fp16 products are summed in float32, as the convolution kernels accumulate
         accumulate = torch.float32 if y.dtype in (torch.bfloat16, torch.float16) else y.dtype
@@ -49,11 +49,18 @@ class ShiftSum(torch.autograd.Function):
         b, channels, dp, hp, w = ctx.y_shape
         out_channels = channels // (k * k)
         d, h = dp - k + 1, hp - k + 1
-        gy = grad.new_zeros((b, out_channels, k * k, dp, hp, w), dtype=ctx.y_dtype)
+        # the gradient gets y's strides (channels_last stays channels_last): no layout copy
+        # before the convolution's backward
+        gy = grad.new_empty_strided(ctx.y_shape, ctx.y_stride, dtype=ctx.y_dtype).zero_()
+        try:
+            gv = gy.view(b, out_channels, k * k, dp, hp, w)
+        except RuntimeError:  # strides that do not split: a contiguous gradient
+            gy = grad.new_zeros(ctx.y_shape, dtype=ctx.y_dtype)
+            gv = gy.view(b, out_channels, k * k, dp, hp, w)
         for a in range(k):
             for c in range(k):
-                gy[:, :, a * k + c, a:a + d, c:c + h] = grad
-        return gy.reshape(ctx.y_shape), None
+                gv[:, :, a * k + c, a:a + d, c:c + h] = grad
+        return gy, None
 
 
 def conv3d_split(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

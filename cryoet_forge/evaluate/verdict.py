@@ -1,0 +1,82 @@
+"""What an evaluation can and cannot say: chance, the real ceiling, metric reliability, and the
+paired comparison of GAN and traditional data.
+
+- **Chance** is the accuracy of always answering the test split's most common class.
+- **The inception network is reliable** when its accuracy on the real test split is at least
+  ``metrics.reliability_margin`` (default 0.1) above chance. Below that its features carry
+  little class information, and FID, PRDC and IS computed on them say nothing about realism:
+  they are marked unreliable and the verdict is *inconclusive*.
+- **The paired difference** is GAN minus traditional accuracy per seed (the same seed gives the
+  same classifier initialisation and batch order), with a Student-t interval over seeds.
+  The verdict is *GAN ahead* when that interval lies above zero, *traditional ahead* when below,
+  *no clear difference* when it contains zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from cryoet_forge.evaluate.report import number
+
+
+def chance_level(labels: np.ndarray, n_classes: int) -> float:
+    """Accuracy of always predicting the most common class of ``labels``."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+    return float(counts.max() / max(counts.sum(), 1))
+
+
+def class_counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    return {name: int(counts[i]) for i, name in enumerate(class_names)}
+
+
+def paired_difference(gan: Sequence[float], traditional: Sequence[float], seeds: Sequence[int],
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """GAN minus traditional accuracy per seed, its mean and t-interval (seeds paired)."""
+    from cryoet_forge.evaluate.downstream import confidence_interval
+
+    differences = [float(a) - float(b) for a, b in zip(gan, traditional)]
+    mean, low, high = confidence_interval(differences, confidence)
+    return {"seeds": [int(s) for s in seeds], "differences": differences, "mean": mean, "ci_low": low,
+            "ci_high": high, "confidence": confidence, "n": len(differences),
+            "gan_wins": int(sum(d > 0 for d in differences))}
+
+
+def assess(inception_accuracy: float, chance: float, margin: float, paired: dict[str, Any],
+           cb3d_real: float, baseline_accuracy: float | None) -> dict[str, Any]:
+    """The verdict of one evaluation and the sentences the report and the terminal print."""
+    reliable = inception_accuracy >= chance + margin
+    notes = []
+    if not reliable:
+        notes.append(f"the inception network (CB3D trained on the real training split) scores "
+                     f"{number(inception_accuracy)} on the real test split, within {margin:g} of chance "
+                     f"({number(chance)}): FID, PRDC and IS on its features are unreliable")
+    if baseline_accuracy is not None and cb3d_real <= baseline_accuracy:
+        notes.append(f"CB3D trained on the real training split ({number(cb3d_real)}) does not beat the "
+                     f"radial-profile baseline ({number(baseline_accuracy)}) on the same split: the classifier, "
+                     f"not the data, limits every accuracy here")
+    n, low, high = paired["n"], paired["ci_low"], paired["ci_high"]
+    interval = f"paired {round(100 * paired['confidence'])}% interval [{number(low)}, {number(high)}] over {n} seeds"
+    if not reliable:
+        outcome = "inconclusive"
+        sentence = (f"Inconclusive: the real data's own classifier is near chance, so this evaluation cannot "
+                    f"tell GAN data from traditional simulation (GAN minus traditional {number(paired['mean'])}, "
+                    f"{interval}).")
+    elif n < 2:
+        outcome = "inconclusive"
+        sentence = (f"Inconclusive: one seed gives no interval (GAN minus traditional {number(paired['mean'])}).")
+    elif low > 0:
+        outcome = "gan-ahead"
+        sentence = f"GAN data beat traditional simulation: GAN minus traditional {number(paired['mean'])} ({interval})."
+    elif high < 0:
+        outcome = "traditional-ahead"
+        sentence = (f"Traditional simulation beats GAN data: GAN minus traditional {number(paired['mean'])} "
+                    f"({interval}).")
+    else:
+        outcome = "no-clear-difference"
+        sentence = (f"No clear difference: GAN minus traditional {number(paired['mean'])}, and the {interval} "
+                    f"contains zero.")
+    return {"outcome": outcome, "sentence": sentence, "metrics_reliable": reliable, "margin": margin,
+            "notes": notes}
