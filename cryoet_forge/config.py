@@ -94,8 +94,9 @@ class TrainOptions:
     seed: int = 0
     precision: str = "fp32"
     compile: bool = False
-    #: channels_last_3d memory format for activations and weights (exact; faster with oneDNN)
-    channels_last: bool = True
+    #: channels_last_3d memory format: "auto" (per network, the faster one measured at start-up),
+    #: true or false for every network (exact either way: only the summation order changes)
+    channels_last: bool | str = "auto"
     #: the generator update back-propagates through the forward pass of the last critic
     #: update instead of recomputing it (exact: same noise, same dropout draws)
     reuse_fakes: bool = True
@@ -179,6 +180,8 @@ def build_dataclass(cls: type, table: dict, prefix: str = "", skip: tuple[str, .
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check values that have a fixed set of choices or a range; raise ConfigError."""
     t = cfg.train
+    if not (isinstance(t.channels_last, bool) or t.channels_last == "auto"):
+        raise ConfigError(f"train.channels_last {t.channels_last!r}; choose from: true, false, \"auto\"")
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision {t.precision!r}; choose from: {', '.join(PRECISIONS)}")
     if cfg.optim.name not in OPTIMIZERS:

@@ -137,6 +137,8 @@ def test_cycle_noise_changes_training_and_is_validated(tmp_path):
     from cryoet_forge.train.checkpoint import load_weights
 
     def final_weights(name, **extra):
+        # a fixed memory format: "auto" measures, and a close call may go either way between runs
+        extra.setdefault("train.channels_last", True)
         run = train(tiny(**extra), tmp_path / name, datasets=(Volumes(), Volumes(seed=1)))
         return load_weights(list_checkpoints(run)[-1])
 
@@ -147,3 +149,38 @@ def test_cycle_noise_changes_training_and_is_validated(tmp_path):
     assert any(not torch.equal(plain[k], noisy[k]) for k in plain if k.startswith("g_sd."))
     with pytest.raises(ConfigError, match="cycle_noise_std must be >= 0, got -0.1"):
         train(tiny(**{"loss.cycle_noise_std": -0.1}), tmp_path / "bad", datasets=(Volumes(), Volumes(seed=1)))
+
+
+def test_auto_memory_format_is_measured_saved_and_kept_on_resume(tmp_path, monkeypatch):
+    from cryoet_forge.train import memory_format
+
+    calls = []
+    real = memory_format.time_forward_backward
+
+    def timed(net, box, device, fmt, autocast, repeats=1):
+        calls.append(fmt)
+        return real(net, box, device, fmt, autocast, repeats)
+
+    monkeypatch.setattr(memory_format, "time_forward_backward", timed)
+    run = train(tiny(), tmp_path / "auto", datasets=(Volumes(), Volumes(seed=1)))
+    assert len(calls) == 4  # generators and critics, each in both formats
+    from cryoet_forge.train.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(list_checkpoints(run)[-1])[2]["memory_formats"]
+    assert set(saved) == {"g_ds", "g_sd", "c_s", "c_d"} and set(saved.values()) <= {"channels_last", "contiguous"}
+    assert saved["g_ds"] == saved["g_sd"] and saved["c_s"] == saved["c_d"]
+
+    calls.clear()
+    from cryoet_forge.train import resume_config
+
+    train(resume_config(run, {"train.steps": 3}), run, resume=True, datasets=(Volumes(), Volumes(seed=1)))
+    assert calls == []  # the resumed run reuses the saved formats
+    assert load_checkpoint(list_checkpoints(run)[-1])[2]["memory_formats"] == saved
+
+    train(tiny(**{"train.deterministic": True}), tmp_path / "det", datasets=(Volumes(), Volumes(seed=1)))
+    assert calls == []  # deterministic runs do not measure
+
+
+def test_channels_last_setting_is_validated(tmp_path):
+    with pytest.raises(Exception, match="train.channels_last 'yes'; choose from: true, false"):
+        tiny(**{"train.channels_last": "yes"})

@@ -47,6 +47,7 @@ from cryoet_forge.train.distributed import (
     mean_across_ranks,
     shutdown,
 )
+from cryoet_forge.train.memory_format import choose_memory_formats, format_name
 
 RUN_CONFIG = "config.toml"
 RUN_DATA = "data.json"
@@ -253,12 +254,26 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         self.nets = build_networks(cfg)
-        memory_format = torch.channels_last_3d if t.channels_last else torch.contiguous_format
-        self.memory_format = memory_format
         for net in self.nets.values():
-            net.to(self.device, memory_format=memory_format)
+            net.to(self.device)
         check_networks(self.nets, self.box, {"generator": cfg.model.generator, "critic": cfg.model.critic},
                        self.device)
+        setting = t.channels_last
+        if setting == "auto" and t.deterministic:
+            setting = False  # a measured choice could differ between runs; deterministic runs fix it
+        saved = self._saved_memory_formats() if resume else None
+        formats, self.memory_format_record = choose_memory_formats(self.nets, self.box, self.device,
+                                                                   setting, self._autocast, saved)
+        for name, net in self.nets.items():
+            net.to(memory_format=formats[name])
+        self.memory_format = formats["g_ds"]  # the input batches: the generators see them first
+        if self.memory_format_record and ctx.is_main and cfg.log.progress:
+            from cryoet_forge import progress
+
+            progress.log("memory format (measured): " + "; ".join(
+                f"{group} {r['chosen']} ({1e3 * r['seconds']['channels_last']:.0f} ms channels_last, "
+                f"{1e3 * r['seconds']['contiguous']:.0f} ms contiguous)"
+                for group, r in self.memory_format_record.items()))
         self.gen_pair = CyclePair(self.nets["g_ds"], self.nets["g_sd"])
         self.critics = nn.ModuleDict({"subtomograms": self.nets["c_s"], "density": self.nets["c_d"]})
         self.critic_params = list(self.critics.parameters())
@@ -306,6 +321,15 @@ class Trainer:
             torch.manual_seed(t.seed + 1000 * (ctx.rank + 1))
             np.random.seed(t.seed + ctx.rank)
             random.seed(t.seed + ctx.rank)
+
+    def _saved_memory_formats(self) -> dict[str, str] | None:
+        """The memory formats the run was started with (a resumed run keeps them: bit-exact)."""
+        try:
+            with open(ckpt.latest_checkpoint(self.run_dir) / "state.json") as fh:
+                entries = dict(json.load(fh)["state"]["__dict__"])  # ckpt.flatten_state's encoding
+            return dict(entries["memory_formats"]["__dict__"])
+        except (OSError, ValueError, KeyError, TypeError, InputError):
+            return None  # _load_latest reports an unusable checkpoint with its own message
 
     # -- data ----------------------------------------------------------------------------
     def _stream(self, name: str, index: int):
@@ -489,6 +513,7 @@ class Trainer:
                 "scalers": {"generator": self.g_scaler.state_dict(), "critic": self.c_scaler.state_dict()},
                 "noise_generator": self.noise_gen.get_state(),
                 "rng": rngs,
+                "memory_formats": {name: format_name(net) for name, net in self.nets.items()},
             }
             path = ckpt.save_checkpoint(self.run_dir, self.step, self.weights(), state,
                                         keep=self.cfg.log.keep_checkpoints)
