@@ -157,13 +157,14 @@ def test_auto_memory_format_is_measured_saved_and_kept_on_resume(tmp_path, monke
     calls = []
     real = memory_format.time_forward_backward
 
-    def timed(net, box, device, fmt, autocast, repeats=1):
-        calls.append(fmt)
-        return real(net, box, device, fmt, autocast, repeats)
+    def timed(net, box, device, fmt, autocast, batch=1):
+        calls.append((fmt, batch))
+        return real(net, box, device, fmt, autocast, batch)
 
     monkeypatch.setattr(memory_format, "time_forward_backward", timed)
     run = train(tiny(), tmp_path / "auto", datasets=(Volumes(), Volumes(seed=1)))
-    assert len(calls) == 4  # generators and critics, each in both formats
+    # generators at the batch (2), critics at twice it (real and fake together), each in both formats
+    assert sorted(b for _, b in calls) == [2, 2, 4, 4] and len({f for f, _ in calls}) == 2
     from cryoet_forge.train.checkpoint import load_checkpoint
 
     saved = load_checkpoint(list_checkpoints(run)[-1])[2]["memory_formats"]

@@ -226,6 +226,7 @@ QUICKSTART: dict[str, Any] = {
              "n_train_per_class": 48, "n_test_per_class": 24, "n_density_per_class": 48},
     "gan": {"curve_points": 4, "select_checkpoint": "best-fid-train", "overrides": {
         "train.steps": 600, "train.batch_size": 4, "train.n_critic": 1, "train.device": "cpu",
+        "train.channels_last": True,  # fixed, not "auto": the same seed gives the same report
         "model.generator": "unet3d",
         "model.generator_options": {"base": 8, "dropout": 0.1, "noise_channels": 1},
         "model.inverse_generator_options": {"noise_channels": 0},

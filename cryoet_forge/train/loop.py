@@ -262,8 +262,9 @@ class Trainer:
         if setting == "auto" and t.deterministic:
             setting = False  # a measured choice could differ between runs; deterministic runs fix it
         saved = self._saved_memory_formats() if resume else None
-        formats, self.memory_format_record = choose_memory_formats(self.nets, self.box, self.device,
-                                                                   setting, self._autocast, saved)
+        formats, self.memory_format_record = choose_memory_formats(
+            self.nets, self.box, self.device, setting, self._autocast, saved,
+            batch=max(1, t.batch_size // ctx.world_size))
         for name, net in self.nets.items():
             net.to(memory_format=formats[name])
         self.memory_format = formats["g_ds"]  # the input batches: the generators see them first
