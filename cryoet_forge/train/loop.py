@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cryoet_forge import registry
+from cryoet_forge import progress, registry
 from cryoet_forge.config import TrainConfig, load_config, save_config
 from cryoet_forge.errors import ConfigError, InputError, TrainingError
 from cryoet_forge.losses import AdversarialLoss, CycleL1Loss
@@ -47,7 +47,8 @@ from cryoet_forge.train.distributed import (
     mean_across_ranks,
     shutdown,
 )
-from cryoet_forge.train.memory_format import choose_memory_formats, format_name
+from cryoet_forge.train.memory_format import FORMATS, choose_memory_formats, format_name, label_of
+from cryoet_forge.train.precision import resolve_precision
 
 RUN_CONFIG = "config.toml"
 RUN_DATA = "data.json"
@@ -240,8 +241,6 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
             torch.backends.cudnn.allow_tf32 = t.tf32
             torch.backends.cudnn.benchmark = not t.deterministic
-        from cryoet_forge.train.precision import resolve_precision
-
         self.precision = resolve_precision(t.precision, self.device)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
@@ -265,12 +264,13 @@ class Trainer:
         formats, self.memory_format_record = choose_memory_formats(
             self.nets, self.box, self.device, setting, self._autocast, saved,
             batch=max(1, t.batch_size // ctx.world_size))
+        if ctx.distributed:  # every rank trains in rank 0's formats (DDP needs the same layouts)
+            labels = {name: label_of(fmt) for name, fmt in formats.items()}
+            formats = {name: FORMATS[label] for name, label in all_gather_objects(ctx, labels)[0].items()}
         for name, net in self.nets.items():
             net.to(memory_format=formats[name])
         self.memory_format = formats["g_ds"]  # the input batches: the generators see them first
         if self.memory_format_record and ctx.is_main and cfg.log.progress:
-            from cryoet_forge import progress
-
             progress.log("memory format (measured): " + "; ".join(
                 f"{group} {r['chosen']} ({1e3 * r['seconds']['channels_last']:.0f} ms channels_last, "
                 f"{1e3 * r['seconds']['contiguous']:.0f} ms contiguous)"
@@ -610,8 +610,6 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool, data
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=trainer.step or None)
     log = cfg.log
     steps = cfg.train.steps
-    from cryoet_forge import progress
-
     show = log.progress and ctx.is_main
     bar = progress.stage("GAN training", steps, "steps", start=trainer.step) if show else None
     check_every_step = trainer.device.type == "cpu"

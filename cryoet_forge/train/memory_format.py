@@ -55,6 +55,11 @@ def time_forward_backward(net: nn.Module, box: int, device: torch.device, memory
     return best
 
 
+def label_of(memory_format: torch.memory_format) -> str:
+    """The key of ``FORMATS`` for a memory format."""
+    return next(label for label, fmt in FORMATS.items() if fmt == memory_format)
+
+
 def format_name(net: nn.Module) -> str:
     """``channels_last`` when the network's 5-D weights are channels_last_3d, else ``contiguous``."""
     # weights with one input or output channel are both formats at once: they do not tell
