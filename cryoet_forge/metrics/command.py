@@ -4,14 +4,13 @@ feature extractor (``--features NAME``), as a table and optionally JSON."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from cryoet_forge.progress import quiet_option
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.progress import quiet_option
 
 #: above this many distance evaluations (N^2 + M^2 + N M) * D a progress bar is shown
 _PROGRESS_WORK = 2e10

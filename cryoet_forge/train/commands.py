@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from cryoet_forge.progress import quiet_option
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.progress import quiet_option
 
 
 def _overrides(pairs: tuple[str, ...]) -> dict:
