@@ -37,12 +37,12 @@ def _paired(low, high, mean=None, n=5):
 @pytest.mark.parametrize("low,high,outcome", [(0.02, 0.1, "gan-ahead"), (-0.1, -0.02, "traditional-ahead"),
                                               (-0.05, 0.08, "no-clear-difference")])
 def test_verdict_follows_the_paired_interval(low, high, outcome):
-    v = assess(0.8, 0.25, 0.1, _paired(low, high), 0.8, 0.5)
+    v = assess(0.8, 0.25, 0.1, _paired(low, high), 0.5)
     assert v["outcome"] == outcome and v["metrics_reliable"] and v["notes"] == []
 
 
 def test_inception_near_chance_makes_metrics_unreliable_and_the_verdict_inconclusive():
-    v = assess(0.30, 0.25, 0.1, _paired(0.05, 0.2), 0.30, 0.41)
+    v = assess(0.30, 0.25, 0.1, _paired(0.05, 0.2), 0.41)
     assert v["outcome"] == "inconclusive" and not v["metrics_reliable"]
     assert v["sentence"].startswith("Inconclusive: the real data's own classifier is near chance")
     assert any("within 0.1 of chance (0.250)" in n for n in v["notes"])
@@ -50,7 +50,7 @@ def test_inception_near_chance_makes_metrics_unreliable_and_the_verdict_inconclu
 
 
 def test_one_seed_is_inconclusive():
-    assert assess(0.9, 0.25, 0.1, _paired(0.1, 0.1, n=1), 0.9, 0.5)["outcome"] == "inconclusive"
+    assert assess(0.9, 0.25, 0.1, _paired(0.1, 0.1, n=1), 0.5)["outcome"] == "inconclusive"
 
 
 def _ball(size, radius, shift=(0, 0, 0)):
@@ -102,7 +102,7 @@ def test_evaluation_records_chance_ceiling_baseline_counts_and_verdict(evaluatio
 def test_report_marks_metrics_unreliable(evaluation):  # noqa: F811
     _, _, results = evaluation
     results = copy.deepcopy(results)
-    v = assess(0.3, 0.25, 0.1, results["downstream_paired"], 0.3, results["baseline"]["accuracy"])
+    v = assess(0.3, 0.25, 0.1, results["downstream_paired"], results["baseline"]["accuracy"])
     results["verdict"] = v
     for q in results["quality"].values():
         q["reliable"] = False

@@ -114,19 +114,18 @@ def simulate_labelled(simulator: str, options: dict, maps: dict[str, np.ndarray]
     from cryoet_forge import progress
 
     volumes, labels, records = [], [], []
-    bar = progress.stage(f"simulate {source}", len(particles), "volumes")
-    for begin in range(0, len(particles), SIMULATION_CHUNK):
-        chunk = particles[begin:begin + SIMULATION_CHUNK]
-        if callable(maps):
-            batch = np.stack([maps(class_names[label], i) for label, i in chunk])
-        else:
-            batch = np.stack([maps[class_names[label]] for label, _ in chunk])
-        out, recs = sim.simulate(torch.from_numpy(batch), voxel_size, generator)
-        volumes.append(out.detach().cpu().float().numpy())
-        records.extend(recs)
-        labels.extend(label for label, _ in chunk)
-        bar.advance(len(chunk))
-    bar.close()
+    with progress.stage(f"simulate {source}", len(particles), "volumes") as bar:
+        for begin in range(0, len(particles), SIMULATION_CHUNK):
+            chunk = particles[begin:begin + SIMULATION_CHUNK]
+            if callable(maps):
+                batch = np.stack([maps(class_names[label], i) for label, i in chunk])
+            else:
+                batch = np.stack([maps[class_names[label]] for label, _ in chunk])
+            out, recs = sim.simulate(torch.from_numpy(batch), voxel_size, generator)
+            volumes.append(out.detach().cpu().float().numpy())
+            records.extend(recs)
+            labels.extend(label for label, _ in chunk)
+            bar.advance(len(chunk))
     data = LabelledVolumes(np.concatenate(volumes), np.asarray(labels), class_names, voxel_size, source)
     return data, records
 

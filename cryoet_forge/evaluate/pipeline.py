@@ -179,7 +179,7 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     paired = paired_difference(downstream["cryoetgan"].accuracies, downstream["traditional"].accuracies, seeds,
                                config.downstream.confidence)
     verdict = assess(inception_on_test.accuracy, chance, config.metrics.reliability_margin, paired,
-                     inception_on_test.accuracy, baseline.accuracy)
+                     baseline.accuracy)
     for scores in quality.values():
         scores["reliable"] = verdict["metrics_reliable"]
     for note in verdict["notes"]:
@@ -301,23 +301,22 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
     fid_train: dict[str, float] = {}
     best: tuple[float, int, LabelledVolumes] | None = None
     on_curves = {checkpoints[i][1] for i in curve_picks(config, len(checkpoints))}
-    bar = progress.stage(f"{source}: checkpoint selection (FID to the real training split)", len(checkpoints),
-                         "checkpoints")
-    for step, path in checkpoints:
-        generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source,
-                                      checkpoint=path)
-        features, probs = run_inference(inception.model, generated.volumes, inception.normalize,
-                                        device=inception.device)
-        if curve_cache is not None and path in on_curves:
-            curve_cache[path] = (features, probs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fid = float(compute_fid(train_features, features))
-        fid_train[str(step)] = fid
-        if best is None or fid < best[0]:
-            best = (fid, step, generated, path)
-        bar.advance(info=f"step {step}: FID {fid:.3g}")
-    bar.close()
+    with progress.stage(f"{source}: checkpoint selection (FID to the real training split)", len(checkpoints),
+                        "checkpoints") as bar:
+        for step, path in checkpoints:
+            generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source,
+                                          checkpoint=path)
+            features, probs = run_inference(inception.model, generated.volumes, inception.normalize,
+                                            device=inception.device)
+            if curve_cache is not None and path in on_curves:
+                curve_cache[path] = (features, probs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fid = float(compute_fid(train_features, features))
+            fid_train[str(step)] = fid
+            if best is None or fid < best[0]:
+                best = (fid, step, generated, path)
+            bar.advance(info=f"step {step}: FID {fid:.3g}")
     return best[2], {"rule": "best-fid-train", "step": best[1], "checkpoint": str(best[3]), "fid_train": fid_train}
 
 
@@ -386,23 +385,21 @@ def run_ablations(config: EvaluationConfig, out: Path, data: EvaluationData, inc
 
     rows = []
     variants = ablation_variants(config)
-    bar = progress.stage("ablations", len(variants), "variants") if variants else None
-    for index, (table, label, overrides) in enumerate(variants):
-        slug = f"ablation-{index + 1}"
-        run_dir = train_gan(config, out / "runs" / slug, data.density_train, data.real_train, data.density_star,
-                            data.real_train_star, variant=overrides, log=log)
-        generated, checkpoint = select_and_generate(config, run_dir, data, inception, train_features, label)
-        features, probs = inception.embed(slug, generated)
-        scores = quality_metrics(real_features, features, probs, config)
-        result = train_on_synthetic_test_on_real(label, generated, data.real_test, data.class_names, options,
-                                                 [int(s) for s in config.ablations.seeds],
-                                                 config.downstream.confidence, log)
-        rows.append({"table": table, "label": label, "overrides": overrides, "run": str(run_dir),
-                     "checkpoint": checkpoint,
-                     "features": f"features/{slug}.features.npy", **scores, "downstream": result.to_dict()})
-        bar.advance(info=label)
-    if bar is not None:
-        bar.close()
+    with progress.stage("ablations", len(variants), "variants", enabled=bool(variants)) as bar:
+        for index, (table, label, overrides) in enumerate(variants):
+            slug = f"ablation-{index + 1}"
+            run_dir = train_gan(config, out / "runs" / slug, data.density_train, data.real_train, data.density_star,
+                                data.real_train_star, variant=overrides, log=log)
+            generated, checkpoint = select_and_generate(config, run_dir, data, inception, train_features, label)
+            features, probs = inception.embed(slug, generated)
+            scores = quality_metrics(real_features, features, probs, config)
+            result = train_on_synthetic_test_on_real(label, generated, data.real_test, data.class_names, options,
+                                                     [int(s) for s in config.ablations.seeds],
+                                                     config.downstream.confidence, log)
+            rows.append({"table": table, "label": label, "overrides": overrides, "run": str(run_dir),
+                         "checkpoint": checkpoint,
+                         "features": f"features/{slug}.features.npy", **scores, "downstream": result.to_dict()})
+            bar.advance(info=label)
     return rows
 
 

@@ -45,16 +45,20 @@ def paired_difference(gan: Sequence[float], traditional: Sequence[float], seeds:
 
 
 def assess(inception_accuracy: float, chance: float, margin: float, paired: dict[str, Any],
-           cb3d_real: float, baseline_accuracy: float | None) -> dict[str, Any]:
-    """The verdict of one evaluation and the sentences the report and the terminal print."""
+           baseline_accuracy: float | None) -> dict[str, Any]:
+    """The verdict of one evaluation and the sentences the report and the terminal print.
+
+    ``inception_accuracy``: CB3D trained on the real training split, on the real test split (the
+    ceiling); ``baseline_accuracy``: the radial-profile baseline trained on the same split.
+    """
     reliable = inception_accuracy >= chance + margin
     notes = []
     if not reliable:
         notes.append(f"the inception network (CB3D trained on the real training split) scores "
                      f"{number(inception_accuracy)} on the real test split, within {margin:g} of chance "
                      f"({number(chance)}): FID, PRDC and IS on its features are unreliable")
-    if baseline_accuracy is not None and cb3d_real <= baseline_accuracy:
-        notes.append(f"CB3D trained on the real training split ({number(cb3d_real)}) does not beat the "
+    if baseline_accuracy is not None and inception_accuracy <= baseline_accuracy:
+        notes.append(f"CB3D trained on the real training split ({number(inception_accuracy)}) does not beat the "
                      f"radial-profile baseline ({number(baseline_accuracy)}) on the same split: the classifier, "
                      f"not the data, limits every accuracy here")
     n, low, high = paired["n"], paired["ci_low"], paired["ci_high"]

@@ -158,6 +158,17 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str,
     return step, weights, state
 
 
+def saved_state_value(path: Path, key: str) -> Any:
+    """The tensor-free entry ``key`` of a checkpoint's state from ``state.json`` alone (None when
+    absent or unreadable: ``load_checkpoint`` reports a broken checkpoint with its own message)."""
+    try:
+        with open(Path(path) / "state.json") as fh:
+            entries = dict(json.load(fh)["state"]["__dict__"])
+        return unflatten_state(entries[key], {}) if key in entries else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Only the network weights of a checkpoint folder (for generation)."""
     file = Path(path) / "weights.safetensors"

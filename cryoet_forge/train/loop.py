@@ -47,7 +47,7 @@ from cryoet_forge.train.distributed import (
     mean_across_ranks,
     shutdown,
 )
-from cryoet_forge.train.memory_format import FORMATS, choose_memory_formats, format_name, label_of
+from cryoet_forge.train.memory_format import FORMATS, choose_memory_formats
 from cryoet_forge.train.precision import resolve_precision
 
 RUN_CONFIG = "config.toml"
@@ -260,16 +260,17 @@ class Trainer:
         setting = t.channels_last
         if setting == "auto" and t.deterministic:
             setting = False  # a measured choice could differ between runs; deterministic runs fix it
-        saved = self._saved_memory_formats() if resume else None
-        formats, self.memory_format_record = choose_memory_formats(
+        # a resumed run keeps the formats it started with (bit-exact)
+        saved = ckpt.saved_state_value(ckpt.latest_checkpoint(run_dir), "memory_formats") if resume else None
+        self.memory_formats, self.memory_format_record = choose_memory_formats(
             self.nets, self.box, self.device, setting, self._autocast, saved,
             batch=max(1, t.batch_size // ctx.world_size))
         if ctx.distributed:  # every rank trains in rank 0's formats (DDP needs the same layouts)
-            labels = {name: label_of(fmt) for name, fmt in formats.items()}
-            formats = {name: FORMATS[label] for name, label in all_gather_objects(ctx, labels)[0].items()}
+            self.memory_formats = all_gather_objects(ctx, self.memory_formats)[0]
         for name, net in self.nets.items():
-            net.to(memory_format=formats[name])
-        self.memory_format = formats["g_ds"]  # the input batches: the generators see them first
+            net.to(memory_format=FORMATS[self.memory_formats[name]])
+        # the input batches: the generators see them first
+        self.memory_format = FORMATS[self.memory_formats["g_ds"]]
         if self.memory_format_record and ctx.is_main and cfg.log.progress:
             progress.log("memory format (measured): " + "; ".join(
                 f"{group} {r['chosen']} ({1e3 * r['seconds']['channels_last']:.0f} ms channels_last, "
@@ -322,15 +323,6 @@ class Trainer:
             torch.manual_seed(t.seed + 1000 * (ctx.rank + 1))
             np.random.seed(t.seed + ctx.rank)
             random.seed(t.seed + ctx.rank)
-
-    def _saved_memory_formats(self) -> dict[str, str] | None:
-        """The memory formats the run was started with (a resumed run keeps them: bit-exact)."""
-        try:
-            with open(ckpt.latest_checkpoint(self.run_dir) / "state.json") as fh:
-                entries = dict(json.load(fh)["state"]["__dict__"])  # ckpt.flatten_state's encoding
-            return dict(entries["memory_formats"]["__dict__"])
-        except (OSError, ValueError, KeyError, TypeError, InputError):
-            return None  # _load_latest reports an unusable checkpoint with its own message
 
     # -- data ----------------------------------------------------------------------------
     def _stream(self, name: str, index: int):
@@ -514,7 +506,7 @@ class Trainer:
                 "scalers": {"generator": self.g_scaler.state_dict(), "critic": self.c_scaler.state_dict()},
                 "noise_generator": self.noise_gen.get_state(),
                 "rng": rngs,
-                "memory_formats": {name: format_name(net) for name, net in self.nets.items()},
+                "memory_formats": dict(self.memory_formats),
             }
             path = ckpt.save_checkpoint(self.run_dir, self.step, self.weights(), state,
                                         keep=self.cfg.log.keep_checkpoints)

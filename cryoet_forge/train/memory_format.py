@@ -55,35 +55,22 @@ def time_forward_backward(net: nn.Module, box: int, device: torch.device, memory
     return best
 
 
-def label_of(memory_format: torch.memory_format) -> str:
-    """The key of ``FORMATS`` for a memory format."""
-    return next(label for label, fmt in FORMATS.items() if fmt == memory_format)
-
-
-def format_name(net: nn.Module) -> str:
-    """``channels_last`` when the network's 5-D weights are channels_last_3d, else ``contiguous``."""
-    # weights with one input or output channel are both formats at once: they do not tell
-    weights = [p for p in net.parameters() if p.dim() == 5 and min(p.shape[:2]) > 1]
-    cl = bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous()
-                               for p in weights)
-    return "channels_last" if cl else "contiguous"
-
-
 def choose_memory_formats(nets: dict[str, nn.Module], box: int, device: torch.device, setting,
                           autocast: Callable[[], AbstractContextManager],
-                          saved: dict[str, str] | None = None, batch: int = 1) -> tuple[dict[str, torch.memory_format],
+                          saved: dict[str, str] | None = None, batch: int = 1) -> tuple[dict[str, str],
                                                                                          dict[str, dict]]:
-    """Per network the memory format to train in, and a record of the measurement (for the log).
+    """Per network the memory format to train in (a key of ``FORMATS``), and a record of the
+    measurement (for the log).
 
     ``saved``: the formats of a run being resumed (by network name), used as they are;
     ``batch``: this process's training batch.
     """
     if saved and set(nets) <= set(saved) and set(saved.values()) <= set(FORMATS):
-        return {name: FORMATS[saved[name]] for name in nets}, {}
+        return {name: saved[name] for name in nets}, {}
     if setting is True or setting is False:
-        chosen = FORMATS["channels_last" if setting else "contiguous"]
+        chosen = "channels_last" if setting else "contiguous"
         return {name: chosen for name in nets}, {}
-    formats: dict[str, torch.memory_format] = {}
+    formats: dict[str, str] = {}
     record: dict[str, dict] = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for group, names in GROUPS.items():
@@ -96,5 +83,5 @@ def choose_memory_formats(nets: dict[str, nn.Module], box: int, device: torch.de
             best = min(seconds, key=seconds.get)
             record[group] = {"chosen": best, "seconds": seconds}
             for name in present:
-                formats[name] = FORMATS[best]
+                formats[name] = best
     return formats, record
