@@ -21,7 +21,9 @@ they are pre-made device tensors.
 
 Each JSON line has pairs/s (one pair = one density map + one subtomogram through a full
 step), seconds per step, the ratio to ``eager`` of the same setting and batch, FLOPs of one
-step (``torch.utils.flop_counter``, eager) and achieved TFLOP/s, peak memory (CUDA: allocator
+step (``torch.utils.flop_counter``, eager) and achieved TFLOP/s, the matmul peak of the
+machine at the mode's precision and ``ceiling_ratio_to_eager`` (the speed-up over eager if every
+FLOP of the step ran at that peak: no exact path can beat it), peak memory (CUDA: allocator
 peak; CPU: the process's peak RSS so far, not per mode) and the CPU's native bf16 support.
 
     python benchmarks/train_throughput.py --device cpu                     # both settings
@@ -140,6 +142,24 @@ def count_flops(setting: dict, batch: int, device: torch.device, n_critic: int) 
     return float(counter.get_total_flops())
 
 
+def gemm_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
+    """FLOP/s of a large square matmul in ``dtype``: what this machine's BLAS reaches at best.
+
+    The step's FLOPs divided by this peak give the shortest step the hardware allows, so
+    ``ceiling_ratio_to_eager`` (eager step time / that shortest step) is the largest speed-up over
+    the plain loop any path could reach at that precision without computing less.
+    """
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    sync(device)
+    tic = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    sync(device)
+    return reps * 2 * n**3 / (time.perf_counter() - tic)
+
+
 def measure(setting: dict, mode: str, batch: int, device: torch.device, args, steps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -191,6 +211,13 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}; choose from eager, fast, fast-bf16, compile")
     out = open(args.out, "a") if args.out else sys.stdout
+    peaks = {"fp32": None, "bf16": None}
+    if not args.no_flops:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+        peaks = {"fp32": gemm_peak(device, torch.float32), "bf16": gemm_peak(device, torch.bfloat16)}
+        print(f"# matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s",
+              file=sys.stderr, flush=True)
     try:
         for setting_name in [s.strip() for s in args.settings.split(",") if s.strip()]:
             if setting_name not in SETTINGS:
@@ -204,7 +231,8 @@ def main(argv=None) -> int:
                 for mode in ["eager", *modes]:
                     row = measure(setting, mode, batch, device, args, steps)
                     if mode == "eager":
-                        baseline = row["pairs_per_s"]
+                        baseline, eager_step = row["pairs_per_s"], row["step_s"]
+                    peak = peaks["bf16" if mode == "fast-bf16" else "fp32"]
                     row.update({
                         "benchmark": "train_throughput", "setting": setting_name, "mode": mode,
                         "device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -212,11 +240,17 @@ def main(argv=None) -> int:
                         "n_critic": args.n_critic, "steps": steps, "flops_per_step": flops,
                         "tflops": None if flops is None else flops / row["step_s"] / 1e12, "reference": "eager",
                         "reference_pairs_per_s": baseline, "ratio_to_eager": row["pairs_per_s"] / baseline,
+                        "gemm_peak_tflops": None if peak is None else peak / 1e12,
+                        "ceiling_ratio_to_eager": (None if flops is None or peak is None
+                                                   else eager_step / (flops / peak)),
                     })
                     print(json.dumps(row), file=out, flush=True)
                     print(f"# {setting_name} batch {batch} {mode:9s} {row['pairs_per_s']:8.2f} pairs/s "
                           f"({row['step_s']:.3f} s/step), eager {baseline:.2f} pairs/s, "
-                          f"ratio {row['ratio_to_eager']:.2f}x", file=sys.stderr, flush=True)
+                          f"ratio {row['ratio_to_eager']:.2f}x"
+                          + ("" if row["ceiling_ratio_to_eager"] is None else
+                             f" (ceiling at matmul peak {row['ceiling_ratio_to_eager']:.2f}x)"),
+                          file=sys.stderr, flush=True)
     finally:
         if out is not sys.stdout:
             out.close()
