@@ -241,7 +241,21 @@ class ClassifierOptions:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     normalize: str = "zscore"
-    augment: bool = True  # random axis flips; they keep a missing wedge about y where it is
+    #: per-volume random flips of each axis (and so 180-degree rotations about each axis): they
+    #: keep a missing wedge about y where it is, unlike 90-degree turns that move it
+    augment: bool = True
+    #: per-volume random circular shifts of up to this many voxels along each axis (0 = none):
+    #: picks are rarely centred to the voxel, and a shift keeps the wedge too
+    max_shift: int = 0
+    #: fraction of each class held out of training to choose the epoch (0 = train every epoch on
+    #: everything and keep the last weights). With a validation part, training keeps the weights
+    #: of the epoch with the best validation accuracy (ties: lower validation loss) and stops after
+    #: ``patience`` epochs without a better one; ``epochs`` is then the most it trains
+    validation_fraction: float = 0.0
+    patience: int = 10
+    #: train in the channels_last_3d memory format (the same products, another summation order;
+    #: measured 1.2x faster for the narrow CPU networks, README "How the classifiers are trained")
+    channels_last: bool = True
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -258,6 +272,11 @@ class ClassifierOptions:
                 f"classifier needs epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, "
                 f"{self.batch_size}, {self.lr}"
             )
+        if not 0 <= self.validation_fraction < 0.9:
+            raise ConfigError(f"classifier validation_fraction must be in [0, 0.9), got {self.validation_fraction}")
+        if self.patience < 1 or self.max_shift < 0:
+            raise ConfigError(f"classifier needs patience >= 1 and max_shift >= 0; got {self.patience}, "
+                              f"{self.max_shift}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,6 +287,47 @@ class TrainHistory:
     loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    #: with a validation part: its accuracy and loss after each epoch, the epoch whose weights
+    #: were kept (1-based) and the number of volumes held out
+    val_accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    n_validation: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) indices: ``round(fraction * n_c)`` of each class held out, at least one.
+
+    A class with fewer than 3 volumes stays whole in the fit part (holding one out would leave
+    it almost nothing to learn from). Seeded, so the same data and seed give the same split.
+    """
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for c in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == c))
+        n_val = max(1, round(fraction * len(index))) if len(index) >= 3 and fraction > 0 else 0
+        val.append(index[:n_val])
+        fit.append(index[n_val:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, flips: bool, max_shift: int) -> torch.Tensor:
+    """Per-volume random axis flips and circular shifts of a (B, 1, S, S, S) batch (wedge-preserving)."""
+    b = x.shape[0]
+    if flips:
+        masks = torch.rand(b, 3, generator=generator) < 0.5
+        for axis in range(3):
+            m = masks[:, axis].view(b, 1, 1, 1, 1)
+            if bool(m.any()):
+                x = torch.where(m, torch.flip(x, [2 + axis]), x)
+    if max_shift > 0:
+        shifts = torch.randint(-max_shift, max_shift + 1, (b, 3), generator=generator)
+        x = torch.stack([torch.roll(x[i], tuple(int(v) for v in shifts[i]), dims=(1, 2, 3))
+                         for i in range(b)])
+    return x
 
 
 def build_cb3d(options: ClassifierOptions, num_classes: int, box: int, seed: int) -> CB3D:
@@ -293,13 +353,22 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
                          f"got only {', '.join(data.present_classes())}")
     device = torch.device(options.device)
     model = build_cb3d(options, len(data.class_names), data.box, seed).to(device)
+    memory_format = torch.channels_last_3d if options.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
     loss_fn = nn.CrossEntropyLoss()
     volumes = normalize_volumes(as_volume_batch(data.volumes), options.normalize)
     labels = torch.as_tensor(data.labels)
+    fit_index, val_index = validation_split(data.labels, options.validation_fraction, seed)
+    if len(val_index) and len(np.unique(data.labels[fit_index])) < 2:
+        fit_index, val_index = np.arange(len(data)), val_index[:0]
+    fit_volumes, fit_labels = volumes[fit_index], labels[fit_index]
+    val_volumes, val_labels = volumes[val_index], labels[val_index]
     generator = torch.Generator().manual_seed(seed)
-    history = TrainHistory()
+    history = TrainHistory(n_validation=len(val_index))
+    best: tuple[float, float] | None = None  # (-accuracy, loss) of the kept epoch
+    best_state: dict[str, torch.Tensor] | None = None
     start = time.perf_counter()
     model.train()
     from cryoet_forge import progress as display
@@ -307,19 +376,16 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
     with torch.random.fork_rng(devices=[]), display.stage(label, options.epochs, "epochs") as bar:
         torch.manual_seed(seed + 1)  # dropout draws
         for epoch in range(options.epochs):
-            order = torch.randperm(len(data), generator=generator)
+            order = torch.randperm(len(fit_index), generator=generator)
             total, correct, loss_sum = 0, 0, 0.0
             for begin in range(0, len(order), options.batch_size):
                 index = order[begin:begin + options.batch_size]
                 if len(index) < 2 and len(order) > 1:
                     continue  # a lone sample gives BatchNorm nothing to normalise over
-                x = volumes[index]
-                if options.augment:
-                    flips = torch.rand(3, generator=generator) < 0.5
-                    dims = [2 + d for d in range(3) if flips[d]]
-                    if dims:
-                        x = torch.flip(x, dims)
-                x, y = x.to(device), labels[index].to(device)
+                x = fit_volumes[index]
+                if options.augment or options.max_shift:
+                    x = augment_batch(x, generator, options.augment, options.max_shift)
+                x, y = x.to(device).contiguous(memory_format=memory_format), fit_labels[index].to(device)
                 logits = model(x)
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
@@ -331,12 +397,46 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
             scheduler.step()
             history.loss.append(loss_sum / max(total, 1))
             history.train_accuracy.append(correct / max(total, 1))
-            bar.advance(info=f"loss {history.loss[-1]:.3f} train accuracy {history.train_accuracy[-1]:.3f}")
+            info = f"loss {history.loss[-1]:.3f} train accuracy {history.train_accuracy[-1]:.3f}"
+            stop = False
+            if len(val_index):
+                val_acc, val_loss = _score(model, val_volumes, val_labels, options.batch_size, device)
+                history.val_accuracy.append(val_acc)
+                history.val_loss.append(val_loss)
+                if best is None or (-val_acc, val_loss) < best:
+                    best, history.best_epoch = (-val_acc, val_loss), epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                stop = epoch + 1 - history.best_epoch >= options.patience
+                info += f" validation {val_acc:.3f} (best epoch {history.best_epoch})"
+            bar.advance(info=info)
             if progress is not None:
                 progress(epoch + 1, history.loss[-1], history.train_accuracy[-1])
+            if stop:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model = model.to(memory_format=torch.contiguous_format)  # saved and used for inference as usual
     history.seconds = time.perf_counter() - start
     model.eval()
     return model, history
+
+
+@torch.no_grad()
+def _score(model: CB3D, volumes: torch.Tensor, labels: torch.Tensor, batch_size: int,
+           device: torch.device) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` in eval mode on normalised volumes; back to train mode."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    try:
+        for begin in range(0, len(labels), max(batch_size, 32)):
+            x = volumes[begin:begin + max(batch_size, 32)].to(device)
+            y = labels[begin:begin + max(batch_size, 32)].to(device)
+            logits = model(x).float()
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+    finally:
+        model.train()
+    return correct / len(labels), loss_sum / len(labels)
 
 
 # --- evaluation --------------------------------------------------------------------------------

@@ -46,6 +46,18 @@ class LossConfig:
     #: from hiding the input map in imperceptible low-amplitude patterns (CycleGAN
     #: "steganography", Chu et al. 2017): content must survive noise of this level.
     cycle_noise_std: float = 0.0
+    #: lambda of the identity (self-regularisation) L1 term, mean |G_DS(s) - s| + mean |G_SD(d) - d|
+    #: (CycleGAN, Zhu et al. 2017, section 5.2): each generator leaves an input that is already of
+    #: its output domain unchanged, which keeps it from altering more than the domain gap needs
+    #: (0 = off, the paper)
+    identity_weight: float = 0.0
+    #: lambda of the semantic-consistency term (CyCADA, Hoffman et al. 2018): a frozen classifier
+    #: trained on domain D must give G_DS(d) the class it gives d, cross-entropy against its own
+    #: prediction on d (0 = off, the paper). Needs ``semantic_classifier``
+    semantic_weight: float = 0.0
+    #: that classifier: a CB3D checkpoint (folder or .safetensors of ``forge classify train``)
+    #: trained on labelled domain-D volumes; ``forge evaluate`` trains one itself when it is empty
+    semantic_classifier: str = ""
 
 
 @dataclass
@@ -83,6 +95,10 @@ class OptimConfig:
     weight_decay: float = 0.0
     #: fused (single-kernel) optimizer step where torch offers it (CUDA)
     fused: bool = False
+    #: linear learning-rate decay: constant until step ``decay_start``, then down to zero over
+    #: ``decay_steps`` steps (0 = a constant learning rate, the paper)
+    decay_start: int = 0
+    decay_steps: int = 0
 
 
 @dataclass
@@ -201,6 +217,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optim.critic_lr must be >= 0 (0 = optim.lr), got {o.critic_lr}")
     if o.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    if o.decay_start < 0 or o.decay_steps < 0:
+        raise ConfigError(f"optim.decay_start and optim.decay_steps must be >= 0, got {o.decay_start}, "
+                          f"{o.decay_steps}")
     if o.name == "adam" and not (
             len(o.betas) == 2
             and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in o.betas)):

@@ -46,6 +46,18 @@ class AdversarialLoss:
         return real_scores.float().mean() - fake_scores.float().mean()
 
 
+def gradient_penalty(scores: torch.Tensor, interpolates: torch.Tensor, weight: float,
+                     grad_scale: float = 1.0) -> torch.Tensor:
+    """weight * mean (||d score / d interpolate||_2 - 1)^2 (Gulrajani et al. 2017).
+
+    ``grad_scale``: a GradScaler's scale, so fp16 gradients do not underflow (AMP recipe).
+    """
+    (grad,) = torch.autograd.grad(scores.float().sum() * grad_scale, interpolates, create_graph=True)
+    grad = grad.float() / grad_scale
+    norm = grad.flatten(1).norm(2, dim=1)
+    return weight * ((norm - 1.0) ** 2).mean()
+
+
 class WGANClipLoss(AdversarialLoss):
     """WGAN with critic weight clipping to [-clip, clip] (paper; c = 0.01, use RMSProp)."""
 
@@ -81,12 +93,7 @@ class WGANGPLoss(WGANClipLoss):
         self.weight = float(weight)
 
     def penalty(self, scores, interpolates, grad_scale=1.0):
-        # grad_scale: a GradScaler's scale, so fp16 gradients do not underflow (AMP recipe)
-        (grad,) = torch.autograd.grad(scores.float().sum() * grad_scale, interpolates,
-                                      create_graph=True)
-        grad = grad.float() / grad_scale
-        norm = grad.flatten(1).norm(2, dim=1)
-        return self.weight * ((norm - 1.0) ** 2).mean()
+        return gradient_penalty(scores, interpolates, self.weight, grad_scale)
 
     @torch.no_grad()
     def after_critic_step(self, critic: nn.Module) -> None:
@@ -94,14 +101,32 @@ class WGANGPLoss(WGANClipLoss):
 
 
 class LSGANLoss(AdversarialLoss):
-    """Least-squares GAN (Mao et al. 2017): the "without Wasserstein" ablation."""
+    """Least-squares GAN (Mao et al. 2017): the "without Wasserstein" ablation.
+
+    ``real_label``: the target score of real volumes (and of fakes for the generator); the
+    published CryoETGAN code uses 0.8 (one-sided label smoothing). ``gp_weight`` > 0 adds the
+    gradient penalty on real/fake interpolates, as that code does (weight 10).
+    """
+
+    def __init__(self, real_label: float = 1.0, gp_weight: float = 0.0):
+        if not 0 < real_label <= 1:
+            raise ConfigError(f"lsgan real_label must be in (0, 1], got {real_label}")
+        if not gp_weight >= 0:
+            raise ConfigError(f"lsgan gp_weight must be >= 0, got {gp_weight}")
+        self.real_label, self.gp_weight = float(real_label), float(gp_weight)
+        self.needs_interpolates = self.gp_weight > 0
 
     def critic_loss(self, real_scores, fake_scores):
         real, fake = real_scores.float(), fake_scores.float()
-        return 0.5 * (((real - 1.0) ** 2).mean() + (fake**2).mean())
+        return 0.5 * (((real - self.real_label) ** 2).mean() + (fake**2).mean())
 
     def generator_loss(self, fake_scores):
-        return 0.5 * ((fake_scores.float() - 1.0) ** 2).mean()
+        return 0.5 * ((fake_scores.float() - self.real_label) ** 2).mean()
+
+    def penalty(self, scores, interpolates, grad_scale=1.0):
+        if not self.needs_interpolates:
+            return scores.new_zeros(())
+        return gradient_penalty(scores, interpolates, self.gp_weight, grad_scale)
 
 
 class CycleL1Loss:

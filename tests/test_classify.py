@@ -45,13 +45,14 @@ def toy_shapes(n_per_class: int, seed: int, noise: float = 0.3, box: int = BOX) 
 @pytest.fixture(scope="module")
 def trained():
     train = toy_shapes(12, seed=0)
-    model, history = train_cb3d(train, ClassifierOptions(**TOY_OPTIONS), seed=0)
+    # 12 epochs: per-volume flips make the toy a little slower to learn than 8 epochs allow
+    model, history = train_cb3d(train, ClassifierOptions(**{**TOY_OPTIONS, "epochs": 12}), seed=0)
     return train, model, history
 
 
 def test_training_learns_separable_shapes(trained):
     train, model, history = trained
-    assert len(history.loss) == TOY_OPTIONS["epochs"]
+    assert len(history.loss) == 12
     assert history.loss[-1] < history.loss[0]
     test = toy_shapes(8, seed=1)
     result = evaluate_cb3d(model, test, train.class_names)
@@ -130,3 +131,56 @@ def test_bad_labelled_volumes():
         LabelledVolumes(np.zeros((2, 8, 8, 9)), np.zeros(2), ["a", "b"], 10.0)
     with pytest.raises(ConfigError, match="normalize"):
         ClassifierOptions(normalize="whiten")
+
+
+def test_validation_split_is_stratified_and_seeded():
+    from cryoet_forge.classify import validation_split
+
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 2)
+    fit, val = validation_split(labels, 0.2, seed=0)
+    assert sorted(np.concatenate([fit, val]).tolist()) == list(range(17))
+    assert np.bincount(labels[val], minlength=3).tolist() == [2, 1, 0]  # a class of 2 stays whole
+    _, again_val = validation_split(labels, 0.2, seed=0)
+    np.testing.assert_array_equal(val, again_val)
+    assert validation_split(labels, 0.0, seed=0)[1].size == 0
+
+
+def test_augmentation_flips_and_shifts_each_volume_separately():
+    from cryoet_forge.classify import augment_batch
+
+    x = torch.randn(6, 1, 5, 5, 5)
+    out = augment_batch(x, torch.Generator().manual_seed(0), flips=True, max_shift=0)
+    flips = [[d for d in (2, 3, 4) if (mask >> (d - 2)) & 1] for mask in range(8)]
+    for i in range(6):
+        assert any(torch.equal(out[i:i + 1], torch.flip(x[i:i + 1], dims) if dims else x[i:i + 1])
+                   for dims in flips), i
+    shifted = augment_batch(x, torch.Generator().manual_seed(1), flips=False, max_shift=1)
+    for i in range(6):
+        assert any(torch.equal(shifted[i], torch.roll(x[i], (a, b, c), dims=(1, 2, 3)))
+                   for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)), i
+    assert not torch.equal(shifted, x)
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    data = toy_shapes(10, seed=2, noise=1.5)
+    options = ClassifierOptions(**{**TOY_OPTIONS, "epochs": 25, "validation_fraction": 0.3, "patience": 3})
+    model, history = train_cb3d(data, options, seed=0)
+    assert history.n_validation == 9  # 3 of each class's 10
+    assert len(history.val_accuracy) == len(history.loss) <= options.epochs
+    best = history.best_epoch
+    assert history.val_accuracy[best - 1] == max(history.val_accuracy)
+    # it stopped `patience` epochs after the best one, or ran out of epochs
+    assert len(history.loss) == options.epochs or len(history.loss) == best + options.patience
+    # the returned weights are the best epoch's: they score that epoch's validation accuracy again
+    from cryoet_forge.classify import validation_split
+
+    _, val = validation_split(data.labels, options.validation_fraction, seed=0)
+    again = evaluate_cb3d(model, data.subset(val), data.class_names)
+    assert again.accuracy == pytest.approx(history.val_accuracy[best - 1])
+
+
+def test_classifier_options_refuse_bad_validation_settings():
+    with pytest.raises(ConfigError, match="validation_fraction must be in \\[0, 0.9\\), got 0.95"):
+        ClassifierOptions(validation_fraction=0.95)
+    with pytest.raises(ConfigError, match="patience >= 1 and max_shift >= 0; got 0, 0"):
+        ClassifierOptions(patience=0)

@@ -69,6 +69,17 @@ def test_train_writes_a_safetensors_checkpoint_and_scores(trained_dir, folders):
     assert scores["accuracy"] >= 0.7  # chance is 1/3
 
 
+def test_train_with_a_validation_part_records_the_kept_epoch(folders, capsys, tmp_path):
+    out = tmp_path / "model"
+    code, text, err = run_cli(capsys, "classify", "train", "--data", str(folders["train"]), "--out", str(out),
+                              *NET, "--validation-fraction", "0.2", "--patience", "2")
+    assert code == 0, err
+    training = json.loads((out / "cb3d.json").read_text())["training"]
+    assert training["n_validation"] == 6  # 2 of each class's 10
+    assert len(training["val_accuracy"]) == len(training["loss"])
+    assert f"kept epoch {training['best_epoch']} of {len(training['loss'])}" in text
+
+
 def test_eval_and_features(trained_dir, folders, capsys, tmp_path):
     code, out, _ = run_cli(capsys, "classify", "eval", "--model", str(trained_dir), "--data", str(folders["test"]),
                            "--out", str(tmp_path / "eval"))

@@ -20,24 +20,27 @@ COSTS = Costs(gan_step_s=0.3, classifier_volume_epoch_s=0.002, experimental_volu
 
 def test_prediction_adds_up_the_parts():
     config = quickstart_config()
+    steps, epochs = config.gan.overrides["train.steps"], config.classifier.epochs
     parts = predict(config, COSTS)
-    assert parts["gan_training"] == pytest.approx(600 * 0.3)
-    # inception (192 volumes) + 2 sources x 3 seeds x 192 volumes, 12 epochs each
-    assert parts["classifiers"] == pytest.approx(12 * 0.002 * (192 + 2 * 3 * 192))
+    assert parts["gan_training"] == pytest.approx(steps * 0.3)
+    # inception (192 volumes) + 2 sources x 3 seeds x 192 volumes, at most `epochs` each
+    assert parts["classifiers"] == pytest.approx(epochs * 0.002 * (192 + 2 * 3 * 192))
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
 
 
 @pytest.mark.parametrize("minutes", [2.0, 4.0, 10.0])
 def test_scaled_run_is_predicted_to_fit_the_budget(minutes):
     config = quickstart_config()
+    original = config.gan.overrides["train.steps"]
+    checkpoints = original // config.gan.overrides["log.checkpoint_every"]
     scaled, record = fit_to_budget(config, minutes, costs=COSTS)
     predicted = record["predicted_s"]["total"] + COSTS.calibration_s
     assert predicted == pytest.approx(minutes * 60, rel=0.05)
     steps = scaled.gan.overrides["train.steps"]
-    assert record["scaled"]["gan.train.steps"] == {"from": 600, "to": steps}
-    assert (steps > 600) == (minutes > predict(config, COSTS)["total"] / 60)
+    assert record["scaled"]["gan.train.steps"] == {"from": original, "to": steps}
+    assert (steps > original) == (minutes > predict(config, COSTS)["total"] / 60)
     # the checkpoint count (and so the selection's cost) is kept
-    assert steps // scaled.gan.overrides["log.checkpoint_every"] == 6
+    assert steps // scaled.gan.overrides["log.checkpoint_every"] == checkpoints
     # seeds, classes, box and networks never change
     assert scaled.downstream.seeds == config.downstream.seeds and scaled.data.box == config.data.box
     assert scaled.gan.overrides["model.generator_options"] == config.gan.overrides["model.generator_options"]

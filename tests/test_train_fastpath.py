@@ -70,6 +70,18 @@ def test_reuse_of_the_forward_pass_is_bit_identical():
     assert run(True) == run(False)
 
 
+def test_reuse_stays_bit_identical_with_the_identity_loss():
+    def run(reuse):
+        return losses(False, 3, "unet3d", **{"train.reuse_fakes": reuse, "loss.identity_weight": 5.0})
+    with_identity = run(True)
+    assert with_identity == run(False)
+    assert all(step["loss/identity"] > 0 for step in with_identity)
+    # the identity term enters the generator loss only: the first critic update is the same
+    without = losses(False, 1, "unet3d")
+    assert "loss/identity" not in without[0]
+    assert with_identity[0]["loss/critic"] == without[0]["loss/critic"]
+
+
 @pytest.mark.parametrize("generator", ["unet3d", "cryoetgan"])
 @pytest.mark.parametrize("loss", ["wgan-clip", "wgan-gp"])
 def test_fast_path_losses_equal_the_plain_loop_with_sgd(generator, loss):
@@ -120,3 +132,22 @@ def test_auto_precision_trains(monkeypatch):
     assert trainer.autocast_dtype == torch.bfloat16
     stats = trainer.train_step()
     assert all(torch.isfinite(v) for v in stats.values())
+
+
+def test_semantic_consistency_loss_uses_a_frozen_domain_classifier(tmp_path):
+    from cryoet_forge.classify import ClassifierOptions, build_cb3d
+    from cryoet_forge.errors import ConfigError, InputError
+    from cryoet_forge.models.cb3d import save_cb3d
+
+    with pytest.raises(ConfigError, match="loss.semantic_weight > 0 needs loss.semantic_classifier"):
+        losses(False, 1, "cryoetgan", **{"loss.semantic_weight": 1.0})
+    options = ClassifierOptions(channels=[2, 2, 2, 2], fc_width=8)
+    save_cb3d(build_cb3d(options, 3, 16, seed=0), tmp_path / "clf16", ["a", "b", "c"])
+    semantic = {"loss.semantic_weight": 2.0, "loss.semantic_classifier": str(tmp_path / "clf16")}
+    a = losses(False, 2, "cryoetgan", **semantic, **{"train.reuse_fakes": True})
+    b = losses(False, 2, "cryoetgan", **semantic, **{"train.reuse_fakes": False})
+    assert a == b  # exact on the fast path too
+    assert all(step["loss/semantic"] > 0 for step in a)
+    save_cb3d(build_cb3d(options, 3, 24, seed=0), tmp_path / "clf24", ["a", "b", "c"])
+    with pytest.raises(InputError, match="trained on 24\\^3 volumes, the run's are 16\\^3"):
+        losses(False, 1, "cryoetgan", **{**semantic, "loss.semantic_classifier": str(tmp_path / "clf24")})

@@ -95,3 +95,50 @@ def test_bad_values_are_named():
         load_config(None, {"train.precision": "fp8"})
     with pytest.raises(ConfigError, match="must look like"):
         parse_override("train.steps")
+
+
+def test_lsgan_with_a_soft_real_label_and_a_gradient_penalty():
+    loss = registry.create("loss", "lsgan", real_label=0.8, gp_weight=10.0)
+    assert loss.needs_interpolates and not registry.create("loss", "lsgan").needs_interpolates
+    assert loss.critic_loss(torch.full((4,), 0.8), torch.zeros(4)).item() == pytest.approx(0.0)
+    assert loss.generator_loss(torch.zeros(4)).item() == pytest.approx(0.5 * 0.64)
+    # a linear critic with gradient norm 2 everywhere: penalty 10 * (2 - 1)^2
+    x = torch.randn(3, 1, 2, 2, 2, requires_grad=True)
+    w = torch.zeros(1, 1, 2, 2, 2)
+    w.view(-1)[0] = 2.0
+    scores = (x * w).flatten(1).sum(1)
+    assert loss.penalty(scores, x).item() == pytest.approx(10.0)
+    with pytest.raises(ConfigError, match="lsgan real_label must be in \\(0, 1\\], got 1.5"):
+        registry.create("loss", "lsgan", real_label=1.5)
+
+
+def test_learning_rate_decays_linearly_from_the_stated_step():
+    from cryoet_forge.train.loop import lr_factor
+
+    optim = load_config(None, {"optim.decay_start": 4, "optim.decay_steps": 4}).optim
+    assert [lr_factor(optim, step) for step in range(10)] == [1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0, 0]
+    assert lr_factor(load_config(None, {}).optim, 10**6) == 1.0
+    with pytest.raises(ConfigError, match="optim.decay_start and optim.decay_steps must be >= 0, got -1, 0"):
+        load_config(None, {"optim.decay_start": -1})
+
+
+def test_trainer_applies_the_schedule_to_both_optimizers(tmp_path):
+    from pathlib import Path
+
+    from test_train_loop import Volumes
+
+    from cryoet_forge.train.distributed import DistContext
+    from cryoet_forge.train.loop import Trainer
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "aitom-reference-cpu.toml", {
+        "train.steps": 3, "optim.decay_start": 1, "optim.decay_steps": 2,
+        "model.generator_options": {"base": 4, "n_residual": 1, "dropout": 0.1}})
+    trainer = Trainer(cfg, tmp_path / "run", DistContext(device=torch.device("cpu")), resume=False,
+                      datasets=(Volumes(size=16), Volumes(size=16, seed=1)))
+    seen = []
+    for step in range(3):
+        trainer.step = step
+        stats = trainer.train_step()
+        seen.append((trainer.g_opt.param_groups[0]["lr"], trainer.c_opt.param_groups[0]["lr"]))
+        assert torch.isfinite(stats["loss/penalty"]) and stats["loss/penalty"] > 0  # lsgan + gradient penalty
+    assert seen == [(2e-4, 2e-4), (2e-4, 2e-4), (1e-4, 1e-4)]

@@ -44,10 +44,14 @@ def classify_group() -> None:
 @click.option("--normalize", default="zscore", show_default=True,
               type=click.Choice(["zscore", "minmax", "none"]), help="per-volume input normalisation")
 @click.option("--no-augment", is_flag=True, help="no random axis flips")
+@click.option("--validation-fraction", default=0.0, show_default=True, type=float,
+              help="hold out this fraction of each class, keep the best epoch on it and stop early (0 = off)")
+@click.option("--patience", default=20, show_default=True, type=int,
+              help="with --validation-fraction: stop this many epochs after the best one")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
 def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channels, convs_per_block,
-                   fc_width, dropout, normalize, no_augment, seed, device) -> None:
+                   fc_width, dropout, normalize, no_augment, validation_fraction, patience, seed, device) -> None:
     """Train CB3D on a labelled folder and save it (safetensors + JSON metadata)."""
     from cryoet_forge.classify import ClassifierOptions, check_splits, load_labelled, train_cb3d
     from cryoet_forge.evaluate.classification_report import score_and_write
@@ -56,7 +60,8 @@ def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channe
     options = ClassifierOptions(channels=_int_list(channels, "--channels"),
                                 convs_per_block=_int_list(convs_per_block, "--convs-per-block"),
                                 fc_width=fc_width, dropout=dropout, epochs=epochs, batch_size=batch_size,
-                                lr=lr, normalize=normalize, augment=not no_augment, device=device)
+                                lr=lr, normalize=normalize, augment=not no_augment,
+                                validation_fraction=validation_fraction, patience=patience, device=device)
     train = load_labelled(data_path)
     test = load_labelled(test_path) if test_path is not None else None
     if test is not None:
@@ -66,10 +71,12 @@ def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channe
     save_cb3d(model, out_dir, train.class_names, normalize=normalize,
               extra={"voxel_size": train.voxel_size, "training": {
                   "data": str(train.source), "n": len(train), "seed": seed, "options": options.to_dict(),
-                  "loss": history.loss, "train_accuracy": history.train_accuracy,
-                  "seconds": history.seconds}})
+                  **history.summary()}})
+    kept = "" if history.best_epoch is None else (
+        f"; kept epoch {history.best_epoch} of {len(history.loss)}, validation accuracy "
+        f"{history.val_accuracy[history.best_epoch - 1]:.3f} on {history.n_validation} held-out volumes")
     click.echo(f"saved {out_dir / 'cb3d.safetensors'} ({len(train)} volumes, {len(train.class_names)} classes, "
-               f"{history.seconds:.1f} s)")
+               f"{history.seconds:.1f} s{kept})")
     if test is not None:
         result = score_and_write(model, test, train.class_names, normalize, out_dir, device=device)
         _print_scores(result)
@@ -141,19 +148,48 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
 
 @click.command("evaluate")
 @quiet_option
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="evaluation TOML (see configs/evaluate-*.toml)")
+@click.option("--suite", "suite_path", type=click.Path(path_type=Path), default=None,
+              help="suite TOML (see configs/suite.toml): every domain x method, one table in OUT/suite.md")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a config value, e.g. --set downstream.seeds=[0,1,2]")
+              help="override a config value, e.g. --set downstream.seeds=[0,1,2] (with --suite: every cell)")
 @click.option("--budget-minutes", type=float, default=None,
               help="scale GAN steps, classifier epochs (and set sizes if needed) to finish in about N minutes "
                    "on this machine, measured first; the report says what was scaled")
-def evaluate_command(config_path, out_dir, overrides, budget_minutes) -> None:
+def evaluate_command(config_path, suite_path, out_dir, overrides, budget_minutes) -> None:
     """Run the paper's evaluation protocol end to end and write report.md, results.json and PNGs."""
     from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
 
+    if (config_path is None) == (suite_path is None):
+        raise click.UsageError("give exactly one of --config (one evaluation) or --suite (domains x methods)")
+    if suite_path is not None:
+        if budget_minutes is not None:
+            raise click.UsageError("--budget-minutes applies to one evaluation (--config), not to --suite")
+        _run_suite(suite_path, out_dir, parse_overrides(overrides))
+        return
     _run(load_evaluation_config(config_path, parse_overrides(overrides)), out_dir, budget_minutes)
+
+
+def _run_suite(suite_path: Path, out_dir: Path, overrides: dict) -> None:
+    from cryoet_forge import progress
+    from cryoet_forge.evaluate.suite import OUTCOME_TEXT, load_suite, run_suite
+
+    suite = load_suite(suite_path, overrides)
+    record = run_suite(suite, out_dir, log=progress.log)
+    for row in record["rows"]:
+        if row["status"] != "done":
+            click.echo(f"{row['domain']} / {row['method']}: skipped, {row['reason']}")
+            continue
+        p = row["paired"]
+        click.echo(f"{row['domain']} / {row['method']}: real {row['real']:.3f}, traditional "
+                   f"{row['traditional']['mean']:.3f}, GAN {row['gan']['mean']:.3f}, GAN - traditional "
+                   f"{p['mean']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]: {OUTCOME_TEXT[row['outcome']]}")
+    best = record["tally"]["best"]
+    if best is not None:
+        click.echo(f"most domains won: {best}")
+    click.echo(f"suite table: {Path(out_dir) / 'suite.md'}")
 
 
 def _run(config, out_dir: Path, budget_minutes: float | None) -> None:

@@ -50,9 +50,13 @@ class SimulatorSection:
     options: dict = field(default_factory=dict)
 
 
-def _experimental_default() -> SimulatorSection:
+@dataclass
+class ExperimentalSection(SimulatorSection):
+    """``[experimental]``: its own defaults, so a table that sets only ``options`` keeps ``tilt-series``."""
+
     # neighbours reaching into the box, uneven ice, dose-limited shot noise: harder than the baseline
-    return SimulatorSection("tilt-series", {"crowding": 2, "ice": 0.15, "dose": 120.0})
+    simulator: str = "tilt-series"
+    options: dict = field(default_factory=lambda: {"crowding": 2, "ice": 0.15, "dose": 120.0})
 
 
 @dataclass
@@ -68,14 +72,28 @@ class GanSection:
     #: which checkpoint generates the evaluated data: "last", or "best-fid-train" (lowest FID of its
     #: output against the real *training* split, so the test split plays no part in the choice)
     select_checkpoint: str = "last"
+    #: the GAN's domain D: "density" (posed clean maps, the paper) or "traditional" (refinement:
+    #: the traditional simulation of those maps, so the generator learns only what the physics
+    #: misses; SimGAN, Shrivastava et al. 2017; FakET, Harar et al. 2023). With "traditional" the
+    #: evaluated GAN set is G(the traditional set itself), a paired comparison volume by volume
+    input: str = "density"
 
 
 @dataclass
 class ClassifierSection(ClassifierOptions):
-    """``[classifier]``: the fields of ``ClassifierOptions`` (checked when the config is read)."""
+    """``[classifier]``: the fields of ``ClassifierOptions`` (checked when the config is read).
+
+    The evaluation's training rule for every CB3D (the inception network and each downstream
+    classifier): 20% of each class of its own training set is held out, training keeps the
+    epoch with the best accuracy on that part and stops 20 epochs after it (README, "How the
+    classifiers are trained"). A downstream classifier's held-out part is synthetic, like the
+    rest of its training set: no real label enters it.
+    """
 
     #: "auto" = cuda when available, else cpu
     device: str = "auto"
+    validation_fraction: float = 0.2
+    patience: int = 20
 
 
 @dataclass
@@ -124,7 +142,7 @@ class ReportSection:
 @dataclass
 class EvaluationConfig:
     data: DataSection = field(default_factory=DataSection)
-    experimental: SimulatorSection = field(default_factory=_experimental_default)
+    experimental: ExperimentalSection = field(default_factory=ExperimentalSection)
     traditional: SimulatorSection = field(default_factory=SimulatorSection)
     gan: GanSection = field(default_factory=GanSection)
     classifier: ClassifierSection = field(default_factory=ClassifierSection)
@@ -187,6 +205,8 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
             raise ConfigError(f"ablations.noise_std values must be numbers >= 0, got {value!r}")
     if config.gan.select_checkpoint not in ("last", "best-fid-train"):
         raise ConfigError(f"gan.select_checkpoint {config.gan.select_checkpoint!r}; choose from: last, best-fid-train")
+    if config.gan.input not in ("density", "traditional"):
+        raise ConfigError(f"gan.input {config.gan.input!r}; choose from: density, traditional")
     if config.gan.curve_points < 1:
         raise ConfigError(f"gan.curve_points must be >= 1, got {config.gan.curve_points}")
     return config
@@ -224,8 +244,10 @@ def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = 
 QUICKSTART: dict[str, Any] = {
     "data": {"classes": ["barrel", "two-lobe", "ring", "membrane"], "box": 24, "voxel_size": 10.0,
              "n_train_per_class": 48, "n_test_per_class": 24, "n_density_per_class": 48},
-    "gan": {"curve_points": 4, "select_checkpoint": "best-fid-train", "overrides": {
-        "train.steps": 600, "train.batch_size": 4, "train.n_critic": 1, "train.device": "cpu",
+    # refinement (D = the traditional simulation): it won the most domains of configs/suite.toml
+    # (README, "The domain suite"); the paper's clean-map input is gan.input = "density"
+    "gan": {"curve_points": 4, "select_checkpoint": "best-fid-train", "input": "traditional", "overrides": {
+        "train.steps": 400, "train.batch_size": 4, "train.n_critic": 1, "train.device": "cpu",
         "train.channels_last": True,  # fixed, not "auto": the same seed gives the same report
         "model.generator": "unet3d",
         "model.generator_options": {"base": 8, "dropout": 0.1, "noise_channels": 1},
@@ -234,8 +256,10 @@ QUICKSTART: dict[str, Any] = {
         "loss.cycle_noise_std": 0.3,
         "data.density_noise_std": 0.05,
         "log.every": 20, "log.checkpoint_every": 100, "log.image_every": 100}},
-    "classifier": {"channels": [8, 16, 32, 32], "fc_width": 256, "epochs": 12, "batch_size": 16,
-                   "lr": 2e-3, "dropout": 0.3},
+    # the training rule (held-out 20%, best epoch, patience 20) with at most 40 epochs; a 64-wide
+    # dense layer without dropout (README, "How the classifiers are trained", says how it was chosen)
+    "classifier": {"channels": [8, 16, 32, 32], "fc_width": 64, "epochs": 40, "batch_size": 16,
+                   "lr": 1e-3, "dropout": 0.0},
     "downstream": {"n_per_class": 48, "seeds": [0, 1, 2]},
     "uncertainty": {"samples": 8},
     "report": {"title": "cryoet-forge quickstart (CPU, small)"},
@@ -249,7 +273,8 @@ QUICKSTART_CORE_GENERATOR: dict[str, Any] = {
 }
 
 
-def quickstart_config(seed: int = 0, log=None) -> EvaluationConfig:
+def quickstart_table(log=None) -> dict[str, Any]:
+    """A copy of ``QUICKSTART``, with the core generator when the unet3d plugin is not installed."""
     import copy
 
     from cryoet_forge import registry
@@ -260,4 +285,8 @@ def quickstart_config(seed: int = 0, log=None) -> EvaluationConfig:
             log("generator 'unet3d' is not installed (pip install ./plugins/cryoet-forge-unet3d); "
                 "using 'cryoetgan' with skip connections instead")
         table["gan"]["overrides"].update(QUICKSTART_CORE_GENERATOR)
-    return config_from_dict(table, {"data.seed": seed}, origin="forge quickstart (embedded)")
+    return table
+
+
+def quickstart_config(seed: int = 0, log=None) -> EvaluationConfig:
+    return config_from_dict(quickstart_table(log), {"data.seed": seed}, origin="forge quickstart (embedded)")

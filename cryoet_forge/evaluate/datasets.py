@@ -157,8 +157,8 @@ class EvaluationData:
     templates: dict[str, np.ndarray]
     real_train: LabelledVolumes
     real_test: LabelledVolumes
-    density_train: LabelledVolumes  # randomly posed clean maps, GAN domain D
-    density_generate: LabelledVolumes  # other posed clean maps, the GAN's inputs at generation
+    density_train: LabelledVolumes  # GAN domain D: randomly posed clean maps (or their traditional simulation)
+    density_generate: LabelledVolumes  # the GAN's inputs at generation (other posed maps, or `traditional`)
     traditional: LabelledVolumes
     real_train_star: Path
     density_star: Path
@@ -197,17 +197,27 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
         real_train_star = write_labelled_folder(folder / "real_train", real_train, train_records)
         description = (f"embedded: 'experimental' = {exp.simulator} {exp.options or '(defaults)'} on "
                        f"{'per-particle variants of ' if d.vary_shapes else ''}the class maps")
-    log(f"posing clean maps (domain D) and simulating the traditional baseline with {config.traditional.simulator}")
-    density_train, density_records = simulate_labelled(
-        "none", {}, templates, class_names, d.n_density_per_class, voxel_size, d.seed * 1000 + 13, "density maps")
-    density_star = write_labelled_folder(folder / "density", density_train, density_records)
-    density_generate, _ = simulate_labelled(
-        "none", {}, templates, class_names, config.downstream.n_per_class, voxel_size, d.seed * 1000 + 14,
-        "density maps for generation")
     trad = config.traditional
+    refine = config.gan.input == "traditional"
+    log(f"posing clean maps (domain D) and simulating the traditional baseline with {trad.simulator}"
+        + (" (also the GAN's input: refinement)" if refine else ""))
+    if refine:  # D = traditional simulation of the maps; the GAN refines the baseline's own volumes
+        density_train, density_records = simulate_labelled(
+            trad.simulator, trad.options, templates, class_names, d.n_density_per_class, voxel_size,
+            d.seed * 1000 + 16, f"traditional ({trad.simulator}) as GAN input")
+    else:
+        density_train, density_records = simulate_labelled(
+            "none", {}, templates, class_names, d.n_density_per_class, voxel_size, d.seed * 1000 + 13, "density maps")
+    density_star = write_labelled_folder(folder / "density", density_train, density_records)
     traditional, _ = simulate_labelled(trad.simulator, trad.options, templates, class_names,
                                        config.downstream.n_per_class, voxel_size, d.seed * 1000 + 15,
                                        f"traditional ({trad.simulator})")
+    if refine:
+        density_generate = traditional
+    else:
+        density_generate, _ = simulate_labelled(
+            "none", {}, templates, class_names, config.downstream.n_per_class, voxel_size, d.seed * 1000 + 14,
+            "density maps for generation")
     return EvaluationData(class_names, box, voxel_size, templates, real_train, real_test, density_train,
                           density_generate, traditional, Path(real_train_star), Path(density_star), description)
 

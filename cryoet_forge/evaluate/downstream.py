@@ -62,11 +62,48 @@ class DownstreamResult:
                 "confusion_first_seed": self.first.confusion.tolist() if self.first is not None else None}
 
 
+def _cache_key(train: LabelledVolumes, test: LabelledVolumes, class_names: Sequence[str],
+               options: ClassifierOptions, seed: int) -> str:
+    """A digest of everything one downstream score depends on (data bytes, labels, options, seed, torch)."""
+    import hashlib
+    import json
+
+    import torch
+
+    h = hashlib.blake2b(digest_size=20)
+    for array in (train.volumes, train.labels, test.volumes, test.labels):
+        array = np.ascontiguousarray(array)
+        h.update(str((array.shape, array.dtype.str)).encode())
+        h.update(memoryview(array).cast("B"))
+    h.update(json.dumps([list(class_names), options.to_dict(), int(seed), torch.__version__],
+                        sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _cached_score(cache_dir, key: str, class_names: Sequence[str]) -> ClassificationResult | None:
+    import json
+
+    path = cache_dir / f"downstream-{key}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    empty = np.zeros((0,))
+    return ClassificationResult(list(class_names), float(record["accuracy"]), dict(record["per_class_accuracy"]),
+                                np.asarray(record["confusion"], dtype=np.int64), empty, empty, empty, empty)
+
+
 def train_on_synthetic_test_on_real(source: str, train: LabelledVolumes, test: LabelledVolumes,
                                     class_names: Sequence[str], options: ClassifierOptions,
                                     seeds: Sequence[int], confidence: float = 0.95,
-                                    log: Callable[[str], None] | None = None) -> DownstreamResult:
-    """One CB3D per seed on ``train``; accuracy on ``test``; mean and t-interval over seeds."""
+                                    log: Callable[[str], None] | None = None,
+                                    cache_dir=None) -> DownstreamResult:
+    """One CB3D per seed on ``train``; accuracy on ``test``; mean and t-interval over seeds.
+
+    ``cache_dir``: a folder of scores keyed by a digest of the data, options, seed and torch
+    version; a seed whose score is there is read instead of trained (the suite runs the same
+    traditional set under several methods). Training is deterministic on CPU for a seed, so
+    a cached score is the one training would give.
+    """
     from cryoet_forge import progress
 
     train = train.relabelled(class_names)
@@ -74,8 +111,20 @@ def train_on_synthetic_test_on_real(source: str, train: LabelledVolumes, test: L
     first: ClassificationResult | None = None
     with progress.stage(f"downstream {source}", len(seeds), "seeds") as bar:
         for seed in seeds:
-            model, _ = train_cb3d(train, options, seed=int(seed), label=f"CB3D on {source}, seed {seed}")
-            result = evaluate_cb3d(model, test, class_names, normalize=options.normalize, device=options.device)
+            key = None if cache_dir is None else _cache_key(train, test, class_names, options, int(seed))
+            result = None if key is None else _cached_score(cache_dir, key, class_names)
+            if result is None:
+                model, _ = train_cb3d(train, options, seed=int(seed), label=f"CB3D on {source}, seed {seed}")
+                result = evaluate_cb3d(model, test, class_names, normalize=options.normalize,
+                                       device=options.device)
+                if key is not None:
+                    from cryoet_forge.classify import write_json
+
+                    cache_dir.mkdir(parents=True, exist_ok=True)
+                    write_json(cache_dir / f"downstream-{key}.json",
+                               {"source": source, "seed": int(seed), "accuracy": result.accuracy,
+                                "per_class_accuracy": result.per_class_accuracy,
+                                "confusion": result.confusion.tolist()})
             accuracies.append(result.accuracy)
             per_class.append(result.per_class_accuracy)
             if first is None:

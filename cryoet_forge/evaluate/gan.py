@@ -60,6 +60,9 @@ def train_gan(config: EvaluationConfig, run_dir: Path, density: LabelledVolumes,
     from cryoet_forge.train import train
 
     cfg = train_config_for(config, density_star, real_star, variant)
+    if cfg.loss.semantic_weight > 0 and not cfg.loss.semantic_classifier:
+        cfg.loss.semantic_classifier = str(domain_classifier(config, density, Path(run_dir).parent / "semantic-cb3d",
+                                                             log))
     # keep every checkpoint of the run so that the metric curves can score them
     checkpoint_every = cfg.log.checkpoint_every or cfg.train.steps
     cfg.log.keep_checkpoints = max(cfg.log.keep_checkpoints, cfg.train.steps // max(checkpoint_every, 1) + 1)
@@ -68,6 +71,25 @@ def train_gan(config: EvaluationConfig, run_dir: Path, density: LabelledVolumes,
             f"critic {cfg.model.critic}, density noise std {cfg.data.density_noise_std:g})")
     datasets = (InMemoryVolumes(density, "minmax"), InMemoryVolumes(real_train, "minmax"))
     return Path(train(cfg, run_dir, datasets=datasets))
+
+
+def domain_classifier(config: EvaluationConfig, density: LabelledVolumes, folder: Path,
+                      log: Callable[[str], None] | None = None) -> Path:
+    """The CB3D of the semantic-consistency loss: trained on the GAN's labelled domain D with the
+    evaluation's classifier rule, saved in ``folder`` (reused by the ablations' runs)."""
+    from cryoet_forge.classify import train_cb3d
+    from cryoet_forge.evaluate.pipeline import classifier_options
+    from cryoet_forge.models.cb3d import WEIGHTS_NAME, save_cb3d
+
+    if (folder / WEIGHTS_NAME).is_file():
+        return folder
+    options = classifier_options(config)
+    if log is not None:
+        log(f"training the domain-D classifier of the semantic-consistency loss ({len(density)} volumes)")
+    model, _ = train_cb3d(density, options, seed=config.data.seed, label="domain-D CB3D (semantic loss)")
+    save_cb3d(model, folder, density.class_names, normalize=options.normalize,
+              extra={"voxel_size": density.voxel_size, "training": {"data": "domain D of the GAN"}})
+    return folder
 
 
 def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

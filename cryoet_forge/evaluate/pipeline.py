@@ -85,10 +85,11 @@ def _per_class_rows(data: LabelledVolumes, per_class: int) -> list[np.ndarray]:
 
 
 def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print,
-                   budget: dict[str, Any] | None = None) -> Path:
+                   budget: dict[str, Any] | None = None, cache_dir: Path | None = None) -> Path:
     """Run the whole protocol; returns the path of report.md.
 
     ``budget``: the record of ``budget.fit_to_budget`` that scaled ``config`` (kept in the results).
+    ``cache_dir``: where downstream scores are kept by content digest and read back (the suite).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,9 +164,10 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     log(f"downstream: CB3D on traditional vs GAN data ({config.downstream.n_per_class} per class, seeds {seeds})")
     downstream = {
         "traditional": train_on_synthetic_test_on_real("traditional", data.traditional, data.real_test,
-                                                       class_names, options, seeds, config.downstream.confidence, log),
+                                                       class_names, options, seeds, config.downstream.confidence, log,
+                                                       cache_dir=cache_dir),
         "cryoetgan": train_on_synthetic_test_on_real("cryoetgan", gan, data.real_test, class_names, options,
-                                                     seeds, config.downstream.confidence, log),
+                                                     seeds, config.downstream.confidence, log, cache_dir=cache_dir),
     }
     timed("downstream", tic)
 
@@ -211,7 +213,8 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
         out / "figures" / "montage.png",
         [_per_class_rows(data.density_generate, n_show), _per_class_rows(data.real_test, n_show),
          _per_class_rows(data.traditional, n_show), _per_class_rows(gan, n_show)],
-        ["density map (D)", "real (test)", "traditional", "CryoETGAN"], column_labels,
+        ["traditional as GAN input (D)" if config.gan.input == "traditional" else "density map (D)",
+         "real (test)", "traditional", "CryoETGAN"], column_labels,
         title="central slices per class")
     figures.save_confusion_png(out / "figures" / "confusion_inception.png", inception_on_test.confusion,
                                class_names, f"real -> real (inception net): {inception_on_test.accuracy:.3f}")

@@ -83,7 +83,10 @@ def render_report(results: dict[str, Any]) -> str:
         f"Data: {data['description']}.",
         f"Classes: {', '.join(data['class_names'])}; box {data['box']}^3 voxels at {number(data['voxel_size'])} Å.",
         f"Real train split: {data['n_real_train']} subtomograms; real test split: {data['n_real_test']}; "
-        f"density maps (domain D) for GAN training: {data['n_density_train']}; "
+        + ("traditional volumes (domain D: the GAN refines traditional simulation) for GAN training: "
+           if results["config"]["gan"].get("input") == "traditional" else
+           "density maps (domain D) for GAN training: ")
+        + f"{data['n_density_train']}; "
         f"traditional and GAN sets: {data['n_traditional']} and {data['n_generated']} volumes.",
         "",
         "All metrics use the features (fc7, the last dense layer) and class probabilities of a CB3D "
@@ -154,7 +157,10 @@ def render_report(results: dict[str, Any]) -> str:
         lines += [f"Ablation accuracies use {len(seeds)} seed(s) each; a single seed gives a zero-width interval.", ""]
 
     lines += ["## Figures", "",
-              "Central slices per class (rows: clean density map, real test, traditional, CryoETGAN):", "",
+              "Central slices per class (rows: "
+              + ("the traditional volume the GAN refines" if results["config"]["gan"].get("input") == "traditional"
+                 else "clean density map")
+              + ", real test, traditional, CryoETGAN):", "",
               "![montage](figures/montage.png)", ""]
     curves = results["curves"]
     if curves["steps"]:

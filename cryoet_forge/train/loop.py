@@ -76,7 +76,10 @@ class CyclePair(nn.Module):
         self.g_ds, self.g_sd = g_ds, g_sd
 
     def forward(self, d: torch.Tensor, s: torch.Tensor, z1: torch.Tensor | None,
-                z2: torch.Tensor | None, cycle: bool = True, cycle_noise: torch.Tensor | None = None):
+                z2: torch.Tensor | None, cycle: bool = True, cycle_noise: torch.Tensor | None = None,
+                identity: bool = False, z_id: torch.Tensor | None = None):
+        """(fake_s, fake_d) without the cycle; else (fake_s, fake_d, cyc_d, cyc_s), and with
+        ``identity`` also (G_DS(s), G_SD(d)) for the identity loss."""
         fake_s = run_generator(self.g_ds, d, z1)
         fake_d = self.g_sd(s)
         if not cycle:
@@ -85,7 +88,9 @@ class CyclePair(nn.Module):
         # so the content it reconstructs from must be carried above that noise level
         cyc_d = self.g_sd(fake_s if cycle_noise is None else fake_s + cycle_noise.to(fake_s.dtype))
         cyc_s = run_generator(self.g_ds, fake_d, z2)
-        return fake_s, fake_d, cyc_d, cyc_s
+        if not identity:
+            return fake_s, fake_d, cyc_d, cyc_s
+        return fake_s, fake_d, cyc_d, cyc_s, run_generator(self.g_ds, s, z_id), self.g_sd(d)
 
 
 class CriticPass(nn.Module):
@@ -149,6 +154,13 @@ def build_losses(cfg: TrainConfig) -> tuple[AdversarialLoss, CycleL1Loss]:
         raise ConfigError(f"loss {cfg.loss.adversarial!r} is not an adversarial loss")
     if not cfg.loss.cycle_noise_std >= 0:
         raise ConfigError(f"loss.cycle_noise_std must be >= 0, got {cfg.loss.cycle_noise_std}")
+    if not cfg.loss.identity_weight >= 0:
+        raise ConfigError(f"loss.identity_weight must be >= 0, got {cfg.loss.identity_weight}")
+    if not cfg.loss.semantic_weight >= 0:
+        raise ConfigError(f"loss.semantic_weight must be >= 0, got {cfg.loss.semantic_weight}")
+    if cfg.loss.semantic_weight > 0 and not cfg.loss.semantic_classifier:
+        raise ConfigError("loss.semantic_weight > 0 needs loss.semantic_classifier (a CB3D checkpoint "
+                          "trained on domain D)")
     return adversarial, CycleL1Loss(cfg.loss.cycle_weight)
 
 
@@ -176,6 +188,15 @@ def check_domains(density, subtomograms) -> int:
             f"{s_shape[-1]}^3; expected the same box (resample one domain)"
         )
     return d_shape[-1]
+
+
+def lr_factor(o, step: int) -> float:
+    """The learning-rate multiplier at ``step`` (0-based): 1 until ``optim.decay_start``, then
+    linearly down to 0 over ``optim.decay_steps`` (CycleGAN's schedule); 1 throughout when
+    ``decay_steps`` is 0."""
+    if o.decay_steps <= 0 or step < o.decay_start:
+        return 1.0
+    return max(0.0, 1.0 - (step - o.decay_start) / o.decay_steps)
 
 
 def make_optimizer(cfg: TrainConfig, params, lr: float, device: torch.device):
@@ -282,6 +303,8 @@ class Trainer:
         lr = cfg.optim.lr
         self.g_opt = make_optimizer(cfg, self.gen_pair.parameters(), lr, self.device)
         self.c_opt = make_optimizer(cfg, self.critic_params, cfg.optim.critic_lr or lr, self.device)
+        self.base_lrs = (lr, cfg.optim.critic_lr or lr)
+        self.semantic = self._semantic_classifier()
         scaler_on = self.precision == "fp16"
         self.g_scaler = torch.amp.GradScaler(self.device.type, enabled=scaler_on)
         self.c_scaler = torch.amp.GradScaler(self.device.type, enabled=scaler_on)
@@ -355,6 +378,31 @@ class Trainer:
     def _global_rand(self, local_shape: tuple[int, ...]) -> torch.Tensor:
         return self._global_randn(local_shape, sample=torch.rand)
 
+    def _semantic_classifier(self):
+        """The frozen domain-D classifier of the semantic-consistency loss, with its input
+        normalisation; None when the loss is off."""
+        if not self.cfg.loss.semantic_weight > 0:
+            return None
+        from cryoet_forge.models.cb3d import load_cb3d
+
+        model, metadata = load_cb3d(self.cfg.loss.semantic_classifier, device=self.device)
+        if model.config.box != self.box:
+            raise InputError(f"loss.semantic_classifier {self.cfg.loss.semantic_classifier}: trained on "
+                             f"{model.config.box}^3 volumes, the run's are {self.box}^3")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model.eval(), metadata.get("normalize", "zscore")
+
+    def _semantic_loss(self, d: torch.Tensor, fake_s: torch.Tensor) -> torch.Tensor:
+        """weight * cross-entropy of the classifier on G_DS(d) against its own prediction on d."""
+        from cryoet_forge.models.cb3d import normalize_volumes
+
+        model, normalize = self.semantic
+        with torch.no_grad():
+            target = model(normalize_volumes(d.float(), normalize)).argmax(1)
+        logits = model(normalize_volumes(fake_s.float(), normalize)).float()
+        return self.cfg.loss.semantic_weight * nn.functional.cross_entropy(logits, target)
+
     def _noise_for(self, x: torch.Tensor) -> torch.Tensor | None:
         g = self.nets["g_ds"]
         if not takes_noise(g):
@@ -387,13 +435,15 @@ class Trainer:
             torch.cuda.set_rng_state(cuda, self.device)
 
     def _generator_noise(self, d: torch.Tensor):
-        """The noise of one generator update: z for D -> S, z for the S -> D -> S cycle, cycle noise."""
+        """The noise of one generator update: z for D -> S, z for the S -> D -> S cycle, cycle
+        noise, and z for the identity pass G_DS(s) (None when the identity loss is off)."""
         z1 = self._noise_for(d)
         z2 = self._noise_for(d)
         cycle_noise = None
         if self.cfg.loss.cycle_noise_std > 0:
             cycle_noise = self.cfg.loss.cycle_noise_std * self._global_randn(tuple(d.shape))
-        return z1, z2, cycle_noise
+        z_id = self._noise_for(d) if self.cfg.loss.identity_weight > 0 else None
+        return z1, z2, cycle_noise, z_id
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One step: ``n_critic`` critic updates, then one generator update on the last pair.
@@ -406,15 +456,21 @@ class Trainer:
         compute the same numbers; the second is the reference the fast path is tested against.
         """
         adv, t = self.adversarial, self.cfg.train
+        identity = self.cfg.loss.identity_weight > 0
+        factor = lr_factor(self.cfg.optim, self.step)  # from the step alone, so a resumed run agrees
+        for opt, base in zip((self.g_opt, self.c_opt), self.base_lrs):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
         stats: dict[str, torch.Tensor] = {}
         for i in range(t.n_critic):
             d, s = self._pair()
             last = i == t.n_critic - 1
             if last:
-                z1, z2, cycle_noise = self._generator_noise(d)
+                z1, z2, cycle_noise, z_id = self._generator_noise(d)
                 if t.reuse_fakes:
                     with self._autocast():
-                        outputs = self.gen_train(d, s, z1, z2, cycle_noise=cycle_noise)
+                        outputs = self.gen_train(d, s, z1, z2, cycle_noise=cycle_noise,
+                                                 identity=identity, z_id=z_id)
                     fake_s, fake_d = outputs[0].detach(), outputs[1].detach()
                 else:
                     rng = self._rng_states()  # replayed for the generator update's forward
@@ -466,13 +522,21 @@ class Trainer:
             if not t.reuse_fakes:
                 self._set_rng_states(rng)
                 with self._autocast():
-                    outputs = self.gen_train(d, s, z1, z2, cycle_noise=cycle_noise)
-            fake_s, fake_d, cyc_d, cyc_s = outputs
+                    outputs = self.gen_train(d, s, z1, z2, cycle_noise=cycle_noise, identity=identity, z_id=z_id)
+            fake_s, fake_d, cyc_d, cyc_s = outputs[:4]
             with self._autocast():
                 adv_g = (adv.generator_loss(self.c_s_eval(fake_s))
                          + adv.generator_loss(self.c_d_eval(fake_d)))
                 cycle = self.cycle(d, cyc_d) + self.cycle(s, cyc_s)
                 loss_g = adv_g + cycle
+                if identity:
+                    idt_s, idt_d = outputs[4:]
+                    w = self.cfg.loss.identity_weight
+                    idt = w * ((s.float() - idt_s.float()).abs().mean() + (d.float() - idt_d.float()).abs().mean())
+                    loss_g = loss_g + idt
+                if self.semantic is not None:
+                    sem = self._semantic_loss(d, fake_s)
+                    loss_g = loss_g + sem
             self.g_opt.zero_grad(set_to_none=True)
             self.g_scaler.scale(loss_g).backward()
             self.g_scaler.step(self.g_opt)
@@ -482,6 +546,10 @@ class Trainer:
                 p.requires_grad_(True)
         stats["loss/generator"] = adv_g.detach().float()
         stats["loss/cycle"] = cycle.detach().float()
+        if identity:
+            stats["loss/identity"] = idt.detach().float()
+        if self.semantic is not None:
+            stats["loss/semantic"] = sem.detach().float()
         self.last_images = (d[:1].detach(), fake_s[:1].detach(), cyc_d[:1].detach(),
                             s[:1].detach(), fake_d[:1].detach(), cyc_s[:1].detach())
         return stats

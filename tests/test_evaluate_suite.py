@@ -1,0 +1,184 @@
+"""`forge evaluate --suite`: every domain x method cell, one table, cells read back, domains skipped."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+
+import pytest
+from test_evaluate import TOY
+from tests_support import assert_one_line_error, forge_executable
+
+from cryoet_forge.errors import ConfigError
+from cryoet_forge.evaluate.suite import (
+    cell_config,
+    load_suite,
+    run_suite,
+    suite_from_dict,
+)
+
+BASE = copy.deepcopy(TOY)
+BASE["ablations"] = {}
+BASE["uncertainty"] = {"enabled": False}
+BASE["gan"]["curve_points"] = 1
+
+SUITE = {
+    "title": "toy suite",
+    "base": BASE,
+    "overrides": {"downstream.seeds": [0, 1]},
+    "domains": {
+        "low-dose": {"description": "less dose", "overrides": {"experimental.options": {"dose": 40.0, "tilt_step": 6.0}}},
+        "absent-maps": {"description": "maps nobody has",
+                        "overrides": {"data.maps_dir": "shared:no-such-maps", "data.classes": ["a", "b"]}},
+    },
+    "methods": {
+        "paper": {"description": "clean maps in", "overrides": {}},
+        "refine": {"description": "traditional in", "overrides": {"gan.input": "traditional"}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite")
+    lines = []
+    record = run_suite(suite_from_dict(copy.deepcopy(SUITE), origin="toy.toml"), out, log=lines.append)
+    return out, record, lines
+
+
+def test_cell_overrides_apply_in_order():
+    suite = suite_from_dict(copy.deepcopy(SUITE), origin="toy.toml", extra={"downstream.seeds": [7]})
+    config = cell_config(suite, suite.domains[0], suite.methods[1])
+    assert config.experimental.options == {"dose": 40.0, "tilt_step": 6.0}
+    assert config.gan.input == "traditional"
+    assert config.downstream.seeds == [7]  # --set beats the suite's own overrides
+    assert config.report.title == "toy suite: low-dose / refine"
+
+
+def test_suite_table_has_one_row_per_cell_and_skips_absent_data(suite_run):
+    out, record, _ = suite_run
+    rows = record["rows"]
+    assert [(r["domain"], r["method"], r["status"]) for r in rows] == [
+        ("low-dose", "paper", "done"), ("low-dose", "refine", "done"),
+        ("absent-maps", "paper", "skipped"), ("absent-maps", "refine", "skipped")]
+    assert "shared:no-such-maps" in rows[2]["reason"]
+    assert json.loads((out / "suite.json").read_text())["rows"] == rows
+    table = (out / "suite.md").read_text()
+    for r in rows[:2]:
+        results = json.loads((out / r["domain"] / r["method"] / "results.json").read_text())
+        assert r["real"] == results["inception"]["real_test"]["accuracy"]
+        assert r["paired"]["mean"] == pytest.approx(results["downstream_paired"]["mean"])
+        assert r["paired"]["n"] == 2
+        assert f"| {r['domain']} | {r['method']} | 10 |" in table
+    assert "| absent-maps | paper | | | | | | | | | skipped: needs shared:no-such-maps" in table
+    tally = record["tally"]["methods"]
+    assert tally["paper"]["domains"] == tally["refine"]["domains"] == 1
+    assert record["tally"]["best"] in ("paper", "refine")
+
+
+def test_refinement_trains_on_and_refines_the_traditional_set(suite_run):
+    out, _, _ = suite_run
+    paper = json.loads((out / "low-dose" / "paper" / "results.json").read_text())
+    refine = json.loads((out / "low-dose" / "refine" / "results.json").read_text())
+    assert refine["config"]["gan"]["input"] == "traditional" and paper["config"]["gan"]["input"] == "density"
+    # the baseline is the same data and seeds in both cells
+    assert refine["downstream"]["traditional"]["accuracies"] == paper["downstream"]["traditional"]["accuracies"]
+    assert "the GAN refines traditional simulation" in (out / "low-dose" / "refine" / "report.md").read_text()
+    assert "density maps (domain D)" in (out / "low-dose" / "paper" / "report.md").read_text()
+
+
+def test_finished_cells_are_read_back_and_a_changed_config_is_refused(suite_run):
+    out, record, _ = suite_run
+    results = out / "low-dose" / "paper" / "results.json"
+    before = results.stat().st_mtime_ns
+    lines = []
+    again = run_suite(suite_from_dict(copy.deepcopy(SUITE), origin="toy.toml"), out, log=lines.append)
+    assert results.stat().st_mtime_ns == before
+    assert sum("done before" in line for line in lines) == 2
+    assert again["rows"] == record["rows"]
+    changed = copy.deepcopy(SUITE)
+    changed["overrides"]["downstream.seeds"] = [0, 1, 2]
+    with pytest.raises(ConfigError, match="holds results of a different configuration for domain 'low-dose'"):
+        run_suite(suite_from_dict(changed, origin="toy.toml"), out, log=lambda line: None)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"domains": {}}, "\\[domains\\] must name at least one domain"),
+    ({"colour": "red"}, "unknown key\\(s\\) colour"),
+    ({"methods": {"m": {"overrides": {}, "weight": 1}}}, "\\[methods.m\\] unknown key\\(s\\) weight"),
+    ({"methods": {"a/b": {}}}, "method name 'a/b' must not contain '/'"),
+    ({"methods": {"bad": {"overrides": {"gan.input": "clean"}}}},
+     "domain 'low-dose', method 'bad': gan.input 'clean'; choose from: density, traditional"),
+])
+def test_bad_suites_are_refused_before_any_work(change, message):
+    table = {**copy.deepcopy(SUITE), **change}
+    with pytest.raises(ConfigError, match=message):
+        suite_from_dict(table, origin="toy.toml")
+
+
+def test_shipped_suite_has_five_distinct_domains_and_both_methods():
+    from pathlib import Path
+
+    suite = load_suite(Path(__file__).resolve().parents[1] / "configs" / "suite.toml")
+    assert len(suite.domains) >= 4 and [m.name for m in suite.methods][:2] == ["paper", "refine"]
+    configs = [cell_config(suite, d, suite.methods[0]) for d in suite.domains]
+    assert len({json.dumps(c.experimental.options, sort_keys=True) for c in configs}) == len(configs)
+    assert {15, 50, 200} <= {c.data.n_train_per_class for c in configs}
+    assert any(c.data.maps_dir.startswith("shared:") for c in configs)
+    assert len({c.data.voxel_size for c in configs}) >= 3
+    assert all(c.downstream.seeds == [0, 1, 2, 3, 4] for c in configs)
+    # a domain that sets only the options keeps the experimental simulator
+    assert all(c.experimental.simulator == "tilt-series" for c in configs)
+
+
+def test_cli_wants_exactly_one_of_config_and_suite(tmp_path):
+    proc = subprocess.run([forge_executable(), "evaluate", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, check=False)
+    assert_one_line_error(proc.returncode, proc.stderr, "give exactly one of --config", "--suite")
+    bad = tmp_path / "suite.toml"
+    bad.write_text('base = "quickstart"\n[domains.a]\noverrides = {}\n')
+    proc = subprocess.run([forge_executable(), "evaluate", "--suite", str(bad), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, check=False)
+    assert_one_line_error(proc.returncode, proc.stderr, f"{bad}: [methods] must name at least one method")
+
+
+def test_downstream_scores_are_read_back_from_the_cache(tmp_path, monkeypatch):
+    from test_classify import TOY_OPTIONS, toy_shapes
+
+    from cryoet_forge.classify import ClassifierOptions
+    from cryoet_forge.evaluate import downstream
+
+    train, test = toy_shapes(4, seed=0), toy_shapes(3, seed=1)
+    options = ClassifierOptions(**{**TOY_OPTIONS, "epochs": 2})
+    first = downstream.train_on_synthetic_test_on_real("toy", train, test, train.class_names, options, [0, 1],
+                                                       cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("downstream-*.json"))) == 2
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the score is cached")
+
+    monkeypatch.setattr(downstream, "train_cb3d", no_training)
+    again = downstream.train_on_synthetic_test_on_real("toy", train, test, train.class_names, options, [0, 1],
+                                                       cache_dir=tmp_path)
+    assert again.accuracies == first.accuracies and again.per_class == first.per_class
+    assert (again.first.confusion == first.first.confusion).all()
+    # other data, another key: trained (and so refused here)
+    with pytest.raises(AssertionError, match="trained although"):
+        downstream.train_on_synthetic_test_on_real("toy", toy_shapes(4, seed=2), test, train.class_names, options,
+                                                   [0], cache_dir=tmp_path)
+
+
+def test_semantic_method_trains_its_domain_classifier_first(tmp_path):
+    from cryoet_forge.config import load_config
+    from cryoet_forge.evaluate.config import config_from_dict
+    from cryoet_forge.evaluate.pipeline import run_evaluation
+
+    config = config_from_dict(copy.deepcopy(BASE), {"gan.overrides.loss.semantic_weight": 1.0,
+                                                    "downstream.seeds": [0]})
+    run_evaluation(config, tmp_path, log=lambda line: None)
+    classifier = tmp_path / "runs" / "semantic-cb3d"
+    assert (classifier / "cb3d.safetensors").is_file()
+    assert json.loads((classifier / "cb3d.json").read_text())["class_names"] == BASE["data"]["classes"]
+    run_config = load_config(tmp_path / "runs" / "cryoetgan" / "config.toml", {})
+    assert run_config.loss.semantic_weight == 1.0 and run_config.loss.semantic_classifier == str(classifier)
