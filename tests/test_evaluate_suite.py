@@ -182,3 +182,20 @@ def test_semantic_method_trains_its_domain_classifier_first(tmp_path):
     assert json.loads((classifier / "cb3d.json").read_text())["class_names"] == BASE["data"]["classes"]
     run_config = load_config(tmp_path / "runs" / "cryoetgan" / "config.toml", {})
     assert run_config.loss.semantic_weight == 1.0 and run_config.loss.semantic_classifier == str(classifier)
+
+
+def test_an_unreadable_cached_score_is_retrained(tmp_path):
+    from cryoet_forge.classify import ClassifierOptions
+    from cryoet_forge.evaluate import downstream
+    from test_classify import TOY_OPTIONS, toy_shapes
+
+    train, test = toy_shapes(4, seed=0), toy_shapes(3, seed=1)
+    options = ClassifierOptions(**{**TOY_OPTIONS, "epochs": 2})
+    first = downstream.train_on_synthetic_test_on_real("toy", train, test, train.class_names, options, [0],
+                                                       cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("downstream-*.json")
+    cached.write_text("{not json")
+    again = downstream.train_on_synthetic_test_on_real("toy", train, test, train.class_names, options, [0],
+                                                       cache_dir=tmp_path)
+    assert again.accuracies == first.accuracies
+    assert json.loads(cached.read_text())["accuracy"] == first.accuracies[0]  # rewritten whole

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -80,23 +81,26 @@ def _cache_key(train: LabelledVolumes, test: LabelledVolumes, class_names: Seque
     return h.hexdigest()
 
 
-def _cached_score(cache_dir, key: str, class_names: Sequence[str]) -> ClassificationResult | None:
+def _cached_score(cache_dir: Path, key: str, class_names: Sequence[str]) -> ClassificationResult | None:
+    """The cached score of ``key``; None when there is none or it cannot be read (then it is retrained)."""
     import json
 
     path = cache_dir / f"downstream-{key}.json"
-    if not path.is_file():
+    try:
+        record = json.loads(path.read_text())
+        empty = np.zeros((0,))
+        return ClassificationResult(list(class_names), float(record["accuracy"]),
+                                    dict(record["per_class_accuracy"]),
+                                    np.asarray(record["confusion"], dtype=np.int64), empty, empty, empty, empty)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    record = json.loads(path.read_text())
-    empty = np.zeros((0,))
-    return ClassificationResult(list(class_names), float(record["accuracy"]), dict(record["per_class_accuracy"]),
-                                np.asarray(record["confusion"], dtype=np.int64), empty, empty, empty, empty)
 
 
 def train_on_synthetic_test_on_real(source: str, train: LabelledVolumes, test: LabelledVolumes,
                                     class_names: Sequence[str], options: ClassifierOptions,
                                     seeds: Sequence[int], confidence: float = 0.95,
                                     log: Callable[[str], None] | None = None,
-                                    cache_dir=None) -> DownstreamResult:
+                                    cache_dir: Path | None = None) -> DownstreamResult:
     """One CB3D per seed on ``train``; accuracy on ``test``; mean and t-interval over seeds.
 
     ``cache_dir``: a folder of scores keyed by a digest of the data, options, seed and torch

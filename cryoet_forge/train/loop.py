@@ -251,6 +251,7 @@ class Trainer:
         t = cfg.train
         self.device = ctx.device
         self.adversarial, self.cycle = build_losses(cfg)
+        self.identity_loss = CycleL1Loss(cfg.loss.identity_weight)
         if t.compile and self.adversarial.needs_interpolates:
             raise ConfigError(f"train.compile does not support loss {cfg.loss.adversarial!r} "
                               "(its gradient penalty needs double backward)")
@@ -529,10 +530,9 @@ class Trainer:
                          + adv.generator_loss(self.c_d_eval(fake_d)))
                 cycle = self.cycle(d, cyc_d) + self.cycle(s, cyc_s)
                 loss_g = adv_g + cycle
-                if identity:
+                if identity:  # the same weighted L1 as the cycle term, input against its identity pass
                     idt_s, idt_d = outputs[4:]
-                    w = self.cfg.loss.identity_weight
-                    idt = w * ((s.float() - idt_s.float()).abs().mean() + (d.float() - idt_d.float()).abs().mean())
+                    idt = self.identity_loss(s, idt_s) + self.identity_loss(d, idt_d)
                     loss_g = loss_g + idt
                 if self.semantic is not None:
                     sem = self._semantic_loss(d, fake_s)
