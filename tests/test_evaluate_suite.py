@@ -199,3 +199,18 @@ def test_an_unreadable_cached_score_is_retrained(tmp_path):
                                                        cache_dir=tmp_path)
     assert again.accuracies == first.accuracies
     assert json.loads(cached.read_text())["accuracy"] == first.accuracies[0]  # rewritten whole
+
+
+def test_domain_classifier_is_reused_only_for_the_same_data(tmp_path, monkeypatch):
+    from cryoet_forge.evaluate import gan
+    from cryoet_forge.evaluate.config import config_from_dict
+    from test_classify import toy_shapes
+
+    config = config_from_dict(copy.deepcopy(BASE), {"classifier.epochs": 2})
+    data = toy_shapes(4, seed=0)
+    folder = gan.domain_classifier(config, data, tmp_path / "clf")
+    before = (folder / "cb3d.safetensors").stat().st_mtime_ns
+    assert gan.domain_classifier(config, data, tmp_path / "clf") == folder
+    assert (folder / "cb3d.safetensors").stat().st_mtime_ns == before  # same data: read back
+    gan.domain_classifier(config, toy_shapes(4, seed=1), tmp_path / "clf")
+    assert (folder / "cb3d.safetensors").stat().st_mtime_ns != before  # other data: trained again

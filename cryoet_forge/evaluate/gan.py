@@ -76,19 +76,32 @@ def train_gan(config: EvaluationConfig, run_dir: Path, density: LabelledVolumes,
 def domain_classifier(config: EvaluationConfig, density: LabelledVolumes, folder: Path,
                       log: Callable[[str], None] | None = None) -> Path:
     """The CB3D of the semantic-consistency loss: trained on the GAN's labelled domain D with the
-    evaluation's classifier rule, saved in ``folder`` (reused by the ablations' runs)."""
+    evaluation's classifier rule, saved in ``folder``; reused (by the ablations' runs) only when
+    it was trained on the same volumes, labels and options."""
+    import hashlib
+    import json
+
     from cryoet_forge.classify import train_cb3d
     from cryoet_forge.evaluate.pipeline import classifier_options
-    from cryoet_forge.models.cb3d import WEIGHTS_NAME, save_cb3d
+    from cryoet_forge.models.cb3d import METADATA_NAME, save_cb3d
 
-    if (folder / WEIGHTS_NAME).is_file():
-        return folder
     options = classifier_options(config)
+    h = hashlib.blake2b(digest_size=20)
+    for array in (density.volumes, density.labels):
+        h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    h.update(json.dumps([options.to_dict(), int(config.data.seed)], sort_keys=True).encode())
+    digest = h.hexdigest()
+    try:
+        if json.loads((folder / METADATA_NAME).read_text())["training"]["digest"] == digest:
+            return folder
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     if log is not None:
         log(f"training the domain-D classifier of the semantic-consistency loss ({len(density)} volumes)")
     model, _ = train_cb3d(density, options, seed=config.data.seed, label="domain-D CB3D (semantic loss)")
     save_cb3d(model, folder, density.class_names, normalize=options.normalize,
-              extra={"voxel_size": density.voxel_size, "training": {"data": "domain D of the GAN"}})
+              extra={"voxel_size": density.voxel_size,
+                     "training": {"data": "domain D of the GAN", "digest": digest}})
     return folder
 
 
