@@ -58,6 +58,9 @@ class LossConfig:
     #: that classifier: a CB3D checkpoint (folder or .safetensors of ``forge classify train``)
     #: trained on labelled domain-D volumes; ``forge evaluate`` trains one itself when it is empty
     semantic_classifier: str = ""
+    #: generator regularisers by registered name, each a table of its options (``weight`` among
+    #: them), e.g. ``[loss.regularizers.patchnce]`` (CUT's PatchNCE, see cryoet_forge.contrastive)
+    regularizers: dict = field(default_factory=dict)
 
 
 @dataclass

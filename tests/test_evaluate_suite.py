@@ -103,6 +103,38 @@ def test_finished_cells_are_read_back_and_a_changed_config_is_refused(suite_run)
         run_suite(suite_from_dict(changed, origin="toy.toml"), out, log=lambda line: None)
 
 
+def test_a_selection_runs_only_its_cells_and_reads_back_the_rest(suite_run, tmp_path, monkeypatch):
+    import cryoet_forge.evaluate.pipeline as pipeline
+
+    out, record, _ = suite_run
+    suite = suite_from_dict(copy.deepcopy(SUITE), origin="toy.toml")
+    ran = []
+    monkeypatch.setattr(pipeline, "run_evaluation", lambda config, cell, **kw: ran.append(cell))
+    # a fresh folder: only the chosen domain's cells would run, no other cell appears
+    fresh = run_suite(suite, tmp_path / "fresh", log=lambda line: None, domains=["absent-maps"])
+    # (the cells that cannot run here are listed as skipped all the same)
+    assert ran == [] and [(r["domain"], r["method"]) for r in fresh["rows"]] == [
+        ("absent-maps", "paper"), ("absent-maps", "refine")]
+    assert fresh["complete"] is False
+
+    def copy_finished(config, cell, **kw):  # "runs" a cell by copying the finished one
+        ran.append(cell)
+        cell.mkdir(parents=True)
+        (cell / "results.json").write_bytes((out / cell.parent.name / cell.name / "results.json").read_bytes())
+
+    monkeypatch.setattr(pipeline, "run_evaluation", copy_finished)
+    one = run_suite(suite, tmp_path / "one", log=lambda line: None, domains=["low-dose"], methods=["refine"])
+    assert ran == [tmp_path / "one" / "low-dose" / "refine"]
+    assert [(r["domain"], r["method"], r["status"]) for r in one["rows"]] == [
+        ("low-dose", "refine", "done"), ("absent-maps", "paper", "skipped"), ("absent-maps", "refine", "skipped")]
+    ran.clear()
+    # the finished folder: the other cells are read back, so the table stays whole
+    again = run_suite(suite, out, log=lambda line: None, methods=["refine"])
+    assert ran == [] and again["rows"] == record["rows"] and again["complete"] is True
+    with pytest.raises(ConfigError, match="toy.toml: no method named 'cut'; the suite has paper, refine"):
+        run_suite(suite, out, log=lambda line: None, methods=["cut"])
+
+
 @pytest.mark.parametrize("change, message", [
     ({"domains": {}}, "\\[domains\\] must name at least one domain"),
     ({"colour": "red"}, "unknown key\\(s\\) colour"),
@@ -122,6 +154,8 @@ def test_shipped_suite_has_five_distinct_domains_and_both_methods():
 
     suite = load_suite(Path(__file__).resolve().parents[1] / "configs" / "suite.toml")
     assert len(suite.domains) >= 4 and [m.name for m in suite.methods][:2] == ["paper", "refine"]
+    patchnce = cell_config(suite, suite.domains[0], next(m for m in suite.methods if m.name == "patchnce"))
+    assert patchnce.gan.overrides["loss.regularizers"] == {"patchnce": {"weight": 1.0}}
     configs = [cell_config(suite, d, suite.methods[0]) for d in suite.domains]
     assert len({json.dumps(c.experimental.options, sort_keys=True) for c in configs}) == len(configs)
     assert {15, 50, 200} <= {c.data.n_train_per_class for c in configs}
@@ -141,6 +175,9 @@ def test_cli_wants_exactly_one_of_config_and_suite(tmp_path):
     proc = subprocess.run([forge_executable(), "evaluate", "--suite", str(bad), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, check=False)
     assert_one_line_error(proc.returncode, proc.stderr, f"{bad}: [methods] must name at least one method")
+    proc = subprocess.run([forge_executable(), "evaluate", "--config", str(bad), "--method", "paper",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, check=False)
+    assert_one_line_error(proc.returncode, proc.stderr, "--domain and --method choose cells of a --suite")
 
 
 def test_downstream_scores_are_read_back_from_the_cache(tmp_path, monkeypatch):

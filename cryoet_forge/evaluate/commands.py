@@ -155,10 +155,15 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a config value, e.g. --set downstream.seeds=[0,1,2] (with --suite: every cell)")
+@click.option("--domain", "only_domains", multiple=True, metavar="NAME",
+              help="with --suite: run only this domain (repeat for several); other cells already in OUT are read back")
+@click.option("--method", "only_methods", multiple=True, metavar="NAME",
+              help="with --suite: run only this method (repeat for several)")
 @click.option("--budget-minutes", type=float, default=None,
               help="scale GAN steps, classifier epochs (and set sizes if needed) to finish in about N minutes "
                    "on this machine, measured first; the report says what was scaled")
-def evaluate_command(config_path, suite_path, out_dir, overrides, budget_minutes) -> None:
+def evaluate_command(config_path, suite_path, out_dir, overrides, only_domains, only_methods,
+                     budget_minutes) -> None:
     """Run the paper's evaluation protocol end to end and write report.md, results.json and PNGs."""
     from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
 
@@ -167,17 +172,21 @@ def evaluate_command(config_path, suite_path, out_dir, overrides, budget_minutes
     if suite_path is not None:
         if budget_minutes is not None:
             raise click.UsageError("--budget-minutes applies to one evaluation (--config), not to --suite")
-        _run_suite(suite_path, out_dir, parse_overrides(overrides))
+        _run_suite(suite_path, out_dir, parse_overrides(overrides), list(only_domains) or None,
+                   list(only_methods) or None)
         return
+    if only_domains or only_methods:
+        raise click.UsageError("--domain and --method choose cells of a --suite")
     _run(load_evaluation_config(config_path, parse_overrides(overrides)), out_dir, budget_minutes)
 
 
-def _run_suite(suite_path: Path, out_dir: Path, overrides: dict) -> None:
+def _run_suite(suite_path: Path, out_dir: Path, overrides: dict, domains: list[str] | None,
+               methods: list[str] | None) -> None:
     from cryoet_forge import progress
     from cryoet_forge.evaluate.suite import OUTCOME_TEXT, load_suite, run_suite
 
     suite = load_suite(suite_path, overrides)
-    record = run_suite(suite, out_dir, log=progress.log)
+    record = run_suite(suite, out_dir, log=progress.log, domains=domains, methods=methods)
     for row in record["rows"]:
         if row["status"] != "done":
             click.echo(f"{row['domain']} / {row['method']}: skipped, {row['reason']}")
@@ -236,6 +245,10 @@ def _print_summary(out_dir: Path) -> None:
 @click.option("--out", "out_dir", default=Path("quickstart-out"), show_default=True,
               type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--domain", "only_domains", multiple=True, metavar="NAME",
+              help="with --suite: run only this domain (repeat for several); other cells already in OUT are read back")
+@click.option("--method", "only_methods", multiple=True, metavar="NAME",
+              help="with --suite: run only this method (repeat for several)")
 @click.option("--budget-minutes", type=float, default=None,
               help="scale GAN steps, classifier epochs (and set sizes if needed) to finish in about N minutes "
                    "on this machine, measured first; the report says what was scaled")

@@ -172,8 +172,13 @@ def row_from_results(domain: Cell, method: Cell, results: dict[str, Any]) -> dic
     }
 
 
-def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or read back) every cell, then write suite.json and suite.md; returns the suite record."""
+def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = print,
+              domains: list[str] | None = None, methods: list[str] | None = None) -> dict[str, Any]:
+    """Run (or read back) every cell, then write suite.json and suite.md; returns the suite record.
+
+    ``domains`` / ``methods`` restrict what is run to those names; the other cells are read back
+    when ``OUT`` already holds them and left out of the table (which is then incomplete) when not.
+    """
     from cryoet_forge.classify import write_json
     from cryoet_forge.evaluate.pipeline import load_results, run_evaluation
     from cryoet_forge.io.atomic import write_bytes_atomic
@@ -183,6 +188,11 @@ def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = pr
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     started = time.perf_counter()
     n_cells = len(suite.domains) * len(suite.methods)
+    for kind, names, cells in (("domain", domains, suite.domains), ("method", methods, suite.methods)):
+        unknown = sorted(set(names or ()) - {c.name for c in cells})
+        if unknown:
+            raise ConfigError(f"{suite.origin}: no {kind} named {', '.join(map(repr, unknown))}; "
+                              f"the suite has {', '.join(c.name for c in cells)}")
     k = 0
 
     def write() -> dict[str, Any]:
@@ -202,12 +212,16 @@ def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = pr
             k += 1
             config = cell_config(suite, domain, method)
             cell = out / domain.name / method.name
+            selected = (domains is None or domain.name in domains) and (methods is None or method.name in methods)
             reason = missing_shared_data(config)
-            if reason is not None:
-                log(f"[{k}/{n_cells}] {domain.name} / {method.name}: skipped, {reason}")
+            if reason is not None:  # a cell that cannot run here is in the table, selected or not
+                if selected:
+                    log(f"[{k}/{n_cells}] {domain.name} / {method.name}: skipped, {reason}")
                 rows[(domain.name, method.name)] = {"domain": domain.name, "method": method.name,
                                                     "status": "skipped", "reason": reason}
                 write()
+                continue
+            if not selected and not (cell / "results.json").is_file():
                 continue
             wanted = _normalised(config.to_dict())
             if (cell / "results.json").is_file():

@@ -35,6 +35,7 @@ from torch import nn
 
 from cryoet_forge import progress, registry
 from cryoet_forge.config import TrainConfig, load_config, save_config
+from cryoet_forge.contrastive import RegularizerInputs, build_regularizers
 from cryoet_forge.errors import ConfigError, InputError, TrainingError
 from cryoet_forge.losses import AdversarialLoss, CycleL1Loss
 from cryoet_forge.train import checkpoint as ckpt
@@ -299,10 +300,19 @@ class Trainer:
                 f"{1e3 * r['seconds']['contiguous']:.0f} ms contiguous)"
                 for group, r in self.memory_format_record.items()))
         self.gen_pair = CyclePair(self.nets["g_ds"], self.nets["g_sd"])
+        # generator regularisers (PatchNCE, plugins): set up on the networks before the
+        # optimiser exists, since they may own parameters trained with the generators
+        self.regularizers = nn.ModuleDict(build_regularizers(cfg.loss.regularizers))
+        example = torch.zeros((1, 1, self.box, self.box, self.box), device=self.device).contiguous(
+            memory_format=self.memory_format)
+        for reg in self.regularizers.values():
+            reg.setup(self.nets["g_ds"], self.nets["g_sd"], example)
+        self.regularizers.to(self.device)
         self.critics = nn.ModuleDict({"subtomograms": self.nets["c_s"], "density": self.nets["c_d"]})
         self.critic_params = list(self.critics.parameters())
         lr = cfg.optim.lr
-        self.g_opt = make_optimizer(cfg, self.gen_pair.parameters(), lr, self.device)
+        self.g_opt = make_optimizer(cfg, [*self.gen_pair.parameters(), *self.regularizers.parameters()],
+                                    lr, self.device)
         self.c_opt = make_optimizer(cfg, self.critic_params, cfg.optim.critic_lr or lr, self.device)
         self.base_lrs = (lr, cfg.optim.critic_lr or lr)
         self.semantic = self._semantic_classifier()
@@ -537,8 +547,16 @@ class Trainer:
                 if self.semantic is not None:
                     sem = self._semantic_loss(d, fake_s)
                     loss_g = loss_g + sem
+                regs = {}
+                if len(self.regularizers):
+                    inputs = RegularizerInputs(d, s, fake_s, fake_d, self.nets["g_ds"], self.nets["g_sd"])
+                    for name, reg in self.regularizers.items():
+                        regs[name] = reg(inputs)
+                        loss_g = loss_g + regs[name]
             self.g_opt.zero_grad(set_to_none=True)
             self.g_scaler.scale(loss_g).backward()
+            if self.ctx.distributed and len(self.regularizers):
+                self._average_regularizer_grads()
             self.g_scaler.step(self.g_opt)
             self.g_scaler.update()
         finally:
@@ -550,9 +568,21 @@ class Trainer:
             stats["loss/identity"] = idt.detach().float()
         if self.semantic is not None:
             stats["loss/semantic"] = sem.detach().float()
+        for name, value in regs.items():
+            stats[f"loss/{name}"] = value.detach().float()
         self.last_images = (d[:1].detach(), fake_s[:1].detach(), cyc_d[:1].detach(),
                             s[:1].detach(), fake_d[:1].detach(), cyc_s[:1].detach())
         return stats
+
+    def _average_regularizer_grads(self) -> None:
+        """The regularisers' own parameters are outside DDP: average their gradients by hand."""
+        import torch.distributed as dist
+
+        for p in self.regularizers.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= self.ctx.world_size
 
     # -- checkpoints -------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
@@ -560,6 +590,9 @@ class Trainer:
         for name in NETWORKS:
             for key, value in self.nets[name].state_dict().items():
                 out[f"{name}.{key}"] = value
+        for name, reg in self.regularizers.items():
+            for key, value in reg.state_dict().items():
+                out[f"reg.{name}.{key}"] = value
         return out
 
     def save(self) -> Path | None:
@@ -588,6 +621,8 @@ class Trainer:
         try:
             for name in NETWORKS:
                 self.nets[name].load_state_dict(ckpt.sub_state_dict(weights, name))
+            for name, reg in self.regularizers.items():
+                reg.load_state_dict(ckpt.sub_state_dict(weights, f"reg.{name}"))
             self.g_opt.load_state_dict(state["optimizers"]["generator"])
             self.c_opt.load_state_dict(state["optimizers"]["critic"])
             self.g_scaler.load_state_dict(state["scalers"]["generator"])
