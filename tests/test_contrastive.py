@@ -7,16 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_fastpath import losses
+from test_train_loop import Volumes, tiny
 
 from cryoet_forge import registry
 from cryoet_forge.config import load_config
-from cryoet_forge.contrastive import PatchNCELoss, RegularizerInputs, encoder_layers, patch_nce
+from cryoet_forge.contrastive import (
+    PatchNCELoss,
+    RegularizerInputs,
+    encoder_layers,
+    patch_nce,
+)
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.models.generators import CryoETGANGenerator
 from cryoet_forge.train import resume_config, train
 from cryoet_forge.train.checkpoint import load_checkpoint
-from test_train_fastpath import losses
-from test_train_loop import Volumes, tiny
 
 
 def _names(net, layers):

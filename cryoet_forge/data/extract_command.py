@@ -1,0 +1,146 @@
+"""``forge extract``: tomograms + picks -> a labelled folder (MRC + particles.star) or an .npz bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from cryoet_forge.errors import InputError
+from cryoet_forge.io.tomograms import MRC_SUFFIXES, Tomogram, open_tomogram
+from cryoet_forge.progress import quiet_option
+
+
+def tomogram_files(paths: list[Path]) -> dict[str, Path]:
+    """name -> tomogram path for the given files and folders (MRC files and OME-Zarr folders)."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"--tomograms {path}: no such file or folder")
+        if path.is_dir() and path.suffix != ".zarr":
+            entries = sorted(p for p in path.iterdir()
+                             if p.suffix.lower() in MRC_SUFFIXES or (p.is_dir() and p.suffix == ".zarr"))
+            if not entries:
+                raise InputError(f"--tomograms {path}: no MRC tomogram or .zarr folder in it")
+        else:
+            entries = [path]
+        for entry in entries:
+            name = entry.name.removesuffix(".zarr") if entry.suffix == ".zarr" else entry.stem
+            found.setdefault(name, entry)
+    return found
+
+
+def resolve(names: list[str], given: dict[str, Path], table_paths: dict[str, str], picks_source: str) -> dict[str, Path]:
+    """The tomogram file of each name: --tomograms by name (a lone tomogram for a lone name), else
+    the path the pick table gives."""
+    out: dict[str, Path] = {}
+    for name in names:
+        if name in given:
+            out[name] = given[name]
+        elif len(given) == 1 and len(names) == 1:
+            out[name] = next(iter(given.values()))
+        elif not given and name in table_paths:
+            out[name] = Path(table_paths[name])
+        else:
+            choices = ", ".join(sorted(given)) or "none given (--tomograms)"
+            raise InputError(f"{picks_source}: tomogram {name!r} named in the picks has no tomogram file "
+                             f"(tomograms: {choices})")
+    return out
+
+
+def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str | None, tomograms_star: Path | None,
+                     class_column: str | None, scale: str, tomogram_voxel_size: float | None):
+    from cryoet_forge.io.picks import read_picks
+
+    given = tomogram_files(tomograms)
+    tables = []
+    for path in picks_paths:
+        picks = read_picks(path, unit=unit, tomograms_star=tomograms_star, class_column=class_column)
+        table = picks.table.copy()
+        table["_unit"], table["_source"], table["_row"] = picks.unit, picks.source, range(len(table))
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
+    names = list(dict.fromkeys(table["tomogram"]))
+    paths = {}
+    if "tomogram_path" in table.columns:
+        paths = dict(zip(table["tomogram"], table["tomogram_path"].astype(str)))
+    files = resolve(names, given, paths, ", ".join(map(str, picks_paths)))
+    jobs = []
+    for name in names:
+        tomo = open_tomogram(files[name], scale=scale, name=name)
+        if tomogram_voxel_size is not None:
+            tomo.voxel_size = float(tomogram_voxel_size)
+        for (unit_, source), part in table[table["tomogram"] == name].groupby(["_unit", "_source"], sort=False):
+            part = part.set_index("_row")
+            part.index.name = None
+            part.attrs["source"] = source
+            jobs.append((tomo, part, unit_))
+    return jobs
+
+
+@click.command("extract")
+@quiet_option
+@click.option("--picks", "picks_paths", multiple=True, type=click.Path(path_type=Path),
+              help="particle table: RELION 5 / RELION 4 / Warp / M .star, or .csv/.tsv tomogram,x,y,z[,class] "
+                   "(repeat: without a class column each file is one class, named after it)")
+@click.option("--tomograms", multiple=True, type=click.Path(path_type=Path),
+              help="tomogram files (MRC, OME-Zarr) or folders of them, matched to the picks by name")
+@click.option("--tomograms-star", type=click.Path(path_type=Path), default=None,
+              help="RELION 5 tomograms STAR (sizes and pixel size for centred coordinates; tomogram paths)")
+@click.option("--unit", type=str, default=None, help="unit of CSV coordinates: px or angstrom")
+@click.option("--class-column", default=None, help="column holding the class (default: rlnClassNumber / class)")
+@click.option("--copick", "copick_config", type=click.Path(path_type=Path), default=None,
+              help="a copick project (its config JSON) instead of --picks/--tomograms")
+@click.option("--object", "objects", multiple=True, help="copick: pickable object(s) to extract (default: all)")
+@click.option("--copick-voxel-spacing", type=float, default=None, help="copick: the tomograms' voxel spacing (A)")
+@click.option("--tomo-type", default="wbp", show_default=True, help="copick: tomogram type")
+@click.option("--run", "runs", multiple=True, help="copick: only these runs")
+@click.option("--scale", default="0", show_default=True, help="OME-Zarr scale level")
+@click.option("--tomogram-voxel-size", type=float, default=None,
+              help="override the tomograms' header voxel size (A)")
+@click.option("--box", type=int, required=True, help="box size in voxels")
+@click.option("--voxel-size", type=float, default=None,
+              help="output voxel size (A); the tomogram is Fourier-rescaled when it differs (default: keep)")
+@click.option("--invert", is_flag=True, help="multiply by -1 (tomograms show protein dark)")
+@click.option("--normalize", type=str, default="zscore", show_default=True,
+              help="none, or zscore (mean 0, std 1 outside a sphere of radius 0.4 box)")
+@click.option("--pad-edge/--skip-edge", default=False, show_default=True,
+              help="keep particles whose box leaves the tomogram (padded with the mean) or skip and count them")
+@click.option("--background", type=int, default=0, help="also N background boxes per tomogram")
+@click.option("--min-distance", type=float, default=0.0, help="background boxes at least this far from every pick (A)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the background positions")
+@click.option("--bundle", is_flag=True, help="write one .npz bundle (OUT must end in .npz) instead of a folder")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+def extract_command(picks_paths, tomograms, tomograms_star, unit, class_column, copick_config, objects,
+                    copick_voxel_spacing, tomo_type, runs, scale, tomogram_voxel_size, box, voxel_size, invert,
+                    normalize, pad_edge, background, min_distance, seed, bundle, out) -> None:
+    """Cut labelled subtomograms out of tomograms around particle picks."""
+    from cryoet_forge import progress
+    from cryoet_forge.extract import ExtractOptions, extract, write_result
+
+    if bundle and out.suffix != ".npz":
+        raise click.UsageError("--bundle writes an .npz file: give --out NAME.npz")
+    if (copick_config is None) == (not picks_paths):
+        raise click.UsageError("give --picks (with --tomograms or a RELION 5 --tomograms-star) or --copick")
+    options = ExtractOptions(box=box, voxel_size=voxel_size, invert=invert, normalize=normalize,
+                             edge="pad" if pad_edge else "skip", background=background,
+                             min_distance=min_distance, seed=seed).check()
+    if copick_config is not None:
+        from cryoet_forge.data.copick import copick_jobs
+
+        jobs = copick_jobs(copick_config, list(objects) or None, copick_voxel_spacing, tomo_type,
+                           list(runs) or None, scale)
+    else:
+        jobs = jobs_from_tables(list(picks_paths), list(tomograms), unit, tomograms_star, class_column, scale,
+                                tomogram_voxel_size)
+    try:
+        result = extract(jobs, options, quiet=progress.mode() == "off")
+    finally:
+        for tomo in {id(t): t for t, _, _ in jobs}.values():
+            if isinstance(tomo, Tomogram):
+                tomo.close()
+    written = write_result(result, out, bundle=bundle)
+    for line in result.summary_lines():
+        click.echo(line)
+    click.echo(f"wrote {len(result.table)} subtomograms ({box}^3 at {result.voxel_size:g} A) to {written}")

@@ -1,0 +1,139 @@
+"""Tomograms opened for reading regions: MRC memory-mapped (mrcfile) and OME-Zarr (zarr).
+
+A ``Tomogram`` holds an array-like in (z, y, x) order that is sliced, never read whole: an MRC
+file is memory-mapped, an OME-Zarr scale level reads only the chunks a region touches. Its
+voxel size is in Angstrom (MRC header; OME-Zarr ``coordinateTransformations`` of the chosen
+scale level, converted from nm when the axes say so).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryoet_forge.errors import InputError
+
+MRC_SUFFIXES = (".mrc", ".map", ".rec", ".mrcs")
+UNIT_TO_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, None: 1.0}
+
+
+@dataclass
+class Tomogram:
+    name: str
+    #: (z, y, x) array-like supporting slicing (numpy memmap, zarr array)
+    data: Any
+    voxel_size: float
+    source: str
+    _handle: Any = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    def region(self, start: tuple[int, int, int], size: tuple[int, int, int]) -> tuple[np.ndarray, bool]:
+        """float32 voxels [start, start + size) per axis; parts outside the tomogram are filled with
+        the mean of the inside part. Returns (region, whether any part was outside)."""
+        lo = [max(0, s) for s in start]
+        hi = [min(n, s + k) for s, k, n in zip(start, size, self.shape)]
+        if any(h <= low for low, h in zip(lo, hi)):
+            raise InputError(f"{self.source}: region at {start} of size {size} is outside the tomogram {self.shape}")
+        inside = np.asarray(self.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+        if tuple(inside.shape) == tuple(size):
+            return np.array(inside, copy=True), False
+        out = np.full(size, float(inside.mean()), dtype=np.float32)
+        at = [low - s for low, s in zip(lo, start)]
+        out[at[0]:at[0] + inside.shape[0], at[1]:at[1] + inside.shape[1], at[2]:at[2] + inside.shape[2]] = inside
+        return out, True
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> "Tomogram":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def open_mrc_tomogram(path: Path, name: str | None = None) -> Tomogram:
+    import mrcfile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            handle = mrcfile.mmap(path, mode="r", permissive=False)
+    except Exception as exc:  # truncated, not an MRC, unreadable
+        raise InputError(f"{path}: not a readable MRC tomogram ({_reason(exc)})") from None
+    data = handle.data
+    if data is None or data.ndim != 3:
+        shape = None if data is None else data.shape
+        handle.close()
+        raise InputError(f"{path}: expected a 3D tomogram (z, y, x), got shape {shape}")
+    voxel = handle.voxel_size
+    sizes = (float(voxel.x), float(voxel.y), float(voxel.z))
+    if not all(math.isfinite(s) and s > 0 for s in sizes):
+        handle.close()
+        raise InputError(f"{path}: header voxel size {sizes} is not positive; expected Angstrom > 0 "
+                         "(set it with mrcfile or pass --tomogram-voxel-size)")
+    return Tomogram(name or path.stem, data, sizes[0], str(path), handle)
+
+
+def open_zarr_tomogram(path: Any, scale: str | int = 0, name: str | None = None,
+                       source: str | None = None) -> Tomogram:
+    """An OME-Zarr tomogram: a folder path or a zarr store (copick's ``tomogram.zarr()``)."""
+    import zarr
+
+    where = source or str(path)
+    try:
+        group = zarr.open_group(str(path) if isinstance(path, Path) else path, mode="r")
+        multiscales = group.attrs["multiscales"][0]
+        datasets = multiscales["datasets"]
+    except Exception as exc:
+        raise InputError(f"{where}: not a readable OME-Zarr tomogram ({_reason(exc)}); "
+                         "expected a group with 'multiscales' metadata") from None
+    paths = [d["path"] for d in datasets]
+    level = str(scale)
+    if level not in paths:
+        if level.isdigit() and int(level) < len(paths):
+            level = paths[int(level)]
+        else:
+            raise InputError(f"{where}: no scale level {scale!r}; it has {', '.join(paths)}")
+    entry = datasets[paths.index(level)]
+    scales = [t["scale"] for t in entry.get("coordinateTransformations", []) if t.get("type") == "scale"]
+    axes = multiscales.get("axes", [])
+    unit = None
+    if axes and isinstance(axes[-1], dict):
+        unit = axes[-1].get("unit")
+    if not scales or unit not in UNIT_TO_ANGSTROM:
+        raise InputError(f"{where}: scale level {level} has no usable voxel size (scale {scales}, unit {unit!r})")
+    voxel = float(scales[0][-1]) * UNIT_TO_ANGSTROM[unit]
+    array = group[level]
+    if array.ndim != 3:
+        raise InputError(f"{where}: scale level {level} is not 3D (shape {array.shape})")
+    if name is None:
+        name = Path(str(path)).name.removesuffix(".zarr")
+    return Tomogram(name, array, voxel, f"{where} (scale {level})")
+
+
+def open_tomogram(path: str | os.PathLike, scale: str | int = 0, name: str | None = None) -> Tomogram:
+    """An MRC file (memory-mapped) or an OME-Zarr folder (level ``scale``), by its path."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such tomogram")
+    if path.is_dir() or path.suffix == ".zarr":
+        return open_zarr_tomogram(path, scale, name)
+    if path.suffix.lower() in MRC_SUFFIXES:
+        return open_mrc_tomogram(path, name)
+    raise InputError(f"{path}: expected an MRC tomogram ({', '.join(MRC_SUFFIXES)}) or an OME-Zarr folder")
