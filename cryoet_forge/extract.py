@@ -26,6 +26,7 @@ voxels outside a sphere of radius ``0.4 * box`` (the background, as RELION's bg_
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,18 +84,21 @@ class ExtractResult:
     notes: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
-        lines = []
-        for name in self.class_names:
-            c = self.counts.get(name, {})
-            skipped = c.get("skipped_edge", 0)
-            padded = c.get("padded_edge", 0)
-            extra = []
-            if skipped:
-                extra.append(f"{skipped} skipped (box leaves the tomogram; --pad-edge keeps them)")
-            if padded:
-                extra.append(f"{padded} padded at the edge")
-            lines.append(f"{name}: {c.get('extracted', 0)} extracted" + (", " + ", ".join(extra) if extra else ""))
-        return lines + self.notes
+        return summary_lines(self.class_names, self.counts, self.notes)
+
+
+def summary_lines(class_names: list[str], counts: dict[str, dict[str, int]], notes: list[str]) -> list[str]:
+    """One line per class: extracted, skipped at the edge (and why), padded; then the notes."""
+    lines = []
+    for name in class_names:
+        c = counts.get(name, {})
+        extra = []
+        if c.get("skipped_edge", 0):
+            extra.append(f"{c['skipped_edge']} skipped (box leaves the tomogram; --pad-edge keeps them)")
+        if c.get("padded_edge", 0):
+            extra.append(f"{c['padded_edge']} padded at the edge")
+        lines.append(f"{name}: {c.get('extracted', 0)} extracted" + (", " + ", ".join(extra) if extra else ""))
+    return lines + list(notes)
 
 
 def region_plan(box: int, tomo_voxel: float, voxel: float) -> tuple[int, int]:
@@ -121,25 +125,45 @@ def region_plan(box: int, tomo_voxel: float, voxel: float) -> tuple[int, int]:
     return best[1], best[2]
 
 
+def _centred_resize(spectrum: np.ndarray, size: int, axes: tuple[int, ...]) -> np.ndarray:
+    """Crop or zero-pad full (not half) frequency axes of an unshifted spectrum to ``size``."""
+    m = spectrum.shape[axes[0]]
+    keep = min(m, size)
+    shifted = np.fft.fftshift(spectrum, axes=axes)
+    shape = list(spectrum.shape)
+    for a in axes:
+        shape[a] = size
+    out = np.zeros(shape, dtype=spectrum.dtype)
+    src = slice(m // 2 - keep // 2, m // 2 - keep // 2 + keep)
+    dst = slice(size // 2 - keep // 2, size // 2 - keep // 2 + keep)
+    index_src = tuple(src if a in axes else slice(None) for a in range(spectrum.ndim))
+    index_dst = tuple(dst if a in axes else slice(None) for a in range(spectrum.ndim))
+    out[index_dst] = shifted[index_src]
+    return np.fft.ifftshift(out, axes=axes)
+
+
 def _resample_shift(region: np.ndarray, size: int, shift: np.ndarray) -> np.ndarray:
     """Fourier-resample a cube from its size to ``size`` and move its content by ``-shift``
-    output voxels (out[k] = in at k + shift), in one pass."""
+    output voxels (out[k] = in at k + shift), in one pass of real FFTs (single precision)."""
+    from scipy import fft as sfft
+
     m = region.shape[0]
-    spectrum = np.fft.fftshift(np.fft.fftn(region))
+    spectrum = sfft.rfftn(region.astype(np.float32, copy=False))
     if size != m:
-        out = np.zeros((size,) * 3, dtype=np.complex128)
-        keep = min(m, size)
-        src = slice(m // 2 - keep // 2, m // 2 - keep // 2 + keep)
-        dst = slice(size // 2 - keep // 2, size // 2 - keep // 2 + keep)
-        out[dst, dst, dst] = spectrum[src, src, src]
-        spectrum = out
-    spectrum = np.fft.ifftshift(spectrum)
+        spectrum = _centred_resize(spectrum, size, (0, 1))
+        half = size // 2 + 1
+        last = np.zeros(spectrum.shape[:2] + (half,), dtype=spectrum.dtype)
+        keep = min(half, spectrum.shape[2])
+        last[..., :keep] = spectrum[..., :keep]
+        spectrum = last
     if np.any(shift):
-        f = np.fft.fftfreq(size)
-        phase = (np.exp(2j * np.pi * f * shift[0])[:, None, None] * np.exp(2j * np.pi * f * shift[1])[None, :, None]
-                 * np.exp(2j * np.pi * f * shift[2])[None, None, :])
+        f, fx = np.fft.fftfreq(size), np.fft.rfftfreq(size)
+        phase = (np.exp(2j * np.pi * f * shift[0]).astype(np.complex64)[:, None, None]
+                 * np.exp(2j * np.pi * f * shift[1]).astype(np.complex64)[None, :, None]
+                 * np.exp(2j * np.pi * fx * shift[2]).astype(np.complex64)[None, None, :])
         spectrum = spectrum * phase
-    return (np.fft.ifftn(spectrum).real * (size / m) ** 3).astype(np.float32)
+    out = sfft.irfftn(spectrum, s=(size,) * 3)
+    return (out * (size / m) ** 3).astype(np.float32, copy=False)
 
 
 def background_mask(box: int) -> np.ndarray:
@@ -155,8 +179,10 @@ class Extractor:
         self.tomo, self.opt = tomogram, options
         self.voxel = options.voxel_size or tomogram.voxel_size
         self.same = abs(self.voxel - tomogram.voxel_size) <= 1e-6 * self.voxel
-        if self.same:
-            self.m = self.ell = options.box + 2 * MARGIN
+        if self.same:  # a fast FFT length (2^a 3^b 5^c) for the sub-voxel shift
+            from scipy.fft import next_fast_len
+
+            self.m = self.ell = next_fast_len(options.box + 2 * MARGIN, real=True)
         else:
             self.m, self.ell = region_plan(options.box, tomogram.voxel_size, self.voxel)
         self.effective_voxel = self.m * tomogram.voxel_size / self.ell
@@ -175,7 +201,8 @@ class Extractor:
         region, _ = self.tomo.region(tuple(int(s) for s in start), (self.m,) * 3)
         frac = p - centre  # in [-0.5, 0.5]
         if self.same and not np.any(np.abs(frac) > 1e-6):
-            out = region[MARGIN:MARGIN + n, MARGIN:MARGIN + n, MARGIN:MARGIN + n]
+            o = self.m // 2 - n // 2
+            out = region[o:o + n, o:o + n, o:o + n]
         else:
             ratio = self.tomo.voxel_size / self.effective_voxel
             q = (self.m // 2 + frac) * ratio  # the particle centre in resampled voxels
@@ -321,43 +348,77 @@ def plan_extraction(jobs: list[tuple[Tomogram, pd.DataFrame, str]], options: Ext
                        {k: {key: int(v[key]) for key in keys} for k, v in counts.items()}, notes)
 
 
+def iter_boxes(plan: ExtractPlan, threads: int | None = None, chunk: int = 16):
+    """(index, box) for every box of ``plan`` in order, cut ``chunk`` at a time on ``threads``
+    threads (default: every core; the FFTs and copies release the GIL). At most two chunks per
+    thread are held at once, so memory stays bounded however many boxes there are."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(threads or (os.cpu_count() or 1), 32))
+    starts = list(range(0, len(plan.items), chunk))
+
+    def cut(start: int) -> list[np.ndarray]:
+        return [plan.cut(i) for i in range(start, min(start + chunk, len(plan.items)))]
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending = [pool.submit(cut, s) for s in starts[:2 * workers]]
+        for k, start in enumerate(starts):
+            boxes = pending[k].result()
+            pending[k] = None  # type: ignore[call-overload]
+            if k + 2 * workers < len(starts):
+                pending.append(pool.submit(cut, starts[k + 2 * workers]))
+            for j, box in enumerate(boxes):
+                yield start + j, box
+
+
 def extract(jobs: list[tuple[Tomogram, pd.DataFrame, str]], options: ExtractOptions,
-            progress_label: str = "extract", quiet: bool = True) -> ExtractResult:
-    """Plan and cut every box of ``jobs`` (see ``plan_extraction``)."""
+            progress_label: str = "extract", quiet: bool = True, threads: int | None = None) -> ExtractResult:
+    """Plan and cut every box of ``jobs`` into one array (see ``plan_extraction``, ``iter_boxes``)."""
     from cryoet_forge import progress
 
     plan = plan_extraction(jobs, options)
     volumes = np.empty((len(plan.items),) + (options.box,) * 3, dtype=np.float32)
     with progress.stage(progress_label, len(plan.items), "particles", enabled=not quiet) as bar:
-        for i in range(len(plan.items)):
-            volumes[i] = plan.cut(i)
+        for i, box in iter_boxes(plan, threads):
+            volumes[i] = box
             bar.advance(1)
     return ExtractResult(volumes, plan.table, plan.class_names, plan.voxel_size, plan.counts, plan.notes)
 
 
-def write_result(result: ExtractResult, out, bundle: bool = False):
-    """A labelled folder (volumes/*.mrc + particles.star + summary.json) or an .npz bundle, atomically."""
+def write_plan(plan: ExtractPlan, out, bundle: bool = False, quiet: bool = True, threads: int | None = None):
+    """Cut and write every box of ``plan``: a labelled folder (volumes/*.mrc + particles.star +
+    summary.json, each MRC written as its box is cut, so memory stays small) or an .npz bundle
+    (all boxes in memory); atomically either way. Returns the STAR table or the bundle path."""
     import json
     from pathlib import Path
 
+    from cryoet_forge import progress
     from cryoet_forge.data.bundle import save_bundle
     from cryoet_forge.io.atomic import atomic_folder, write_bytes_atomic
     from cryoet_forge.io.mrc import write_mrc
     from cryoet_forge.io.star import write_particles
 
     out = Path(out)
-    table = result.table.copy()
-    table["rlnImagePixelSize"] = result.voxel_size
-    summary = {"classes": result.class_names, "voxel_size": result.voxel_size, "box": int(result.volumes.shape[-1]),
-               "counts": result.counts, "notes": result.notes}
+    table = plan.table.copy()
+    table["rlnImagePixelSize"] = plan.voxel_size
+    box = plan.extractors[0].opt.box
+    summary = {"classes": plan.class_names, "voxel_size": plan.voxel_size, "box": box,
+               "counts": plan.counts, "notes": plan.notes}
+    label = f"extract {box}^3"
     if bundle:
-        labels = (table["rlnClassNumber"] - 1).to_numpy()
-        save_bundle(out, result.volumes, labels, result.class_names, result.voxel_size, table)
+        volumes = np.empty((len(plan.items),) + (box,) * 3, dtype=np.float32)
+        with progress.stage(label, len(plan.items), "particles", enabled=not quiet) as bar:
+            for i, volume in iter_boxes(plan, threads):
+                volumes[i] = volume
+                bar.advance(1)
+        save_bundle(out, volumes, (table["rlnClassNumber"] - 1).to_numpy(), plan.class_names, plan.voxel_size, table)
         return out
     with atomic_folder(out, stale=("volumes", "particles.star", "summary.json")) as work:
         names = [f"volumes/{i + 1:06d}.mrc" for i in range(len(table))]
-        for name, volume in zip(names, result.volumes):
-            write_mrc(work / name, volume, result.voxel_size)
+        with progress.stage(label, len(plan.items), "particles", enabled=not quiet) as bar:
+            for i, volume in iter_boxes(plan, threads):
+                write_mrc(work / names[i], volume, plan.voxel_size)
+                bar.advance(1)
         table.insert(0, "rlnImageName", names)
         write_particles(work / "particles.star", table)
         write_bytes_atomic(work / "summary.json", json.dumps(summary, indent=1).encode())

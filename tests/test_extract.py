@@ -155,21 +155,9 @@ def test_relion5_csv_and_copick_paths_give_the_same_particles(data, tmp_path):
     assert list(star.class_names) == ["class1", "class2"]
     assert list(star.table["rlnAngleTilt"]) == [ANGLES[i][1] for i in range(6)]  # orientations carried over
 
-    copick = pytest.importorskip("copick", reason="copick is not installed (pip install 'cryoet-forge[copick]')")
-    from copick.models import PickableObject
-
     from cryoet_forge import registry
 
-    config = tmp_path / "copick.json"
-    project = copick.ops.open.new_config(str(config), str(tmp_path / "overlay"), pickable_objects=[
-        PickableObject(name=name, is_particle=True, label=i + 1) for i, name in enumerate(CLASSES)])
-    run = project.new_run("TS_01")
-    run.new_voxel_spacing(VOXEL).new_tomogram("wbp").from_numpy(tomo, levels=1)
-    for name in CLASSES:
-        points = np.array([[x, y, z] for c, x, y, z in PICKS if c == name]) * VOXEL
-        picks = run.new_picks(object_name=name, session_id="0", user_id="test")
-        picks.from_numpy(points)
-        picks.store()
+    config = copick_project(tmp_path, tomo, ["TS_01"])
     dataset = registry.create("dataset", "copick", config=str(config), objects=CLASSES, voxel_spacing=VOXEL,
                               box=BOX, extract_normalize="none", normalize="none")
     assert len(dataset) == 6 and dataset.class_names == CLASSES and dataset.runs == ["TS_01"]
@@ -185,6 +173,56 @@ def test_relion5_csv_and_copick_paths_give_the_same_particles(data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "barrel: 3 extracted, 1 skipped (box leaves the tomogram" in proc.stdout
     assert len(starfile.read(out / "particles.star")) == 6
+
+
+def copick_project(folder, tomo, runs):
+    """A copick project (copick's own API) with ``tomo`` and the known picks in every run."""
+    copick = pytest.importorskip("copick", reason="copick is not installed (pip install 'cryoet-forge[copick]')")
+    from copick.models import PickableObject
+
+    config = folder / "copick.json"
+    project = copick.ops.open.new_config(str(config), str(folder / "overlay"), pickable_objects=[
+        PickableObject(name=name, is_particle=True, label=i + 1) for i, name in enumerate(CLASSES)])
+    for name in runs:
+        run = project.new_run(name)
+        run.new_voxel_spacing(VOXEL).new_tomogram("wbp").from_numpy(tomo, levels=1)
+        for cls in CLASSES:
+            points = np.array([[x, y, z] for c, x, y, z in PICKS if c == cls]) * VOXEL
+            picks = run.new_picks(object_name=cls, session_id="0", user_id="test")
+            picks.from_numpy(points)
+            picks.store()
+    return config
+
+
+def test_copick_splits_by_run_for_evaluate_and_feeds_train(data, tmp_path):
+    from cryoet_forge.config import load_config
+    from cryoet_forge.data.copick import split_runs
+    from cryoet_forge.evaluate.config import config_from_dict, quickstart_table
+    from cryoet_forge.evaluate.datasets import load_copick_splits
+    from cryoet_forge.train.loop import build_datasets
+
+    _, tomo, _ = data
+    config = copick_project(tmp_path, tomo, ["TS_01", "TS_02", "TS_03", "TS_04"])
+    train_runs, test_runs = split_runs(config, 0.25, seed=0)
+    assert len(test_runs) == 1 and sorted(train_runs + test_runs) == ["TS_01", "TS_02", "TS_03", "TS_04"]
+    evaluation = config_from_dict(quickstart_table(), {
+        "data.source": "copick", "data.copick": {"config": str(config), "objects": CLASSES},
+        "data.classes": CLASSES, "data.box": BOX, "data.test_runs": ["TS_02"]})
+    real_train, real_test, train_runs, test_runs = load_copick_splits(evaluation.data)
+    assert (train_runs, test_runs) == (["TS_01", "TS_03", "TS_04"], ["TS_02"])
+    assert len(real_train) == 18 and len(real_test) == 6 and real_train.class_names == CLASSES
+    assert real_train.volumes.shape[1:] == (BOX,) * 3 and real_train.voxel_size == VOXEL
+    with pytest.raises(InputError, match="data.test_runs: no run 'TS_09'"):
+        evaluation.data.test_runs = ["TS_09"]
+        load_copick_splits(evaluation.data)
+    # domain S of forge train
+    cfg = load_config(None, {"data.subtomograms.dataset": "copick", "data.subtomograms.options": {
+        "config": str(config), "box": BOX, "runs": ["TS_01"]}})
+    _, subtomograms = build_datasets(cfg)
+    assert len(subtomograms) == 6 and subtomograms[0]["volume"].shape == (1, BOX, BOX, BOX)
+    with pytest.raises(InputError, match="no run 'TS_09'; the project has TS_01, TS_02, TS_03, TS_04"):
+        build_datasets(load_config(None, {"data.subtomograms.dataset": "copick",
+                                          "data.subtomograms.options": {"config": str(config), "runs": ["TS_09"]}}))
 
 
 def test_rescaling_a_2x_finer_tomogram_gives_the_same_subtomogram(data):

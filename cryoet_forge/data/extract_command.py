@@ -68,9 +68,7 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
     files = resolve(names, given, paths, ", ".join(map(str, picks_paths)))
     jobs = []
     for name in names:
-        tomo = open_tomogram(files[name], scale=scale, name=name)
-        if tomogram_voxel_size is not None:
-            tomo.voxel_size = float(tomogram_voxel_size)
+        tomo = open_tomogram(files[name], scale=scale, name=name, voxel_size=tomogram_voxel_size)
         for (unit_, source), part in table[table["tomogram"] == name].groupby(["_unit", "_source"], sort=False):
             part = part.set_index("_row")
             part.index.name = None
@@ -117,7 +115,7 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, class_column, 
                     normalize, pad_edge, background, min_distance, seed, bundle, out) -> None:
     """Cut labelled subtomograms out of tomograms around particle picks."""
     from cryoet_forge import progress
-    from cryoet_forge.extract import ExtractOptions, extract, write_result
+    from cryoet_forge.extract import ExtractOptions, plan_extraction, summary_lines, write_plan
 
     if bundle and out.suffix != ".npz":
         raise click.UsageError("--bundle writes an .npz file: give --out NAME.npz")
@@ -135,12 +133,12 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, class_column, 
         jobs = jobs_from_tables(list(picks_paths), list(tomograms), unit, tomograms_star, class_column, scale,
                                 tomogram_voxel_size)
     try:
-        result = extract(jobs, options, quiet=progress.mode() == "off")
+        plan = plan_extraction(jobs, options)
+        written = write_plan(plan, out, bundle=bundle, quiet=progress.mode() == "off")
     finally:
         for tomo in {id(t): t for t, _, _ in jobs}.values():
             if isinstance(tomo, Tomogram):
                 tomo.close()
-    written = write_result(result, out, bundle=bundle)
-    for line in result.summary_lines():
+    for line in summary_lines(plan.class_names, plan.counts, plan.notes):
         click.echo(line)
-    click.echo(f"wrote {len(result.table)} subtomograms ({box}^3 at {result.voxel_size:g} A) to {written}")
+    click.echo(f"wrote {len(plan.table)} subtomograms ({box}^3 at {plan.voxel_size:g} A) to {written}")

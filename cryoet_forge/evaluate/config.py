@@ -42,6 +42,13 @@ class DataSection:
     #: source = "folders": labelled STAR files of the real splits
     real_train: str = ""
     real_test: str = ""
+    #: source = "copick": options of the copick dataset (config, objects, voxel_spacing, tomo_type,
+    #: box, voxel_size, invert, ...; see cryoet_forge.data.copick); the real splits are split by
+    #: run, never by particle: ``test_runs`` names the test runs, or ``test_fraction`` of the runs
+    #: (seeded by ``seed``) are drawn
+    copick: dict = field(default_factory=dict)
+    test_runs: list = field(default_factory=list)
+    test_fraction: float = 0.25
 
 
 @dataclass
@@ -177,8 +184,12 @@ def _apply(table: dict, overrides: dict[str, Any]) -> dict:
 
 def validate(config: EvaluationConfig) -> EvaluationConfig:
     d = config.data
-    if d.source not in ("embedded", "folders"):
-        raise ConfigError(f"data.source {d.source!r}; choose from: embedded, folders")
+    if d.source not in ("embedded", "folders", "copick"):
+        raise ConfigError(f"data.source {d.source!r}; choose from: embedded, folders, copick")
+    if d.source == "copick" and not d.copick.get("config"):
+        raise ConfigError("data.source = 'copick' needs data.copick.config (a copick project's JSON)")
+    if d.source == "copick" and not 0 < d.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction {d.test_fraction}: expected a fraction in (0, 1)")
     if d.source == "folders" and not (d.real_train and d.real_test):
         raise ConfigError("data.source = 'folders' needs data.real_train and data.real_test (STAR files)")
     if d.source == "embedded" and len(d.classes) < 2:

@@ -165,21 +165,63 @@ class EvaluationData:
     description: str
 
 
+def load_copick_splits(d) -> tuple[LabelledVolumes, LabelledVolumes, list[str], list[str]]:
+    """The real train and test splits of a copick project, split by run (never by particle)."""
+    from cryoet_forge.data.copick import CopickDataset, split_runs
+
+    options = {k: v for k, v in d.copick.items() if k != "config"}
+    if "runs" in options:
+        raise ConfigError("data.copick.runs: the evaluation splits by run itself; use data.test_runs")
+    config = d.copick["config"]
+    if d.test_runs:
+        train_runs, test_runs = split_runs(config, 0.5, d.seed)
+        names = train_runs + test_runs
+        missing = [r for r in d.test_runs if r not in names]
+        if missing:
+            raise InputError(f"data.test_runs: no run {', '.join(map(repr, missing))} in {config}")
+        test_runs = sorted(str(r) for r in d.test_runs)
+        train_runs = [r for r in sorted(names) if r not in test_runs]
+        if not train_runs:
+            raise InputError(f"data.test_runs: every run of {config} is a test run; keep one for training")
+    else:
+        train_runs, test_runs = split_runs(config, d.test_fraction, d.seed)
+    options.setdefault("box", d.box)
+    options.setdefault("voxel_size", d.voxel_size)
+    options.setdefault("normalize", "none")  # the evaluation normalises like the other sources
+    splits = []
+    for runs, what in ((train_runs, "train"), (test_runs, "test")):
+        dataset = CopickDataset(config, runs=runs, **options)
+        volumes = np.stack([dataset[i]["volume"][0].numpy() for i in range(len(dataset))])
+        splits.append(LabelledVolumes(volumes, np.asarray(dataset.labels), dataset.class_names,
+                                      dataset.voxel_size, f"{config} ({what} runs)"))
+    return splits[0], splits[1], train_runs, test_runs
+
+
 def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], None]) -> EvaluationData:
     d = config.data
     folder = Path(folder)
     maps_dir = resolve_maps_dir(d.maps_dir)
-    if d.source == "folders":
-        real_train = load_labelled(d.real_train)
-        real_test = load_labelled(d.real_test)
-        check_disjoint(real_train, real_test, d.real_train, d.real_test)
+    if d.source in ("folders", "copick"):
+        if d.source == "copick":
+            real_train, real_test, train_runs, test_runs = load_copick_splits(d)
+            log(f"copick project {d.copick['config']}: train runs {', '.join(train_runs)}; "
+                f"test runs {', '.join(test_runs)}")
+        else:
+            real_train = load_labelled(d.real_train)
+            real_test = load_labelled(d.real_test)
+            check_disjoint(real_train, real_test, d.real_train, d.real_test)
         class_names = check_splits(real_train, real_test)
         real_train = real_train.relabelled(class_names)
         real_test = real_test.relabelled(class_names)
         box, voxel_size = real_train.box, real_train.voxel_size
         templates = class_templates(class_names, maps_dir, box, voxel_size)
-        real_train_star = Path(real_train.source)
-        description = f"real data from {d.real_train} (train) and {d.real_test} (test)"
+        if d.source == "copick":
+            real_train_star = write_labelled_folder(folder / "real_train", real_train)
+            description = (f"real data from copick project {d.copick['config']}: runs {', '.join(train_runs)} "
+                           f"(train), {', '.join(test_runs)} (test)")
+        else:
+            real_train_star = Path(real_train.source)
+            description = f"real data from {d.real_train} (train) and {d.real_test} (test)"
     else:
         class_names = [str(c) for c in d.classes]
         box, voxel_size = d.box, d.voxel_size

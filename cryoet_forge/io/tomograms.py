@@ -1,7 +1,9 @@
 """Tomograms opened for reading regions: MRC memory-mapped (mrcfile) and OME-Zarr (zarr).
 
 A ``Tomogram`` holds an array-like in (z, y, x) order that is sliced, never read whole: an MRC
-file is memory-mapped, an OME-Zarr scale level reads only the chunks a region touches. Its
+file is memory-mapped (its header and size checked by mrcfile) and its regions read plane by
+plane with ``os.pread`` (``PlaneReader``), an OME-Zarr scale level reads only the chunks a region
+touches. Its
 voxel size is in Angstrom (MRC header; OME-Zarr ``coordinateTransformations`` of the chosen
 scale level, converted from nm when the axes say so).
 """
@@ -31,6 +33,8 @@ class Tomogram:
     voxel_size: float
     source: str
     _handle: Any = field(default=None, repr=False)
+    #: reads [z0, z1) x [y0, y1) x [x0, x1) without a memory map (MRC: ``PlaneReader``), or None
+    reader: Any = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -43,7 +47,10 @@ class Tomogram:
         hi = [min(n, s + k) for s, k, n in zip(start, size, self.shape)]
         if any(h <= low for low, h in zip(lo, hi)):
             raise InputError(f"{self.source}: region at {start} of size {size} is outside the tomogram {self.shape}")
-        inside = np.asarray(self.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
+        if self.reader is not None:
+            inside = self.reader.read(lo, hi)
+        else:
+            inside = np.asarray(self.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32)
         if tuple(inside.shape) == tuple(size):
             return np.array(inside, copy=True), False
         out = np.full(size, float(inside.mean()), dtype=np.float32)
@@ -52,6 +59,9 @@ class Tomogram:
         return out, True
 
     def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -67,7 +77,36 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def open_mrc_tomogram(path: Path, name: str | None = None) -> Tomogram:
+class PlaneReader:
+    """Regions of an MRC file read with ``os.pread``, one call per z plane (the rows y0..y1 whole,
+    then cut to x0..x1). Unlike slicing a memory map, the pages read never count towards this
+    process's resident set: the kernel maps whole blocks around each touched row of a map
+    (fault-around), so a few thousand boxes made the RSS reach the size of the tomogram."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, int, int], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, int(offset), shape, np.dtype(dtype)
+        self.fd: int | None = os.open(path, os.O_RDONLY)
+
+    def read(self, lo, hi) -> np.ndarray:
+        _, ny, nx = self.shape
+        row = nx * self.dtype.itemsize
+        rows = hi[1] - lo[1]
+        out = np.empty((hi[0] - lo[0], rows, hi[2] - lo[2]), dtype=np.float32)
+        for k, z in enumerate(range(lo[0], hi[0])):
+            want = rows * row
+            buf = os.pread(self.fd, want, self.offset + (z * ny + lo[1]) * row)
+            if len(buf) != want:
+                raise InputError(f"{self.path}: file ends inside plane z={z}; the MRC is truncated")
+            out[k] = np.frombuffer(buf, dtype=self.dtype).reshape(rows, nx)[:, lo[2]:hi[2]]
+        return out
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def open_mrc_tomogram(path: Path, name: str | None = None, voxel_size: float | None = None) -> Tomogram:
     import mrcfile
 
     try:
@@ -83,11 +122,15 @@ def open_mrc_tomogram(path: Path, name: str | None = None) -> Tomogram:
         raise InputError(f"{path}: expected a 3D tomogram (z, y, x), got shape {shape}")
     voxel = handle.voxel_size
     sizes = (float(voxel.x), float(voxel.y), float(voxel.z))
+    if voxel_size is not None:
+        sizes = (float(voxel_size),) * 3
     if not all(math.isfinite(s) and s > 0 for s in sizes):
         handle.close()
         raise InputError(f"{path}: header voxel size {sizes} is not positive; expected Angstrom > 0 "
                          "(set it with mrcfile or pass --tomogram-voxel-size)")
-    return Tomogram(name or path.stem, data, sizes[0], str(path), handle)
+    offset = int(handle.header.nbytes + int(handle.header.nsymbt))
+    reader = PlaneReader(path, offset, tuple(int(n) for n in data.shape), data.dtype)
+    return Tomogram(name or path.stem, data, sizes[0], str(path), handle, reader)
 
 
 def open_zarr_tomogram(path: Any, scale: str | int = 0, name: str | None = None,
@@ -127,13 +170,18 @@ def open_zarr_tomogram(path: Any, scale: str | int = 0, name: str | None = None,
     return Tomogram(name, array, voxel, f"{where} (scale {level})")
 
 
-def open_tomogram(path: str | os.PathLike, scale: str | int = 0, name: str | None = None) -> Tomogram:
-    """An MRC file (memory-mapped) or an OME-Zarr folder (level ``scale``), by its path."""
+def open_tomogram(path: str | os.PathLike, scale: str | int = 0, name: str | None = None,
+                  voxel_size: float | None = None) -> Tomogram:
+    """An MRC file or an OME-Zarr folder (level ``scale``), by its path; ``voxel_size`` (A)
+    replaces the file's own."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such tomogram")
     if path.is_dir() or path.suffix == ".zarr":
-        return open_zarr_tomogram(path, scale, name)
+        tomo = open_zarr_tomogram(path, scale, name)
+        if voxel_size is not None:
+            tomo.voxel_size = float(voxel_size)
+        return tomo
     if path.suffix.lower() in MRC_SUFFIXES:
-        return open_mrc_tomogram(path, name)
+        return open_mrc_tomogram(path, name, voxel_size)
     raise InputError(f"{path}: expected an MRC tomogram ({', '.join(MRC_SUFFIXES)}) or an OME-Zarr folder")
