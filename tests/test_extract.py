@@ -215,6 +215,24 @@ def test_copick_splits_by_run_for_evaluate_and_feeds_train(data, tmp_path):
     with pytest.raises(InputError, match="data.test_runs: no run 'TS_09'"):
         evaluation.data.test_runs = ["TS_09"]
         load_copick_splits(evaluation.data)
+    # the whole evaluation on the copick project's runs
+    import copy
+
+    from cryoet_forge.evaluate.pipeline import run_evaluation
+    from test_evaluate import TOY
+
+    table = copy.deepcopy(TOY)
+    table.update({"ablations": {}, "uncertainty": {"enabled": False}})
+    table["gan"]["curve_points"] = 1
+    table["data"] = {"source": "copick", "copick": {"config": str(config), "objects": CLASSES}, "box": BOX,
+                     "test_runs": ["TS_04"], "n_density_per_class": 4}
+    out = tmp_path / "evaluation"
+    run_evaluation(config_from_dict(table, origin="copick toy"), out, log=lambda line: None)
+    results = json.loads((out / "results.json").read_text())
+    # split by run: 3 particles per class and run (one barrel box leaves the tomogram), test = TS_04
+    assert results["counts"]["real_test"] == {"barrel": 3, "ring": 3}
+    assert results["counts"]["real_train"] == {"barrel": 9, "ring": 9}
+    assert "copick project" in (out / "report.md").read_text() and "TS_04 (test)" in (out / "report.md").read_text()
     # domain S of forge train
     cfg = load_config(None, {"data.subtomograms.dataset": "copick", "data.subtomograms.options": {
         "config": str(config), "box": BOX, "runs": ["TS_01"]}})

@@ -23,7 +23,8 @@ from cryoet_forge.errors import ConfigError
 
 @dataclass
 class DataSection:
-    #: "embedded": simulate the "experimental" domain; "folders": read real_train/real_test STAR files
+    #: "embedded": simulate the "experimental" domain; "folders": read real_train/real_test STAR files;
+    #: "copick": cut the real splits from a copick project (``copick``), split by run
     source: str = "embedded"
     #: class names: phantom names, or map ids found in ``maps_dir`` (e.g. 3j9i, 4v94)
     classes: list = field(default_factory=lambda: ["barrel", "two-lobe", "ring", "membrane"])
