@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from cryoet_forge.errors import InputError
-from cryoet_forge.io.picks import ANGLE_COLUMNS, Picks
+from cryoet_forge.io.picks import ANGLE_COLUMNS
 from cryoet_forge.io.tomograms import Tomogram
 
 MARGIN = 3
@@ -56,7 +56,7 @@ class ExtractOptions:
     min_distance: float = 0.0
     seed: int = 0
 
-    def check(self) -> "ExtractOptions":
+    def check(self) -> ExtractOptions:
         if int(self.box) < 4:
             raise InputError(f"--box {self.box}: expected an integer >= 4 voxels")
         self.box = int(self.box)

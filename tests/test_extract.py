@@ -166,6 +166,10 @@ def test_relion5_csv_and_copick_paths_give_the_same_particles(data, tmp_path):
     for c, name in enumerate(CLASSES):
         expected = csv.volumes[(csv.table["forgeClassName"] == name).to_numpy()]
         assert np.abs(np.stack(by_class[name]) - expected).max() <= 1e-4 * span
+    # the run's OME-Zarr tomogram read directly (level 0) gives them too
+    zarr_path = next((tmp_path / "overlay").rglob("wbp.zarr"))
+    direct = run_extract(read_picks(root / "picks.csv", unit="px"), zarr_path)
+    assert np.abs(direct.volumes - csv.volumes).max() <= 1e-4 * span and direct.voxel_size == VOXEL
     # forge extract reads the same project
     out = tmp_path / "from-copick"
     proc = subprocess.run([forge_executable(), "-q", "extract", "--copick", str(config), "--box", str(BOX),
@@ -218,8 +222,9 @@ def test_copick_splits_by_run_for_evaluate_and_feeds_train(data, tmp_path):
     # the whole evaluation on the copick project's runs
     import copy
 
-    from cryoet_forge.evaluate.pipeline import run_evaluation
     from test_evaluate import TOY
+
+    from cryoet_forge.evaluate.pipeline import run_evaluation
 
     table = copy.deepcopy(TOY)
     table.update({"ablations": {}, "uncertainty": {"enabled": False}})

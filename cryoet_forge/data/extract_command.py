@@ -115,7 +115,12 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, class_column, 
                     normalize, pad_edge, background, min_distance, seed, bundle, out) -> None:
     """Cut labelled subtomograms out of tomograms around particle picks."""
     from cryoet_forge import progress
-    from cryoet_forge.extract import ExtractOptions, plan_extraction, summary_lines, write_plan
+    from cryoet_forge.extract import (
+        ExtractOptions,
+        plan_extraction,
+        summary_lines,
+        write_plan,
+    )
 
     if bundle and out.suffix != ".npz":
         raise click.UsageError("--bundle writes an .npz file: give --out NAME.npz")

@@ -66,7 +66,7 @@ class Tomogram:
             self._handle.close()
             self._handle = None
 
-    def __enter__(self) -> "Tomogram":
+    def __enter__(self) -> Tomogram:
         return self
 
     def __exit__(self, *exc) -> None:
