@@ -351,7 +351,9 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
     if len(data.present_classes()) < 2:
         raise InputError(f"{data.source}: need at least 2 classes to train a classifier, "
                          f"got only {', '.join(data.present_classes())}")
-    device = torch.device(options.device)
+    from cryoet_forge.devices import check_device
+
+    device = check_device(options.device, "classifier device")
     model = build_cb3d(options, len(data.class_names), data.box, seed).to(device)
     memory_format = torch.channels_last_3d if options.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)

@@ -227,8 +227,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             len(o.betas) == 2
             and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in o.betas)):
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
-    if cfg.data.density_noise_std < 0:
-        raise ConfigError(f"data.density_noise_std must be >= 0, got {cfg.data.density_noise_std}")
+    if not cfg.data.density_noise_std >= 0:  # NaN fails too
+        raise ConfigError(f"data.density_noise_std must be a number >= 0, got {cfg.data.density_noise_std}")
+    from cryoet_forge.devices import check_seed
+
+    check_seed(t.seed, "train.seed")
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
         raise ConfigError(f"train.device {t.device!r}; choose from: auto, cpu, cuda, cuda:N")
     return cfg

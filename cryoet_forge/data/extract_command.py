@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from cryoet_forge.devices import SEED
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.tomograms import MRC_SUFFIXES, Tomogram, open_tomogram
 from cryoet_forge.progress import quiet_option
@@ -107,7 +108,7 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
               help="keep particles whose box leaves the tomogram (padded with the mean) or skip and count them")
 @click.option("--background", type=int, default=0, help="also N background boxes per tomogram")
 @click.option("--min-distance", type=float, default=0.0, help="background boxes at least this far from every pick (A)")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the background positions")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the background positions")
 @click.option("--bundle", is_flag=True, help="write one .npz bundle (OUT must end in .npz) instead of a folder")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 def extract_command(picks_paths, tomograms, tomograms_star, unit, class_column, copick_config, objects,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cryoet_forge.devices import SEED, device_callback
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.progress import quiet_option
 
@@ -48,12 +49,17 @@ def classify_group() -> None:
               help="hold out this fraction of each class, keep the best epoch on it and stop early (0 = off)")
 @click.option("--patience", default=20, show_default=True, type=int,
               help="with --validation-fraction: stop this many epochs after the best one")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--device", default="cpu", show_default=True, callback=device_callback)
 def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channels, convs_per_block,
                    fc_width, dropout, normalize, no_augment, validation_fraction, patience, seed, device) -> None:
     """Train CB3D on a labelled folder and save it (safetensors + JSON metadata)."""
-    from cryoet_forge.classify import ClassifierOptions, check_splits, load_labelled, train_cb3d
+    from cryoet_forge.classify import (
+        ClassifierOptions,
+        check_splits,
+        load_labelled,
+        train_cb3d,
+    )
     from cryoet_forge.evaluate.classification_report import score_and_write
     from cryoet_forge.models.cb3d import save_cb3d
 
@@ -97,7 +103,7 @@ def _print_scores(result) -> None:
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="folder for scores.json and confusion.png")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, callback=device_callback)
 def classify_eval(model_path, data_path, out_dir, device) -> None:
     """Score a trained CB3D on a labelled folder: accuracy, per-class accuracy, confusion matrix PNG."""
     from cryoet_forge.classify import check_trained_voxel_size, load_labelled
@@ -122,7 +128,7 @@ def classify_eval(model_path, data_path, out_dir, device) -> None:
               help="feature file (.npy, .npz or .safetensors) for 'forge metrics'")
 @click.option("--probabilities", "probs_path", type=click.Path(path_type=Path), default=None,
               help="also write softmax class probabilities (for the Inception Score)")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, callback=device_callback)
 def classify_features(model_path, data_path, out_path, probs_path, device) -> None:
     """Write the CB3D dense-layer features (N x 4096) of a folder's volumes."""
     from cryoet_forge.classify import check_trained_voxel_size, load_labelled
@@ -244,7 +250,7 @@ def _print_summary(out_dir: Path) -> None:
 @quiet_option
 @click.option("--out", "out_dir", default=Path("quickstart-out"), show_default=True,
               type=click.Path(path_type=Path))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--domain", "only_domains", multiple=True, metavar="NAME",
               help="with --suite: run only this domain (repeat for several); other cells already in OUT are read back")
 @click.option("--method", "only_methods", multiple=True, metavar="NAME",

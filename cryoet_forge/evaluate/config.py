@@ -206,6 +206,12 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
         raise ConfigError(f"downstream.n_per_class must be >= 2, got {config.downstream.n_per_class}")
     if not config.downstream.seeds:
         raise ConfigError("downstream.seeds must list at least one seed")
+    from cryoet_forge.devices import check_seed
+
+    check_seed(d.seed, "data.seed")
+    for what, seeds in (("downstream.seeds", config.downstream.seeds), ("ablations.seeds", config.ablations.seeds)):
+        for seed in seeds:
+            check_seed(seed, what)
     if not 0 < config.downstream.confidence < 1:
         raise ConfigError(f"downstream.confidence must be in (0, 1), got {config.downstream.confidence}")
     if config.metrics.k < 1 or config.metrics.is_splits < 1:

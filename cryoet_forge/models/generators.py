@@ -114,6 +114,9 @@ class CryoETGANGenerator(nn.Module):
             raise ConfigError(f"cryoetgan padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"cryoetgan dropout must be in [0, 1), got {dropout}")
+        for key, value, low in (("base", base, 1), ("n_residual", n_residual, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"cryoetgan {key} must be an integer >= {low}, got {value!r}")
         self.noise = bool(noise)
         self.dropout = float(dropout)
         self.skips = bool(skips)

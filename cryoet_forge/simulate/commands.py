@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryoet_forge.devices import SEED, device_callback
 from cryoet_forge.errors import ConfigError
-
 
 OUTPUT_NAMES = ("templates", "density", "subtomograms", "density.star", "particles.star", "montage.png",
                 "density.npz", "particles.npz", "simulation.json")
@@ -44,8 +44,8 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     The outputs appear in ``out`` together, once all are written; a failure leaves ``out`` as it was.
     """
     from cryoet_forge.data.bundle import save_bundle
-    from cryoet_forge.io.atomic import atomic_folder, write_bytes_atomic
     from cryoet_forge.data.simulated import item_seed, make_simulator
+    from cryoet_forge.io.atomic import atomic_folder, write_bytes_atomic
     from cryoet_forge.io.mrc import check_voxel_size, write_mrc
     from cryoet_forge.io.star import write_particles
     from cryoet_forge.simulate.poses import PoseSimulator
@@ -141,7 +141,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
 @click.option("--n-per-class", type=int, default=10, show_default=True)
 @click.option("--box", type=int, default=40, show_default=True, help="Box edge in voxels.")
 @click.option("--voxel-size", type=float, default=9.4, show_default=True, help="Angstrom per voxel.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--snr", type=float, default=None, help="Target SNR (fourier), var(signal)/var(noise).")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
@@ -151,7 +151,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
 @click.option("--assembly", type=int, default=None, help="Build biological assembly N of each structure (e.g. 1).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--bundle", is_flag=True, help="Also write density.npz and particles.npz bundles.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.", callback=device_callback)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output (results still print).")
 @click.option("--overwrite", is_flag=True, help="Replace a previous simulation in OUT.")
 def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box, voxel_size, seed, out,
@@ -162,8 +162,9 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
     options = _parse_options(option_pairs)
     if snr is not None:
         options["snr"] = snr
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    from cryoet_forge.devices import check_device
+
+    device = str(check_device(device))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = run_simulation(out, None if use_phantoms else structures, simulator_name, n_per_class, box,
@@ -183,7 +184,11 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
 @click.option("--base-url", default=None, help="Archive URL (default $FORGE_PDB_URL or RCSB).")
 def fetch_structures_command(pdb_ids, cache, base_url):
     """Download PDB entries (mmCIF) into the cache; cached entries are never downloaded again."""
-    from cryoet_forge.io.structures import cached_structure_path, check_pdb_id, fetch_structure
+    from cryoet_forge.io.structures import (
+        cached_structure_path,
+        check_pdb_id,
+        fetch_structure,
+    )
 
     ids = [check_pdb_id(i) for raw in pdb_ids for i in raw.split(",") if i.strip()]
     for pdb_id in ids:

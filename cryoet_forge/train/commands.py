@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cryoet_forge.devices import SEED
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.progress import quiet_option
 
@@ -89,7 +90,7 @@ def _check_components(cfg) -> None:
 @click.option("--n-per-map", "n_per_map", default=1, show_default=True, type=click.IntRange(1),
               help="Subtomograms generated per map (different noise draws).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_size):
     """Generate realistic subtomograms (MRC + particles.star) from density maps."""
@@ -110,7 +111,7 @@ def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_
 @click.option("--samples", default=20, show_default=True, type=click.IntRange(2))
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
               help="Dropout probability to use when the run trained without dropout.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (default: beside the map, <map>-uncertainty/).")
 def uncertainty_command(run_dir, map_path, samples, dropout, seed, out_dir):

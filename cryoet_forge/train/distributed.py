@@ -38,14 +38,9 @@ class DistContext:
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device {preference!r} asked for, but no CUDA device is visible")
-        if preference == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(preference)
+    from cryoet_forge.devices import check_device
+
+    return check_device(preference, "train.device", local_rank)
 
 
 def init_distributed(device_preference: str) -> DistContext:
