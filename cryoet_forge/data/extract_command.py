@@ -51,13 +51,17 @@ def resolve(names: list[str], given: dict[str, Path], table_paths: dict[str, str
 
 
 def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str | None, tomograms_star: Path | None,
-                     class_column: str | None, scale: str, tomogram_voxel_size: float | None):
+                     class_column: str | None, scale: str, tomogram_voxel_size: float | None,
+                     coords_pixel_size: float | None = None):
     from cryoet_forge.io.picks import read_picks
 
     given = tomogram_files(tomograms)
     tables = []
     for path in picks_paths:
         picks = read_picks(path, unit=unit, tomograms_star=tomograms_star, class_column=class_column)
+        if coords_pixel_size is not None and picks.unit == "px":  # pixels of another tomogram (Warp, M)
+            picks.table[["x", "y", "z"]] *= float(coords_pixel_size)
+            picks.unit = "angstrom"
         table = picks.table.copy()
         table["_unit"], table["_source"], table["_row"] = picks.unit, picks.source, range(len(table))
         tables.append(table)
@@ -88,6 +92,8 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
 @click.option("--tomograms-star", type=click.Path(path_type=Path), default=None,
               help="RELION 5 tomograms STAR (sizes and pixel size for centred coordinates; tomogram paths)")
 @click.option("--unit", type=str, default=None, help="unit of CSV coordinates: px or angstrom")
+@click.option("--coords-pixel-size", type=float, default=None,
+              help="pixel coordinates (rlnCoordinate*, CSV px) are in pixels of this size (A), not the tomogram's")
 @click.option("--class-column", default=None, help="column holding the class (default: rlnClassNumber / class)")
 @click.option("--copick", "copick_config", type=click.Path(path_type=Path), default=None,
               help="a copick project (its config JSON) instead of --picks/--tomograms")
@@ -111,7 +117,7 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
 @click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the background positions")
 @click.option("--bundle", is_flag=True, help="write one .npz bundle (OUT must end in .npz) instead of a folder")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
-def extract_command(picks_paths, tomograms, tomograms_star, unit, class_column, copick_config, objects,
+def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_size, class_column, copick_config, objects,
                     copick_voxel_spacing, tomo_type, runs, scale, tomogram_voxel_size, box, voxel_size, invert,
                     normalize, pad_edge, background, min_distance, seed, bundle, out) -> None:
     """Cut labelled subtomograms out of tomograms around particle picks."""
@@ -136,8 +142,10 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, class_column, 
         jobs = copick_jobs(copick_config, list(objects) or None, copick_voxel_spacing, tomo_type,
                            list(runs) or None, scale)
     else:
+        if coords_pixel_size is not None and not coords_pixel_size > 0:
+            raise click.UsageError(f"--coords-pixel-size {coords_pixel_size}: expected Angstrom > 0")
         jobs = jobs_from_tables(list(picks_paths), list(tomograms), unit, tomograms_star, class_column, scale,
-                                tomogram_voxel_size)
+                                tomogram_voxel_size, coords_pixel_size)
     try:
         plan = plan_extraction(jobs, options)
         written = write_plan(plan, out, bundle=bundle, quiet=progress.mode() == "off")
