@@ -135,6 +135,20 @@ def test_a_selection_runs_only_its_cells_and_reads_back_the_rest(suite_run, tmp_
         run_suite(suite, out, log=lambda line: None, methods=["cut"])
 
 
+def test_restating_a_default_is_the_same_cell(suite_run):
+    out, record, _ = suite_run
+    same = copy.deepcopy(SUITE)
+    same["methods"]["refine"]["overrides"]["gan.overrides.loss.identity_weight"] = 0.0  # the default
+    lines = []
+    again = run_suite(suite_from_dict(same, origin="toy.toml"), out, log=lines.append)
+    assert sum("done before" in line for line in lines) == 2 and again["rows"] == record["rows"]
+    other = copy.deepcopy(SUITE)
+    other["methods"]["refine"]["overrides"]["gan.overrides.loss.identity_weight"] = 5.0  # not the default
+    with pytest.raises(ConfigError, match="holds results of a different configuration for domain 'low-dose', "
+                                          "method 'refine'"):
+        run_suite(suite_from_dict(other, origin="toy.toml"), out, log=lambda line: None)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"domains": {}}, "\\[domains\\] must name at least one domain"),
     ({"colour": "red"}, "unknown key\\(s\\) colour"),

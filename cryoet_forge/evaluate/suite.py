@@ -151,6 +151,27 @@ def _normalised(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def resolved(config_table: dict | None) -> Any:
+    """What a cell computes: its evaluation config with ``gan.overrides`` replaced by the training
+    configuration they resolve to, so an override that restates a default (``identity_weight =
+    0``) is the same cell as one that leaves it out; None when the table no longer parses."""
+    from cryoet_forge.evaluate.config import config_from_dict
+    from cryoet_forge.evaluate.gan import train_config_for
+
+    if not isinstance(config_table, dict):
+        return None
+    table = {k: v for k, v in config_table.items() if k != "origin"}
+    try:
+        config = config_from_dict(table)
+        train = train_config_for(config, Path("density"), Path("real")).to_dict()
+    except (ConfigError, TypeError, ValueError, KeyError):
+        return None
+    out = _normalised(config.to_dict())
+    out.pop("origin", None)
+    out["gan"]["overrides"] = _normalised(train)
+    return out
+
+
 def row_from_results(domain: Cell, method: Cell, results: dict[str, Any]) -> dict[str, Any]:
     """One table row from a cell's results.json."""
     down, paired, verdict = results["downstream"], results["downstream_paired"], results["verdict"]
@@ -223,10 +244,10 @@ def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = pr
                 continue
             if not selected and not (cell / "results.json").is_file():
                 continue
-            wanted = _normalised(config.to_dict())
+            wanted = resolved(config.to_dict())
             if (cell / "results.json").is_file():
                 done = load_results(cell)
-                if _normalised(done.get("config")) != wanted:
+                if resolved(done.get("config")) != wanted:
                     raise ConfigError(f"{cell}: holds results of a different configuration for domain "
                                       f"{domain.name!r}, method {method.name!r}; write the suite to a new --out")
                 log(f"[{k}/{n_cells}] {domain.name} / {method.name}: done before, read from {cell / 'results.json'}")
