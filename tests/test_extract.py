@@ -155,6 +155,30 @@ def test_relion5_csv_and_copick_paths_give_the_same_particles(data, tmp_path):
     assert list(star.class_names) == ["class1", "class2"]
     assert list(star.table["rlnAngleTilt"]) == [ANGLES[i][1] for i in range(6)]  # orientations carried over
 
+    # a Warp / RELION 4 table: pixel coordinates, the tomogram named by rlnMicrographName
+    warp = tmp_path / "warp.star"
+    starfile.write({"particles": pd.DataFrame({
+        "rlnMicrographName": ["TS_01.tomostar"] * len(PICKS), "rlnCoordinateX": [p[1] for p in PICKS],
+        "rlnCoordinateY": [p[2] for p in PICKS], "rlnCoordinateZ": [p[3] for p in PICKS],
+        "rlnClassNumber": [CLASSES.index(p[0]) + 1 for p in PICKS]})}, warp, overwrite=True)
+    from_warp = run_extract(read_picks(warp), root / "TS_01.mrc")
+    assert np.abs(from_warp.volumes - csv.volumes).max() <= 1e-4 * span
+    # one class per file when the files have no class column
+    for name in CLASSES:
+        rows = [p for p in PICKS if p[0] == name]
+        pd.DataFrame({"tomogram": "TS_01", "x": [p[1] for p in rows], "y": [p[2] for p in rows],
+                      "z": [p[3] for p in rows]}).to_csv(tmp_path / f"{name}.csv", index=False)
+    from cryoet_forge.data.extract_command import jobs_from_tables
+
+    jobs = jobs_from_tables([tmp_path / f"{name}.csv" for name in CLASSES], [root / "TS_01.mrc"], "px", None,
+                            None, "0", None)
+    per_file = extract(jobs, ExtractOptions(box=BOX, normalize="none"))
+    assert per_file.class_names == CLASSES and per_file.counts["barrel"]["skipped_edge"] == 1
+    for name in CLASSES:
+        got = per_file.volumes[(per_file.table["forgeClassName"] == name).to_numpy()]
+        assert np.abs(got - csv.volumes[(csv.table["forgeClassName"] == name).to_numpy()]).max() <= 1e-4 * span
+    jobs[0][0].close()
+
     from cryoet_forge import registry
 
     config = copick_project(tmp_path, tomo, ["TS_01"])
