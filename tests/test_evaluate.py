@@ -271,3 +271,18 @@ def test_quickstart_falls_back_to_the_core_generator_without_the_plugin(monkeypa
     assert core.gan.overrides["model.inverse_generator_options"] == {"skips": False}
     assert len(lines) == 1 and "'unet3d' is not installed" in lines[0]
     assert QUICKSTART["gan"]["overrides"]["model.generator"] == "unet3d"  # the embedded table is untouched
+
+
+def test_quickstart_command_reaches_the_run_with_its_options(monkeypatch, tmp_path):
+    # the command's options and its function's parameters must agree (the slow end-to-end test is skipped in CI)
+    from click.testing import CliRunner
+
+    import cryoet_forge.evaluate.commands as commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "_run", lambda config, out_dir, budget: seen.update(
+        seed=config.data.seed, out=out_dir, budget=budget))
+    result = CliRunner().invoke(commands.quickstart_command, ["--out", str(tmp_path / "q"), "--seed", "3",
+                                                              "--budget-minutes", "2"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"seed": 3, "out": tmp_path / "q", "budget": 2.0}

@@ -251,10 +251,6 @@ def _print_summary(out_dir: Path) -> None:
 @click.option("--out", "out_dir", default=Path("quickstart-out"), show_default=True,
               type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--domain", "only_domains", multiple=True, metavar="NAME",
-              help="with --suite: run only this domain (repeat for several); other cells already in OUT are read back")
-@click.option("--method", "only_methods", multiple=True, metavar="NAME",
-              help="with --suite: run only this method (repeat for several)")
 @click.option("--budget-minutes", type=float, default=None,
               help="scale GAN steps, classifier epochs (and set sizes if needed) to finish in about N minutes "
                    "on this machine, measured first; the report says what was scaled")
