@@ -63,10 +63,6 @@ class _Stop(Exception):
     """Raised by a forward hook to end an encoder pass once its last layer has run."""
 
 
-def _call(net: nn.Module, x: torch.Tensor) -> None:
-    net(x)
-
-
 def trace_convolutions(net: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
     """(name, module, output shape) of every Conv3d of ``net`` in the order a forward runs them."""
     order: list[tuple[str, nn.Module, tuple[int, ...]]] = []
@@ -77,7 +73,7 @@ def trace_convolutions(net: nn.Module, example: torch.Tensor) -> list[tuple[str,
     try:
         net.eval()
         with torch.no_grad():
-            _call(net, example)
+            net(example)
     finally:
         net.train(was_training)
         for h in handles:
@@ -131,7 +127,7 @@ def encode(net: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> list[to
 
     handles = [m.register_forward_hook(hook) for m in modules]
     try:
-        _call(net, x)
+        net(x)
     except _Stop:
         pass
     finally:

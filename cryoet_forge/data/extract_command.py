@@ -9,7 +9,7 @@ import pandas as pd
 
 from cryoet_forge.devices import SEED
 from cryoet_forge.errors import InputError
-from cryoet_forge.io.tomograms import MRC_SUFFIXES, Tomogram, open_tomogram
+from cryoet_forge.io.tomograms import MRC_SUFFIXES, open_tomogram
 from cryoet_forge.progress import quiet_option
 
 
@@ -151,8 +151,7 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_s
         written = write_plan(plan, out, bundle=bundle, quiet=progress.mode() == "off")
     finally:
         for tomo in {id(t): t for t, _, _ in jobs}.values():
-            if isinstance(tomo, Tomogram):
-                tomo.close()
+            tomo.close()
     for line in summary_lines(plan.class_names, plan.counts, plan.notes):
         click.echo(line)
     click.echo(f"wrote {len(plan.table)} subtomograms ({box}^3 at {plan.voxel_size:g} A) to {written}")
