@@ -14,13 +14,16 @@ import click
 
 from cryoet_forge import __version__, progress
 from cryoet_forge.errors import ForgeError
+from cryoet_forge.io import files as input_files
 from cryoet_forge.registry import KIND_HOOKS, get_registry, normalize_kind
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="forge")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output in any command (results still print).")
-def cli(quiet: bool) -> None:
+@click.option("--allow-outside-paths", is_flag=True,
+              help="Let relative rlnImageName entries of STAR files lead outside the STAR file's folder.")
+def cli(quiet: bool, allow_outside_paths: bool) -> None:
     """cryoet-forge: realistic cryo-ET training data and how realistic it is.
 
     Long stages show a progress bar with an ETA in a terminal and a plain line every 10 s
@@ -28,6 +31,7 @@ def cli(quiet: bool) -> None:
     """
     if quiet:
         progress.configure(quiet=True)
+    input_files.configure_paths(allow_outside_paths)
 
 
 @cli.command("list")
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     debug = os.environ.get("FORGE_DEBUG") == "1"
     progress.configure(quiet=False)  # each invocation starts from the defaults
+    input_files.configure_paths(False)
     try:
         get_registry().register_commands(cli)
         cli.main(args=args, prog_name="forge", standalone_mode=False)

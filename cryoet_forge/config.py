@@ -20,7 +20,7 @@ from typing import Any
 
 import tomli_w
 
-from cryoet_forge.errors import ConfigError
+from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.io.atomic import atomic_path
 
 
@@ -276,7 +276,13 @@ def _deep_copy(table: dict) -> dict:
 
 def read_toml(path: str | os.PathLike) -> dict:
     """The table of a TOML config file, or a ConfigError naming the file."""
+    from cryoet_forge.io.files import check_input_file
+
     path = Path(path)
+    try:
+        check_input_file(path, "config file")
+    except InputError as exc:
+        raise ConfigError(str(exc).replace("no such config file", "config file not found")) from None
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
@@ -284,6 +290,8 @@ def read_toml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text: byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
 

@@ -58,8 +58,12 @@ def load_generator(run_dir: str | os.PathLike, network: str = "g_ds", checkpoint
         key = "generator_options" if network == "g_ds" else "inverse_generator_options"
         setattr(cfg.model, key, {**getattr(cfg.model, key), **option_overrides})
     model = build_networks(cfg, [network])[network]
-    path = ckpt.latest_checkpoint(run_dir) if checkpoint is None else Path(checkpoint)
-    weights = ckpt.sub_state_dict(ckpt.load_weights(path), network)
+    if checkpoint is None:  # the newest one that is intact
+        path, weights = ckpt.load_newest_intact(run_dir, ckpt.load_weights)
+    else:  # the one asked for, or its error
+        path = Path(checkpoint)
+        weights = ckpt.load_weights(path)
+    weights = ckpt.sub_state_dict(weights, network)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -108,6 +112,15 @@ def generate_from_maps(run_dir: str | os.PathLike, maps: np.ndarray, n_per_map: 
     return torch.cat(outputs).numpy().astype(np.float32)
 
 
+def check_run_voxel_size(run_dir: Path, voxel: float, source: str) -> None:
+    """InputError when maps at ``voxel`` A go into a run trained at another voxel size (a run
+    that records none, or a map header without one, is not checked)."""
+    trained = float(run_metadata(Path(run_dir)).get("voxel_size") or 0.0)
+    if trained > 0 and voxel > 0 and abs(trained - voxel) > 1e-3 * max(trained, voxel):
+        raise InputError(f"{source}: density maps at {voxel:g} A, but the run {run_dir} was trained at "
+                         f"{trained:g} A; resample the maps to {trained:g} A")
+
+
 def _maps_from_source(run_dir: Path, maps: Path | None, structures: list[Path]):
     """-> (volumes (B,S,S,S), (class number, class name) per map, source per map, voxel size (A),
     recorded parameters per map)."""
@@ -122,6 +135,7 @@ def _maps_from_source(run_dir: Path, maps: Path | None, structures: list[Path]):
         classes = [(int(it["label"]) + 1, it["class_name"]) for it in items]
         files = getattr(dataset, "files", None)
         sources = [str(files[i]) if files else f"{maps}[{i}]" for i in range(len(dataset))]
+        check_run_voxel_size(run_dir, float(dataset.voxel_size), str(maps))
         return volumes, classes, sources, float(dataset.voxel_size), [_carried(dataset, i) for i in range(len(dataset))]
     from cryoet_forge.simulate.templates import load_templates
 
@@ -141,15 +155,24 @@ def _carried(dataset, index: int) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in OWN_COLUMNS and not k.startswith("forgeSource")}
 
 
+#: what ``generate_to_folder`` writes into OUT
+OUTPUT_NAMES = ("subtomograms", "particles.star", "montage.png")
+
+
 def generate_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, maps=None,
-                       structures=(), n_per_map: int = 1, seed: int = 0, batch_size: int = 8) -> Path:
-    """Write OUT/subtomograms/*.mrc and OUT/particles.star (classes carried over); return the STAR path."""
+                       structures=(), n_per_map: int = 1, seed: int = 0, batch_size: int = 8,
+                       overwrite: bool = False) -> Path:
+    """Write OUT/subtomograms/*.mrc, OUT/particles.star (classes carried over) and OUT/montage.png;
+    return the STAR path. The three appear together once all are written, replacing (with
+    ``overwrite``) an earlier generation's as a whole, so no old volume stays beside a new table."""
     import pandas as pd
 
+    from cryoet_forge.io.atomic import atomic_folder, check_output_folder
     from cryoet_forge.io.mrc import write_mrc
     from cryoet_forge.io.star import write_particles
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    existing = check_output_folder(out_dir, OUTPUT_NAMES, "a generation", overwrite)
     volumes, classes, sources, voxel, carried = _maps_from_source(
         run_dir, Path(maps) if maps else None, [Path(p) for p in structures])
     poses = [carried[k // n_per_map] for k in range(len(volumes) * n_per_map)]
@@ -163,20 +186,22 @@ def generate_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         volumes = posed.numpy()[::n_per_map]  # what the first sample of each map was made from
     else:
         generated = generate_from_maps(run_dir, volumes, n_per_map, seed, batch_size=batch_size)
-    rows = []
-    for k, volume in enumerate(generated):
-        i, j = divmod(k, n_per_map)
-        name = f"subtomograms/{k:06d}.mrc"
-        write_mrc(out_dir / name, volume, voxel)
-        rows.append({"rlnImageName": name, "rlnClassNumber": classes[i][0],
-                     "forgeClassName": classes[i][1], "rlnImagePixelSize": voxel,
-                     "forgeSourceMap": sources[i], "forgeSampleIndex": j, "forgeSeed": int(seed),
-                     **poses[k]})
-    star = write_particles(out_dir / "particles.star", pd.DataFrame(rows))
     from cryoet_forge.viz import save_slice_montage
 
-    shown = min(len(volumes), 6)
-    save_slice_montage(out_dir / "montage.png",
-                       [[volumes[i] for i in range(shown)], [generated[i * n_per_map] for i in range(shown)]],
-                       row_labels=["density map", "generated"], col_labels=[classes[i][1] for i in range(shown)])
-    return star
+    with atomic_folder(out_dir, stale=tuple(existing)) as work:
+        rows = []
+        for k, volume in enumerate(generated):
+            i, j = divmod(k, n_per_map)
+            name = f"subtomograms/{k:06d}.mrc"
+            write_mrc(work / name, volume, voxel)
+            rows.append({"rlnImageName": name, "rlnClassNumber": classes[i][0],
+                         "forgeClassName": classes[i][1], "rlnImagePixelSize": voxel,
+                         "forgeSourceMap": sources[i], "forgeSampleIndex": j, "forgeSeed": int(seed),
+                         **poses[k]})
+        write_particles(work / "particles.star", pd.DataFrame(rows))
+        shown = min(len(volumes), 6)
+        save_slice_montage(work / "montage.png",
+                           [[volumes[i] for i in range(shown)], [generated[i * n_per_map] for i in range(shown)]],
+                           row_labels=["density map", "generated"],
+                           col_labels=[classes[i][1] for i in range(shown)])
+    return out_dir / "particles.star"

@@ -48,6 +48,11 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
 )
 
 
+#: what a plugin may raise while it is imported or called without stopping ``forge``: every
+#: error, and ``SystemExit`` (a plugin calling ``sys.exit``); only Ctrl-C goes through
+CONTAINED = (Exception, SystemExit)
+
+
 def normalize_kind(kind: str) -> str:
     """Accept ``generator``, ``generators``, ``knn_backend``, ... and return the kind key."""
     key = kind.strip().lower().replace("_", "-")
@@ -209,7 +214,7 @@ class Registry:
             report = PluginReport(name=BUILTIN_ORIGIN, version=__version__, module=module_name)
             try:
                 module = importlib.import_module(module_name)
-            except Exception as exc:  # a broken built-in must not hide the rest
+            except CONTAINED as exc:  # a broken built-in must not hide the rest
                 report.error = f"{type(exc).__name__}: {exc}"
                 self._reports.append(report)
                 continue
@@ -222,7 +227,7 @@ class Registry:
     def _add_plugin(self, plugin: Any, plugin_name: str, report: PluginReport) -> None:
         try:
             self.pm.register(plugin, name=plugin_name)
-        except Exception as exc:  # pluggy validates hook names and signatures here
+        except CONTAINED as exc:  # pluggy validates hook names and signatures here
             report.error = f"{type(exc).__name__}: {exc}"
             self._reports.append(report)
             return
@@ -252,7 +257,7 @@ class Registry:
             report = PluginReport(name=dist_name, version=version, module=ep.value)
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except CONTAINED as exc:
                 report.error = f"{type(exc).__name__}: {exc}"
                 self._reports.append(report)
                 continue
@@ -268,7 +273,7 @@ class Registry:
                 origin = report.name if report else impl.plugin_name
                 try:
                     impl.function(register=self._make_register(kind, origin))
-                except Exception as exc:
+                except CONTAINED as exc:
                     if report is not None:
                         message = f"{type(exc).__name__}: {exc}"
                         report.error = message if report.error is None else f"{report.error}; {message}"
@@ -311,13 +316,37 @@ class Registry:
         return list(self._reports)
 
     def register_commands(self, cli: Any) -> None:
+        """Let each plugin add its commands to ``cli``. A command name belongs to whoever added it
+        first (the built-ins come first): a plugin that replaces or removes another's command has
+        it put back, and the clash is that plugin's error in ``forge plugins``."""
+        owners: dict[str, str] = cli.__dict__.setdefault("_forge_command_owners", {})
+        for name in cli.commands:
+            owners.setdefault(name, BUILTIN_ORIGIN)  # defined in cli.py itself
         for impl in self.pm.hook.forge_register_commands.get_hookimpls():
             report = self._origins.get(id(impl.plugin))
+            origin = report.name if report is not None else impl.plugin_name
+            before = dict(cli.commands)
+            problems: list[str] = []
             try:
                 impl.function(cli=cli)
-            except Exception as exc:
-                if report is not None:
-                    report.error = f"{type(exc).__name__}: {exc}"
+            except CONTAINED as exc:
+                problems.append(f"{type(exc).__name__}: {exc}")
+            for name in sorted(set(before) | set(cli.commands)):
+                owner = owners.get(name)
+                if name not in before:
+                    owners.setdefault(name, origin)
+                    if owners[name] == origin:
+                        continue
+                if before.get(name) is cli.commands.get(name) or owner == origin:
+                    continue
+                if name in before:
+                    cli.commands[name] = before[name]
+                else:
+                    cli.commands.pop(name, None)
+                problems.append(f"command {name!r} belongs to {owner}; a plugin cannot replace it")
+            if problems and report is not None:
+                message = "; ".join(problems)
+                report.error = message if report.error is None else f"{report.error}; {message}"
 
 
 _lock = threading.Lock()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cryoet_forge.errors import InputError
-from cryoet_forge.generate import _as_batch, density_normalization, load_generator, run_metadata
+from cryoet_forge.generate import _as_batch, check_run_voxel_size, density_normalization, load_generator, run_metadata
 from cryoet_forge.train.loop import run_generator, takes_noise
 
 
@@ -94,15 +94,24 @@ def save_overlay(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, tit
     return Path(path)
 
 
+#: what ``uncertainty_to_folder`` writes into OUT
+OUTPUT_NAMES = ("mean.mrc", "std.mrc", "overlay.png")
+
+
 def uncertainty_to_folder(run_dir, map_path, out_dir, samples: int = 20, seed: int = 0,
-                          dropout: float | None = None) -> list[Path]:
-    """Write OUT/mean.mrc, OUT/std.mrc and OUT/overlay.png for one density map."""
+                          dropout: float | None = None, overwrite: bool = False) -> list[Path]:
+    """Write OUT/mean.mrc, OUT/std.mrc and OUT/overlay.png for one density map, together (an
+    earlier result in OUT is replaced as a whole only with ``overwrite``)."""
+    from cryoet_forge.io.atomic import atomic_folder, check_output_folder
     from cryoet_forge.io.mrc import read_mrc, write_mrc
 
-    volume, voxel = read_mrc(map_path)
-    mean, std = mc_dropout(run_dir, volume, samples=samples, seed=seed, dropout=dropout)
     out_dir = Path(out_dir)
-    paths = [write_mrc(out_dir / "mean.mrc", mean, voxel), write_mrc(out_dir / "std.mrc", std, voxel)]
-    paths.append(save_overlay(out_dir / "overlay.png", mean, std,
-                              title=f"{Path(map_path).name}: MC dropout, {samples} samples"))
-    return paths
+    existing = check_output_folder(out_dir, OUTPUT_NAMES, "an uncertainty map", overwrite)
+    volume, voxel = read_mrc(map_path)
+    check_run_voxel_size(Path(run_dir), float(voxel), str(map_path))
+    mean, std = mc_dropout(run_dir, volume, samples=samples, seed=seed, dropout=dropout)
+    with atomic_folder(out_dir, stale=tuple(existing)) as work:
+        write_mrc(work / "mean.mrc", mean, voxel)
+        write_mrc(work / "std.mrc", std, voxel)
+        save_overlay(work / "overlay.png", mean, std, title=f"{Path(map_path).name}: MC dropout, {samples} samples")
+    return [out_dir / name for name in OUTPUT_NAMES]

@@ -150,16 +150,41 @@ def test_missing_checkpoint(run_dir, maps_star, tmp_path, capsys):
     assert "no such run folder" in _one_error_line(capsys)
 
 
-def test_corrupt_checkpoint(run_dir, maps_star, tmp_path, capsys):
+def test_corrupt_newest_checkpoint_falls_back_to_the_newest_intact_one(run_dir, maps_star, tmp_path, capsys):
+    from cryoet_forge.train.checkpoint import load_weights
+
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
-    weights = broken / "checkpoints" / "step-00000002" / "weights.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    assert forge(["generate", "--run", str(broken), "--maps", str(maps_star), "--out", str(tmp_path / "o")]) != 0
-    line = _one_error_line(capsys)
-    assert "weights.safetensors: corrupt checkpoint" in line
-    assert forge(["train", "--resume", str(broken)]) != 0
-    assert "corrupt checkpoint" in _one_error_line(capsys)
+    newest, older = (broken / "checkpoints" / f"step-0000000{i}" for i in (2, 1))
+    weights = newest / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    map_path = maps_star.parent / "ring.mrc"
+    # generate and uncertainty use step 1 and say so; the result is step 1's
+    assert forge(["generate", "--run", str(broken), "--maps", str(maps_star), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "skipped checkpoint step-00000002" in err and "weights.safetensors: corrupt checkpoint" in err
+    assert "using the newest intact checkpoint, step-00000001" in err
+    only_first = tmp_path / "only-first"  # the same run without its step 2
+    shutil.copytree(run_dir, only_first)
+    shutil.rmtree(only_first / "checkpoints" / newest.name)
+    assert forge(["generate", "--run", str(only_first), "--maps", str(maps_star), "--out", str(tmp_path / "e")]) == 0
+    for k in range(2):
+        name = f"subtomograms/{k:06d}.mrc"
+        assert np.array_equal(read_mrc(tmp_path / "o" / name)[0], read_mrc(tmp_path / "e" / name)[0])
+    assert forge(["uncertainty", "--run", str(broken), "--map", str(map_path), "--samples", "3",
+                  "--out", str(tmp_path / "u")]) == 0
+    assert "using the newest intact checkpoint, step-00000001" in capsys.readouterr().err
+    # training resumes from step 1, retrains step 2 and writes an intact step 2
+    assert forge(["train", "--resume", str(broken)]) == 0
+    assert "using the newest intact checkpoint, step-00000001" in capsys.readouterr().err
+    assert load_weights(newest)  # intact again
+    # nothing intact: one line naming the newest reason
+    for path in (newest, older):
+        (path / "weights.safetensors").write_bytes(b"x" * 100)
+    assert forge(["generate", "--run", str(broken), "--maps", str(maps_star), "--out", str(tmp_path / "o2")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("forge: error: ") and "no intact checkpoint (2 tried; newest:" in err[-1]
+    assert "step-00000002/weights.safetensors: corrupt checkpoint" in err[-1]
 
 
 def test_domain_size_mismatch(tmp_path, capsys):
@@ -208,3 +233,49 @@ def test_uncertainty_and_generation_from_a_chosen_checkpoint(run_dir):
     # an intermediate checkpoint generates what the newest would when it is the newest
     assert np.array_equal(generate_from_checkpoint(run_dir, last, volume[None], seed=5),
                           generate_from_maps(run_dir, volume[None], n_per_map=1, seed=5, normalize="none"))
+
+
+def test_generation_into_a_used_folder_needs_overwrite_and_replaces_it_whole(run_dir, maps_star, tmp_path, capsys):
+    out = tmp_path / "gen"
+    args = ["generate", "--run", str(run_dir), "--maps", str(maps_star), "--out", str(out)]
+    assert forge(args + ["--n-per-map", "3"]) == 0
+    assert len(list((out / "subtomograms").glob("*.mrc"))) == 6
+    (out / "notes.txt").write_text("mine")  # not ours: stays
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert forge(args) != 0
+    line = _one_error_line(capsys)
+    assert "already holds a generation (subtomograms, particles.star, montage.png)" in line
+    assert "--overwrite" in line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
+    assert forge(args + ["--overwrite"]) == 0
+    assert len(list((out / "subtomograms").glob("*.mrc"))) == 2 == len(read_particles(out / "particles.star"))
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gen.")]  # no work folder left
+    # uncertainty: the same rule
+    map_path = maps_star.parent / "ring.mrc"
+    u = ["uncertainty", "--run", str(run_dir), "--map", str(map_path), "--samples", "3", "--out", str(tmp_path / "u")]
+    assert forge(u) == 0
+    capsys.readouterr()
+    assert forge(u) != 0
+    assert "already holds an uncertainty map (mean.mrc, std.mrc, overlay.png)" in _one_error_line(capsys)
+    assert forge(u + ["--overwrite"]) == 0
+
+
+def test_maps_at_another_voxel_size_than_the_run_are_refused(run_dir, maps_star, tmp_path, capsys):
+    volume, _ = read_mrc(maps_star.parent / "ring.mrc")
+    write_mrc(tmp_path / "ring12.mrc", volume, 12.0)
+    assert forge(["uncertainty", "--run", str(run_dir), "--map", str(tmp_path / "ring12.mrc"),
+                  "--out", str(tmp_path / "u")]) != 0
+    line = _one_error_line(capsys)
+    assert "ring12.mrc: density maps at 12 A, but the run" in line and "trained at 10 A" in line
+    assert not (tmp_path / "u").exists()
+    table = read_particles(maps_star)
+    table["rlnImagePixelSize"] = 12.0
+    for name in ("ring", "barrel"):
+        write_mrc(tmp_path / f"{name}.mrc", read_mrc(maps_star.parent / f"{name}.mrc")[0], 12.0)
+    write_particles(tmp_path / "maps12.star", table)
+    assert forge(["generate", "--run", str(run_dir), "--maps", str(tmp_path / "maps12.star"),
+                  "--out", str(tmp_path / "g")]) != 0
+    assert "density maps at 12 A, but the run" in _one_error_line(capsys)
+    assert not (tmp_path / "g").exists()

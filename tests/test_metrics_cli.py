@@ -94,9 +94,10 @@ def _write(path, array):
         (lambda p: (p / "r.csv").write_text("1,2\n") and p / "r.csv", lambda p: _write(p / "f.npy", features(9, 4, 2)),
          [], r"r\.csv: unsupported feature file type '\.csv'"),
         (lambda p: p / "missing.npy", lambda p: _write(p / "f.npy", features(9, 4, 2)), [],
-         r"missing\.npy: no such file"),
+         r"missing\.npy: no such feature file"),
         (lambda p: (p / "r.npy").write_bytes(b"not an npy file") and p / "r.npy",
-         lambda p: _write(p / "f.npy", features(9, 4, 2)), [], r"r\.npy: cannot read features"),
+         lambda p: _write(p / "f.npy", features(9, 4, 2)), [],
+         r"r\.npy: not a \.npy file \(starts with text, not a NumPy \.npy header\)"),
         (lambda p: _write(p / "r.npy", features(20, 4, 1)), lambda p: _write(p / "f.npy", features(20, 4, 2)),
          ["--backend", "annoy"], r"unknown knn-backend 'annoy'; choose from: exact, faiss, torch"),
     ],
@@ -118,4 +119,4 @@ def test_installed_command_reports_errors_without_traceback(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"forge: error: {tmp_path / 'nope.npz'}: no such file"]
+    assert proc.stderr.strip().splitlines() == [f"forge: error: {tmp_path / 'nope.npz'}: no such feature file"]

@@ -38,7 +38,7 @@ def test_safetensors_without_features_key(tmp_path):
 def test_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match=r"x\.txt: unsupported feature file type '\.txt'"):
         load_features(tmp_path / "x.txt")
-    with pytest.raises(InputError, match=r"gone\.npy: no such file"):
+    with pytest.raises(InputError, match=r"gone\.npy: no such feature file"):
         load_features(tmp_path / "gone.npy")
     np.save(tmp_path / "s.npy", np.array(["a", "b"]).reshape(1, 2))
     with pytest.raises(InputError, match=r"s\.npy: features must be real numbers"):

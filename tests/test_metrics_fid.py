@@ -110,6 +110,47 @@ def test_bootstrap_interval_is_reported_and_reproducible():
     b = fid_details(x, y, bootstrap=30, seed=1)
     assert a.ci == b.ci and a.bootstrap == 30 and a.ci_level == 0.95
     assert a.ci[0] < a.ci[1]
+    assert a.fid_bias_corrected == pytest.approx(a.fid - a.bootstrap_bias)
+    assert a.bootstrap_bias > 0  # resampling with replacement biases FID upwards
+
+
+def _gaussian_pair(d, seed):
+    rng = np.random.default_rng(seed)
+    a, c = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    s1, s2 = a @ a.T / d + 0.5 * np.eye(d), c @ c.T / d + 0.5 * np.eye(d)
+    mu2 = np.full(d, 1.0 / np.sqrt(d))
+    root = scipy.linalg.sqrtm(s1).real
+    true = float(mu2 @ mu2 + np.trace(s1 + s2 - 2.0 * scipy.linalg.sqrtm(root @ s2 @ root).real))
+    return np.linalg.cholesky(s1), np.linalg.cholesky(s2), mu2, true
+
+
+def test_bootstrap_interval_covers_the_true_fid_at_the_stated_rate():
+    # Gaussians whose FID is known in closed form; N = 200 rows of D = 6, where FID's O(D/N)
+    # bias is about the size of its spread (a plain percentile interval covers ~0.6 of the time)
+    d, n, trials = 6, 200, 100
+    l1, l2, mu2, true = _gaussian_pair(d, 0)
+    rng = np.random.default_rng(1)
+    covered, estimates = 0, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FIDWarning)
+        for t in range(trials):
+            x = rng.normal(size=(n, d)) @ l1.T
+            y = rng.normal(size=(n, d)) @ l2.T + mu2
+            r = fid_details(x, y, bootstrap=100, seed=t)
+            covered += r.ci[0] <= true <= r.ci[1]
+            estimates.append((r.fid, r.fid_bias_corrected))
+    plain, corrected = np.mean(estimates, axis=0)
+    # binomial(100, 0.95): fewer than 88 covered has probability < 0.001
+    assert 88 <= covered <= 100, (covered, true)
+    assert plain > true and abs(corrected - true) < abs(plain - true)
+
+
+def test_bootstrap_of_one_set_against_itself_says_the_interval_is_not_valid():
+    x = correlated(200, 5, 3)
+    with pytest.warns(FIDWarning, match="within its bootstrap bias .* consistent with 0"):
+        r = fid_details(x, x.copy(), bootstrap=40)
+    assert r.fid == pytest.approx(0.0, abs=1e-9)
+    assert r.ci == (0.0, 0.0)  # clipped at the boundary; the warning says what it means
 
 
 def test_rejects_bad_input():

@@ -261,3 +261,69 @@ def test_readme_plugin_example_works(plugin_path):
     out = model(torch.randn(2, 1, 8, 8, 8))
     assert out.shape == (2, 1, 8, 8, 8)
     assert registry.get("generator", "tiny").origin == "forge-tiny-generator"
+
+
+def test_a_plugin_that_exits_on_import_stops_no_command(tmp_path):
+    make_distribution(tmp_path, "forge-exits", "forge_exits", '''
+        raise SystemExit("this plugin exits on import")
+    ''')
+    version = run_forge("--version", pythonpath=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("forge, version"), version.stderr
+    plugins = run_forge("plugins", pythonpath=tmp_path)
+    assert plugins.returncode == 0, plugins.stderr
+    assert "forge-exits 0.0.1 [error]" in plugins.stdout
+    assert "error: SystemExit: this plugin exits on import" in plugins.stdout
+    listing = run_forge("list", "generator", pythonpath=tmp_path)
+    assert listing.returncode == 0 and "unet3d" in listing.stdout
+
+
+def test_a_plugin_cannot_replace_a_built_in_command(tmp_path):
+    make_distribution(tmp_path, "forge-hijack", "forge_hijack", '''
+        import click
+        from cryoet_forge import hookimpl
+
+        @hookimpl
+        def forge_register_commands(cli):
+            @cli.command("list")
+            def hijacked():
+                click.echo("hijacked")
+
+            @cli.command("hello")
+            def hello():
+                click.echo("hello from a plugin")
+
+            cli.commands.pop("simulate")
+    ''')
+    listing = run_forge("list", "generator", pythonpath=tmp_path)
+    assert listing.returncode == 0 and "hijacked" not in listing.stdout and "unet3d" in listing.stdout
+    assert run_forge("hello", pythonpath=tmp_path).stdout.strip() == "hello from a plugin"
+    assert run_forge("simulate", "--help", pythonpath=tmp_path).returncode == 0  # put back
+    plugins = run_forge("plugins", pythonpath=tmp_path).stdout
+    assert "forge-hijack 0.0.1 [error]" in plugins
+    assert "command 'list' belongs to cryoet-forge; a plugin cannot replace it" in plugins
+    assert "command 'simulate' belongs to cryoet-forge" in plugins
+
+
+def test_commands_are_checked_again_on_every_invocation_in_one_process(plugin_path, capsys):
+    """forge's main() registers plugin commands each call; a plugin's own command is not a clash."""
+    make_distribution(plugin_path, "forge-own", "forge_own", '''
+        import click
+        from cryoet_forge import hookimpl
+
+        @hookimpl
+        def forge_register_commands(cli):
+            @cli.command("own-command")
+            def own():
+                click.echo("own")
+    ''')
+    from cryoet_forge.cli import cli, main
+
+    try:
+        for _ in range(2):
+            assert main(["own-command"]) == 0
+    finally:  # the command group is the process's: leave it as other tests expect
+        cli.commands.pop("own-command", None)
+        cli.__dict__.get("_forge_command_owners", {}).pop("own-command", None)
+    assert capsys.readouterr().out.split() == ["own", "own"]
+    report = next(r for r in registry.get_registry().plugin_reports() if r.name == "forge-own")
+    assert report.error is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from cryoet_forge.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_newest_intact,
+    load_weights,
     save_checkpoint,
 )
 
@@ -37,10 +41,15 @@ def test_round_trip_without_pickle(tmp_path):
     assert torch.equal(loaded["rng"][0]["torch"], state["rng"][0]["torch"])
     fresh = torch.optim.RMSprop(model.parameters(), lr=1.0)
     fresh.load_state_dict(opt_state)  # the restored dict is what torch expects
-    # the folder holds exactly two safetensors files and one JSON document, no pickle
+    # the folder holds exactly two safetensors files and two JSON documents, no pickle
     from safetensors import safe_open
 
-    assert sorted(p.name for p in path.iterdir()) == ["state.json", "state.safetensors", "weights.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["checksums.json", "state.json", "state.safetensors",
+                                                      "weights.safetensors"]
+    # one mode for every file, the one open() gives an ordinary output (safetensors alone writes 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()} == {0o666 & ~umask}
     for name in ("state.safetensors", "weights.safetensors"):
         with safe_open(str(path / name), framework="pt") as fh:
             assert list(fh.keys())
@@ -67,7 +76,10 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     model, state = _state()
     path = save_checkpoint(tmp_path, 1, model.state_dict(), state, keep=1)
     (path / "state.json").write_text(json.dumps({"format": 1}))
-    with pytest.raises(InputError, match=r"state.json: corrupt checkpoint"):
+    with pytest.raises(InputError, match=r"state.json: corrupt checkpoint \(SHA-256 differs"):
+        load_checkpoint(path)
+    (path / "checksums.json").unlink()  # as written before checksums existed: read unverified
+    with pytest.raises(InputError, match=r"state.json: corrupt checkpoint \('step'\)"):
         load_checkpoint(path)
     (path / "state.safetensors").write_bytes(b"garbage")
     with pytest.raises(InputError, match=r"state.safetensors: corrupt checkpoint"):
@@ -75,3 +87,39 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     (path / "weights.safetensors").unlink()
     with pytest.raises(InputError, match=r"weights.safetensors: checkpoint file missing"):
         load_checkpoint(path)
+
+
+def _garble(file):
+    """Overwrite a file with random bytes of the same size (what a checksum has to catch)."""
+    file.write_bytes(os.urandom(file.stat().st_size))
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "state.safetensors", "state.json"])
+def test_same_size_garbage_is_caught_by_the_checksum(tmp_path, name):
+    model, state = _state()
+    path = save_checkpoint(tmp_path, 1, model.state_dict(), state, keep=1)
+    before = (path / name).read_bytes()
+    _garble(path / name)
+    assert len((path / name).read_bytes()) == len(before)
+    with pytest.raises(InputError, match=rf"{name}: corrupt checkpoint \(SHA-256 differs"):
+        load_checkpoint(path)
+
+
+def test_newest_intact_checkpoint_is_used_and_the_skip_is_said(tmp_path, capsys):
+    _, state = _state()
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"w": torch.full((2,), float(step))}, state, keep=3)
+    root = tmp_path / "checkpoints"
+    _garble(root / "step-00000003" / "weights.safetensors")
+    (root / "step-00000002" / "state.json").write_bytes(b"{")  # truncated
+    path, (step, weights, _) = load_newest_intact(tmp_path, load_checkpoint)
+    assert path.name == "step-00000001" and step == 1 and torch.equal(weights["w"], torch.full((2,), 1.0))
+    err = capsys.readouterr().err
+    assert "skipped checkpoint step-00000003" in err and "skipped checkpoint step-00000002" in err
+    assert "using the newest intact checkpoint, step-00000001" in err
+    # weights alone (generate, uncertainty): step 2's weights are intact
+    path, weights = load_newest_intact(tmp_path, load_weights)
+    assert path.name == "step-00000002" and torch.equal(weights["w"], torch.full((2,), 2.0))
+    _garble(root / "step-00000001" / "weights.safetensors")
+    with pytest.raises(InputError, match=r"no intact checkpoint \(3 tried; newest: .*step-00000003"):
+        load_newest_intact(tmp_path, load_checkpoint)

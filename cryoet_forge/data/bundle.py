@@ -48,11 +48,11 @@ def save_bundle(path: str | os.PathLike, volumes: np.ndarray, labels: Sequence[i
 
 def load_bundle(path: str | os.PathLike) -> dict[str, Any]:
     """Read a bundle -> dict(volumes, labels, class_names (list), voxel_size (float), parameters (DataFrame))."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such .npz bundle")
+    from cryoet_forge.io.files import check_input_file
+
+    path = check_input_file(path, ".npz bundle")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             content = {k: data[k] for k in data.files}
     except Exception as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__

@@ -15,7 +15,7 @@ from cryoet_forge.data.bundle import load_bundle
 from cryoet_forge.data.normalization import check_normalization, normalize_volume
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.mrc import read_mrc
-from cryoet_forge.io.star import read_particles
+from cryoet_forge.io.star import image_paths, read_particles
 
 UNLABELLED = "unlabelled"
 
@@ -116,8 +116,9 @@ class VolumeFolderDataset(_VolumeListDataset):
                 raise InputError(f"{root}: the STAR table has no rows")
             sizes = df["rlnImagePixelSize"].unique()
             if not np.allclose(sizes, sizes[0], rtol=1e-3):
-                raise InputError(f"{root}: mixed rlnImagePixelSize values {sorted(sizes)[:4]}; expected one")
-            files = [root.parent / name for name in df["rlnImageName"]]
+                shown = ", ".join(f"{float(v):g}" for v in sorted(sizes)[:4])
+                raise InputError(f"{root}: mixed rlnImagePixelSize values ({shown} A); expected one")
+            files = image_paths(root, df["rlnImageName"])
             super().__init__(files, None, (df["rlnClassNumber"] - 1).tolist(), _class_names_from_table(df),
                              float(sizes[0]), normalize, df, str(root))
         elif root.exists():

@@ -61,8 +61,10 @@ def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channe
         train_cb3d,
     )
     from cryoet_forge.evaluate.classification_report import score_and_write
+    from cryoet_forge.io.files import check_output_target
     from cryoet_forge.models.cb3d import save_cb3d
 
+    check_output_target(out_dir, folder=out_dir.suffix != ".safetensors")
     options = ClassifierOptions(channels=_int_list(channels, "--channels"),
                                 convs_per_block=_int_list(convs_per_block, "--convs-per-block"),
                                 fc_width=fc_width, dropout=dropout, epochs=epochs, batch_size=batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -26,11 +27,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     from the file name (matplotlib, starfile) still see the right extension.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=target.suffix if suffix is None else suffix,
-        dir=target.parent,
-    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=target.suffix if suffix is None else suffix,
+            dir=target.parent,
+        )
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(exc.errno, f"cannot write there ({exc.strerror})", str(target)) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -59,11 +63,16 @@ def atomic_folder(path: str | os.PathLike, stale: tuple[str, ...] = ()) -> Itera
     entry of that name in ``path``, and the entries named in ``stale`` that the new contents
     lack are removed; the old entries are moved aside first and deleted only once every new
     one is in place, and anything else in ``path`` stays. When the block raises, the temporary
-    folder is removed and ``path`` is left exactly as it was.
+    folder is removed and ``path`` is left exactly as it was. What a killed earlier run left
+    beside ``path`` is cleaned up first (``remove_stale_work``).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_work(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
+    except OSError as exc:  # name the folder asked for, not the temporary one
+        raise OSError(exc.errno, f"cannot write there ({exc.strerror})", str(target)) from None
     try:
         os.chmod(tmp, _default_mode(folder=True))
         yield tmp
@@ -82,7 +91,7 @@ def atomic_folder(path: str | os.PathLike, stale: tuple[str, ...] = ()) -> Itera
 def _merge_into(new: Path, target: Path, stale: tuple[str, ...]) -> None:
     """Move the entries of ``new`` into ``target``, replacing same-named ones and ``stale`` ones;
     all or nothing: on an error every entry moved so far goes back where it was."""
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
     names = sorted(entry.name for entry in new.iterdir())
     replaced = names + [name for name in stale if name not in names]
     moved_aside: list[str] = []
@@ -104,3 +113,63 @@ def _merge_into(new: Path, target: Path, stale: tuple[str, ...]) -> None:
         aside.rmdir()  # empty again; if a step above failed, the old entries stay in it
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_work(target: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.partial-PID-XXXX`` and ``.NAME.old-PID-XXXX`` folders that a killed
+    ``atomic_folder`` left beside ``target`` (those of a process still running stay); returns
+    what was removed and says so on stderr. An entry of an ``.old-`` folder that ``target``
+    lacks (the process was killed between moving the old entries aside and the new ones in)
+    is moved back into ``target`` first, so nothing written earlier is lost."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(r"^\." + re.escape(target.name) + r"\.(partial|old)-(?:(\d+)-)?[^/]*$")
+    removed, size = [], 0
+    for entry in target.parent.iterdir():
+        m = pattern.match(entry.name)
+        if m is None or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = int(m.group(2)) if m.group(2) else None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            continue  # another run on the same target is writing it now
+        if m.group(1) == "old" and target.is_dir():
+            for child in list(entry.iterdir()):
+                if not (target / child.name).exists() and not (target / child.name).is_symlink():
+                    os.replace(child, target / child.name)
+        size += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    if removed:
+        from cryoet_forge import progress
+
+        progress.log(f"removed {len(removed)} unfinished folder(s) that an interrupted earlier run left beside "
+                     f"{target} ({size / 2**20:.1f} MiB)")
+    return removed
+
+
+def check_output_folder(out: str | os.PathLike, names: tuple[str, ...], what: str, overwrite: bool) -> list[str]:
+    """The entries of ``names`` that folder ``out`` already holds (to pass as ``atomic_folder``'s
+    ``stale``); ConfigError when ``out`` is a file, or holds any of them without ``overwrite``."""
+    from cryoet_forge.errors import ConfigError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; expected a folder")
+    existing = [name for name in names if (out / name).exists() or (out / name).is_symlink()]
+    if existing and not overwrite:
+        raise ConfigError(f"{out} already holds {what} ({', '.join(existing)}); "
+                          "choose another --out or pass --overwrite")
+    return existing

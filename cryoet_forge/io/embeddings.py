@@ -10,6 +10,7 @@ import numpy as np
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.atomic import atomic_path
+from cryoet_forge.io.files import check_input_file
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".safetensors")
 FEATURE_KEY = "features"
@@ -19,6 +20,27 @@ def _as_matrix(array: Any, path: Path) -> np.ndarray:
     from cryoet_forge.metrics.knn import as_feature_matrix
 
     return as_feature_matrix(array, name=f"{path}: features")
+
+
+#: how each feature format begins (NumPy's format magic; a zip archive)
+_MAGIC = {".npy": (b"\x93NUMPY", "a NumPy .npy header"), ".npz": (b"PK", "a zip (.npz) archive")}
+
+
+def _check_magic(p: Path, suffix: str) -> None:
+    """InputError when a .npy/.npz file does not start as that format does (NumPy would call a
+    text file "pickled data", which it is not)."""
+    if suffix not in _MAGIC:
+        return
+    magic, what = _MAGIC[suffix]
+    with open(p, "rb") as fh:
+        head = fh.read(len(magic))
+    if head != magic:
+        if not head:
+            raise InputError(f"{p}: the file is empty; expected {what}")
+        kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
+        if head.startswith(b"\x80"):
+            kind = "a Python pickle (never loaded)"
+        raise InputError(f"{p}: not a {suffix} file (starts with {kind}, not {what})")
 
 
 def load_features(path: str | os.PathLike) -> np.ndarray:
@@ -33,13 +55,14 @@ def load_features(path: str | os.PathLike) -> np.ndarray:
         raise InputError(
             f"{p}: unsupported feature file type {p.suffix or '(none)'!r}; expected one of {', '.join(FEATURE_SUFFIXES)}"
         )
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
+    check_input_file(p, "feature file")
+    _check_magic(p, suffix)
     try:
         if suffix == ".npy":
-            array = np.load(p, allow_pickle=False)
+            with open(p, "rb") as fh:  # our handle: closed even when numpy fails half-way
+                array = np.load(fh, allow_pickle=False)
         elif suffix == ".npz":
-            with np.load(p, allow_pickle=False) as archive:
+            with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as archive:
                 keys = list(archive.keys())
                 if not keys:
                     raise InputError(f"{p}: the .npz archive holds no arrays")

@@ -12,6 +12,7 @@ import numpy as np
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.atomic import atomic_path
+from cryoet_forge.io.files import check_input_file
 
 
 def check_voxel_size(voxel_size: float, what: str = "voxel size") -> float:
@@ -45,9 +46,7 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     Raises InputError naming the file when it is missing, unreadable, truncated, not 3D,
     contains NaN/inf voxels, or has no positive voxel size in its header.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such MRC file")
+    path = check_input_file(path, "MRC file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mrcfile warns about odd headers; we check ourselves
@@ -74,7 +73,9 @@ def write_mrc(path: str | os.PathLike, volume: np.ndarray, voxel_size: float) ->
     path = Path(path)
     voxel_size = check_voxel_size(voxel_size)
     data = check_volume(volume, str(path))
-    with atomic_path(path) as tmp:
+    # mrcfile's header statistics (RMS) of values beyond ~1e19 overflow float32: the header says
+    # Inf there, the voxels are exact, and no RuntimeWarning leaks to the user
+    with atomic_path(path) as tmp, np.errstate(over="ignore"):
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
             mrc.voxel_size = voxel_size

@@ -17,6 +17,7 @@ import starfile
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.atomic import atomic_path
+from cryoet_forge.io.files import check_input_file, outside_paths_allowed
 
 REQUIRED_COLUMNS = ("rlnImageName", "rlnClassNumber", "forgeClassName", "rlnImagePixelSize")
 BLOCK = "particles"
@@ -44,9 +45,7 @@ def _check_table(df: pd.DataFrame, source: str) -> pd.DataFrame:
 
 def read_particles(path: str | os.PathLike) -> pd.DataFrame:
     """Read a particle STAR file into a DataFrame (InputError naming the file if unusable)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such STAR file")
+    path = check_input_file(path, "STAR file")
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:
@@ -71,3 +70,36 @@ def write_particles(path: str | os.PathLike, df: pd.DataFrame) -> Path:
     with atomic_path(path, suffix=".star") as tmp:
         starfile.write({BLOCK: df}, tmp, overwrite=True, float_format="%.9g")
     return path
+
+
+def image_paths(star: str | os.PathLike, names) -> list[Path]:
+    """The files a STAR table's rlnImageName entries name, relative to the table's folder.
+
+    A relative name that leads out of that folder (``../../x.mrc``) is refused, naming the row,
+    unless ``forge --allow-outside-paths`` (or FORGE_ALLOW_OUTSIDE_PATHS=1) allows it: a table
+    someone sent you should not make forge read arbitrary files. Absolute names are common
+    (RELION, Warp write them) and are read as given; they are reported once on stderr.
+    """
+    star = Path(star)
+    root = Path(os.path.normpath(star.parent.absolute()))
+    allow = outside_paths_allowed()
+    out, absolute = [], 0
+    for row, name in enumerate(names):
+        name = str(name)
+        if os.path.isabs(name):
+            absolute += 1
+            out.append(Path(name))
+            continue
+        resolved = Path(os.path.normpath(root / name))
+        if not allow and resolved != root and root not in resolved.parents:
+            raise InputError(
+                f"{star}: rlnImageName {name!r} (row {row + 1}) leads outside the STAR file's folder; "
+                "move the volumes under it, or allow it with forge --allow-outside-paths"
+            )
+        out.append(star.parent / name)
+    if absolute:
+        from cryoet_forge import progress
+
+        progress.log(f"note: {star}: {absolute} rlnImageName entr{'y is an' if absolute == 1 else 'ies are'} "
+                     "absolute path(s), read as given")
+    return out

@@ -60,7 +60,8 @@ def _progress_bar(enabled: bool):
               help="Ball membership: distance < radius (prdc's) or <= radius.")
 @click.option("--fid/--no-fid", "with_fid", default=True, show_default=True, help="Also compute FID.")
 @click.option("--bootstrap", default=0, show_default=True, type=int,
-              help="Bootstrap resamples for an FID 95% confidence interval (0: none).")
+              help="Bootstrap resamples for an FID 95% confidence interval, bias-corrected "
+                   "(basic bootstrap; 0: none).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write all values and diagnostics to this JSON file.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
@@ -140,7 +141,9 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
     if fid is not None:
         table.add_row("FID", f"{fid.fid:.6f}")
         if fid.ci is not None:
-            table.add_row(f"FID {int(fid.ci_level * 100)}% CI", f"[{fid.ci[0]:.4f}, {fid.ci[1]:.4f}]")
+            table.add_row("FID bias-corrected", f"{fid.fid_bias_corrected:.6f}")
+            table.add_row(f"FID {round(fid.ci_level * 100)}% CI (basic bootstrap, {fid.bootstrap})",
+                          f"[{fid.ci[0]:.4f}, {fid.ci[1]:.4f}]")
     for which, score in scores.items():
         table.add_row(f"IS {which}", f"{score['mean']:.6f} (std {score['std']:.4f}, {score['splits']} splits)")
     Console(soft_wrap=True).print(table)

@@ -54,6 +54,8 @@ class FIDResult:
     ci: tuple[float, float] | None = None
     ci_level: float | None = None
     bootstrap: int = 0
+    bootstrap_bias: float | None = None
+    fid_bias_corrected: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items()}
@@ -263,8 +265,17 @@ def _fid_of_features(x: np.ndarray, y: np.ndarray) -> FIDResult:
 def fid_details(real: Any, fake: Any, bootstrap: int = 0, ci_level: float = 0.95, seed: int = 0) -> FIDResult:
     """FID of two feature sets with diagnostics and an optional bootstrap confidence interval.
 
-    ``bootstrap`` > 0 resamples the rows of both sets with replacement that many times and
-    reports the percentile interval at ``ci_level``.
+    ``bootstrap`` > 0 resamples the rows of both sets with replacement that many times. FID is
+    biased upwards (by O(D/N)) and resampling with replacement, which duplicates rows, adds that
+    bias once more, so the resampled values sit above the estimate and their plain percentile
+    interval misses the true FID (coverage 0.58 for a nominal 0.95 at D=8, N=200). The interval
+    reported is the *basic* (reverse-percentile) bootstrap interval, [2 F - q_hi, 2 F - q_lo]
+    clipped at 0, which removes the bias to first order; ``bootstrap_bias`` (mean of the
+    resampled values minus F) and ``fid_bias_corrected`` (F minus that bias) come with it.
+    On Gaussian data with a known FID it covers at the stated rate (tests/test_metrics_fid.py).
+    Where the bias is as large as F itself (the two sets come from one distribution, or are the
+    same file), FID sits at its boundary 0, no bootstrap interval is valid there, and a warning
+    says so.
     """
     if bootstrap < 0:
         raise InputError(f"bootstrap must be >= 0 resamples, got {bootstrap!r}")
@@ -282,16 +293,26 @@ def fid_details(real: Any, fake: Any, bootstrap: int = 0, ci_level: float = 0.95
         if not 0.0 < ci_level < 1.0:
             raise InputError(f"ci_level must be in (0, 1), got {ci_level}")
         rng = np.random.default_rng(seed)
-        values = []
+        values = np.empty(int(bootstrap))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FIDWarning)
-            for _ in range(int(bootstrap)):
+            for i in range(values.size):
                 xi = rng.integers(0, x.shape[0], x.shape[0])
                 yi = rng.integers(0, y.shape[0], y.shape[0])
-                values.append(_fid_of_features(x[xi], y[yi]).fid)
+                values[i] = _fid_of_features(x[xi], y[yi]).fid
         alpha = (1.0 - ci_level) / 2.0
-        lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
-        result.ci, result.ci_level, result.bootstrap = (float(lo), float(hi)), ci_level, int(bootstrap)
+        q_lo, q_hi = np.quantile(values, [alpha, 1.0 - alpha])
+        estimate = result.fid
+        bias = float(values.mean() - estimate)
+        result.ci = (max(0.0, float(2.0 * estimate - q_hi)), max(0.0, float(2.0 * estimate - q_lo)))
+        result.ci_level, result.bootstrap = ci_level, int(bootstrap)
+        result.bootstrap_bias, result.fid_bias_corrected = bias, float(estimate - bias)
+        if bias >= estimate:
+            message = (f"FID {estimate:.4g} is within its bootstrap bias ({bias:.4g}) of 0: the two sets are "
+                       "indistinguishable at this sample size and no bootstrap interval is valid at the "
+                       "boundary; read FID as consistent with 0")
+            result.warnings.append(message)
+            warnings.warn(message, FIDWarning, stacklevel=2)
     return result
 
 

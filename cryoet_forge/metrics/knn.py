@@ -37,6 +37,14 @@ def as_feature_matrix(x: Any, name: str = "features") -> np.ndarray:
         raise InputError(f"{name} must be non-empty, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise InputError(f"{name} must be real numbers, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize > 4:
+        # finite values beyond float32's range would turn into Inf below and be called "non-finite"
+        limit = float(np.finfo(np.float32).max)
+        big = np.isfinite(array) & (np.abs(array) > limit)
+        if big.any():
+            row, col = (int(i) for i in np.argwhere(big)[0])
+            raise InputError(f"{name}: value {float(array[row, col]):.3g} at row {row}, column {col} is beyond "
+                             f"the float32 range (|x| <= {limit:.3g}); rescale the features")
     return np.ascontiguousarray(array, dtype=np.float32)
 
 

@@ -45,7 +45,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     """
     from cryoet_forge.data.bundle import save_bundle
     from cryoet_forge.data.simulated import item_seed, make_simulator
-    from cryoet_forge.io.atomic import atomic_folder, write_bytes_atomic
+    from cryoet_forge.io.atomic import atomic_folder, check_output_folder, write_bytes_atomic
     from cryoet_forge.io.mrc import check_voxel_size, write_mrc
     from cryoet_forge.io.star import write_particles
     from cryoet_forge.simulate.poses import PoseSimulator
@@ -53,12 +53,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     from cryoet_forge.viz import save_slice_montage
 
     voxel_size = check_voxel_size(voxel_size)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file; expected a folder")
-    existing = [name for name in OUTPUT_NAMES if (out / name).exists()]
-    if existing and not overwrite:
-        raise ConfigError(f"{out} already holds a simulation ({', '.join(existing)}); "
-                          f"choose another --out or pass --overwrite")
+    existing = check_output_folder(out, OUTPUT_NAMES, "a simulation", overwrite)
     if n_per_class < 1:
         raise ConfigError(f"--n-per-class {n_per_class}: expected >= 1")
     if batch_size < 1:

@@ -7,21 +7,27 @@
 - ``state.safetensors``: every tensor of the training state (optimizer moments, RNG
   states of torch CPU/CUDA and of the noise generator, numpy's Mersenne-Twister keys);
 - ``state.json``: everything else (step, data positions, optimizer hyper-parameters,
-  GradScaler state, Python's RNG state, ...).
+  GradScaler state, Python's RNG state, ...);
+- ``checksums.json``: the SHA-256 of each of the three, verified before a checkpoint is read,
+  so a file changed after it was written (bit rot, a partial copy, garbage of the same size)
+  is refused with its name instead of resuming from it.
 
 A checkpoint is written into a temporary folder which is then renamed, so a folder named
-``step-N`` is always complete; the oldest ones beyond ``keep`` are deleted afterwards.
+``step-N`` is always complete; the oldest ones beyond ``keep`` are deleted afterwards. Every
+file gets the mode an ordinary output gets (0666 & ~umask). ``load_newest_intact`` goes back
+from the newest checkpoint to the newest one that passes its checks and says which it skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -31,6 +37,8 @@ from cryoet_forge.errors import InputError
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 FILES = ("weights.safetensors", "state.safetensors", "state.json")
+CHECKSUMS = "checksums.json"
+T = TypeVar("T")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -104,7 +112,11 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, torch.Tensor],
         save_file(tensors, str(tmp / "state.safetensors"))
         with open(tmp / "state.json", "w") as fh:
             json.dump({"format": 1, "step": step, "state": meta}, fh)
-        for name in FILES:  # on disk before the rename makes the folder count as complete
+        sums = {name: _sha256(tmp / name) for name in FILES}
+        with open(tmp / CHECKSUMS, "w") as fh:
+            json.dump({"sha256": sums}, fh, indent=1)
+        for name in (*FILES, CHECKSUMS):  # on disk before the rename makes the folder count as complete
+            os.chmod(tmp / name, _default_dir_mode() & 0o666)  # safetensors writes 0600, open() 0644
             _fsync(tmp / name)
         if final.exists():  # the same step written again (a resumed run): replace it
             shutil.rmtree(final)
@@ -134,12 +146,62 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path, names: tuple[str, ...] = FILES) -> None:
+    """InputError naming the first of ``names`` that is missing or whose SHA-256 differs from
+    the one recorded when the checkpoint was written. Checkpoints written before checksums
+    existed (no ``checksums.json``) are read unverified."""
+    path = Path(path)
+    for name in names:
+        if not (path / name).is_file():
+            raise InputError(f"{path / name}: checkpoint file missing")
+    record = path / CHECKSUMS
+    if not record.exists():
+        return
+    try:
+        with open(record) as fh:
+            sums = json.load(fh)["sha256"]
+        expected = {name: str(sums[name]) for name in names}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{record}: corrupt checkpoint ({error_text(exc)})") from None
+    for name in names:
+        if _sha256(path / name) != expected[name]:
+            raise InputError(f"{path / name}: corrupt checkpoint (SHA-256 differs from the one recorded "
+                             "when it was written)")
+
+
+def load_newest_intact(run_dir: Path, load: Callable[[Path], T]) -> tuple[Path, T]:
+    """``(path, load(path))`` for the newest checkpoint of a run that ``load`` reads without an
+    InputError, going back one checkpoint at a time; each one skipped is reported on stderr
+    with its reason. InputError (the newest one's reason) when none is intact."""
+    from cryoet_forge import progress
+
+    newest = latest_checkpoint(run_dir)
+    errors: list[str] = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            loaded = load(path)
+        except InputError as exc:
+            errors.append(str(exc))
+            progress.log(f"warning: skipped checkpoint {path.name}: {exc}")
+            continue
+        if errors:
+            progress.log(f"warning: {newest.name} is not intact; using the newest intact checkpoint, {path.name}")
+        return path, loaded
+    raise InputError(f"{run_dir}: no intact checkpoint ({len(errors)} tried; newest: {errors[0]})")
+
+
 def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint folder -> (step, weights, state); InputError naming a bad file."""
     path = Path(path)
-    for name in FILES:
-        if not (path / name).is_file():
-            raise InputError(f"{path / name}: checkpoint file missing")
+    verify_checkpoint(path)
     try:
         weights = load_file(str(path / "weights.safetensors"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -158,22 +220,10 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict[str,
     return step, weights, state
 
 
-def saved_state_value(path: Path, key: str) -> Any:
-    """The tensor-free entry ``key`` of a checkpoint's state from ``state.json`` alone (None when
-    absent or unreadable: ``load_checkpoint`` reports a broken checkpoint with its own message)."""
-    try:
-        with open(Path(path) / "state.json") as fh:
-            entries = dict(json.load(fh)["state"]["__dict__"])
-        return unflatten_state(entries[key], {}) if key in entries else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Only the network weights of a checkpoint folder (for generation)."""
     file = Path(path) / "weights.safetensors"
-    if not file.is_file():
-        raise InputError(f"{file}: checkpoint file missing")
+    verify_checkpoint(Path(path), ("weights.safetensors",))
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -92,14 +92,15 @@ def _check_components(cfg) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_size):
+@click.option("--overwrite", is_flag=True, help="Replace an earlier generation in OUT (as a whole).")
+def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_size, overwrite):
     """Generate realistic subtomograms (MRC + particles.star) from density maps."""
     from cryoet_forge.generate import generate_to_folder
 
     if (maps is None) == (not structures):
         raise InputError("give exactly one of --maps DIR|STAR or --structures FILE...")
     star = generate_to_folder(run_dir, out_dir, maps=maps, structures=list(structures),
-                              n_per_map=n_per_map, seed=seed, batch_size=batch_size)
+                              n_per_map=n_per_map, seed=seed, batch_size=batch_size, overwrite=overwrite)
     click.echo(f"wrote {star}")
 
 
@@ -114,11 +115,13 @@ def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (default: beside the map, <map>-uncertainty/).")
-def uncertainty_command(run_dir, map_path, samples, dropout, seed, out_dir):
+@click.option("--overwrite", is_flag=True, help="Replace an earlier result in OUT.")
+def uncertainty_command(run_dir, map_path, samples, dropout, seed, out_dir, overwrite):
     """Monte-Carlo-dropout uncertainty: per-voxel mean and std of generated subtomograms."""
     from cryoet_forge.uncertainty import uncertainty_to_folder
 
     out_dir = out_dir or map_path.with_name(map_path.stem + "-uncertainty")
-    paths = uncertainty_to_folder(run_dir, map_path, out_dir, samples=samples, seed=seed, dropout=dropout)
+    paths = uncertainty_to_folder(run_dir, map_path, out_dir, samples=samples, seed=seed, dropout=dropout,
+                                  overwrite=overwrite)
     for p in paths:
         click.echo(f"wrote {p}")

@@ -188,6 +188,12 @@ def check_domains(density, subtomograms) -> int:
             f"domain volumes differ in size: density maps are {d_shape[-1]}^3, subtomograms "
             f"{s_shape[-1]}^3; expected the same box (resample one domain)"
         )
+    d_voxel, s_voxel = (float(getattr(ds, "voxel_size", 0.0) or 0.0) for ds in (density, subtomograms))
+    if d_voxel > 0 and s_voxel > 0 and abs(d_voxel - s_voxel) > 1e-3 * max(d_voxel, s_voxel):
+        raise InputError(
+            f"domain voxel sizes differ: density maps are at {d_voxel:g} A, subtomograms at {s_voxel:g} A; "
+            "expected one voxel size (resample one domain, e.g. forge extract --voxel-size)"
+        )
     return d_shape[-1]
 
 
@@ -284,7 +290,9 @@ class Trainer:
         if setting == "auto" and t.deterministic:
             setting = False  # a measured choice could differ between runs; deterministic runs fix it
         # a resumed run keeps the formats it started with (bit-exact)
-        saved = ckpt.saved_state_value(ckpt.latest_checkpoint(run_dir), "memory_formats") if resume else None
+        # (of the newest intact checkpoint: a corrupt newer one is skipped, and said so, here)
+        self._resume_from = ckpt.load_newest_intact(run_dir, ckpt.load_checkpoint) if resume else None
+        saved = self._resume_from[1][2].get("memory_formats") if self._resume_from is not None else None
         self.memory_formats, self.memory_format_record = choose_memory_formats(
             self.nets, self.box, self.device, setting, self._autocast, saved,
             batch=max(1, t.batch_size // ctx.world_size))
@@ -616,8 +624,9 @@ class Trainer:
         return path
 
     def _load_latest(self) -> None:
-        path = ckpt.latest_checkpoint(self.run_dir)
-        step, weights, state = ckpt.load_checkpoint(path)
+        assert self._resume_from is not None
+        path, (step, weights, state) = self._resume_from
+        self._resume_from = None  # the tensors are in the networks from here on
         try:
             for name in NETWORKS:
                 self.nets[name].load_state_dict(ckpt.sub_state_dict(weights, name))
