@@ -105,6 +105,10 @@ class PluginReport:
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
 
+    def add_error(self, message: str) -> None:
+        """Record one more problem (after any earlier one, separated by '; ')."""
+        self.error = message if self.error is None else f"{self.error}; {message}"
+
 
 #: the value types a configuration file or the command line can produce; only these are
 #: checked against a factory's annotations (anything else is the component's to judge)
@@ -275,8 +279,7 @@ class Registry:
                     impl.function(register=self._make_register(kind, origin))
                 except CONTAINED as exc:
                     if report is not None:
-                        message = f"{type(exc).__name__}: {exc}"
-                        report.error = message if report.error is None else f"{report.error}; {message}"
+                        report.add_error(f"{type(exc).__name__}: {exc}")
 
     def _make_register(self, kind: str, origin: str) -> Callable[..., None]:
         table = self._components[kind]
@@ -345,8 +348,7 @@ class Registry:
                     cli.commands.pop(name, None)
                 problems.append(f"command {name!r} belongs to {owner}; a plugin cannot replace it")
             if problems and report is not None:
-                message = "; ".join(problems)
-                report.error = message if report.error is None else f"{report.error}; {message}"
+                report.add_error("; ".join(problems))
 
 
 _lock = threading.Lock()

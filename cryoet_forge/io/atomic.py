@@ -162,12 +162,12 @@ def remove_stale_work(target: str | os.PathLike) -> list[Path]:
 
 def check_output_folder(out: str | os.PathLike, names: tuple[str, ...], what: str, overwrite: bool) -> list[str]:
     """The entries of ``names`` that folder ``out`` already holds (to pass as ``atomic_folder``'s
-    ``stale``); ConfigError when ``out`` is a file, or holds any of them without ``overwrite``."""
+    ``stale``); InputError when ``out`` cannot be a folder (``check_output_target``), ConfigError
+    when it holds any of them without ``overwrite``."""
     from cryoet_forge.errors import ConfigError
+    from cryoet_forge.io.files import check_output_target
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file; expected a folder")
+    out = check_output_target(out, folder=True)
     existing = [name for name in names if (out / name).exists() or (out / name).is_symlink()]
     if existing and not overwrite:
         raise ConfigError(f"{out} already holds {what} ({', '.join(existing)}); "
