@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path

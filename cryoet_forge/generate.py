@@ -19,10 +19,15 @@ import torch
 from torch import nn
 
 from cryoet_forge.config import TrainConfig
+from cryoet_forge.contracts import run_generator, takes_noise
 from cryoet_forge.errors import InputError, PluginError
 from cryoet_forge.train import checkpoint as ckpt
-from cryoet_forge.train.loop import (RUN_DATA, build_networks, factory_parameters, resume_config,
-                                     run_generator, takes_noise)
+from cryoet_forge.train.loop import (
+    RUN_DATA,
+    build_networks,
+    factory_parameters,
+    resume_config,
+)
 
 
 def run_metadata(run_dir: Path) -> dict[str, Any]:

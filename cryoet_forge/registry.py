@@ -8,12 +8,15 @@ its components is recorded (``plugin_reports()``) and skipped; the rest still wo
 from __future__ import annotations
 
 import collections.abc
+import contextvars
 import difflib
+import functools
 import importlib
 import importlib.metadata as metadata
 import inspect
 import os
 import threading
+import traceback
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import pluggy
 
-from cryoet_forge import hookspecs
+from cryoet_forge import contracts, hookspecs
 from cryoet_forge.errors import ConfigError, PluginError, UnknownComponentError
 
 ENTRY_POINT_GROUP = "cryoet_forge"
@@ -37,6 +40,9 @@ KIND_HOOKS: dict[str, str] = {
     "feature-extractor": "forge_register_feature_extractors",
     "knn-backend": "forge_register_knn_backends",
 }
+
+#: kind -> {old or short name: registered name}; ``get`` and ``create`` accept both
+ALIASES: dict[str, dict[str, str]] = {"simulator": {"none": "posed-map"}}
 
 #: modules of cryoet-forge itself that implement hooks; registered before any plugin
 BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
@@ -74,7 +80,8 @@ class Component:
     origin: str
 
     def create(self, **options: Any) -> Any:
-        """Build the component; options it does not take, or of the wrong type, are a ConfigError.
+        """Build the component; options it does not take, or of the wrong type, are a ConfigError,
+        and an object that does not satisfy its kind's protocol (``contracts``) a PluginError.
 
         The options are bound against the factory's signature *before* the call, so a
         TypeError raised inside a factory that accepted its options is a bug and
@@ -86,13 +93,19 @@ class Component:
             signature = None
         if signature is None:
             try:
-                return self.factory(**options)
+                obj = self.factory(**options)
             except TypeError as exc:
                 if "unexpected keyword argument" in str(exc):
                     raise ConfigError(f"{self.kind} {self.name!r}: {exc}") from None
                 raise
-        check_options(self.kind, self.name, self.factory, options, signature)
-        return self.factory(**options)
+        else:
+            check_options(self.kind, self.name, self.factory, options, signature)
+            obj = self.factory(**options)
+        try:
+            contracts.check_instance(self.kind, obj)
+        except contracts.ContractError as exc:
+            raise PluginError(f"{self.kind} {self.name!r} from {self.origin}: {exc}") from None
+        return obj
 
 
 @dataclass
@@ -212,6 +225,7 @@ class Registry:
         self._components: dict[str, dict[str, Component]] = {k: {} for k in KIND_HOOKS}
         self._reports: list[PluginReport] = []
         self._origins: dict[int, PluginReport] = {}
+        self._cli: Any = None
         from cryoet_forge import __version__
 
         for module_name in builtin_modules:
@@ -245,8 +259,35 @@ class Registry:
                 close = difflib.get_close_matches(name, known, n=1)
                 hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
             report.error = f"implements unknown hook(s): {', '.join(hints)}"
+        for caller in callers:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                    impl.function = self._contained(impl.function, caller.name, report)
         self._origins[id(plugin)] = report
         self._reports.append(report)
+
+    def _contained(self, function: Callable[..., Any], hook_name: str,
+                   report: PluginReport) -> Callable[..., Any]:
+        """``function`` (one plugin's implementation of ``hook_name``) as pluggy will call it:
+        with the plugin known to ``register`` and its errors recorded on its report instead of
+        ending the hook call for every other plugin."""
+
+        @functools.wraps(function)
+        def call(*args: Any) -> Any:
+            token = _calling.set(report)
+            before = (dict(self._cli.commands)
+                      if hook_name == "forge_register_commands" and self._cli is not None else None)
+            try:
+                function(*args)
+            except CONTAINED as exc:
+                report.add_error(f"{type(exc).__name__}: {exc}")
+            finally:
+                _calling.reset(token)
+                if before is not None:
+                    self._check_commands(before, report)
+            return None
+
+        return call
 
     def _load_entry_points(self) -> None:
         eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
@@ -267,33 +308,68 @@ class Registry:
                 continue
             self._add_plugin(plugin, f"{dist_name}:{ep.name}", report)
 
+    def _call_hook(self, hook_name: str, **kwargs: Any) -> None:
+        """Call a hook through pluggy (``tryfirst``/``trylast``, wrappers and tracing apply). Each
+        plain implementation contains its own errors; one raised past them (by a hook wrapper)
+        is recorded on the plugin whose code raised it."""
+        try:
+            getattr(self.pm.hook, hook_name)(**kwargs)
+        except CONTAINED as exc:
+            self._blame(exc).add_error(f"{type(exc).__name__}: {exc}")
+
+    def _blame(self, exc: BaseException) -> PluginReport:
+        codes = {}
+        for plugin in self.pm.get_plugins():
+            report = self._origins.get(id(plugin))
+            for caller in self.pm.get_hookcallers(plugin) or []:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and report is not None:
+                        codes[getattr(impl.function, "__code__", None)] = report
+        for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+            if frame.f_code in codes:
+                return codes[frame.f_code]
+        unknown = PluginReport(name="(unknown plugin)", version="?", module="?")
+        self._reports.append(unknown)
+        return unknown
+
     def _collect_components(self) -> None:
         for kind, hook_name in KIND_HOOKS.items():
-            caller = getattr(self.pm.hook, hook_name)
-            # pluggy calls the last registered first; built-ins must win name clashes,
-            # so walk the implementations in registration order.
-            for impl in caller.get_hookimpls():
-                report = self._origins.get(id(impl.plugin))
-                origin = report.name if report else impl.plugin_name
-                try:
-                    impl.function(register=self._make_register(kind, origin))
-                except CONTAINED as exc:
-                    if report is not None:
-                        report.add_error(f"{type(exc).__name__}: {exc}")
+            self._call_hook(hook_name, register=self._make_register(kind))
 
-    def _make_register(self, kind: str, origin: str) -> Callable[..., None]:
+    def _make_register(self, kind: str) -> hookspecs.Register:
         table = self._components[kind]
 
         def register(name: str, factory: Callable[..., Any], description: str | None = None) -> None:
+            report = _calling.get()
+            origin = report.name if report is not None else "(unknown plugin)"
             if not isinstance(name, str) or not name or name != name.strip().lower() or " " in name:
                 raise PluginError(f"{kind} name {name!r} from {origin} is not a kebab-case name")
             if not callable(factory):
                 raise PluginError(f"{kind} {name!r} from {origin}: factory is not callable")
-            if name in table:
-                raise PluginError(
-                    f"{kind} {name!r} from {origin} is already registered by {table[name].origin}"
-                )
-            table[name] = Component(kind, name, factory, description or _first_doc_line(factory), origin)
+            try:
+                contracts.check_factory(kind, factory)
+            except contracts.ContractError as exc:  # this component only: the plugin's others stay
+                problem = f"{kind} {name!r} from {origin} is refused: {exc}"
+                if report is None:
+                    raise PluginError(problem) from None
+                report.add_error(problem)
+                return
+            component = Component(kind, name, factory, description or _first_doc_line(factory), origin)
+            held = table.get(name)
+            if held is not None:
+                # built-ins win whatever order pluggy called in; between plugins, the first called
+                if origin == BUILTIN_ORIGIN and held.origin != BUILTIN_ORIGIN:
+                    table[name] = component
+                    loser, winner = held.origin, origin
+                else:
+                    loser, winner = origin, held.origin
+                problem = f"{kind} {name!r} from {loser} is already registered by {winner}"
+                losing = next((r for r in self._reports if r.name == loser), None)
+                if losing is None:
+                    raise PluginError(problem)
+                losing.add_error(problem)
+                return
+            table[name] = component
 
         return register
 
@@ -307,6 +383,7 @@ class Registry:
 
     def get(self, kind: str, name: str) -> Component:
         key = normalize_kind(kind)
+        name = ALIASES.get(key, {}).get(name, name)
         try:
             return self._components[key][name]
         except KeyError:
@@ -319,36 +396,48 @@ class Registry:
         return list(self._reports)
 
     def register_commands(self, cli: Any) -> None:
-        """Let each plugin add its commands to ``cli``. A command name belongs to whoever added it
-        first (the built-ins come first): a plugin that replaces or removes another's command has
-        it put back, and the clash is that plugin's error in ``forge plugins``."""
+        """Let each plugin add its commands to ``cli`` (through pluggy). A command name belongs to
+        whoever added it first (the built-ins come first): a plugin that replaces or removes
+        another's command has it put back, and the clash is that plugin's error in ``forge plugins``."""
         owners: dict[str, str] = cli.__dict__.setdefault("_forge_command_owners", {})
         for name in cli.commands:
             owners.setdefault(name, BUILTIN_ORIGIN)  # defined in cli.py itself
-        for impl in self.pm.hook.forge_register_commands.get_hookimpls():
-            report = self._origins.get(id(impl.plugin))
-            origin = report.name if report is not None else impl.plugin_name
-            before = dict(cli.commands)
-            problems: list[str] = []
-            try:
-                impl.function(cli=cli)
-            except CONTAINED as exc:
-                problems.append(f"{type(exc).__name__}: {exc}")
-            for name in sorted(set(before) | set(cli.commands)):
-                owner = owners.get(name)
-                if name not in before:
-                    owners.setdefault(name, origin)
-                    if owners[name] == origin:
-                        continue
-                if before.get(name) is cli.commands.get(name) or owner == origin:
+        self._cli = cli
+        # built-in modules first, so that their commands are theirs whatever order pluggy calls in
+        builtins = [p for p in self.pm.get_plugins() if getattr(self._origins.get(id(p)), "name", None)
+                    == BUILTIN_ORIGIN]
+        others = [p for p in self.pm.get_plugins() if p not in builtins]
+        self.pm.subset_hook_caller("forge_register_commands", remove_plugins=others)(cli=cli)
+        try:
+            self.pm.subset_hook_caller("forge_register_commands", remove_plugins=builtins)(cli=cli)
+        except CONTAINED as exc:
+            self._blame(exc).add_error(f"{type(exc).__name__}: {exc}")
+
+    def _check_commands(self, before: dict[str, Any], report: PluginReport) -> None:
+        """Put back any command of another owner that the plugin of ``report`` replaced or removed."""
+        cli = self._cli
+        owners: dict[str, str] = cli.__dict__["_forge_command_owners"]
+        origin = report.name
+        problems = []
+        for name in sorted(set(before) | set(cli.commands)):
+            owner = owners.get(name)
+            if name not in before:
+                owners.setdefault(name, origin)
+                if owners[name] == origin:
                     continue
-                if name in before:
-                    cli.commands[name] = before[name]
-                else:
-                    cli.commands.pop(name, None)
-                problems.append(f"command {name!r} belongs to {owner}; a plugin cannot replace it")
-            if problems and report is not None:
-                report.add_error("; ".join(problems))
+            if before.get(name) is cli.commands.get(name) or owner == origin:
+                continue
+            if name in before:
+                cli.commands[name] = before[name]
+            else:
+                cli.commands.pop(name, None)
+            problems.append(f"command {name!r} belongs to {owner}; a plugin cannot replace it")
+        if problems:
+            report.add_error("; ".join(problems))
+
+
+#: the plugin whose hook implementation is running (``register`` names it as the origin)
+_calling: contextvars.ContextVar[PluginReport | None] = contextvars.ContextVar("forge_calling", default=None)
 
 
 _lock = threading.Lock()

@@ -16,9 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from cryoet_forge.contracts import run_generator, takes_noise
 from cryoet_forge.errors import InputError
-from cryoet_forge.generate import _as_batch, check_run_voxel_size, density_normalization, load_generator, run_metadata
-from cryoet_forge.train.loop import run_generator, takes_noise
+from cryoet_forge.generate import (
+    _as_batch,
+    check_run_voxel_size,
+    density_normalization,
+    load_generator,
+    run_metadata,
+)
 
 
 def _dropout_layers(model: nn.Module) -> list[nn.Module]:

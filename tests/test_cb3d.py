@@ -70,8 +70,21 @@ def test_normalizations():
     m = normalize_volumes(x, "minmax").reshape(3, -1)
     np.testing.assert_allclose(m.min(1).values.numpy(), -1, atol=1e-6)
     np.testing.assert_allclose(m.max(1).values.numpy(), 1, atol=1e-6)
-    with pytest.raises(ConfigError, match="unknown normalisation"):
+    with pytest.raises(ConfigError, match=r"^normalize 'whiten': choose from zscore, minmax, none$"):
         normalize_volumes(x, "whiten")
+
+
+def test_one_normalisation_for_datasets_and_models():
+    """The dataset path (one volume) and the model path (a batch) agree, flat volumes included."""
+    from cryoet_forge.data.normalization import normalize_volume
+
+    x = torch.randn(4, 1, 6, 6, 6)
+    x[2] = 3.5  # a flat volume maps to 0 in every mode
+    for mode in ("zscore", "minmax", "none"):
+        batch = normalize_volumes(x, mode)
+        for i in range(4):
+            torch.testing.assert_close(normalize_volume(x[i], mode), batch[i], rtol=1e-6, atol=1e-6)
+    assert normalize_volumes(x, "minmax")[2].abs().max() == 0 and normalize_volumes(x, "zscore")[2].abs().max() == 0
 
 
 def test_checkpoint_roundtrip_is_safetensors_and_exact(tmp_path):

@@ -203,7 +203,7 @@ def test_cryoetgan_skips_variant_sizes_and_parameter_count():
 
 
 def test_unet3d_follows_the_trainer_noise_contract():
-    from cryoet_forge.train.loop import takes_noise
+    from cryoet_forge.contracts import takes_noise
 
     model = _build("generator", "unet3d", noise_channels=2)
     plain = _build("generator", "unet3d")

@@ -25,13 +25,19 @@ def make_distribution(root: Path, dist: str, module: str, source: str, version: 
 
 
 GOOD_PLUGIN = '''
+    import torch
     from cryoet_forge import hookimpl
+    from cryoet_forge.losses import WGANClipLoss
 
-    class Doubler:
+    class Doubler(torch.nn.Module):
         """Doubles its input (a throwaway test generator)."""
 
         def __init__(self, in_channels=1, out_channels=1, factor=2):
+            super().__init__()
             self.factor = factor
+
+        def forward(self, x):
+            return torch.tanh(self.factor * x)
 
     @hookimpl
     def forge_register_generators(register):
@@ -39,7 +45,7 @@ GOOD_PLUGIN = '''
 
     @hookimpl
     def forge_register_losses(register):
-        register("throwaway-loss", Doubler, "a loss with its own description")
+        register("throwaway-loss", WGANClipLoss, "a loss with its own description")
 '''
 
 BROKEN_PLUGIN = '''
@@ -128,6 +134,12 @@ FACTORIES_MODULE = '''
             self.size = size
             self.parts = [0] * size + None  # a bug inside a factory that took its options fine
 
+        def __len__(self):
+            return self.size
+
+        def __getitem__(self, index):
+            return {"volume": None}
+
     def anything(**options):
         return sorted(options, key=len)(1)  # a bug, whatever the options
 
@@ -138,12 +150,13 @@ FACTORIES_MODULE = '''
 
 @pytest.fixture
 def factories(plugin_path):
-    """A Registry holding throwaway factories (registered as a built-in module would be)."""
+    """A Registry holding throwaway dataset factories (registered as a built-in module would be);
+    ``dict`` has no signature to read and builds a mapping, which has the dataset methods."""
     (plugin_path / "forge_factories.py").write_text(textwrap.dedent(FACTORIES_MODULE) + textwrap.dedent('''
         from cryoet_forge import hookimpl
 
         @hookimpl
-        def forge_register_losses(register):
+        def forge_register_datasets(register):
             register("strict", Strict)
             register("anything", anything)
             register("positional", positional)
@@ -154,18 +167,18 @@ def factories(plugin_path):
 
 def test_a_type_error_inside_a_factory_is_not_relabelled(factories):
     with pytest.raises(TypeError, match="can only concatenate list"):
-        factories.create("loss", "strict", size=3)
+        factories.create("dataset", "strict", size=3)
     with pytest.raises(TypeError, match="'list' object is not callable"):
-        factories.create("loss", "anything", whatever=1)  # **options binds anything: the factory judges
-    with pytest.raises(ConfigError, match=r"^loss 'strict': unknown option 'sise' \(did you mean 'size'\?\); "
+        factories.create("dataset", "anything", whatever=1)  # **options binds anything: the factory judges
+    with pytest.raises(ConfigError, match=r"^dataset 'strict': unknown option 'sise' \(did you mean 'size'\?\); "
                                           r"accepted options: size, name$"):
-        factories.create("loss", "strict", sise=3)
+        factories.create("dataset", "strict", sise=3)
 
 
 def test_factories_without_keyword_options(factories):
-    with pytest.raises(ConfigError, match=r"^loss 'positional': unknown option 'size'; accepted options: \(none\)$"):
-        factories.create("loss", "positional", size=3)
-    assert factories.create("loss", "builtin", a=1) == {"a": 1}  # no signature to check against
+    with pytest.raises(ConfigError, match=r"^dataset 'positional': unknown option 'size'; accepted options: \(none\)$"):
+        factories.create("dataset", "positional", size=3)
+    assert factories.create("dataset", "builtin", a=1) == {"a": 1}  # no signature to check against
 
 
 def test_cli_reports_a_bad_component_option_in_one_line(tmp_path):
@@ -187,9 +200,14 @@ def test_name_clash_keeps_first_and_reports_the_second(plugin_path):
     make_distribution(plugin_path, "forge-clash", "forge_clash", '''
         from cryoet_forge import hookimpl
 
+        from cryoet_forge.metrics.knn import ExactKnn
+
+        class Impostor(ExactKnn):
+            """Claims the built-in's name."""
+
         @hookimpl
         def forge_register_knn_backends(register):
-            register("exact", dict)
+            register("exact", Impostor)
     ''')
     reg = registry.get_registry()
     assert reg.get("knn-backend", "exact").origin == "cryoet-forge"
@@ -327,3 +345,152 @@ def test_commands_are_checked_again_on_every_invocation_in_one_process(plugin_pa
     assert capsys.readouterr().out.split() == ["own", "own"]
     report = next(r for r in registry.get_registry().plugin_reports() if r.name == "forge-own")
     assert report.error is None
+
+
+def test_a_component_that_breaks_its_protocol_is_refused_at_registration(tmp_path):
+    make_distribution(tmp_path, "forge-bad-contract", "forge_bad_contract", '''
+        import torch
+        from cryoet_forge import hookimpl
+
+        class NoSimulate:
+            """Has no simulate method."""
+
+        class NoChannels(torch.nn.Module):
+            """A generator factory that takes no in_channels/out_channels."""
+
+            def __init__(self, width=4):
+                super().__init__()
+
+            def forward(self, x):
+                return x
+
+        @hookimpl
+        def forge_register_simulators(register):
+            register("no-simulate", NoSimulate)
+
+        @hookimpl
+        def forge_register_generators(register):
+            register("no-channels", NoChannels)
+            register("identity-ok", torch.nn.Identity, "a generator that is fine")
+    ''')
+    plugins = run_forge("plugins", pythonpath=tmp_path)
+    assert plugins.returncode == 0, plugins.stderr
+    assert "forge-bad-contract 0.0.1 [error]" in plugins.stdout
+    line = next(l for l in plugins.stdout.splitlines() if "no-simulate" in l)
+    assert ("simulator 'no-simulate' from forge-bad-contract is refused: class NoSimulate lacks simulate "
+            "(the simulator protocol: Simulator)") in line
+    assert "generator 'no-channels' from forge-bad-contract is refused: factory takes no in_channels, " \
+           "out_channels option" in plugins.stdout
+    listing = run_forge("list", "generator", pythonpath=tmp_path).stdout
+    assert "identity-ok" in listing and "no-channels" not in listing  # the plugin's good one stays
+
+
+def test_a_lazy_factory_that_builds_the_wrong_object_is_a_one_line_plugin_error(plugin_path):
+    make_distribution(plugin_path, "forge-lazy", "forge_lazy", '''
+        from cryoet_forge import hookimpl
+
+        def lazy(**options):
+            """Builds a dict, not a kNN backend."""
+            return dict(options)
+
+        @hookimpl
+        def forge_register_knn_backends(register):
+            register("lazy", lazy)
+    ''')
+    reg = registry.get_registry()
+    assert reg.get("knn-backend", "lazy").origin == "forge-lazy"  # a function cannot be judged unbuilt
+    with pytest.raises(PluginError, match=r"^knn-backend 'lazy' from forge-lazy: built a dict that lacks "
+                                          r"kth_neighbour_distances, prdc_counts, name, exact "
+                                          r"\(the knn-backend protocol: KnnBackend\)$"):
+        reg.create("knn-backend", "lazy")
+
+
+TWO_CLAIMS = '''
+    import torch
+    from cryoet_forge import hookimpl
+
+    class {cls}(torch.nn.Module):
+        """Claimed by {dist}."""
+
+        def __init__(self, in_channels=1, out_channels=1):
+            super().__init__()
+
+        def forward(self, x):
+            return x
+
+    @hookimpl{marker}
+    def forge_register_generators(register):
+        register("shared-name", {cls})
+'''
+
+
+def test_tryfirst_decides_a_clash_between_two_plugins(plugin_path):
+    """pluggy calls the last registered plugin first; ``tryfirst`` moves one ahead of it."""
+    make_distribution(plugin_path, "forge-aaa", "forge_aaa", TWO_CLAIMS.format(cls="A", dist="forge-aaa",
+                                                                           marker="(tryfirst=True)"))
+    make_distribution(plugin_path, "forge-zzz", "forge_zzz", TWO_CLAIMS.format(cls="Z", dist="forge-zzz", marker=""))
+    reg = registry.get_registry()
+    assert reg.get("generator", "shared-name").origin == "forge-aaa"
+    loser = next(r for r in reg.plugin_reports() if r.name == "forge-zzz")
+    assert loser.error == "generator 'shared-name' from forge-zzz is already registered by forge-aaa"
+    registry.reset_registry()
+    (plugin_path / "forge_aaa.py").write_text(textwrap.dedent(TWO_CLAIMS.format(cls="A", dist="forge-aaa",
+                                                                                marker="")))
+    sys.modules.pop("forge_aaa", None)  # import the edited module, not the cached one
+    reg = registry.get_registry()  # without tryfirst, forge-zzz (registered last) is called first
+    assert reg.get("generator", "shared-name").origin == "forge-zzz"
+
+
+def test_hook_wrappers_run_around_every_registration_and_errors_stay_contained(plugin_path):
+    make_distribution(plugin_path, "forge-wrap", "forge_wrap", '''
+        from cryoet_forge import hookimpl
+
+        SEEN = []
+
+        @hookimpl(wrapper=True)
+        def forge_register_generators(register):
+            SEEN.append("before")
+            result = yield
+            SEEN.append("after")
+            return result
+    ''')
+    make_distribution(plugin_path, "forge-raises", "forge_raises", '''
+        import torch
+        from cryoet_forge import hookimpl
+
+        @hookimpl(tryfirst=True)
+        def forge_register_generators(register):
+            register("registered-before-raising", torch.nn.Identity)
+            raise RuntimeError("broken halfway")
+    ''')
+    reg = registry.get_registry()
+    import forge_wrap
+
+    assert forge_wrap.SEEN == ["before", "after"]
+    assert {"cryoetgan", "unet3d", "registered-before-raising"} <= set(reg.names("generator"))
+    report = next(r for r in reg.plugin_reports() if r.name == "forge-raises")
+    assert report.error == "RuntimeError: broken halfway"
+
+
+def test_builtins_win_a_clash_even_when_pluggy_calls_the_plugin_first(plugin_path):
+    make_distribution(plugin_path, "forge-first", "forge_first", '''
+        import torch
+        from cryoet_forge import hookimpl
+
+        class Early(torch.nn.Module):
+            """Wants the built-in name."""
+
+            def __init__(self, in_channels=1):
+                super().__init__()
+
+            def forward(self, x):
+                return x
+
+        @hookimpl(tryfirst=True)
+        def forge_register_critics(register):
+            register("sn-wgan", Early)
+    ''')
+    reg = registry.get_registry()
+    assert reg.get("critic", "sn-wgan").origin == "cryoet-forge"
+    report = next(r for r in reg.plugin_reports() if r.name == "forge-first")
+    assert report.error == "critic 'sn-wgan' from forge-first is already registered by cryoet-forge"

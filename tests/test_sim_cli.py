@@ -163,7 +163,7 @@ def test_simulate_tilt_series_with_options(tmp_path, capsys):
     assert set(table["forgeSimulator"]) == {"tilt-series"}
     assert table["forgeTiltMax"].tolist() == [45.0] * 5 and table["forgeNeighbours"].tolist() == [1] * 5
     code, _, err = forge(capsys, "simulate", "--phantoms", "--simulator", "nope", "--out", tmp_path / "x", "--quiet")
-    assert code != 0 and err.strip().startswith("forge: error: unknown simulator 'nope'; choose from: fourier, tilt-series")
+    assert code != 0 and err.strip().startswith("forge: error: unknown simulator 'nope'; choose from: fourier, posed-map, tilt-series")
     code, _, err = forge(capsys, "simulate", "--phantoms", "--option", "loudness=3", "--out", tmp_path / "y", "--quiet")
     assert code != 0 and len(err.strip().splitlines()) == 1 and "loudness" in err
 

@@ -12,7 +12,8 @@ from cryoet_forge.losses import CycleL1Loss
 
 
 def test_losses_registered():
-    assert {"wgan-clip", "wgan-gp", "lsgan", "cycle-l1"} <= set(registry.names("loss"))
+    assert {"wgan-clip", "wgan-gp", "lsgan", "patchnce"} <= set(registry.names("loss"))
+    assert "cycle-l1" not in registry.names("loss")  # the cycle term is loss.cycle_weight, not a loss
 
 
 def test_wgan_values_and_gap():

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from cryoet_forge.data.bundle import load_bundle
 from cryoet_forge.data.normalization import check_normalization, normalize_volume
 from cryoet_forge.errors import InputError
-from cryoet_forge.io.mrc import read_mrc
+from cryoet_forge.io.mrc import read_mrc, write_mrc
 from cryoet_forge.io.star import image_paths, read_particles
 
 UNLABELLED = "unlabelled"
@@ -88,8 +88,19 @@ def _class_names_from_table(df: pd.DataFrame) -> list[str]:
     return [names.get(k, f"class{k}") for k in range(1, int(numbers.max()) + 1)]
 
 
+def _example_volumes(n: int) -> list[np.ndarray]:
+    return [np.random.default_rng(i).normal(size=(16, 16, 16)).astype(np.float32) for i in range(n)]
+
+
 class VolumeFolderDataset(_VolumeListDataset):
     """Volumes listed by a STAR table, all MRC files of a folder, or an .npz bundle."""
+
+    @staticmethod
+    def contract_example(folder: Path) -> dict[str, Any]:
+        """Options of a tiny instance (four 16^3 volumes in ``folder``) for the contract tests."""
+        for i, volume in enumerate(_example_volumes(4)):
+            write_mrc(Path(folder) / f"v{i}.mrc", volume, 10.0)
+        return {"root": str(folder)}
 
     def __init__(self, root: str | os.PathLike, normalize: str = "zscore"):
         root = Path(root)
@@ -129,6 +140,14 @@ class VolumeFolderDataset(_VolumeListDataset):
 
 class LabelledFolderDataset(_VolumeListDataset):
     """One subfolder per class (ROOT/<class>/*.mrc), like torchvision's ImageFolder."""
+
+    @staticmethod
+    def contract_example(folder: Path) -> dict[str, Any]:
+        """Options of a tiny instance (two classes of two 16^3 volumes) for the contract tests."""
+        for i, volume in enumerate(_example_volumes(4)):
+            (Path(folder) / ("a", "b")[i % 2]).mkdir(parents=True, exist_ok=True)
+            write_mrc(Path(folder) / ("a", "b")[i % 2] / f"v{i}.mrc", volume, 10.0)
+        return {"root": str(folder)}
 
     def __init__(self, root: str | os.PathLike, normalize: str = "zscore"):
         root = Path(root)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cryoet_forge import hookimpl
 from cryoet_forge.data.folders import LabelledFolderDataset, VolumeFolderDataset
 from cryoet_forge.data.simulated import SimulatedDataset
@@ -20,6 +22,28 @@ def _copick_dataset(config: str, **options):
     from cryoet_forge.data.copick import CopickDataset
 
     return CopickDataset(config, **options)
+
+
+def _copick_example(folder: Path) -> dict:
+    """Options of a tiny instance for the contract tests: a copick project (copick's own API) with
+    one run, a 40^3 tomogram and four picks of one object. Needs copick (ImportError otherwise)."""
+    import copick
+    import numpy as np
+    from copick.models import PickableObject
+
+    config = Path(folder) / "copick.json"
+    project = copick.ops.open.new_config(str(config), str(Path(folder) / "overlay"), pickable_objects=[
+        PickableObject(name="particle", is_particle=True, label=1)])
+    run = project.new_run("TS_01")
+    tomogram = np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32)
+    run.new_voxel_spacing(10.0).new_tomogram("wbp").from_numpy(tomogram, levels=1)
+    picks = run.new_picks(object_name="particle", session_id="0", user_id="contract")
+    picks.from_numpy(np.array([[12, 12, 12], [28, 12, 20], [12, 28, 28], [28, 28, 12]], float) * 10.0)
+    picks.store()
+    return {"config": str(config), "box": 16}
+
+
+_copick_dataset.contract_example = _copick_example  # type: ignore[attr-defined]
 
 
 @hookimpl

@@ -15,15 +15,10 @@ from cryoet_forge.simulate.templates import load_templates
 
 
 def make_simulator(name: str, options: dict | None = None):
-    """``none`` (clean posed maps, domain D) or a registered simulator built with ``options``."""
-    options = dict(options or {})
-    if name == "none":
-        from cryoet_forge.simulate.poses import PoseSimulator
-
-        return PoseSimulator(**{k: v for k, v in options.items() if k in ("max_shift", "rotate")})
+    """The registered simulator ``name`` built with ``options`` (``none`` is ``posed-map``)."""
     from cryoet_forge import registry
 
-    return registry.create("simulator", name, **options)
+    return registry.create("simulator", name, **dict(options or {}))
 
 
 def item_seed(seed: int, index: int) -> int:

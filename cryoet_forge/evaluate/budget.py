@@ -66,12 +66,18 @@ def _random_set(n: int, box: int, n_classes: int, voxel_size: float, seed: int):
 def measure_costs(config: EvaluationConfig) -> Costs:
     """Time each kind of work once at the configured sizes (see the module docstring)."""
     from cryoet_forge.classify import train_cb3d
-    from cryoet_forge.evaluate.datasets import _particle_variants, class_templates, resolve_maps_dir, simulate_labelled
+    from cryoet_forge.contracts import run_generator, takes_noise
+    from cryoet_forge.evaluate.datasets import (
+        _particle_variants,
+        class_templates,
+        resolve_maps_dir,
+        simulate_labelled,
+    )
     from cryoet_forge.evaluate.gan import InMemoryVolumes, train_config_for
     from cryoet_forge.evaluate.pipeline import classifier_options
     from cryoet_forge.models.cb3d import run_inference
     from cryoet_forge.train.distributed import DistContext, resolve_device
-    from cryoet_forge.train.loop import Trainer, run_generator, takes_noise
+    from cryoet_forge.train.loop import Trainer
 
     started = time.perf_counter()
     d = config.data

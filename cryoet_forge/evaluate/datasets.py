@@ -99,12 +99,7 @@ def simulate_labelled(simulator: str, options: dict, maps: dict[str, np.ndarray]
     """
     from cryoet_forge import registry
 
-    if simulator == "none":  # clean posed maps: domain D
-        from cryoet_forge.simulate.poses import PoseSimulator
-
-        sim = PoseSimulator(**options)
-    else:
-        sim = registry.create("simulator", simulator, **options)
+    sim = registry.create("simulator", simulator, **options)  # "none"/"posed-map": domain D
     generator = torch.Generator().manual_seed(int(seed))
     # classes interleaved in a seeded order: simulators that crowd a particle with other maps
     # of its batch (tilt-series) then get neighbours of every class, as in a cell

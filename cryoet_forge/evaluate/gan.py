@@ -133,8 +133,8 @@ def generate_labelled(run_dir: Path, maps: LabelledVolumes, seed: int, source: s
 def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, seed: int,
                              batch_size: int = 8) -> np.ndarray:
     """D -> S generator of one checkpoint folder applied to (B, S, S, S) maps in [-1, 1]."""
+    from cryoet_forge.contracts import run_generator, takes_noise
     from cryoet_forge.generate import load_generator
-    from cryoet_forge.train.loop import run_generator, takes_noise
 
     generator, _ = load_generator(run_dir, checkpoint=checkpoint)
     # the same noise draws as generate_from_maps, so the last checkpoint reproduces the final scores

@@ -10,10 +10,11 @@ error bound allows; the remaining pairs are recomputed exactly by the Rust core.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable
 
 import numpy as np
 
+from cryoet_forge.contracts import KnnBackend  # noqa: F401  (the contract; re-exported)
 from cryoet_forge.errors import InputError
 
 #: Called as ``progress(done, total)`` with work units (distance tiles) while a backend runs.
@@ -105,27 +106,6 @@ class PrdcCounts:
             "density": float((1.0 / float(self.k)) * (np.float64(self.density_count) / m)),
             "coverage": float(np.float64(self.coverage_count) / n),
         }
-
-
-@runtime_checkable
-class KnnBackend(Protocol):
-    """What a ``knn-backend`` plugin provides (``registry.create("knn-backend", name)``).
-
-    ``exact`` says whether results equal the exact definitions (``prdc`` 0.2 rounding).
-    Inputs are validated C-contiguous float32 (N, D) arrays without NaN/Inf.
-    """
-
-    name: str
-    exact: bool
-
-    def kth_neighbour_distances(self, x: np.ndarray, k: int) -> np.ndarray:
-        """float32 distance of each row to its k-th nearest other row."""
-
-    def prdc_counts(
-        self, real: np.ndarray, fake: np.ndarray, k: int, inclusive: bool = False,
-        progress: ProgressCallback | None = None,
-    ) -> PrdcCounts:
-        """PRDC counts of ``real`` (N, D) against ``fake`` (M, D)."""
 
 
 class ExactKnn:

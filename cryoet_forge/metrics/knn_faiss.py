@@ -10,6 +10,8 @@ visible (``device="auto"`` or ``"cuda"``).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from cryoet_forge.errors import InputError
@@ -27,6 +29,31 @@ from cryoet_forge.metrics.knn import (
     settle_thresholds,
 )
 
+#: the distributions that ship the top-level ``faiss`` module (the ``faiss`` and ``gpu`` extras)
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu")
+
+
+@functools.cache
+def import_faiss():
+    """The ``faiss`` module, or an InputError saying what to install (or uninstall)."""
+    from importlib import metadata
+
+    installed = []
+    for dist in FAISS_DISTRIBUTIONS:
+        try:
+            installed.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    if len(installed) > 1:
+        raise InputError(f"knn backend 'faiss': {' and '.join(installed)} are both installed and ship the same "
+                         "faiss module; pip uninstall one of them")
+    try:
+        import faiss
+    except ImportError:
+        raise InputError("knn backend 'faiss' needs FAISS: pip install 'cryoet-forge[faiss]' (CPU) or "
+                         "'cryoet-forge[gpu]' (CUDA); the exact and torch backends need neither") from None
+    return faiss
+
 
 class FaissKnn:
     """FAISS flat (exact after refinement) or IVF (approximate) search; GPU when present."""
@@ -34,7 +61,7 @@ class FaissKnn:
     name = "faiss"
 
     def __init__(self, device: str = "auto", index: str = "flat", nlist: int | None = None, nprobe: int = 16):
-        import faiss
+        faiss = import_faiss()
 
         if index not in ("flat", "ivf"):
             raise InputError(f"faiss index must be 'flat' or 'ivf', got {index!r}")
@@ -53,7 +80,7 @@ class FaissKnn:
         self.exact = index == "flat"
 
     def _build(self, data: np.ndarray):
-        import faiss
+        faiss = import_faiss()
 
         d = data.shape[1]
         if self.index_kind == "flat":
@@ -69,7 +96,7 @@ class FaissKnn:
 
     def _search_index(self, index):
         if self.use_gpu:
-            import faiss
+            faiss = import_faiss()
 
             return faiss.index_cpu_to_all_gpus(index)
         return index

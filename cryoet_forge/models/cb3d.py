@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cryoet_forge.data.normalization import NORMALIZATIONS, normalize_volumes  # noqa: F401  (re-exported)
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.io.atomic import write_bytes_atomic
 
@@ -137,25 +138,6 @@ class CB3D(nn.Module):
 
 # --- input normalisation -----------------------------------------------------------------
 
-NORMALIZATIONS = ("zscore", "minmax", "none")
-
-
-def normalize_volumes(volumes: torch.Tensor, mode: str) -> torch.Tensor:
-    """Per-volume normalisation of a (B, ...) batch: 'zscore' (mean 0, std 1), 'minmax' ([-1, 1]), 'none'."""
-    if mode == "none":
-        return volumes
-    flat = volumes.reshape(volumes.shape[0], -1)
-    if mode == "zscore":
-        mean = flat.mean(dim=1, keepdim=True)
-        std = flat.std(dim=1, keepdim=True).clamp_min(1e-8)
-        out = (flat - mean) / std
-    elif mode == "minmax":
-        low = flat.min(dim=1, keepdim=True).values
-        high = flat.max(dim=1, keepdim=True).values
-        out = 2.0 * (flat - low) / (high - low).clamp_min(1e-8) - 1.0
-    else:
-        raise ConfigError(f"unknown normalisation {mode!r}; choose from: {', '.join(NORMALIZATIONS)}")
-    return out.reshape(volumes.shape)
 
 
 def as_volume_batch(volumes: Any) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cryoet_forge import hookimpl
 from cryoet_forge.contrastive import PatchNCELoss
-from cryoet_forge.losses import CycleL1Loss, LSGANLoss, WGANClipLoss, WGANGPLoss
+from cryoet_forge.losses import LSGANLoss, WGANClipLoss, WGANGPLoss
 from cryoet_forge.models.critics import PatchGANCritic, SNWGANCritic
 from cryoet_forge.models.generators import CryoETGANGenerator
 
@@ -25,7 +25,6 @@ def forge_register_losses(register):
     register("wgan-clip", WGANClipLoss)
     register("wgan-gp", WGANGPLoss)
     register("lsgan", LSGANLoss)
-    register("cycle-l1", CycleL1Loss)
     register("patchnce", PatchNCELoss, "CUT's PatchNCE (Park et al. 2020), a generator regulariser: "
              "[loss.regularizers.patchnce]")
 

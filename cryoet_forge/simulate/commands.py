@@ -132,7 +132,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
 @click.option("--structures", "structures", metavar="IDS_OR_DIR",
               help="Comma-separated PDB ids / structure or map files, or a folder of them.")
 @click.option("--simulator", "simulator_name", default="fourier", show_default=True,
-              help="A registered simulator (fourier, tilt-series) or 'none'.")
+              help="A registered simulator: fourier, tilt-series, posed-map (clean posed maps; also 'none').")
 @click.option("--n-per-class", type=int, default=10, show_default=True)
 @click.option("--box", type=int, default=40, show_default=True, help="Box edge in voxels.")
 @click.option("--voxel-size", type=float, default=9.4, show_default=True, help="Angstrom per voxel.")

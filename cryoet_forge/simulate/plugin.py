@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cryoet_forge import hookimpl
 from cryoet_forge.simulate.fourier import FourierSimulator
+from cryoet_forge.simulate.poses import PoseSimulator
 from cryoet_forge.simulate.tilt_series import TiltSeriesSimulator
 
 
@@ -11,6 +12,8 @@ from cryoet_forge.simulate.tilt_series import TiltSeriesSimulator
 def forge_register_simulators(register):
     register("fourier", FourierSimulator)
     register("tilt-series", TiltSeriesSimulator)
+    register("posed-map", PoseSimulator, "clean density maps in a random pose, no imaging model "
+             "(domain D of CryoETGAN; also accepted as \"none\")")
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""Random poses (uniform SO(3) rotation + shift) and the ``none`` simulation: clean posed maps.
+"""Random poses (uniform SO(3) rotation + shift) and the ``posed-map`` simulator: clean posed maps.
 
 Clean randomly rotated and shifted density maps are domain D of CryoETGAN.
 """
@@ -55,7 +55,7 @@ def posed_maps(maps: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor
 class PoseSimulator:
     """Clean density maps in a random pose (uniform rotation, random shift), no imaging model."""
 
-    name = "none"
+    name = "posed-map"
 
     def __init__(self, max_shift: float = 2.0, rotate: bool = True):
         try:

@@ -35,6 +35,7 @@ from torch import nn
 
 from cryoet_forge import progress, registry
 from cryoet_forge.config import TrainConfig, load_config, save_config
+from cryoet_forge.contracts import run_generator, takes_noise
 from cryoet_forge.contrastive import RegularizerInputs, build_regularizers
 from cryoet_forge.errors import ConfigError, InputError, TrainingError
 from cryoet_forge.losses import AdversarialLoss, CycleL1Loss
@@ -57,17 +58,6 @@ NETWORKS = ("g_ds", "g_sd", "c_s", "c_d")
 
 
 # -- building blocks -----------------------------------------------------------------------
-
-def takes_noise(generator: nn.Module) -> bool:
-    """True for generators with an explicit noise input (``noise_shape`` + ``noise=True``)."""
-    return bool(getattr(generator, "noise", False)) and hasattr(generator, "noise_shape")
-
-
-def run_generator(generator: nn.Module, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    if noise is not None and takes_noise(generator):
-        return generator(x, noise=noise)
-    return generator(x)
-
 
 class CyclePair(nn.Module):
     """Both generators; ``forward`` returns the translations (and their cycles)."""
@@ -700,6 +690,17 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = False,
         shutdown(ctx)
 
 
+def _tensorboard_writer(run_dir: Path, step: int):
+    """A TensorBoard writer for ``run_dir/tensorboard``, or None (one line) without tensorboard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        progress.log("tensorboard is not installed: no event files are written "
+                      "(pip install 'cryoet-forge[tensorboard]'); losses are still in the checkpoints' state")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None)
+
+
 def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool, datasets) -> Path:
     if not resume and ckpt.list_checkpoints(run_dir):
         raise InputError(f"{run_dir}: already holds checkpoints; continue it with --resume or pick a new folder")
@@ -709,9 +710,7 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool, data
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / RUN_CONFIG)
         write_run_metadata(run_dir, trainer.datasets["density"], trainer.box)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=trainer.step or None)
+        writer = _tensorboard_writer(run_dir, trainer.step)
     log = cfg.log
     steps = cfg.train.steps
     show = log.progress and ctx.is_main
