@@ -65,8 +65,6 @@ def our_prdc_flops(n: int, m: int, d: int) -> float:
 
 # -- child-process measurements --------------------------------------------------------------
 def child_prdc(spec: dict) -> dict:
-    import numpy as np
-
     x = make_features(spec["n"], spec["d"], 1, 0.0)
     y = make_features(spec["n"], spec["d"], 2, spec["shift"])
     import_ours = spec["tool"] == "ours"
@@ -96,8 +94,6 @@ def child_prdc(spec: dict) -> dict:
 
 
 def child_matmul(spec: dict) -> dict:
-    import numpy as np
-
     d = spec["d"]
     a = make_features(4096, d, 3, 0.0)
     b = make_features(4096, d, 4, 0.0)

@@ -11,6 +11,13 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+CRATE_EXTRA_ROUNDINGS: float
+FLOAT32_EXTRA_ROUNDINGS: float
+
+def gemm_margin_factor(d: int, extra_roundings: float | None = None) -> float:
+    """``1.01 * (gamma_D + extra * 2^-24)``, the relative error bound of a float32 GEMM squared
+    distance (``|a - d| <= factor * (|x|^2 + |y|^2)``); ``extra`` defaults to the float32 route of
+    the torch/FAISS backends (12); infinity where ``D * 2^-24 >= 1/4``."""
 
 def kth_neighbour_distances(x: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float32]:
     """Distance from each row of the C-contiguous float32 (N, D) array ``x`` to its k-th

@@ -75,7 +75,7 @@ class DomainConfig:
 
 
 def _default_density() -> DomainConfig:
-    return DomainConfig("simulated", {"simulator": "none", "box": 32, "seed": 1})
+    return DomainConfig("simulated", {"simulator": "posed-map", "box": 32, "seed": 1})
 
 
 def _default_subtomograms() -> DomainConfig:

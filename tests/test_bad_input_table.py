@@ -78,7 +78,7 @@ def _snapshot(*folders: Path) -> dict[str, tuple[int, bytes]]:
     return seen
 
 
-I, O, R = "{in}", "{out}", "{run}"  # placeholders: the inputs folder, the (empty) output folder, a trained run
+I, O, R = "{in}", "{out}", "{run}"  # placeholders: the inputs folder, the (empty) output folder, a trained run  # noqa: E741
 TRAIN = ["train", "--out", f"{O}/run", "--steps", "1"]
 TRAIN_FOLDERS = ["--set", "data.density.dataset='volume-folder'",
                  "--set", f"data.density.options={{root='{I}/maps12/maps.star'}}",

@@ -81,7 +81,7 @@ def test_evaluation_matches_classes_by_name(trained):
     test = toy_shapes(4, seed=3)
     # the same set with the class list in another order: labels follow the names
     order = [2, 0, 1]
-    shuffled = LabelledVolumes(test.volumes, np.array([order.index(l) for l in test.labels]),
+    shuffled = LabelledVolumes(test.volumes, np.array([order.index(c) for c in test.labels]),
                                [test.class_names[i] for i in order], 10.0)
     a = evaluate_cb3d(model, test, train.class_names)
     b = evaluate_cb3d(model, shuffled, train.class_names)

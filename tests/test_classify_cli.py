@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_classify import toy_shapes
 
 from cryoet_forge.classify import LabelledVolumes, evaluate_cb3d, load_labelled
 from cryoet_forge.cli import main
@@ -17,7 +18,6 @@ from cryoet_forge.io.embeddings import load_features
 from cryoet_forge.io.mrc import write_mrc
 from cryoet_forge.io.star import read_particles, write_particles
 from cryoet_forge.models.cb3d import load_cb3d, run_inference
-from test_classify import toy_shapes
 from tests_support import assert_one_line_error
 
 NET = ["--channels", "4,8,8,8", "--fc-width", "32", "--epochs", "10", "--batch-size", "6", "--lr", "3e-3",

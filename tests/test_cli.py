@@ -26,7 +26,7 @@ def test_list_shows_every_kind_with_origin_and_description():
     assert result.returncode == 0, result.stderr
     for kind in ("generator:", "critic:", "loss:", "simulator:", "dataset:", "feature-extractor:", "knn-backend:"):
         assert kind in result.stdout
-    exact = next(l for l in result.stdout.splitlines() if l.split()[:1] == ["exact"])
+    exact = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["exact"])
     assert exact.split()[1] == "cryoet-forge"
     assert "Rust" in exact
 

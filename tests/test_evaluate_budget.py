@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_evaluate import TOY
 
 from cryoet_forge.errors import ConfigError
-from cryoet_forge.evaluate.budget import (MIN_EPOCHS, MIN_GAN_STEPS, MIN_PER_CLASS, Costs, fit_to_budget,
-                                          measure_costs, predict)
+from cryoet_forge.evaluate.budget import (
+    MIN_EPOCHS,
+    MIN_GAN_STEPS,
+    MIN_PER_CLASS,
+    Costs,
+    fit_to_budget,
+    measure_costs,
+    predict,
+)
 from cryoet_forge.evaluate.config import config_from_dict, quickstart_config
 from cryoet_forge.evaluate.pipeline import run_evaluation
-from test_evaluate import TOY
 
 #: a machine where a quickstart GAN step takes 0.3 s and a CB3D volume-epoch 2 ms
 COSTS = Costs(gan_step_s=0.3, classifier_volume_epoch_s=0.002, experimental_volume_s=0.004,

@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 from test_evaluate import TOY
-from tests_support import assert_one_line_error, forge_executable
 
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.evaluate.suite import (
@@ -17,6 +16,7 @@ from cryoet_forge.evaluate.suite import (
     run_suite,
     suite_from_dict,
 )
+from tests_support import assert_one_line_error, forge_executable
 
 BASE = copy.deepcopy(TOY)
 BASE["ablations"] = {}
@@ -236,9 +236,10 @@ def test_semantic_method_trains_its_domain_classifier_first(tmp_path):
 
 
 def test_an_unreadable_cached_score_is_retrained(tmp_path):
+    from test_classify import TOY_OPTIONS, toy_shapes
+
     from cryoet_forge.classify import ClassifierOptions
     from cryoet_forge.evaluate import downstream
-    from test_classify import TOY_OPTIONS, toy_shapes
 
     train, test = toy_shapes(4, seed=0), toy_shapes(3, seed=1)
     options = ClassifierOptions(**{**TOY_OPTIONS, "epochs": 2})
@@ -253,9 +254,10 @@ def test_an_unreadable_cached_score_is_retrained(tmp_path):
 
 
 def test_domain_classifier_is_reused_only_for_the_same_data(tmp_path, monkeypatch):
+    from test_classify import toy_shapes
+
     from cryoet_forge.evaluate import gan
     from cryoet_forge.evaluate.config import config_from_dict
-    from test_classify import toy_shapes
 
     config = config_from_dict(copy.deepcopy(BASE), {"classifier.epochs": 2})
     data = toy_shapes(4, seed=0)

@@ -6,12 +6,12 @@ import copy
 
 import numpy as np
 import pytest
+from test_evaluate import evaluation  # noqa: F401  (the toy evaluation fixture)
 
 from cryoet_forge.classify import LabelledVolumes
 from cryoet_forge.evaluate.baseline import radial_baseline, radial_profiles
 from cryoet_forge.evaluate.report import render_report
 from cryoet_forge.evaluate.verdict import assess, chance_level, class_counts, paired_difference
-from test_evaluate import evaluation  # noqa: F401  (the toy evaluation fixture)
 
 
 def test_chance_is_the_majority_class_rate():

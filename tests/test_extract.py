@@ -20,7 +20,6 @@ import pandas as pd
 import pytest
 import starfile
 import torch
-from tests_support import assert_one_line_error, forge_executable
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.extract import ExtractOptions, extract, region_plan
@@ -28,6 +27,7 @@ from cryoet_forge.io.picks import read_picks, relion_matrix
 from cryoet_forge.io.tomograms import open_tomogram
 from cryoet_forge.simulate.phantoms import make_phantom
 from cryoet_forge.simulate.rotations import euler_zyz_to_matrices, rigid_transform
+from tests_support import assert_one_line_error, forge_executable
 
 SHAPE = (40, 64, 72)  # z, y, x
 VOXEL = 10.0

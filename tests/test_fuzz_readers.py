@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings  # noqa: E402  (after the importorskip)
+from hypothesis import strategies as st  # noqa: E402
 
-from cryoet_forge.errors import ForgeError
+from cryoet_forge.errors import ForgeError  # noqa: E402
 
 FUZZ = settings(max_examples=int(os.environ.get("FORGE_FUZZ_EXAMPLES", "60")), deadline=None,
                 derandomize=os.environ.get("CI") == "true",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from tests_support import assert_one_line_error, forge_executable
 
 from cryoet_forge.config import load_config
 from cryoet_forge.devices import SEED_MAX, check_device, check_seed
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.models.generators import CryoETGANGenerator
+from tests_support import assert_one_line_error, forge_executable
 
 
 @pytest.mark.parametrize("args, fragments", [

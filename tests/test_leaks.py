@@ -8,9 +8,9 @@ import subprocess
 import time
 
 import pytest
-from tests_support import forge_executable
 
 from cryoet_forge.io.atomic import atomic_folder, remove_stale_work
+from tests_support import forge_executable
 
 
 def _leftovers(parent, name):

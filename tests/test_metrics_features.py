@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from test_classify import toy_shapes
 
 from cryoet_forge import hookimpl, registry
 from cryoet_forge.classify import load_labelled, load_volumes
@@ -18,7 +19,6 @@ from cryoet_forge.io.embeddings import load_features
 from cryoet_forge.io.mrc import write_mrc
 from cryoet_forge.metrics import compute_fid, compute_prdc, inception_score
 from cryoet_forge.models.cb3d import CB3DFeatureExtractor
-from test_classify import toy_shapes
 from tests_support import assert_one_line_error
 
 TRAIN = ["--channels", "4,8,8,8", "--fc-width", "16", "--epochs", "6", "--batch-size", "8", "--lr", "3e-3",

@@ -234,7 +234,7 @@ def test_cli_lists_a_plugin_installed_at_test_time(tmp_path):
     make_distribution(tmp_path, "forge-throwaway", "forge_throwaway", GOOD_PLUGIN)
     result = run_forge("list", "generator", pythonpath=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert any(l.split()[:2] == ["throwaway-doubler", "forge-throwaway"] for l in result.stdout.splitlines())
+    assert any(line.split()[:2] == ["throwaway-doubler", "forge-throwaway"] for line in result.stdout.splitlines())
 
 
 def test_broken_plugin_is_reported_and_the_rest_still_works(tmp_path):
@@ -376,7 +376,7 @@ def test_a_component_that_breaks_its_protocol_is_refused_at_registration(tmp_pat
     plugins = run_forge("plugins", pythonpath=tmp_path)
     assert plugins.returncode == 0, plugins.stderr
     assert "forge-bad-contract 0.0.1 [error]" in plugins.stdout
-    line = next(l for l in plugins.stdout.splitlines() if "no-simulate" in l)
+    line = next(x for x in plugins.stdout.splitlines() if "no-simulate" in x)
     assert ("simulator 'no-simulate' from forge-bad-contract is refused: class NoSimulate lacks simulate "
             "(the simulator protocol: Simulator)") in line
     assert "generator 'no-channels' from forge-bad-contract is refused: factory takes no in_channels, " \

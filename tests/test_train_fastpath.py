@@ -23,13 +23,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_loop import Volumes
 
 from cryoet_forge.config import load_config
 from cryoet_forge.models.fastconv import FewOutputConv3d
 from cryoet_forge.train.distributed import DistContext
 from cryoet_forge.train.loop import Trainer
-from test_train_loop import Volumes
-
 
 GENERATORS = {
     "unet3d": {"model.generator": "unet3d",

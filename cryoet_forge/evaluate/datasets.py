@@ -244,7 +244,7 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
             d.seed * 1000 + 16, f"traditional ({trad.simulator}) as GAN input")
     else:
         density_train, density_records = simulate_labelled(
-            "none", {}, templates, class_names, d.n_density_per_class, voxel_size, d.seed * 1000 + 13, "density maps")
+            "posed-map", {}, templates, class_names, d.n_density_per_class, voxel_size, d.seed * 1000 + 13, "density maps")
     density_star = write_labelled_folder(folder / "density", density_train, density_records)
     traditional, _ = simulate_labelled(trad.simulator, trad.options, templates, class_names,
                                        config.downstream.n_per_class, voxel_size, d.seed * 1000 + 15,
@@ -253,7 +253,7 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
         density_generate = traditional
     else:
         density_generate, _ = simulate_labelled(
-            "none", {}, templates, class_names, config.downstream.n_per_class, voxel_size, d.seed * 1000 + 14,
+            "posed-map", {}, templates, class_names, config.downstream.n_per_class, voxel_size, d.seed * 1000 + 14,
             "density maps for generation")
     return EvaluationData(class_names, box, voxel_size, templates, real_train, real_test, density_train,
                           density_generate, traditional, Path(real_train_star), Path(density_star), description)

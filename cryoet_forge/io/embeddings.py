@@ -1,4 +1,5 @@
-"""Feature (embedding) files: ``.npy``, ``.npz`` and ``.safetensors`` holding an (N, D) matrix."""
+"""Feature (embedding) files: ``.npy``, ``.npz`` and ``.safetensors`` holding an (N, D) matrix, and the
+checks every feature matrix passes before the metrics engine sees it."""
 
 from __future__ import annotations
 
@@ -16,9 +17,47 @@ FEATURE_SUFFIXES = (".npy", ".npz", ".safetensors")
 FEATURE_KEY = "features"
 
 
-def _as_matrix(array: Any, path: Path) -> np.ndarray:
-    from cryoet_forge.metrics.knn import as_feature_matrix
+_FINITE_CHECK_ROWS = 4096
 
+
+def as_feature_matrix(x: Any, name: str = "features") -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32 (N, D) array, or raise InputError saying why."""
+    try:
+        array = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise InputError(f"{name}: cannot be read as an array ({exc})") from None
+    if array.ndim != 2:
+        raise InputError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"{name} must be non-empty, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise InputError(f"{name} must be real numbers, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize > 4:
+        # finite values beyond float32's range would turn into Inf below and be called "non-finite"
+        limit = float(np.finfo(np.float32).max)
+        big = np.isfinite(array) & (np.abs(array) > limit)
+        if big.any():
+            row, col = (int(i) for i in np.argwhere(big)[0])
+            raise InputError(f"{name}: value {float(array[row, col]):.3g} at row {row}, column {col} is beyond "
+                             f"the float32 range (|x| <= {limit:.3g}); rescale the features")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def check_finite(x: np.ndarray, name: str = "features") -> None:
+    """Raise InputError naming the first row with a NaN or Inf (checked in row chunks)."""
+    for start in range(0, x.shape[0], _FINITE_CHECK_ROWS):
+        chunk = x[start : start + _FINITE_CHECK_ROWS]
+        ok = np.isfinite(chunk).all(axis=1)
+        if not ok.all():
+            row = start + int(np.argmin(ok))
+            col = int(np.argmin(np.isfinite(x[row])))
+            raise InputError(
+                f"{name} has a non-finite value (NaN or Inf) at row {row}, column {col}; "
+                "remove or fix such rows"
+            )
+
+
+def _as_matrix(array: Any, path: Path) -> np.ndarray:
     return as_feature_matrix(array, name=f"{path}: features")
 
 

@@ -16,51 +16,13 @@ import numpy as np
 
 from cryoet_forge.contracts import KnnBackend  # noqa: F401  (the contract; re-exported)
 from cryoet_forge.errors import InputError
+from cryoet_forge.io.embeddings import _FINITE_CHECK_ROWS, as_feature_matrix, check_finite  # noqa: F401  (re-exported)
 
 #: Called as ``progress(done, total)`` with work units (distance tiles) while a backend runs.
 ProgressCallback = Callable[[int, int], Any]
 
-_U32 = 2.0**-24  # unit roundoff of float32
 #: squared (centred) row norms above this could overflow a float32 GEMM (as in the Rust core)
 _MAX_GEMM_SQ_NORM = 1e36
-_FINITE_CHECK_ROWS = 4096
-
-
-def as_feature_matrix(x: Any, name: str = "features") -> np.ndarray:
-    """Return ``x`` as a C-contiguous float32 (N, D) array, or raise InputError saying why."""
-    try:
-        array = np.asarray(x)
-    except Exception as exc:  # ragged lists and the like
-        raise InputError(f"{name}: cannot be read as an array ({exc})") from None
-    if array.ndim != 2:
-        raise InputError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise InputError(f"{name} must be non-empty, got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise InputError(f"{name} must be real numbers, got dtype {array.dtype}")
-    if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize > 4:
-        # finite values beyond float32's range would turn into Inf below and be called "non-finite"
-        limit = float(np.finfo(np.float32).max)
-        big = np.isfinite(array) & (np.abs(array) > limit)
-        if big.any():
-            row, col = (int(i) for i in np.argwhere(big)[0])
-            raise InputError(f"{name}: value {float(array[row, col]):.3g} at row {row}, column {col} is beyond "
-                             f"the float32 range (|x| <= {limit:.3g}); rescale the features")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def check_finite(x: np.ndarray, name: str = "features") -> None:
-    """Raise InputError naming the first row with a NaN or Inf (checked in row chunks)."""
-    for start in range(0, x.shape[0], _FINITE_CHECK_ROWS):
-        chunk = x[start : start + _FINITE_CHECK_ROWS]
-        ok = np.isfinite(chunk).all(axis=1)
-        if not ok.all():
-            row = start + int(np.argmin(ok))
-            col = int(np.argmin(np.isfinite(x[row])))
-            raise InputError(
-                f"{name} has a non-finite value (NaN or Inf) at row {row}, column {col}; "
-                "remove or fix such rows"
-            )
 
 
 def kth_neighbour_distances(x: Any, k: int = 5) -> np.ndarray:
@@ -142,15 +104,17 @@ class ExactKnn:
 
 
 def gemm_margin_factor(d: int) -> float:
-    """Relative error bound of a float32 squared distance ``|x|^2 + |y|^2 - 2 x.y``.
+    """Relative error bound of a float32 squared distance ``|x|^2 + |y|^2 - 2 x.y`` formed
+    wholly in float32 (the torch and FAISS routes).
 
-    ``|approx - exact| <= factor * (|x|^2 + |y|^2)`` for any summation order (gamma_D for
-    the dot product, a few u for the norms and the subtraction, 1% slack).
+    ``|approx - exact| <= factor * (|x|^2 + |y|^2)`` for any summation order. The formula lives
+    once, in the Rust core (``tiles::margin_factor``: gamma_D for the dot product, 12 u for the
+    float32 norms, sum and subtraction, 1% slack); the exact backend uses the same formula with
+    the roundings of its own route (4.5 u).
     """
-    du = d * _U32
-    if du >= 0.25:
-        return float("inf")
-    return 1.01 * (du / (1.0 - du) + 12.0 * _U32)
+    from cryoet_forge import _metrics_rs
+
+    return float(_metrics_rs.gemm_margin_factor(int(d)))
 
 
 def gemm_usable(d: int, *norms: np.ndarray) -> bool:

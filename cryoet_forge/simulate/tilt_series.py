@@ -245,8 +245,8 @@ class TiltSeriesSimulator:
                 neighbour = _cube_orientation(posed[source], int(codes[i, k]))
                 ox, oy, oz = offsets[i, k].tolist()
                 lo = [start + oz, start + oy, start + ox]
-                src = [slice(max(0, -l), min(s, p - l)) for l in lo]
-                dst = [slice(max(0, l), min(p, l + s)) for l in lo]
+                src = [slice(max(0, -e), min(s, p - e)) for e in lo]
+                dst = [slice(max(0, e), min(p, e + s)) for e in lo]
                 if all(d.stop > d.start for d in dst):
                     canvas[i, dst[0], dst[1], dst[2]] += neighbour[src[0], src[1], src[2]]
                 texts.append(f"{ox * voxel_size:.1f},{oy * voxel_size:.1f},{oz * voxel_size:.1f}")

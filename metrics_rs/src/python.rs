@@ -197,6 +197,15 @@ fn inception_score(py: Python<'_>, probs: PyReadonlyArrayDyn<'_, f64>, splits: u
     Ok(py.detach(|| crate::inception::inception_score(p, n, c, splits))?)
 }
 
+/// The GEMM error-bound factor for dimension `d` (see `tiles::margin_factor`); infinity where
+/// the bound is useless. `extra_roundings=None` gives the float32 route of the torch/FAISS backends.
+#[pyfunction]
+#[pyo3(signature = (d, extra_roundings=None))]
+fn gemm_margin_factor(d: usize, extra_roundings: Option<f64>) -> f64 {
+    let extra = extra_roundings.unwrap_or(crate::tiles::FLOAT32_EXTRA_ROUNDINGS);
+    crate::tiles::margin_factor(d, extra).unwrap_or(f64::INFINITY)
+}
+
 #[pymodule]
 fn _metrics_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -205,5 +214,8 @@ fn _metrics_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pair_distances, m)?)?;
     m.add_function(wrap_pyfunction!(radii_from_candidates, m)?)?;
     m.add_function(wrap_pyfunction!(inception_score, m)?)?;
+    m.add_function(wrap_pyfunction!(gemm_margin_factor, m)?)?;
+    m.add("CRATE_EXTRA_ROUNDINGS", crate::tiles::CRATE_EXTRA_ROUNDINGS)?;
+    m.add("FLOAT32_EXTRA_ROUNDINGS", crate::tiles::FLOAT32_EXTRA_ROUNDINGS)?;
     Ok(())
 }

@@ -163,17 +163,32 @@ pub struct Margin {
     pub absolute: f64,
 }
 
+/// Roundings beyond the dot product in this crate's route: the float32 centred copies
+/// (<= 4.5 u); the norms and the sum are formed in float64.
+pub const CRATE_EXTRA_ROUNDINGS: f64 = 4.5;
+/// Roundings beyond the dot product when the norms, the sum and the subtraction are formed in
+/// float32 as well (the torch and FAISS backends): 12 u.
+pub const FLOAT32_EXTRA_ROUNDINGS: f64 = 12.0;
+
+/// The one error-bound formula of every GEMM route (this crate, the torch and FAISS
+/// backends): `|a - d| <= factor * (|x|^2 + |y|^2)` with
+/// `factor = 1.01 * (gamma_D + extra * u)`, `gamma_D = D u / (1 - D u)` (Higham, for the dot
+/// product; |x.y| <= (|x|^2+|y|^2)/2, times 2 in `a`), `extra` the further float32 roundings of
+/// the route (in units of u = 2^-24) and 1% slack for the float64 arithmetic. `None` when
+/// D u >= 1/4, where the bound is useless.
+pub fn margin_factor(d: usize, extra_roundings: f64) -> Option<f64> {
+    let du = d as f64 * U32;
+    if du >= 0.25 || extra_roundings.is_nan() || extra_roundings < 0.0 {
+        return None;
+    }
+    Some(1.01 * (du / (1.0 - du) + extra_roundings * U32))
+}
+
 impl Margin {
     /// `None` when D is so large that the float32 bound is useless (D * u >= 1/4).
     pub fn for_dim(d: usize) -> Option<Self> {
-        let du = d as f64 * U32;
-        if du >= 0.25 {
-            return None;
-        }
-        // gamma_D for the dot product (|x.y| <= (|x|^2+|y|^2)/2, times 2 in `a`), plus the
-        // float32 rounding of the centred copies (<= 4.5u), with 1% slack for the float64
-        // arithmetic; the absolute term covers gradual underflow of tiny products.
-        let factor = 1.01 * (du / (1.0 - du) + 4.5 * U32);
+        // the absolute term covers gradual underflow of tiny products
+        let factor = margin_factor(d, CRATE_EXTRA_ROUNDINGS)?;
         let absolute = d as f64 * 2f64.powi(-140);
         Some(Self { factor, absolute })
     }
@@ -371,4 +386,35 @@ pub fn pair_distances(x: &[f32], y: &[f32], d: usize, rows: &[i64], cols: &[i64]
             dist32(exact_sq(&x[i * d..(i + 1) * d], &y[j * d..(j + 1) * d]))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_formula_for_every_route() {
+        let u = U32;
+        let f = margin_factor(2048, CRATE_EXTRA_ROUNDINGS).unwrap();
+        let du = 2048.0 * u;
+        assert!((f - 1.01 * (du / (1.0 - du) + 4.5 * u)).abs() <= 1e-18);
+        assert_eq!(Margin::for_dim(2048).unwrap().factor, f);
+        let g = margin_factor(2048, FLOAT32_EXTRA_ROUNDINGS).unwrap();
+        assert!(g > f);
+        assert!(margin_factor(1 << 22, 0.0).is_none()); // D u = 1/4
+        assert!(margin_factor(16, -1.0).is_none());
+    }
+
+    #[test]
+    fn the_bound_holds_for_a_float32_dot_product() {
+        // an f32 dot product summed in order, against the f64 one: within gamma_D (|x|^2+|y|^2)/2
+        let d = 4096;
+        let x: Vec<f32> = (0..d).map(|i| ((i * 7919 % 1000) as f32 / 1000.0) - 0.3).collect();
+        let y: Vec<f32> = (0..d).map(|i| ((i * 104729 % 997) as f32 / 997.0) - 0.6).collect();
+        let approx: f32 = x.iter().zip(&y).fold(0.0f32, |acc, (a, b)| acc + a * b);
+        let exact: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let norms: f64 = x.iter().chain(&y).map(|&v| (v as f64) * (v as f64)).sum();
+        let bound = margin_factor(d, 0.0).unwrap() * norms / 2.0;
+        assert!((approx as f64 - exact).abs() <= bound, "{} > {}", (approx as f64 - exact).abs(), bound);
+    }
 }

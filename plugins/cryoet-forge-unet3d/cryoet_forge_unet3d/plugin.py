@@ -1,7 +1,6 @@
 """Hook implementations: the entry point ``cryoet_forge_unet3d.plugin`` names this module."""
 
 from cryoet_forge import hookimpl
-
 from cryoet_forge_unet3d.model import UNet3D
 
 
