@@ -32,6 +32,7 @@ and the component is not registered.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
@@ -165,7 +166,8 @@ class ContractError(Exception):
     """A component does not satisfy its kind's protocol; the message is one line."""
 
 
-def _methods(protocol: type) -> list[str]:
+@functools.cache
+def _methods(protocol: type) -> tuple[str, ...]:
     """The methods a protocol requires (not its data attributes, which instances set)."""
     names = []
     for klass in protocol.__mro__:
@@ -175,12 +177,13 @@ def _methods(protocol: type) -> list[str]:
             if callable(value) and (not name.startswith("_") or name in ("__len__", "__getitem__")) \
                     and name not in names:
                 names.append(name)
-    return names
+    return tuple(names)
 
 
-def _attributes(protocol: type) -> list[str]:
-    return [name for klass in protocol.__mro__ for name in getattr(klass, "__annotations__", {})
-            if not name.startswith("_")]
+@functools.cache
+def _attributes(protocol: type) -> tuple[str, ...]:
+    return tuple(name for klass in protocol.__mro__ for name in getattr(klass, "__annotations__", {})
+                 if not name.startswith("_"))
 
 
 def _describe(protocols: tuple[type, ...]) -> str:
