@@ -280,9 +280,9 @@ def test_quickstart_command_reaches_the_run_with_its_options(monkeypatch, tmp_pa
     import cryoet_forge.evaluate.commands as commands
 
     seen = {}
-    monkeypatch.setattr(commands, "_run", lambda config, out_dir, budget: seen.update(
-        seed=config.data.seed, out=out_dir, budget=budget))
+    monkeypatch.setattr(commands, "_run", lambda config, out_dir, budget, resume: seen.update(
+        seed=config.data.seed, out=out_dir, budget=budget, resume=resume))
     result = CliRunner().invoke(commands.quickstart_command, ["--out", str(tmp_path / "q"), "--seed", "3",
-                                                              "--budget-minutes", "2"])
+                                                              "--budget-minutes", "2", "--resume"])
     assert result.exit_code == 0, result.output
-    assert seen == {"seed": 3, "out": tmp_path / "q", "budget": 2.0}
+    assert seen == {"seed": 3, "out": tmp_path / "q", "budget": 2.0, "resume": True}

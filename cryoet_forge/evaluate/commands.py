@@ -170,8 +170,11 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
 @click.option("--budget-minutes", type=float, default=None,
               help="scale GAN steps, classifier epochs (and set sizes if needed) to finish in about N minutes "
                    "on this machine, measured first; the report says what was scaled")
+@click.option("--resume", is_flag=True,
+              help="reuse the stages an earlier run of this command finished in OUT (those whose inputs and "
+                   "configuration are unchanged); a GAN stopped half-way continues from its newest checkpoint")
 def evaluate_command(config_path, suite_path, out_dir, overrides, only_domains, only_methods,
-                     budget_minutes) -> None:
+                     budget_minutes, resume) -> None:
     """Run the paper's evaluation protocol end to end and write report.md, results.json and PNGs."""
     from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
 
@@ -180,12 +183,15 @@ def evaluate_command(config_path, suite_path, out_dir, overrides, only_domains, 
     if suite_path is not None:
         if budget_minutes is not None:
             raise click.UsageError("--budget-minutes applies to one evaluation (--config), not to --suite")
+        if resume:
+            raise click.UsageError("--resume applies to one evaluation (--config); a suite always reuses what "
+                                   "its cells finished")
         _run_suite(suite_path, out_dir, parse_overrides(overrides), list(only_domains) or None,
                    list(only_methods) or None)
         return
     if only_domains or only_methods:
         raise click.UsageError("--domain and --method choose cells of a --suite")
-    _run(load_evaluation_config(config_path, parse_overrides(overrides)), out_dir, budget_minutes)
+    _run(load_evaluation_config(config_path, parse_overrides(overrides)), out_dir, budget_minutes, resume)
 
 
 def _run_suite(suite_path: Path, out_dir: Path, overrides: dict, domains: list[str] | None,
@@ -209,20 +215,36 @@ def _run_suite(suite_path: Path, out_dir: Path, overrides: dict, domains: list[s
     click.echo(f"suite table: {Path(out_dir) / 'suite.md'}")
 
 
-def _run(config, out_dir: Path, budget_minutes: float | None) -> None:
+def _run(config, out_dir: Path, budget_minutes: float | None, resume: bool = False) -> None:
     """Fit to the time budget (if one is given), run the evaluation, print the headline numbers last."""
     from cryoet_forge import progress
     from cryoet_forge.evaluate.pipeline import run_evaluation
 
     budget = None
     if budget_minutes is not None:
-        from cryoet_forge.evaluate.budget import fit_to_budget
-
-        config, budget = fit_to_budget(config, budget_minutes, log=progress.log)
-    report = run_evaluation(config, out_dir, log=progress.log, budget=budget)
+        config, budget = _fit_to_budget(config, budget_minutes, out_dir, resume)
+    report = run_evaluation(config, out_dir, log=progress.log, budget=budget, resume=resume)
     _print_summary(out_dir)
     click.echo(f"report: {report}")
     sys.stdout.flush()
+
+
+def _fit_to_budget(config, minutes: float, out_dir: Path, resume: bool):
+    """``fit_to_budget`` as a stage of the evaluation: with ``resume`` the scaled configuration of the
+    earlier run (same configuration, same minutes) is reused, not measured again (a new measurement
+    would scale differently and so recompute every stage)."""
+    from cryoet_forge import progress
+    from cryoet_forge.evaluate.budget import fit_to_budget
+    from cryoet_forge.evaluate.config import config_from_dict
+    from cryoet_forge.evaluate.stages import Stages
+
+    def fit() -> dict:
+        scaled, record = fit_to_budget(config, minutes, log=progress.log)
+        return {"config": scaled.to_dict(), "budget": record}
+
+    value = Stages(out_dir, resume, progress.log).run("budget", {"config": config.to_dict(), "minutes": minutes},
+                                                      fit)
+    return config_from_dict(value["config"], origin=config.origin), value["budget"]
 
 
 def _print_summary(out_dir: Path) -> None:
@@ -256,9 +278,10 @@ def _print_summary(out_dir: Path) -> None:
 @click.option("--budget-minutes", type=float, default=None,
               help="scale GAN steps, classifier epochs (and set sizes if needed) to finish in about N minutes "
                    "on this machine, measured first; the report says what was scaled")
-def quickstart_command(out_dir, seed, budget_minutes) -> None:
+@click.option("--resume", is_flag=True, help="reuse the stages an earlier run finished in OUT (as forge evaluate)")
+def quickstart_command(out_dir, seed, budget_minutes, resume) -> None:
     """The whole loop, small, on a CPU: simulate, train the GAN, generate, classify, metrics, report."""
     from cryoet_forge.evaluate.config import quickstart_config
     from cryoet_forge.progress import log
 
-    _run(quickstart_config(seed=seed, log=log), out_dir, budget_minutes)
+    _run(quickstart_config(seed=seed, log=log), out_dir, budget_minutes, resume)

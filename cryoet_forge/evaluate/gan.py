@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cryoet_forge.classify import LabelledVolumes
+from cryoet_forge.errors import ForgeError
 from cryoet_forge.evaluate.config import EvaluationConfig
 from cryoet_forge.models.cb3d import normalize_volumes
 
@@ -55,8 +56,13 @@ def train_config_for(config: EvaluationConfig, density_star: Path, real_star: Pa
 
 def train_gan(config: EvaluationConfig, run_dir: Path, density: LabelledVolumes, real_train: LabelledVolumes,
               density_star: Path, real_star: Path, variant: dict[str, Any] | None = None,
-              log: Callable[[str], None] | None = None) -> Path:
-    """Train one GAN (D = posed clean maps, S = the real training split) into ``run_dir``."""
+              log: Callable[[str], None] | None = None, resume: bool = False) -> Path:
+    """Train one GAN (D = posed clean maps, S = the real training split) into ``run_dir``.
+
+    A ``run_dir`` that already holds checkpoints is an error, unless ``resume``: then a run
+    of the same configuration is continued from its newest intact checkpoint (bit-exact, as
+    ``forge train --resume``) and a run of another configuration is removed and trained again.
+    """
     from cryoet_forge.train import train
 
     cfg = train_config_for(config, density_star, real_star, variant)
@@ -70,7 +76,34 @@ def train_gan(config: EvaluationConfig, run_dir: Path, density: LabelledVolumes,
         log(f"training CryoETGAN in {run_dir} ({cfg.train.steps} steps, loss {cfg.loss.adversarial}, "
             f"critic {cfg.model.critic}, density noise std {cfg.data.density_noise_std:g})")
     datasets = (InMemoryVolumes(density, "minmax"), InMemoryVolumes(real_train, "minmax"))
-    return Path(train(cfg, run_dir, datasets=datasets))
+    return Path(train(cfg, run_dir, datasets=datasets, resume=_continue_run(cfg, Path(run_dir), resume, log)))
+
+
+def _continue_run(cfg, run_dir: Path, resume: bool, log: Callable[[str], None] | None) -> bool:
+    """Whether ``run_dir`` holds a run of ``cfg`` to continue; one of another configuration is removed."""
+    import shutil
+
+    from cryoet_forge.errors import InputError
+    from cryoet_forge.train import resume_config
+    from cryoet_forge.train.checkpoint import list_checkpoints
+
+    if not list_checkpoints(run_dir):
+        return False
+    if not resume:
+        raise InputError(f"{run_dir}: already holds checkpoints of an earlier evaluation; rerun with --resume "
+                         "to reuse its finished stages, or pick a new --out")
+    try:
+        same = resume_config(run_dir).to_dict() == cfg.to_dict()
+    except ForgeError:
+        same = False
+    if same:
+        if log is not None:
+            log(f"continuing the GAN run {run_dir} from its newest checkpoint")
+        return True
+    if log is not None:
+        log(f"{run_dir}: trained with another configuration; training it again")
+    shutil.rmtree(run_dir)
+    return False
 
 
 def domain_classifier(config: EvaluationConfig, density: LabelledVolumes, folder: Path,

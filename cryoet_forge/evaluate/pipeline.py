@@ -22,12 +22,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from cryoet_forge.classify import ClassifierOptions, LabelledVolumes, evaluate_cb3d, train_cb3d, write_json
-from cryoet_forge.errors import ForgeError
+from cryoet_forge.classify import (
+    ClassificationResult,
+    ClassifierOptions,
+    LabelledVolumes,
+    evaluate_cb3d,
+    train_cb3d,
+    write_json,
+)
+from cryoet_forge.errors import ForgeError, InputError
 from cryoet_forge.evaluate import figures
 from cryoet_forge.evaluate.config import EvaluationConfig
 from cryoet_forge.evaluate.datasets import EvaluationData, prepare_data, write_labelled_folder
-from cryoet_forge.evaluate.downstream import train_on_synthetic_test_on_real
+from cryoet_forge.evaluate.downstream import DownstreamResult, train_on_synthetic_test_on_real
 from cryoet_forge.evaluate.gan import generate_labelled, run_checkpoints, train_gan
 from cryoet_forge.models.cb3d import CB3D, normalize_volumes, run_inference, save_cb3d
 from cryoet_forge.viz import save_slice_montage
@@ -84,129 +91,287 @@ def _per_class_rows(data: LabelledVolumes, per_class: int) -> list[np.ndarray]:
     return row
 
 
-def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print,
-                   budget: dict[str, Any] | None = None, cache_dir: Path | None = None) -> Path:
-    """Run the whole protocol; returns the path of report.md.
+def _stamps(*paths: Path | None) -> list[list[Any]]:
+    """(path, size, mtime) of the given files, or of every file in the given folders: a read
+    input that changed on disk changes the key of the stage that read it."""
+    rows: list[list[Any]] = []
+    for path in paths:
+        if path is None or not path.exists():
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        rows.extend([str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files[:10000])
+    return rows
 
+
+def _data_inputs(config: EvaluationConfig) -> dict[str, Any]:
+    from cryoet_forge.evaluate.datasets import resolve_maps_dir
+
+    d = config.data
+    read = [resolve_maps_dir(d.maps_dir)]
+    if d.source == "folders":
+        read += [Path(d.real_train).parent, Path(d.real_test).parent]
+    if d.source == "copick" and d.copick.get("config"):
+        read.append(Path(str(d.copick["config"])))
+    return {"data": dataclasses.asdict(d), "experimental": dataclasses.asdict(config.experimental),
+            "traditional": dataclasses.asdict(config.traditional), "gan.input": config.gan.input,
+            "downstream.n_per_class": config.downstream.n_per_class, "files": _stamps(*read)}
+
+
+def _gan_inputs(config: EvaluationConfig, data: EvaluationData, variant: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """What a GAN run depends on: its whole TrainConfig (the [gan] file read), and the classifier
+    rule when the semantic loss trains a classifier for it."""
+    from cryoet_forge.evaluate.gan import train_config_for
+
+    if config.gan.run and variant is None:
+        run = Path(config.gan.run)
+        return {"run": str(run), "files": _stamps(run / "config.toml", run / "checkpoints")}
+    cfg = train_config_for(config, data.density_star, data.real_train_star, variant).to_dict()
+    inputs: dict[str, Any] = {"train": cfg}
+    if cfg["loss"]["semantic_weight"] > 0 and not cfg["loss"]["semantic_classifier"]:
+        inputs["classifier"] = dataclasses.asdict(config.classifier)
+    return inputs
+
+
+#: the stages of one evaluation, in order (``results.json`` "timings_s" names them the same way)
+STAGES = ("data", "inception", "gan", "generation", "metrics", "downstream", "verdict", "curves", "ablations",
+          "uncertainty", "report")
+
+
+def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print,
+                   budget: dict[str, Any] | None = None, cache_dir: Path | None = None,
+                   resume: bool = False) -> Path:
+    """Run the whole protocol, stage by stage (``STAGES``); returns the path of report.md.
+
+    Each stage stores its result under ``OUT/stages`` (``cryoet_forge.evaluate.stages``). With
+    ``resume``, stages whose inputs and configuration are unchanged are read back and the rest
+    computed; without it an ``OUT`` that holds a trained GAN is an error.
     ``budget``: the record of ``budget.fit_to_budget`` that scaled ``config`` (kept in the results).
     ``cache_dir``: where downstream scores are kept by content digest and read back (the suite).
     """
+    from cryoet_forge.evaluate.stages import Stages
+    from cryoet_forge.models.cb3d import load_cb3d
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("data", "features", "figures", "runs", "models"):
         (out / sub).mkdir(exist_ok=True)
     started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def timed(key: str, tic: float) -> None:
-        timings[key] = round(time.perf_counter() - tic, 2)
-
-    # -- data ---------------------------------------------------------------------------
-    tic = time.perf_counter()
-    data = prepare_data(config, out / "data", log)
-    write_labelled_folder(out / "data" / "real_test", data.real_test)
-    timed("data", tic)
-    class_names = data.class_names
+    stages = Stages(out, resume, log)
     options = classifier_options(config)
     seeds = [int(s) for s in config.downstream.seeds]
+    classifier = {"classifier": dataclasses.asdict(config.classifier), "device": options.device,
+                  "seed": config.data.seed}
+    main_run = Path(config.gan.run) if config.gan.run else out / "runs" / "cryoetgan"
+    if not resume and not config.gan.run:
+        from cryoet_forge.train.checkpoint import list_checkpoints
+
+        if list_checkpoints(main_run):  # say so now, not after the data and the inception network
+            raise InputError(f"{out}: holds an earlier evaluation ({main_run} has checkpoints); rerun with "
+                             "--resume to reuse its finished stages, or pick a new --out")
+
+    # -- data ---------------------------------------------------------------------------
+    def data_stage() -> EvaluationData:
+        data = prepare_data(config, out / "data", log)
+        write_labelled_folder(out / "data" / "real_test", data.real_test)
+        return data
+
+    data = stages.run("data", _data_inputs(config), data_stage)
+    class_names = data.class_names
 
     # -- inception network ------------------------------------------------------------------
-    tic = time.perf_counter()
-    log(f"training the inception CB3D on the real training split ({len(data.real_train)} volumes)")
-    inception_model, inception_history = train_cb3d(data.real_train, options, seed=config.data.seed,
-                                                    label="inception CB3D (real training split)")
-    save_cb3d(inception_model, out / "models" / "inception", class_names, normalize=options.normalize,
-              extra={"voxel_size": data.voxel_size, "training": {"data": "real train split",
-                                                                 "loss": inception_history.loss}})
-    inception_on_test = evaluate_cb3d(inception_model, data.real_test, class_names, options.normalize,
-                                      device=options.device)
-    inception = InceptionNet(inception_model, class_names, options.normalize, options.device, out / "features")
-    real_features, real_probs = inception.embed("real_test", data.real_test)
-    timed("inception", tic)
+    def inception_stage() -> dict[str, Any]:
+        log(f"training the inception CB3D on the real training split ({len(data.real_train)} volumes)")
+        trained, history = train_cb3d(data.real_train, options, seed=config.data.seed,
+                                      label="inception CB3D (real training split)")
+        folder = out / "models" / "inception"
+        save_cb3d(trained, folder, class_names, normalize=options.normalize,
+                  extra={"voxel_size": data.voxel_size, "training": {"data": "real train split",
+                                                                     "loss": history.loss}})
+        net = InceptionNet(load_cb3d(folder, device=options.device)[0], class_names, options.normalize,
+                           options.device, out / "features")
+        on_test = evaluate_cb3d(net.model, data.real_test, class_names, options.normalize, device=options.device)
+        real_features, real_probs = net.embed("real_test", data.real_test)
+        train_features, _ = run_inference(net.model, data.real_train.volumes, net.normalize, device=net.device)
+        return {"model": folder, "on_test": on_test, "real_features": real_features, "real_probs": real_probs,
+                "train_features": train_features}
+
+    stage = stages.run("inception", {"data": stages.key("data"), **classifier}, inception_stage)
+    inception = InceptionNet(load_cb3d(stage["model"], device=options.device)[0], class_names, options.normalize,
+                             options.device, out / "features")
+    inception_on_test = stage["on_test"]
+    real_features, real_probs, train_features = stage["real_features"], stage["real_probs"], stage["train_features"]
 
     # -- main GAN -----------------------------------------------------------------------------
-    tic = time.perf_counter()
-    if config.gan.run:
-        run_dir = Path(config.gan.run)
-        log(f"using the trained GAN run {run_dir}")
-    else:
-        run_dir = train_gan(config, out / "runs" / "cryoetgan", data.density_train, data.real_train,
-                            data.density_star, data.real_train_star, log=log)
-    timed("gan_training", tic)
-    tic = time.perf_counter()
-    train_features, _ = run_inference(inception.model, data.real_train.volumes, inception.normalize,
-                                      device=inception.device)
-    # inception outputs of the curve checkpoints already generated during the selection, so the
-    # curves below do not generate and embed them a second time
-    curve_cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
-    gan, gan_checkpoint = select_and_generate(config, run_dir, data, inception, train_features, "CryoETGAN",
-                                              curve_cache=curve_cache)
-    timed("generation", tic)
-    # both synthetic sets on disk in the labelled-folder format, for `forge classify` / inspection
-    write_labelled_folder(out / "data" / "traditional", data.traditional)
-    write_labelled_folder(out / "data" / "cryoetgan", gan)
+    def gan_stage() -> dict[str, Any]:
+        if config.gan.run:
+            log(f"using the trained GAN run {main_run}")
+            run = main_run
+        else:
+            run = train_gan(config, main_run, data.density_train, data.real_train, data.density_star,
+                            data.real_train_star, log=log, resume=resume)
+        return {"run": run, "summary": gan_summary(run)}
+
+    stage = stages.run("gan", {"data": stages.key("data"), **_gan_inputs(config, data)}, gan_stage)
+    run_dir, summary = stage["run"], stage["summary"]
+
+    # -- generation (the checkpoint the rule picks) -------------------------------------------
+    def generation_stage() -> dict[str, Any]:
+        # inception outputs of the curve checkpoints already generated during the selection, so
+        # the curves stage does not generate and embed them a second time
+        cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+        volumes, chosen = select_and_generate(config, run_dir, data, inception, train_features, "CryoETGAN",
+                                              curve_cache=cache)
+        # both synthetic sets on disk in the labelled-folder format, for `forge classify` / inspection
+        write_labelled_folder(out / "data" / "traditional", data.traditional)
+        write_labelled_folder(out / "data" / "cryoetgan", volumes)
+        return {"volumes": volumes, "checkpoint": chosen,
+                "curve_cache": [[path, features, probs] for path, (features, probs) in cache.items()]}
+
+    stage = stages.run("generation", {"gan": stages.key("gan"), "inception": stages.key("inception"),
+                                      "select_checkpoint": config.gan.select_checkpoint,
+                                      "curve_points": config.gan.curve_points}, generation_stage)
+    gan, gan_checkpoint = stage["volumes"], stage["checkpoint"]
+    curve_cache = {Path(path): (features, probs) for path, features, probs in stage["curve_cache"]}
+    metric_config = {"metrics": {k: v for k, v in dataclasses.asdict(config.metrics).items()
+                                 if k != "reliability_margin"}}
 
     # -- metrics ---------------------------------------------------------------------------------
-    tic = time.perf_counter()
-    traditional_features, traditional_probs = inception.embed("traditional", data.traditional)
-    gan_features, gan_probs = inception.embed("cryoetgan", gan)
-    from cryoet_forge.metrics import inception_score
+    def metrics_stage() -> dict[str, Any]:
+        from cryoet_forge.metrics import inception_score
 
-    real_is = inception_score(real_probs, splits=min(config.metrics.is_splits, real_probs.shape[0]))
-    quality = {
-        "traditional": quality_metrics(real_features, traditional_features, traditional_probs, config),
-        "cryoetgan": quality_metrics(real_features, gan_features, gan_probs, config),
-    }
-    timed("metrics", tic)
+        traditional_features, traditional_probs = inception.embed("traditional", data.traditional)
+        gan_features, gan_probs = inception.embed("cryoetgan", gan)
+        real_is = inception_score(real_probs, splits=min(config.metrics.is_splits, real_probs.shape[0]))
+        return {"real_is": [float(real_is[0]), float(real_is[1])], "quality": {
+            "traditional": quality_metrics(real_features, traditional_features, traditional_probs, config),
+            "cryoetgan": quality_metrics(real_features, gan_features, gan_probs, config)}}
+
+    stage = stages.run("metrics", {"generation": stages.key("generation"), **metric_config}, metrics_stage)
+    quality, real_is = stage["quality"], stage["real_is"]
 
     # -- downstream ------------------------------------------------------------------------------
-    tic = time.perf_counter()
-    log(f"downstream: CB3D on traditional vs GAN data ({config.downstream.n_per_class} per class, seeds {seeds})")
-    downstream = {
-        "traditional": train_on_synthetic_test_on_real("traditional", data.traditional, data.real_test,
-                                                       class_names, options, seeds, config.downstream.confidence, log,
-                                                       cache_dir=cache_dir),
-        "cryoetgan": train_on_synthetic_test_on_real("cryoetgan", gan, data.real_test, class_names, options,
-                                                     seeds, config.downstream.confidence, log, cache_dir=cache_dir),
-    }
-    timed("downstream", tic)
+    def downstream_stage() -> dict[str, DownstreamResult]:
+        log(f"downstream: CB3D on traditional vs GAN data ({config.downstream.n_per_class} per class, "
+            f"seeds {seeds})")
+        return {key: train_on_synthetic_test_on_real(key, volumes, data.real_test, class_names, options, seeds,
+                                                     config.downstream.confidence, log, cache_dir=cache_dir)
+                for key, volumes in (("traditional", data.traditional), ("cryoetgan", gan))}
+
+    downstream = stages.run("downstream", {"generation": stages.key("generation"), **classifier,
+                                           "downstream": dataclasses.asdict(config.downstream)}, downstream_stage)
 
     # -- what the evaluation can say: chance, the real ceiling, a simple baseline, paired seeds --
-    tic = time.perf_counter()
-    from cryoet_forge.evaluate.baseline import radial_baseline
-    from cryoet_forge.evaluate.verdict import assess, chance_level, class_counts, paired_difference
+    def verdict_stage() -> dict[str, Any]:
+        from cryoet_forge.evaluate.baseline import radial_baseline
+        from cryoet_forge.evaluate.verdict import assess, chance_level, paired_difference
 
-    chance = chance_level(data.real_test.labels, len(class_names))
-    baseline = radial_baseline(data.real_train, data.real_test, seed=config.data.seed)
-    paired = paired_difference(downstream["cryoetgan"].accuracies, downstream["traditional"].accuracies, seeds,
-                               config.downstream.confidence)
-    verdict = assess(inception_on_test.accuracy, chance, config.metrics.reliability_margin, paired,
-                     baseline.accuracy)
-    for scores in quality.values():
-        scores["reliable"] = verdict["metrics_reliable"]
+        chance = chance_level(data.real_test.labels, len(class_names))
+        baseline = radial_baseline(data.real_train, data.real_test, seed=config.data.seed)
+        paired = paired_difference(downstream["cryoetgan"].accuracies, downstream["traditional"].accuracies,
+                                   seeds, config.downstream.confidence)
+        verdict = assess(inception_on_test.accuracy, chance, config.metrics.reliability_margin, paired,
+                         baseline.accuracy)
+        return {"chance": chance, "baseline": baseline.to_dict(), "paired": paired, "verdict": verdict}
+
+    stage = stages.run("verdict", {"inception": stages.key("inception"), "downstream": stages.key("downstream"),
+                                   "reliability_margin": config.metrics.reliability_margin}, verdict_stage)
+    chance, baseline, paired, verdict = stage["chance"], stage["baseline"], stage["paired"], stage["verdict"]
     for note in verdict["notes"]:
         log(f"warning: {note}")
-    timed("baseline", tic)
+    reliable = verdict["metrics_reliable"]
 
     # -- curves over checkpoints -------------------------------------------------------------
-    tic = time.perf_counter()
-    curves = metric_curves(config, run_dir, data, inception, real_features, cache=curve_cache)
-    timed("curves", tic)
+    curves = stages.run("curves", {"generation": stages.key("generation"), **metric_config},
+                        lambda: metric_curves(config, run_dir, data, inception, real_features, cache=curve_cache))
 
-    # -- ablations -------------------------------------------------------------------------------
-    tic = time.perf_counter()
-    ablations = run_ablations(config, out, data, inception, real_features, train_features, options, log)
-    for row in ablations:
-        row["reliable"] = verdict["metrics_reliable"]
-    timed("ablations", tic)
+    # -- ablations, one stage per variant ---------------------------------------------------------
+    ablations = []
+    variants = ablation_variants(config)
+    from cryoet_forge import progress
+
+    with progress.stage("ablations", len(variants), "variants", enabled=bool(variants)) as bar:
+        for index, variant in enumerate(variants):
+            slug = f"ablation-{index + 1}"
+            inputs = {"inception": stages.key("inception"), "variant": list(variant), **classifier,
+                      **_gan_inputs(config, data, variant[2]), **metric_config,
+                      "select_checkpoint": config.gan.select_checkpoint, "seeds": list(config.ablations.seeds),
+                      "confidence": config.downstream.confidence}
+            ablations.append(stages.run(slug, inputs, lambda: run_ablation(
+                config, out, slug, variant, data, inception, real_features, train_features, options, log, resume)))
+            bar.advance(info=variant[1])
+    ablations = [{**row, "reliable": reliable} for row in ablations]
 
     # -- uncertainty -----------------------------------------------------------------------------
-    tic = time.perf_counter()
-    uncertainty = uncertainty_overlay(config, run_dir, data, out / "figures" / "uncertainty.png", log,
-                                      checkpoint=gan_checkpoint.get("checkpoint"))
-    timed("uncertainty", tic)
+    uncertainty = stages.run("uncertainty", {"generation": stages.key("generation"),
+                                             "uncertainty": dataclasses.asdict(config.uncertainty)},
+                             lambda: uncertainty_overlay(config, run_dir, data, out / "figures" / "uncertainty.png",
+                                                         log, checkpoint=gan_checkpoint.get("checkpoint")))
 
-    # -- figures ---------------------------------------------------------------------------------
+    # -- report: figures, results.json, report.md (always rendered) -------------------------------
+    tic = time.perf_counter()
+    quality = {key: {**scores, "reliable": reliable} for key, scores in quality.items()}
+    save_figures(config, out, data, gan, inception_on_test, downstream, curves, quality, seeds)
+    from cryoet_forge.evaluate.verdict import class_counts
+
+    results: dict[str, Any] = {
+        "title": config.report.title,
+        "config": config.to_dict(),
+        "data": {"description": data.description, "class_names": class_names, "box": data.box,
+                 "voxel_size": data.voxel_size, "n_real_train": len(data.real_train),
+                 "n_real_test": len(data.real_test), "n_density_train": len(data.density_train),
+                 "n_generated": len(gan), "n_traditional": len(data.traditional)},
+        "gan_run": str(run_dir),
+        "gan": summary,
+        "gan_checkpoint": gan_checkpoint,
+        "inception": {"real_test": inception_on_test.summary(),
+                      "is_mean": float(real_is[0]), "is_std": float(real_is[1])},
+        "quality": quality,
+        "downstream": {k: v.to_dict() for k, v in downstream.items()},
+        # CryoETGAN minus traditional mean accuracy, the "mean difference" of the report
+        "downstream_difference": downstream["cryoetgan"].mean - downstream["traditional"].mean,
+        "downstream_paired": paired,
+        "chance": chance,
+        "baseline": baseline,
+        "verdict": verdict,
+        "counts": {"real_train": class_counts(data.real_train.labels, class_names),
+                   "real_test": class_counts(data.real_test.labels, class_names),
+                   "traditional": class_counts(data.traditional.labels, class_names),
+                   "cryoetgan": class_counts(gan.labels, class_names)},
+        "curves": curves,
+        "ablations": ablations,
+        "uncertainty": uncertainty,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "threads": torch.get_num_threads(),
+                        "device": options.device},
+    }
+    # how this run went (not what it found): seconds each stage took when it was computed, and
+    # which stages were read back from an earlier run of the same command (--resume)
+    timings: dict[str, float] = {}
+    for name, record in stages.done.items():
+        key = "ablations" if name.startswith("ablation-") else name
+        timings[key] = round(timings.get(key, 0.0) + record["seconds"], 2)
+    timings["report"] = round(time.perf_counter() - tic, 2)
+    timings["total"] = round(time.perf_counter() - started, 2)
+    results["timings_s"] = timings
+    results["stages_reused"] = [name for name, record in stages.done.items() if record["status"] == "reused"]
+    if budget is not None:
+        results["budget"] = budget
+    write_json(out / "results.json", results)
+    from cryoet_forge.evaluate.report import render_report
+    from cryoet_forge.io.atomic import write_bytes_atomic
+
+    report = out / "report.md"
+    write_bytes_atomic(report, render_report(results).encode())
+    log(f"done in {timings['total']:.0f} s")
+    return report
+
+
+def save_figures(config: EvaluationConfig, out: Path, data: EvaluationData, gan: LabelledVolumes,
+                 inception_on_test: ClassificationResult, downstream: dict[str, DownstreamResult],
+                 curves: dict[str, list], quality: dict[str, dict[str, Any]], seeds: list[int]) -> None:
+    """The report's PNGs: slice montage, confusion matrices, downstream bars, metric curves."""
+    class_names = data.class_names
     n_show = config.report.montage_per_class
     column_labels = [name for name in class_names for _ in range(n_show)]
     save_slice_montage(
@@ -236,51 +401,6 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
                                               "IS": quality["traditional"]["is_mean"],
                                               "coverage": quality["traditional"]["coverage"],
                                               "density": quality["traditional"]["density"]})
-
-    results: dict[str, Any] = {
-        "title": config.report.title,
-        "config": config.to_dict(),
-        "data": {"description": data.description, "class_names": class_names, "box": data.box,
-                 "voxel_size": data.voxel_size, "n_real_train": len(data.real_train),
-                 "n_real_test": len(data.real_test), "n_density_train": len(data.density_train),
-                 "n_generated": len(gan), "n_traditional": len(data.traditional)},
-        "gan_run": str(run_dir),
-        "gan": gan_summary(run_dir),
-        "gan_checkpoint": gan_checkpoint,
-        "inception": {"real_test": inception_on_test.summary(),
-                      "is_mean": float(real_is[0]), "is_std": float(real_is[1])},
-        "quality": quality,
-        "downstream": {k: v.to_dict() for k, v in downstream.items()},
-        # CryoETGAN minus traditional mean accuracy, the "mean difference" of the report
-        "downstream_difference": downstream["cryoetgan"].mean - downstream["traditional"].mean,
-        "downstream_paired": paired,
-        "chance": chance,
-        "baseline": baseline.to_dict(),
-        "verdict": verdict,
-        "counts": {"real_train": class_counts(data.real_train.labels, class_names),
-                   "real_test": class_counts(data.real_test.labels, class_names),
-                   "traditional": class_counts(data.traditional.labels, class_names),
-                   "cryoetgan": class_counts(gan.labels, class_names)},
-        "curves": curves,
-        "ablations": ablations,
-        "uncertainty": uncertainty,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "threads": torch.get_num_threads(),
-                        "device": options.device},
-    }
-    timings["total"] = round(time.perf_counter() - started, 2)
-    results["timings_s"] = timings
-    if budget is not None:
-        results["budget"] = budget
-    write_json(out / "results.json", results)
-    from cryoet_forge.evaluate.report import render_report
-
-    report = out / "report.md"
-    from cryoet_forge.io.atomic import write_bytes_atomic
-
-    write_bytes_atomic(report, render_report(results).encode())
-    log(f"done in {timings['total']:.0f} s")
-    return report
 
 
 def select_and_generate(config: EvaluationConfig, run_dir: Path, data: EvaluationData, inception: InceptionNet,
@@ -381,29 +501,22 @@ def ablation_variants(config: EvaluationConfig) -> list[tuple[str, str, dict[str
     return variants
 
 
-def run_ablations(config: EvaluationConfig, out: Path, data: EvaluationData, inception: InceptionNet,
-                  real_features: np.ndarray, train_features: np.ndarray, options: ClassifierOptions,
-                  log: Log) -> list[dict[str, Any]]:
-    from cryoet_forge import progress
-
-    rows = []
-    variants = ablation_variants(config)
-    with progress.stage("ablations", len(variants), "variants", enabled=bool(variants)) as bar:
-        for index, (table, label, overrides) in enumerate(variants):
-            slug = f"ablation-{index + 1}"
-            run_dir = train_gan(config, out / "runs" / slug, data.density_train, data.real_train, data.density_star,
-                                data.real_train_star, variant=overrides, log=log)
-            generated, checkpoint = select_and_generate(config, run_dir, data, inception, train_features, label)
-            features, probs = inception.embed(slug, generated)
-            scores = quality_metrics(real_features, features, probs, config)
-            result = train_on_synthetic_test_on_real(label, generated, data.real_test, data.class_names, options,
-                                                     [int(s) for s in config.ablations.seeds],
-                                                     config.downstream.confidence, log)
-            rows.append({"table": table, "label": label, "overrides": overrides, "run": str(run_dir),
-                         "checkpoint": checkpoint,
-                         "features": f"features/{slug}.features.npy", **scores, "downstream": result.to_dict()})
-            bar.advance(info=label)
-    return rows
+def run_ablation(config: EvaluationConfig, out: Path, slug: str, variant: tuple[str, str, dict[str, Any]],
+                 data: EvaluationData, inception: InceptionNet, real_features: np.ndarray,
+                 train_features: np.ndarray, options: ClassifierOptions, log: Log,
+                 resume: bool = False) -> dict[str, Any]:
+    """One ablation variant: its GAN trained into ``OUT/runs/<slug>``, scored like the main one."""
+    table, label, overrides = variant
+    run_dir = train_gan(config, out / "runs" / slug, data.density_train, data.real_train, data.density_star,
+                        data.real_train_star, variant=overrides, log=log, resume=resume)
+    generated, checkpoint = select_and_generate(config, run_dir, data, inception, train_features, label)
+    features, probs = inception.embed(slug, generated)
+    scores = quality_metrics(real_features, features, probs, config)
+    result = train_on_synthetic_test_on_real(label, generated, data.real_test, data.class_names, options,
+                                             [int(s) for s in config.ablations.seeds],
+                                             config.downstream.confidence, log)
+    return {"table": table, "label": label, "overrides": overrides, "run": str(run_dir), "checkpoint": checkpoint,
+            "features": f"features/{slug}.features.npy", **scores, "downstream": result.to_dict()}
 
 
 def uncertainty_overlay(config: EvaluationConfig, run_dir: Path, data: EvaluationData, path: Path,

@@ -253,7 +253,8 @@ def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = pr
                 log(f"[{k}/{n_cells}] {domain.name} / {method.name}: done before, read from {cell / 'results.json'}")
             else:
                 log(f"[{k}/{n_cells}] {domain.name} / {method.name}: running into {cell}")
-                run_evaluation(config, cell, log=log, cache_dir=out / ".cache")
+                # a cell stopped half-way goes on from its finished stages
+                run_evaluation(config, cell, log=log, cache_dir=out / ".cache", resume=True)
                 done = load_results(cell)
             rows[(domain.name, method.name)] = row_from_results(domain, method, done)
             write()
