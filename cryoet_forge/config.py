@@ -18,7 +18,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import tomli_w
 
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.io.atomic import atomic_path
+from cryoet_forge.options import build_dataclass, check_at_least, check_choice
 
 
 @dataclass
@@ -155,69 +155,19 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    origin = typing.get_origin(annotation) or annotation
-    if dataclasses.is_dataclass(origin):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a table, got {value!r}")
-        return build_dataclass(origin, value, key)
-    if origin is bool:
-        if isinstance(value, bool):
-            return value
-    elif origin is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif origin is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif origin is str:
-        if isinstance(value, str):
-            return value
-    elif origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    elif origin is list:
-        if isinstance(value, (list, tuple)):
-            return list(value)
-    else:  # pragma: no cover - every field above has one of these types
-        return value
-    raise ConfigError(
-        f"config key {key!r} must be of type {getattr(origin, '__name__', origin)}, got {value!r}"
-    )
-
-
-def build_dataclass(cls: type, table: dict, prefix: str = "", skip: tuple[str, ...] = ()) -> Any:
-    """Build dataclass ``cls`` from a TOML table, type-checking every value; fields in ``skip``
-    cannot be set from the table. Unknown keys are a ConfigError naming the key."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
-    kwargs = {}
-    for key, value in table.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            where = f"[{prefix}]" if prefix else "the top level"
-            raise ConfigError(f"unknown config key {dotted!r}; valid keys in {where}: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
-    return cls(**kwargs)
-
-
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check values that have a fixed set of choices or a range; raise ConfigError."""
     t = cfg.train
     if not (isinstance(t.channels_last, bool) or t.channels_last == "auto"):
         raise ConfigError(f"train.channels_last {t.channels_last!r}; choose from: true, false, \"auto\"")
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision {t.precision!r}; choose from: {', '.join(PRECISIONS)}")
-    if cfg.optim.name not in OPTIMIZERS:
-        raise ConfigError(f"optim.name {cfg.optim.name!r}; choose from: {', '.join(OPTIMIZERS)}")
-    for key, value, low in (("train.steps", t.steps, 0), ("train.batch_size", t.batch_size, 1),
-                            ("train.n_critic", t.n_critic, 1), ("log.every", cfg.log.every, 1),
-                            ("log.image_every", cfg.log.image_every, 0),
-                            ("log.checkpoint_every", cfg.log.checkpoint_every, 0),
-                            ("log.keep_checkpoints", cfg.log.keep_checkpoints, 1),
-                            ("data.num_workers", cfg.data.num_workers, 0)):
-        if value < low:
-            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    check_choice("train.precision", t.precision, PRECISIONS)
+    check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    check_at_least((("train.steps", t.steps, 0), ("train.batch_size", t.batch_size, 1),
+                    ("train.n_critic", t.n_critic, 1), ("log.every", cfg.log.every, 1),
+                    ("log.image_every", cfg.log.image_every, 0),
+                    ("log.checkpoint_every", cfg.log.checkpoint_every, 0),
+                    ("log.keep_checkpoints", cfg.log.keep_checkpoints, 1),
+                    ("data.num_workers", cfg.data.num_workers, 0)))
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     o = cfg.optim

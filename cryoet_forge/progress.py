@@ -125,13 +125,16 @@ class Stage:
     def advance(self, n: int = 1, info: str | None = None) -> None:
         self.update(self.done + n, info)
 
-    def update(self, completed: int | None = None, info: str | None = None) -> None:
+    def update(self, completed: int | None = None, info: str | None = None, total: int | None = None) -> None:
+        """``total``: the amount of work, when it is known only once the stage runs (PRDC tiles)."""
         if completed is not None:
             self.done = int(completed)
         if info is not None:
             self.info = info
+        if total is not None:
+            self.total = max(int(total), 0)
         if self.mode == "bar" and self.task is not None:
-            _live["progress"].update(self.task, completed=self.done, info=self.info)
+            _live["progress"].update(self.task, completed=self.done, info=self.info, total=self.total or None)
         elif self.mode == "lines":
             now = time.perf_counter()
             if now - self.last_line >= interval() and self.done < self.total:

@@ -7,18 +7,14 @@ its components is recorded (``plugin_reports()``) and skipped; the rest still wo
 
 from __future__ import annotations
 
-import collections.abc
 import contextvars
 import difflib
 import functools
 import importlib
 import importlib.metadata as metadata
 import inspect
-import os
 import threading
 import traceback
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -26,6 +22,7 @@ import pluggy
 
 from cryoet_forge import contracts, hookspecs
 from cryoet_forge.errors import ConfigError, PluginError, UnknownComponentError
+from cryoet_forge.options import check_options
 
 ENTRY_POINT_GROUP = "cryoet_forge"
 BUILTIN_ORIGIN = "cryoet-forge"
@@ -121,93 +118,6 @@ class PluginReport:
     def add_error(self, message: str) -> None:
         """Record one more problem (after any earlier one, separated by '; ')."""
         self.error = message if self.error is None else f"{self.error}; {message}"
-
-
-#: the value types a configuration file or the command line can produce; only these are
-#: checked against a factory's annotations (anything else is the component's to judge)
-_PLAIN_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
-_SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Collection, collections.abc.Iterable)
-
-
-def _fits(value: Any, hint: Any) -> bool | None:
-    """Whether a plain ``value`` fits the annotation ``hint``: True, False, or None (can't tell)."""
-    if value is None or not isinstance(value, _PLAIN_TYPES):
-        return None  # None often stands for "off" or "default" where the annotation leaves it out
-    origin = typing.get_origin(hint)
-    if origin is typing.Union or origin is types.UnionType:
-        verdicts = [_fits(value, arm) for arm in typing.get_args(hint)]
-        if True in verdicts:
-            return True
-        return False if all(v is False for v in verdicts) else None
-    if hint is Any:
-        return True
-    if hint is None or hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if hint is os.PathLike or origin is os.PathLike:
-        return False  # no plain value is a path object
-    target = origin or hint
-    if target in (dict, collections.abc.Mapping):
-        return isinstance(value, dict)
-    if target in _SEQUENCES:
-        if not isinstance(value, (list, tuple)):
-            return False
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        if len(args) == 1 or (target is tuple and len(set(args)) == 1):
-            return not any(_fits(item, args[0]) is False for item in value)
-        return True
-    return None
-
-
-def check_options(kind: str, name: str, factory: Callable[..., Any], options: dict[str, Any],
-                  signature: inspect.Signature | None = None) -> None:
-    """ConfigError naming component ``name`` of ``kind`` and the option when ``options`` do not
-    fit ``factory``'s signature: an unknown or missing option, or a plain value (what a config
-    file or the command line gives) of a type the parameter's annotation rules out.
-
-    ``create`` runs this on every factory; a lazy factory taking ``**options`` (one that imports
-    its class only when called) runs it on the class it forwards to. A factory whose signature
-    cannot be read is not checked.
-    """
-    if signature is None:
-        try:
-            signature = inspect.signature(factory)
-        except (TypeError, ValueError):
-            return
-    accepted = [option for option, p in signature.parameters.items()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    listed = ", ".join(accepted) if accepted else "(none)"
-    what = f"{kind} {name!r}"
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    unknown = [option for option in options if option not in accepted]
-    if unknown and not takes_any:
-        names = ", ".join(repr(n) for n in unknown)
-        hint = ""
-        if len(unknown) == 1:
-            close = difflib.get_close_matches(unknown[0], accepted, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{what}: unknown option{'s' if len(unknown) > 1 else ''} {names}{hint}; "
-                          f"accepted options: {listed}")
-    try:
-        signature.bind(**options)
-    except TypeError as exc:  # a required option left out, a positional-only one given by name
-        raise ConfigError(f"{what}: {exc}; accepted options: {listed}") from None
-    try:
-        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
-    except Exception:  # an annotation that does not resolve: leave the types to the component
-        return
-    for option, value in options.items():
-        if option in hints and option in signature.parameters and _fits(value, hints[option]) is False:
-            annotation = signature.parameters[option].annotation
-            expected = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
-            raise ConfigError(f"{what}: option {option}={value!r} has the wrong type; expected {expected}")
 
 
 def _first_doc_line(obj: Any) -> str:

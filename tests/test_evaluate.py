@@ -113,6 +113,20 @@ def test_quality_metrics_are_the_metrics_engine_values(evaluation):
     assert results["uncertainty"]["checkpoint"] == chosen["checkpoint"]
 
 
+def test_forge_metrics_on_the_saved_features_gives_the_reported_values(evaluation, tmp_path):
+    """`forge metrics` and `forge evaluate` compute one metric bundle: the command on the features
+    the evaluation saved reproduces the report's PRDC and FID exactly."""
+    out, _, results = evaluation
+    doc_path = tmp_path / "m.json"
+    code = main(["metrics", "--real", str(out / "features" / "real_test.features.npy"), "--fake",
+                 str(out / "features" / "cryoetgan.features.npy"), "--k", "3", "--json", str(doc_path)])
+    assert code == 0
+    doc, q = json.loads(doc_path.read_text()), results["quality"]["cryoetgan"]
+    for metric in ("precision", "recall", "density", "coverage", "fid"):
+        assert doc[metric] == q[metric], metric
+    assert sorted({w.split(" (")[0] for w in doc["fid_details"]["warnings"]}) == q["fid_notes"]
+
+
 def test_accuracies_are_the_classifier_values(evaluation):
     out, _, results = evaluation
     model, meta = load_cb3d(out / "models" / "inception")

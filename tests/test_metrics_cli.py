@@ -120,3 +120,17 @@ def test_installed_command_reports_errors_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"forge: error: {tmp_path / 'nope.npz'}: no such feature file"]
+
+
+def test_progress_goes_through_the_one_progress_display(pair, capsys, monkeypatch):
+    # --progress in a log (not a terminal): the same plain lines as every other stage of every command
+    real_path, fake_path, _, _ = pair
+    monkeypatch.setenv("FORGE_PROGRESS", "lines")
+    code, out, err = run_main(["metrics", "--real", str(real_path), "--fake", str(fake_path), "--progress"], capsys)
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert lines[0] == "PRDC distances: started"
+    assert lines[-1].startswith("PRDC distances: done, ") and "tiles in" in lines[-1]
+    code, out, err = run_main(["metrics", "--real", str(real_path), "--fake", str(fake_path), "--no-progress"],
+                              capsys)
+    assert code == 0 and err == ""

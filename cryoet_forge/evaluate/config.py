@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cryoet_forge.classify import ClassifierOptions
-from cryoet_forge.config import apply_overrides, build_dataclass, parse_override, read_toml
+from cryoet_forge.config import apply_overrides, parse_override, read_toml
 from cryoet_forge.errors import ConfigError
+from cryoet_forge.options import build_dataclass, check_at_least, check_choice
 
 
 @dataclass
@@ -185,8 +186,7 @@ def _apply(table: dict, overrides: dict[str, Any]) -> dict:
 
 def validate(config: EvaluationConfig) -> EvaluationConfig:
     d = config.data
-    if d.source not in ("embedded", "folders", "copick"):
-        raise ConfigError(f"data.source {d.source!r}; choose from: embedded, folders, copick")
+    check_choice("data.source", d.source, ("embedded", "folders", "copick"))
     if d.source == "copick" and not d.copick.get("config"):
         raise ConfigError("data.source = 'copick' needs data.copick.config (a copick project's JSON)")
     if d.source == "copick" and not 0 < d.test_fraction < 1:
@@ -199,11 +199,9 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
         raise ConfigError(f"data.box must be in 16..128, got {d.box}")
     if d.voxel_size <= 0:
         raise ConfigError(f"data.voxel_size must be > 0 Angstrom, got {d.voxel_size}")
-    for key in ("n_train_per_class", "n_test_per_class", "n_density_per_class"):
-        if getattr(d, key) < 2:
-            raise ConfigError(f"data.{key} must be >= 2, got {getattr(d, key)}")
-    if config.downstream.n_per_class < 2:
-        raise ConfigError(f"downstream.n_per_class must be >= 2, got {config.downstream.n_per_class}")
+    check_at_least([(f"data.{key}", getattr(d, key), 2)
+                    for key in ("n_train_per_class", "n_test_per_class", "n_density_per_class")]
+                   + [("downstream.n_per_class", config.downstream.n_per_class, 2)])
     if not config.downstream.seeds:
         raise ConfigError("downstream.seeds must list at least one seed")
     from cryoet_forge.devices import check_seed
@@ -221,12 +219,9 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
     for value in config.ablations.noise_std:
         if not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"ablations.noise_std values must be numbers >= 0, got {value!r}")
-    if config.gan.select_checkpoint not in ("last", "best-fid-train"):
-        raise ConfigError(f"gan.select_checkpoint {config.gan.select_checkpoint!r}; choose from: last, best-fid-train")
-    if config.gan.input not in ("density", "traditional"):
-        raise ConfigError(f"gan.input {config.gan.input!r}; choose from: density, traditional")
-    if config.gan.curve_points < 1:
-        raise ConfigError(f"gan.curve_points must be >= 1, got {config.gan.curve_points}")
+    check_choice("gan.select_checkpoint", config.gan.select_checkpoint, ("last", "best-fid-train"))
+    check_choice("gan.input", config.gan.input, ("density", "traditional"))
+    check_at_least([("gan.curve_points", config.gan.curve_points, 1)])
     return config
 
 

@@ -67,20 +67,19 @@ class InceptionNet:
 
 
 def quality_metrics(real_features: np.ndarray, features: np.ndarray, probs: np.ndarray,
-                    config: EvaluationConfig) -> dict[str, float]:
-    """IS of ``probs``; FID and PRDC of ``features`` against the real test features."""
-    from cryoet_forge.metrics import compute_fid, compute_prdc, inception_score
+                    config: EvaluationConfig) -> dict[str, Any]:
+    """IS of ``probs``; FID and PRDC of ``features`` against the real test features (the metric
+    bundle of ``forge metrics``, with the [metrics] settings)."""
+    from cryoet_forge.metrics.bundle import PRDC_NAMES, compute_bundle
 
     m = config.metrics
-    is_mean, is_std = inception_score(probs, splits=min(m.is_splits, probs.shape[0]))
-    prdc = compute_prdc(real_features, features, k=m.k, backend=m.backend)
-    # small sets have singular covariances (N < D): the engine warns; keep its notes with the number
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fid = float(compute_fid(real_features, features))
-    return {"is_mean": float(is_mean), "is_std": float(is_std), "fid": fid,
-            **{key: float(prdc[key]) for key in ("precision", "recall", "density", "coverage")},
-            "fid_notes": sorted({str(w.message).split(" (")[0] for w in caught})}
+    bundle = compute_bundle(real_features, features, k=m.k, backend=m.backend, probabilities={"fake": probs},
+                            is_splits=m.is_splits)
+    # small sets have singular covariances (N < D): the engine notes it; keep its notes with the number
+    assert bundle.fid is not None
+    return {"is_mean": bundle.inception["fake"]["mean"], "is_std": bundle.inception["fake"]["std"],
+            "fid": float(bundle.fid.fid), **{key: float(bundle.prdc[key]) for key in PRDC_NAMES},
+            "fid_notes": sorted({message.split(" (")[0] for message in bundle.fid.warnings})}
 
 
 def _per_class_rows(data: LabelledVolumes, per_class: int) -> list[np.ndarray]:
@@ -238,12 +237,12 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
 
     # -- metrics ---------------------------------------------------------------------------------
     def metrics_stage() -> dict[str, Any]:
-        from cryoet_forge.metrics import inception_score
+        from cryoet_forge.metrics.bundle import inception_scores
 
         traditional_features, traditional_probs = inception.embed("traditional", data.traditional)
         gan_features, gan_probs = inception.embed("cryoetgan", gan)
-        real_is = inception_score(real_probs, splits=min(config.metrics.is_splits, real_probs.shape[0]))
-        return {"real_is": [float(real_is[0]), float(real_is[1])], "quality": {
+        real_is = inception_scores({"real": real_probs}, config.metrics.is_splits)["real"]
+        return {"real_is": [real_is["mean"], real_is["std"]], "quality": {
             "traditional": quality_metrics(real_features, traditional_features, traditional_probs, config),
             "cryoetgan": quality_metrics(real_features, gan_features, gan_probs, config)}}
 

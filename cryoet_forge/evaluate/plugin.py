@@ -8,7 +8,7 @@ from cryoet_forge import hookimpl
 def _cb3d_extractor(**options):
     """CB3D dense-layer (4096-d) features; option checkpoint=DIR from `forge classify train`."""
     from cryoet_forge.models.cb3d import CB3DFeatureExtractor
-    from cryoet_forge.registry import check_options
+    from cryoet_forge.options import check_options
 
     check_options("feature-extractor", "cb3d", CB3DFeatureExtractor, options)
     return CB3DFeatureExtractor(**options)

@@ -16,25 +16,6 @@ from cryoet_forge.progress import quiet_option
 _PROGRESS_WORK = 2e10
 
 
-def _progress_bar(enabled: bool):
-    """A rich progress bar on stderr and its callback, or (None, None) when disabled."""
-    if not enabled:
-        return None, None
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("PRDC distances"), BarColumn(), TextColumn("{task.completed}/{task.total} tiles"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-    )
-    task = bar.add_task("prdc", total=None)
-
-    def callback(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total or None)
-
-    return bar, callback
-
-
 @click.command("metrics")
 @quiet_option
 @click.option("--real", "real_path", required=True, type=click.Path(path_type=Path),
@@ -69,15 +50,13 @@ def _progress_bar(enabled: bool):
 def metrics_command(real_path, fake_path, extractor_name, feature_options, save_dir, is_splits, k, backend,
                     device, strict, with_fid, bootstrap, json_path, show_progress) -> None:
     """Precision, recall, density, coverage (and FID, IS) of fake against real features or volumes."""
-    import warnings
-
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     from cryoet_forge.io.embeddings import load_features
-    from cryoet_forge.metrics.fid import FIDWarning, fid_details
-    from cryoet_forge.metrics.prdc import prdc_counts, resolve_backend, validate_pair
+    from cryoet_forge.metrics.bundle import compute_bundle
+    from cryoet_forge.metrics.prdc import validate_pair
 
     if bootstrap < 0:
         raise InputError(f"--bootstrap must be >= 0, got {bootstrap}")
@@ -104,36 +83,28 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
         message = str(exc).replace("real features", f"real features ({real_path})", 1)
         message = message.replace("fake features", f"fake features ({fake_path})", 1)
         raise InputError(message) from None
-    engine = resolve_backend(backend, device)
     n, m, d = real.shape[0], fake.shape[0], real.shape[1]
+    from cryoet_forge import progress
+
     if show_progress is None:
-        from cryoet_forge import progress
-
         show_progress = progress.mode() == "bar" and (n * n + m * m + n * m) * d > _PROGRESS_WORK
-    bar, callback = _progress_bar(show_progress)
-    started = time.perf_counter()
-    if bar is not None:
-        with bar:
-            counts = prdc_counts(real, fake, k, engine, strict, progress=callback)
-    else:
-        counts = prdc_counts(real, fake, k, engine, strict)
-    prdc_seconds = time.perf_counter() - started
-    values = counts.metrics()
-
-    fid = None
-    if with_fid:
-        started = time.perf_counter()
-        with warnings.catch_warnings(record=True):  # reported below from fid.warnings
-            warnings.simplefilter("always", FIDWarning)
-            fid = fid_details(real, fake, bootstrap=bootstrap)
-        fid_seconds = time.perf_counter() - started
-
-    scores = {}
+    probabilities, sources = {}, {}
     if extracted is not None:
-        scores = _inception_scores(extracted, 10 if is_splits is None else is_splits)
+        probabilities = {which: extracted[which].probabilities for which in ("fake", "real")}
+        sources = {which: str(extracted[which].source) for which in ("fake", "real")}
+    with progress.stage("PRDC distances", 0, "tiles", enabled=bool(show_progress)) as bar:
+        def callback(done: int, total: int) -> None:
+            bar.update(done, total=total)
+
+        bundle = compute_bundle(real, fake, k=k, backend=backend, device=device, strict=strict, with_fid=with_fid,
+                                bootstrap=bootstrap, probabilities=probabilities,
+                                is_splits=10 if is_splits is None else is_splits, sources=sources,
+                                progress=callback if show_progress else None)
+    counts, values, fid, scores = bundle.counts, bundle.prdc, bundle.fid, bundle.inception
+    prdc_seconds, fid_seconds = bundle.prdc_seconds, bundle.fid_seconds
 
     source = f", features={extractor_name}" if extracted is not None else ""
-    table = Table(title=f"forge metrics: {n} real x {m} fake{source}, D={d}, k={k}, backend={engine.name}")
+    table = Table(title=f"forge metrics: {n} real x {m} fake{source}, D={d}, k={k}, backend={bundle.backend}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in ("precision", "recall", "density", "coverage"):
@@ -162,7 +133,7 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
 
         doc = {
             "real": str(real_path), "fake": str(fake_path), "n_real": n, "n_fake": m, "dim": d, "k": k,
-            "backend": engine.name, "strict": strict, "exact": counts.exact, **values,
+            "backend": bundle.backend, "strict": strict, "exact": counts.exact, **values,
             "counts": {
                 "precision": counts.precision_count, "recall": counts.recall_count,
                 "density": counts.density_count, "coverage": counts.coverage_count,
@@ -209,23 +180,6 @@ def _extract_features(name, option_items, real_path, fake_path, save_dir) -> dic
     info = {"extractor": name, "options": {key: _plain(value) for key, value in options.items()},
             "box": real_volumes.box, "voxel_size": real_volumes.voxel_size, "seconds": seconds, "saved": saved}
     return {**sets, "info": info}
-
-
-def _inception_scores(extracted: dict, splits: int) -> dict:
-    """{"fake": {"mean", "std", "splits"}, "real": {...}} when the extractor gave probabilities, else {}."""
-    from cryoet_forge.metrics import inception_score
-
-    scores = {}
-    for which in ("fake", "real"):
-        probs = extracted[which].probabilities
-        if probs is not None:
-            used = min(splits, probs.shape[0])
-            try:
-                mean, std = inception_score(probs, used)
-            except InputError as exc:  # an extractor's probabilities that are not probabilities
-                raise InputError(f"{extracted[which].source}: {exc}") from None
-            scores[which] = {"mean": mean, "std": std, "splits": used}
-    return scores
 
 
 def _plain(value):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cryoet_forge import hookimpl
 from cryoet_forge.metrics.knn import ExactKnn
-from cryoet_forge.registry import check_options
+from cryoet_forge.options import check_options
 
 
 def _faiss_backend(**options):
