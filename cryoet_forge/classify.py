@@ -408,6 +408,7 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
                 if best is None or (-val_acc, val_loss) < best:
                     best, history.best_epoch = (-val_acc, val_loss), epoch + 1
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                assert history.best_epoch is not None  # set by the first validation
                 stop = epoch + 1 - history.best_epoch >= options.patience
                 info += f" validation {val_acc:.3f} (best epoch {history.best_epoch})"
             bar.advance(info=info)

@@ -63,7 +63,7 @@ def plugins_command() -> None:
             click.echo(f"  error: {report.error}")
 
 
-def _one_line(message: str) -> str:
+def _one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 

@@ -251,6 +251,12 @@ def takes_noise(generator: Any) -> bool:
     return bool(getattr(generator, "noise", False)) and hasattr(generator, "noise_shape")
 
 
+def noise_shape(generator: Any, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the noise volume ``generator`` takes for an input of ``input_shape`` (the noise
+    contract; only for generators that ``takes_noise``)."""
+    return tuple(generator.noise_shape(input_shape))
+
+
 def run_generator(generator: Any, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
     """Call ``generator`` on ``x`` with ``noise`` when it takes noise (the noise contract)."""
     if noise is not None and takes_noise(generator):

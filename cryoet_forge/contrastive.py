@@ -29,7 +29,7 @@ a voxel of a 3D feature map. ``directions = "both"`` also applies it to the S ->
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -189,7 +189,7 @@ class PatchNCELoss(GeneratorRegularizer):
             self.heads[key] = nn.ModuleList(self._head(c) for _, c in layers).to(example.device)
 
     def _direction(self, net: nn.Module, key: str, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        modules, heads = self._layers[key], self.heads[key]
+        modules, heads = self._layers[key], cast(nn.ModuleList, self.heads[key])
         with torch.no_grad():  # keys are detached (reference code), so no graph for them
             keys = encode(net, source, modules)
         queries = encode(net, output, modules)

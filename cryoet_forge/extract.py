@@ -198,7 +198,8 @@ class Extractor:
         n = self.opt.box
         centre = np.round(p).astype(int)
         start = centre - self.m // 2
-        region, _ = self.tomo.region(tuple(int(s) for s in start), (self.m,) * 3)
+        z, y, x = (int(s) for s in start)
+        region, _ = self.tomo.region((z, y, x), (self.m,) * 3)
         frac = p - centre  # in [-0.5, 0.5]
         if self.same and not np.any(np.abs(frac) > 1e-6):
             o = self.m // 2 - n // 2

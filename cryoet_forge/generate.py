@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cryoet_forge.config import TrainConfig
-from cryoet_forge.contracts import run_generator, takes_noise
+from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
 from cryoet_forge.errors import InputError, PluginError
 from cryoet_forge.train import checkpoint as ckpt
 from cryoet_forge.train.loop import (
@@ -111,7 +111,7 @@ def generate_from_maps(run_dir: str | os.PathLike, maps: np.ndarray, n_per_map: 
         torch.manual_seed(int(seed))  # generators that draw their own noise
         for start in range(0, len(inputs), batch_size):
             x = inputs[start:start + batch_size]
-            z = torch.randn(model.noise_shape(tuple(x.shape)), generator=noise_gen) if takes_noise(model) else None
+            z = torch.randn(noise_shape(model, tuple(x.shape)), generator=noise_gen) if takes_noise(model) else None
             outputs.append(run_generator(model, x, z)[:, 0])
             bar.advance(x.shape[0])
     return torch.cat(outputs).numpy().astype(np.float32)

@@ -76,7 +76,7 @@ class WGANClipLoss(AdversarialLoss):
     def after_critic_step(self, critic: nn.Module) -> None:
         # clips what the optimiser updates; under spectral norm that is the raw weight.
         # One fused call for all tensors: a per-tensor loop costs a kernel launch each on a GPU.
-        params = list(critic.parameters())
+        params: list[torch.Tensor] = list(critic.parameters())
         if params:
             torch._foreach_clamp_min_(params, -self.clip)
             torch._foreach_clamp_max_(params, self.clip)

@@ -112,7 +112,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     if dataclasses.is_dataclass(origin):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a table, got {value!r}")
-        return build_dataclass(origin, value, key)
+        return build_dataclass(typing.cast(type, origin), value, key)
     union = origin in (typing.Union, types.UnionType)
     arms = typing.get_args(annotation) if union else (origin,)
     wrong = (annotation is not Any and type(None) not in arms) if value is None else fits(value, annotation) is False

@@ -172,7 +172,8 @@ class Registry:
         for caller in callers:
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
-                    impl.function = self._contained(impl.function, caller.name, report)
+                    # pluggy declares it Final; wrapping it in place is how a plugin's errors stay its own
+                    impl.function = self._contained(impl.function, caller.name, report)  # type: ignore[misc]
         self._origins[id(plugin)] = report
         self._reports.append(report)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from cryoet_forge.contracts import run_generator, takes_noise
+from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
 from cryoet_forge.errors import InputError
 from cryoet_forge.generate import (
     _as_batch,
@@ -42,7 +43,7 @@ def mc_dropout(run_dir: str | os.PathLike, volume: np.ndarray, samples: int = 20
     """
     if samples < 2:
         raise InputError(f"samples must be >= 2 for a standard deviation, got {samples}")
-    overrides = {} if dropout is None else {"dropout": float(dropout)}
+    overrides: dict[str, Any] = {} if dropout is None else {"dropout": float(dropout)}
     model, cfg = load_generator(run_dir, checkpoint=checkpoint, **overrides)
     layers = _dropout_layers(model)
     if not layers:
@@ -56,7 +57,7 @@ def mc_dropout(run_dir: str | os.PathLike, volume: np.ndarray, samples: int = 20
         raise InputError(f"expected one density map (S, S, S), got {tuple(x.shape)}")
     noise = None
     if takes_noise(model):
-        noise = torch.randn(model.noise_shape(tuple(x.shape)), generator=torch.Generator().manual_seed(seed))
+        noise = torch.randn(noise_shape(model, tuple(x.shape)), generator=torch.Generator().manual_seed(seed))
     outputs = []
     from cryoet_forge import progress
 
@@ -92,6 +93,7 @@ def save_overlay(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, tit
         ax.set_title(f"central {'zyx'[axis]} slice", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+    assert image is not None  # three axes were drawn
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="per-voxel std")
     if title:
         fig.suptitle(title, fontsize=10)

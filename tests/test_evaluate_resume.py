@@ -85,7 +85,10 @@ def resumed(tmp_path_factory, config_file):
     marker = out.parent / f"{out.name}.marker"
     proc = subprocess.Popen([sys.executable, "-c", KILLED_IN_DOWNSTREAM, str(marker), "-q", "evaluate",
                              "--config", str(config_file), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # `python -c` puts the working folder first on sys.path: run it outside the
+                            # source tree so that the installed package (with its compiled extension) loads
+                            cwd=out.parent)
     deadline = time.monotonic() + 600
     while not marker.exists():
         if proc.poll() is not None:

@@ -104,3 +104,10 @@ def test_training_without_tensorboard_writes_no_events_and_says_so(monkeypatch, 
     assert loop._tensorboard_writer(tmp_path, 0) is None
     assert "tensorboard is not installed: no event files are written" in capsys.readouterr().err
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_the_installed_package_is_marked_typed():
+    # PEP 561: type checkers read the annotations of an installed cryoet_forge only with py.typed
+    from importlib.resources import files
+
+    assert (files("cryoet_forge") / "py.typed").is_file()

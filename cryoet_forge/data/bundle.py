@@ -21,14 +21,15 @@ from cryoet_forge.io.mrc import check_voxel_size
 PARAM_PREFIX = "param:"
 
 
-def save_bundle(path: str | os.PathLike, volumes: np.ndarray, labels: Sequence[int],
+def save_bundle(path: str | os.PathLike, volumes: np.ndarray, labels: Sequence[int] | np.ndarray,
                 class_names: Sequence[str], voxel_size: float,
                 parameters: pd.DataFrame | None = None) -> Path:
     """Write a bundle atomically (uncompressed: reading speed matters more than size)."""
     volumes = np.asarray(volumes, dtype=np.float32)
-    labels = np.asarray(labels, dtype=np.int64)
-    if volumes.ndim != 4 or len(labels) != len(volumes):
-        raise InputError(f"{path}: expected volumes (N, S, S, S) and N labels, got {volumes.shape} and {labels.shape}")
+    label_array = np.asarray(labels, dtype=np.int64)
+    if volumes.ndim != 4 or len(label_array) != len(volumes):
+        raise InputError(f"{path}: expected volumes (N, S, S, S) and N labels, got {volumes.shape} and "
+                         f"{label_array.shape}")
     if not np.isfinite(volumes).all():
         raise InputError(f"{path}: volumes contain NaN or infinite voxels")
     arrays: dict[str, Any] = {

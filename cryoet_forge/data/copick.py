@@ -75,7 +75,7 @@ def copick_jobs(config, objects: list[str] | None, voxel_spacing: float | None, 
     jobs = []
     for name in (runs if runs is not None else sorted(all_runs)):
         run = all_runs[name]
-        rows = []
+        rows: list[dict[str, Any]] = []
         for obj in objects:
             for picks in run.get_picks(object_name=obj, user_id=user_id, session_id=session_id):
                 xyz = _positions(picks)
@@ -151,4 +151,4 @@ class CopickDataset(Dataset):
         return {"volume": volume.unsqueeze(0), "label": label, "class_name": self.class_names[label], "index": index}
 
     def parameters(self, index: int) -> dict[str, Any]:
-        return self.table.iloc[index].to_dict()
+        return {str(k): v for k, v in self.table.iloc[index].to_dict().items()}

@@ -37,6 +37,8 @@ class _VolumeListDataset(Dataset):
             raise InputError(f"{source}: no volumes found")
         first = None
         if voxel_size is None:  # files without a table: the first file's header sets the voxel size
+            if self.files is None:
+                raise InputError(f"{source}: in-memory volumes need a voxel size")
             first, voxel_size = read_mrc(self.files[0])
         self.voxel_size = float(voxel_size)
         if first is None:
@@ -49,8 +51,8 @@ class _VolumeListDataset(Dataset):
         return str(self.files[index]) if self.files is not None else f"{self.source}[{index}]"
 
     def _raw(self, index: int) -> np.ndarray:
-        if self._volumes is not None:
-            return self._volumes[index]
+        if self._volumes is not None or self.files is None:
+            return self._volumes[index]  # type: ignore[index]  # one of the two is given (checked by the callers)
         volume, voxel = read_mrc(self.files[index])
         if not np.isclose(voxel, self.voxel_size, rtol=1e-3):
             raise InputError(f"{self.files[index]}: voxel size {voxel:g} A differs from the "
@@ -76,12 +78,12 @@ class _VolumeListDataset(Dataset):
         """The table row (recorded simulation parameters) of volume ``index``, or {}."""
         if self.table is None or self.table.empty:
             return {}
-        return self.table.iloc[index].to_dict()
+        return {str(k): v for k, v in self.table.iloc[index].to_dict().items()}
 
 
 def _class_names_from_table(df: pd.DataFrame) -> list[str]:
     numbers = df["rlnClassNumber"].astype(int)
-    names = {}
+    names: dict[int, str] = {}
     for number, name in zip(numbers, df["forgeClassName"].astype(str)):
         if names.setdefault(number, name) != name:
             raise InputError(f"class number {number} has two names: {names[number]!r} and {name!r}")

@@ -66,7 +66,7 @@ def _random_set(n: int, box: int, n_classes: int, voxel_size: float, seed: int):
 def measure_costs(config: EvaluationConfig) -> Costs:
     """Time each kind of work once at the configured sizes (see the module docstring)."""
     from cryoet_forge.classify import train_cb3d
-    from cryoet_forge.contracts import run_generator, takes_noise
+    from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
     from cryoet_forge.evaluate.datasets import (
         _particle_variants,
         class_templates,
@@ -100,7 +100,7 @@ def measure_costs(config: EvaluationConfig) -> Costs:
         generator = trainer.nets["g_ds"].eval()
         x = torch.zeros(8, 1, box, box, box, device=device)
         with torch.no_grad():
-            z = torch.randn(generator.noise_shape(tuple(x.shape)), device=device) if takes_noise(generator) else None
+            z = torch.randn(noise_shape(generator, tuple(x.shape)), device=device) if takes_noise(generator) else None
             run_generator(generator, x, z)
             tic = time.perf_counter()
             run_generator(generator, x, z)

@@ -12,9 +12,9 @@ from cryoet_forge.errors import ConfigError
 from cryoet_forge.progress import quiet_option
 
 
-def _int_list(text: str, option: str) -> tuple[int, ...]:
+def _int_list(text: str, option: str) -> list[int]:
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{option} {text!r}: expected comma-separated integers such as 64,128,256,512") from None
     if not values or min(values) < 1:

@@ -108,7 +108,9 @@ def simulate_labelled(simulator: str, options: dict, maps: dict[str, np.ndarray]
     particles = [particles[k] for k in order]
     from cryoet_forge import progress
 
-    volumes, labels, records = [], [], []
+    volumes: list[np.ndarray] = []
+    labels: list[int] = []
+    records: list[dict] = []
     with progress.stage(f"simulate {source}", len(particles), "volumes") as bar:
         for begin in range(0, len(particles), SIMULATION_CHUNK):
             chunk = particles[begin:begin + SIMULATION_CHUNK]
@@ -265,7 +267,7 @@ def _volume_digests(data: LabelledVolumes) -> list[bytes]:
     for volume in data.volumes:
         volume = np.ascontiguousarray(volume)
         h = hashlib.blake2b(str(volume.shape).encode(), digest_size=20)
-        h.update(memoryview(volume).cast("B"))
+        h.update(volume.data.cast("B"))
         digests.append(h.digest())
     return digests
 

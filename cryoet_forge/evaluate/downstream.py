@@ -35,7 +35,7 @@ def per_class_mean(per_class: Sequence[dict[str, float | None]]) -> dict[str, fl
     """Per-class accuracy averaged over seeds (seeds where the class is absent left out; None if all are)."""
     means: dict[str, float | None] = {}
     for name in (per_class[0] if per_class else {}):
-        values = [pc[name] for pc in per_class if pc[name] is not None]
+        values = [value for pc in per_class if (value := pc[name]) is not None]
         means[name] = sum(values) / len(values) if values else None
     return means
 
@@ -75,7 +75,7 @@ def _cache_key(train: LabelledVolumes, test: LabelledVolumes, class_names: Seque
     for array in (train.volumes, train.labels, test.volumes, test.labels):
         array = np.ascontiguousarray(array)
         h.update(str((array.shape, array.dtype.str)).encode())
-        h.update(memoryview(array).cast("B"))
+        h.update(array.data.cast("B"))
     h.update(json.dumps([list(class_names), options.to_dict(), int(seed), torch.__version__],
                         sort_keys=True).encode())
     return h.hexdigest()
@@ -116,12 +116,12 @@ def train_on_synthetic_test_on_real(source: str, train: LabelledVolumes, test: L
     with progress.stage(f"downstream {source}", len(seeds), "seeds") as bar:
         for seed in seeds:
             key = None if cache_dir is None else _cache_key(train, test, class_names, options, int(seed))
-            result = None if key is None else _cached_score(cache_dir, key, class_names)
+            result = None if key is None or cache_dir is None else _cached_score(cache_dir, key, class_names)
             if result is None:
                 model, _ = train_cb3d(train, options, seed=int(seed), label=f"CB3D on {source}, seed {seed}")
                 result = evaluate_cb3d(model, test, class_names, normalize=options.normalize,
                                        device=options.device)
-                if key is not None:
+                if key is not None and cache_dir is not None:
                     from cryoet_forge.classify import write_json
 
                     cache_dir.mkdir(parents=True, exist_ok=True)

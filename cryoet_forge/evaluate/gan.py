@@ -121,7 +121,7 @@ def domain_classifier(config: EvaluationConfig, density: LabelledVolumes, folder
     options = classifier_options(config)
     h = hashlib.blake2b(digest_size=20)
     for array in (density.volumes, density.labels):
-        h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        h.update(np.ascontiguousarray(array).data.cast("B"))
     h.update(json.dumps([options.to_dict(), int(config.data.seed)], sort_keys=True).encode())
     digest = h.hexdigest()
     try:
@@ -141,7 +141,7 @@ def domain_classifier(config: EvaluationConfig, density: LabelledVolumes, folder
 def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     from cryoet_forge.train.checkpoint import STEP_DIR, list_checkpoints
 
-    return [(int(STEP_DIR.match(p.name).group(1)), p) for p in list_checkpoints(Path(run_dir))]
+    return [(int(m.group(1)), p) for p in list_checkpoints(Path(run_dir)) if (m := STEP_DIR.match(p.name))]
 
 
 def generate_labelled(run_dir: Path, maps: LabelledVolumes, seed: int, source: str,
@@ -166,7 +166,7 @@ def generate_labelled(run_dir: Path, maps: LabelledVolumes, seed: int, source: s
 def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, seed: int,
                              batch_size: int = 8) -> np.ndarray:
     """D -> S generator of one checkpoint folder applied to (B, S, S, S) maps in [-1, 1]."""
-    from cryoet_forge.contracts import run_generator, takes_noise
+    from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
     from cryoet_forge.generate import load_generator
 
     generator, _ = load_generator(run_dir, checkpoint=checkpoint)
@@ -181,7 +181,7 @@ def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, 
             x = torch.from_numpy(maps[begin:begin + batch_size])[:, None].float()
             noise = None
             if takes_noise(generator):
-                noise = torch.randn(generator.noise_shape(tuple(x.shape)), generator=noise_gen)
+                noise = torch.randn(noise_shape(generator, tuple(x.shape)), generator=noise_gen)
             out.append(run_generator(generator, x, noise)[:, 0].float().numpy())
             bar.advance(x.shape[0])
     return np.concatenate(out)

@@ -83,7 +83,7 @@ def quality_metrics(real_features: np.ndarray, features: np.ndarray, probs: np.n
 
 
 def _per_class_rows(data: LabelledVolumes, per_class: int) -> list[np.ndarray]:
-    row = []
+    row: list[np.ndarray] = []
     for label in range(len(data.class_names)):
         index = np.where(data.labels == label)[0][:per_class]
         row.extend(data.volumes[i] for i in index)
@@ -384,6 +384,7 @@ def save_figures(config: EvaluationConfig, out: Path, data: EvaluationData, gan:
                                class_names, f"real -> real (inception net): {inception_on_test.accuracy:.3f}")
     for key, label in (("traditional", "traditional"), ("cryoetgan", "CryoETGAN")):
         first = downstream[key].first
+        assert first is not None  # a downstream result always holds its first seed's scores
         figures.save_confusion_png(out / "figures" / f"confusion_{key}.png", first.confusion, class_names,
                                    f"trained on {label}, tested on real (seed {seeds[0]}): {first.accuracy:.3f}")
     figures.save_accuracy_bars(out / "figures" / "downstream_accuracy.png", {
@@ -421,7 +422,7 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
     from cryoet_forge import progress
 
     fid_train: dict[str, float] = {}
-    best: tuple[float, int, LabelledVolumes] | None = None
+    best: tuple[float, int, LabelledVolumes, Path] | None = None
     on_curves = {checkpoints[i][1] for i in curve_picks(config, len(checkpoints))}
     with progress.stage(f"{source}: checkpoint selection (FID to the real training split)", len(checkpoints),
                         "checkpoints") as bar:
@@ -439,6 +440,7 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
             if best is None or fid < best[0]:
                 best = (fid, step, generated, path)
             bar.advance(info=f"step {step}: FID {fid:.3g}")
+    assert best is not None  # at least two checkpoints here
     return best[2], {"rule": "best-fid-train", "step": best[1], "checkpoint": str(best[3]), "fid_train": fid_train}
 
 
@@ -490,7 +492,7 @@ def metric_curves(config: EvaluationConfig, run_dir: Path, data: EvaluationData,
 
 def ablation_variants(config: EvaluationConfig) -> list[tuple[str, str, dict[str, Any]]]:
     """(table, label, TrainConfig overrides) for every ablation the config selects."""
-    variants = []
+    variants: list[tuple[str, str, dict[str, Any]]] = []
     for std in config.ablations.noise_std:
         variants.append(("noise", f"{float(std):g}", {"data.density_noise_std": float(std)}))
     if config.ablations.lsgan:

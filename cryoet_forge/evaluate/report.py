@@ -37,7 +37,7 @@ def _metric_cells(q: dict[str, Any]) -> list[str]:
 def _verdict_section(results: dict[str, Any]) -> list[str]:
     """Chance, the real ceiling, the baseline, the inception network's own scores, the counts, the verdict."""
     verdict, paired = results.get("verdict"), results.get("downstream_paired")
-    if not verdict:
+    if not verdict or not paired:
         return []
     inception, baseline = results["inception"], results["baseline"]
     counts = results["counts"]

@@ -138,7 +138,7 @@ def save_features(path: str | os.PathLike, array: Any) -> Path:
                 np.save(fh, matrix, allow_pickle=False)
         elif suffix == ".npz":
             with open(tmp, "wb") as fh:
-                np.savez(fh, **{FEATURE_KEY: matrix})
+                np.savez(fh, **{FEATURE_KEY: matrix})  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         else:
             from safetensors.numpy import save_file
 

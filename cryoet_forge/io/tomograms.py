@@ -94,6 +94,8 @@ class PlaneReader:
         out = np.empty((hi[0] - lo[0], rows, hi[2] - lo[2]), dtype=np.float32)
         for k, z in enumerate(range(lo[0], hi[0])):
             want = rows * row
+            if self.fd is None:
+                raise InputError(f"{self.path}: read after the tomogram was closed")
             buf = os.pread(self.fd, want, self.offset + (z * ny + lo[1]) * row)
             if len(buf) != want:
                 raise InputError(f"{self.path}: file ends inside plane z={z}; the MRC is truncated")
@@ -129,7 +131,8 @@ def open_mrc_tomogram(path: Path, name: str | None = None, voxel_size: float | N
         raise InputError(f"{path}: header voxel size {sizes} is not positive; expected Angstrom > 0 "
                          "(set it with mrcfile or pass --tomogram-voxel-size)")
     offset = int(handle.header.nbytes + int(handle.header.nsymbt))
-    reader = PlaneReader(path, offset, tuple(int(n) for n in data.shape), data.dtype)
+    nz, ny, nx = (int(n) for n in data.shape)
+    reader = PlaneReader(path, offset, (nz, ny, nx), data.dtype)
     return Tomogram(name or path.stem, data, sizes[0], str(path), handle, reader)
 
 

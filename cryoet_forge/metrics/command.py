@@ -111,7 +111,7 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
         table.add_row(name, f"{values[name]:.6f}")
     if fid is not None:
         table.add_row("FID", f"{fid.fid:.6f}")
-        if fid.ci is not None:
+        if fid.ci is not None and fid.ci_level is not None:
             table.add_row("FID bias-corrected", f"{fid.fid_bias_corrected:.6f}")
             table.add_row(f"FID {round(fid.ci_level * 100)}% CI (basic bootstrap, {fid.bootstrap})",
                           f"[{fid.ci[0]:.4f}, {fid.ci[1]:.4f}]")

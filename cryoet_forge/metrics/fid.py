@@ -92,7 +92,7 @@ class Moments:
         self.n += x.shape[0]
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.n < 2:
+        if self.n < 2 or self.shift is None or self.s1 is None or self.s2 is None:
             raise InputError(f"{self.name}: need at least 2 rows for a covariance, got {self.n}")
         m = self.s1 / self.n
         upper = np.triu(self.s2)

@@ -94,7 +94,7 @@ class TorchKnn:
                 j1 = min(j0 + self.block, n)
                 a = self._approx(xt[i0:i1], nx_t[i0:i1], xt[j0:j1], nx_t[j0:j1])
                 cols = torch.arange(j0, j1, device=self.device).expand(i1 - i0, -1)
-                if vals is not None:
+                if vals is not None and idx is not None:
                     a = torch.cat([vals, a], dim=1)
                     cols = torch.cat([idx, cols], dim=1)
                 vals, pos = torch.topk(a, min(c, a.shape[1]), dim=1, largest=False, sorted=True)
@@ -102,6 +102,7 @@ class TorchKnn:
                 done[0] += 1
                 if progress:
                     progress(done[0], total)
+            assert vals is not None and idx is not None  # n > 0, so one column block ran
             best_val[i0:i1], best_idx[i0:i1] = vals, idx
         margins = gemm_margin_factor(x.shape[1]) * (nx + nx.max())
         return refine_radii(

@@ -23,6 +23,8 @@ encoder stage, so every S >= 8 comes back at exactly S.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -37,7 +39,7 @@ def _norm(channels: int) -> nn.Module:
 class ConvNormReLU(nn.Sequential):
     """Conv3d + InstanceNorm + ReLU (``c7s1-k`` with kernel 7, ``dk`` with kernel 3 stride 2)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, padding_mode: str):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, padding_mode: PaddingMode):
         super().__init__(
             nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2,
                       padding_mode=padding_mode if stride == 1 else "zeros"),
@@ -49,7 +51,7 @@ class ConvNormReLU(nn.Sequential):
 class ResidualBlock(nn.Module):
     """``Rk``: x + [conv3 + IN + ReLU + (dropout) + conv3 + IN](x)."""
 
-    def __init__(self, channels: int, padding_mode: str, dropout: float):
+    def __init__(self, channels: int, padding_mode: PaddingMode, dropout: float):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv3d(channels, channels, 3, padding=1, padding_mode=padding_mode),
@@ -83,7 +85,8 @@ class UpConv(nn.Module):
         return self.act(self.norm(y))
 
 
-PADDING_MODES = ("reflect", "zeros")
+PaddingMode = Literal["reflect", "zeros"]
+PADDING_MODES: tuple[PaddingMode, ...] = ("reflect", "zeros")
 
 
 class CryoETGANGenerator(nn.Module):

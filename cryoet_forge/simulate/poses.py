@@ -6,6 +6,7 @@ Clean randomly rotated and shifted density maps are domain D of CryoETGAN.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ def draw_poses(n: int, max_shift: float, generator: torch.Generator | None,
     return rotations, shifts
 
 
-def pose_records(rotations: torch.Tensor, shifts: torch.Tensor, voxel_size: float) -> list[dict[str, float]]:
+def pose_records(rotations: torch.Tensor, shifts: torch.Tensor, voxel_size: float) -> list[dict[str, Any]]:
     """Per-particle dicts of ZYZ angles (degrees) and shifts (Angstrom)."""
     angles = matrices_to_euler_zyz(rotations)
     records = []

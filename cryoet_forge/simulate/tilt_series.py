@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -359,7 +359,7 @@ class TiltSeriesSimulator:
         volume = (stacked @ matrix).reshape(b, s, s, s).permute(0, 2, 1, 3)  # (b, y, z, x) -> (b, z, y, x)
         volume = volume / t_count
 
-        constants = {"forgeSimulator": self.name, "rlnVoltage": self.voltage_kv,
+        constants: dict[str, Any] = {"forgeSimulator": self.name, "rlnVoltage": self.voltage_kv,
                      "rlnSphericalAberration": self.cs_mm, "rlnAmplitudeContrast": self.amplitude_contrast,
                      "rlnCtfBfactor": self.bfactor, "forgeTiltMin": float(angles[0]),
                      "forgeTiltMax": float(angles[-1]), "forgeTiltStep": self.tilt_step,

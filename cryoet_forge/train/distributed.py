@@ -116,6 +116,7 @@ class ResumableBatchSampler:
             e, b = divmod(position, self.per_epoch)
             if e != epoch:
                 epoch, perm = e, self._permutation(e)
+            assert perm is not None  # set for the first epoch above
             first = b * self.global_batch + self.rank * self.local
             yield perm[first:first + self.local].tolist()
             position += 1

@@ -35,7 +35,7 @@ from torch import nn
 
 from cryoet_forge import progress, registry
 from cryoet_forge.config import TrainConfig, load_config, save_config
-from cryoet_forge.contracts import run_generator, takes_noise
+from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
 from cryoet_forge.contrastive import RegularizerInputs, build_regularizers
 from cryoet_forge.errors import ConfigError, InputError, TrainingError
 from cryoet_forge.losses import AdversarialLoss, CycleL1Loss
@@ -199,6 +199,7 @@ def lr_factor(o, step: int) -> float:
 def make_optimizer(cfg: TrainConfig, params, lr: float, device: torch.device):
     o = cfg.optim
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": o.weight_decay}
+    cls: type[torch.optim.Optimizer]
     if o.name == "adam":
         cls, kwargs["betas"] = torch.optim.Adam, tuple(o.betas)
     elif o.name == "sgd":
@@ -215,7 +216,7 @@ def make_optimizer(cfg: TrainConfig, params, lr: float, device: torch.device):
 
 
 def capture_rng() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple (name, keys, pos, has_gauss, gaussian)
     return {
         "torch": torch.get_rng_state(),
         "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
@@ -300,10 +301,11 @@ class Trainer:
         self.gen_pair = CyclePair(self.nets["g_ds"], self.nets["g_sd"])
         # generator regularisers (PatchNCE, plugins): set up on the networks before the
         # optimiser exists, since they may own parameters trained with the generators
-        self.regularizers = nn.ModuleDict(build_regularizers(cfg.loss.regularizers))
+        regularizers = build_regularizers(cfg.loss.regularizers)
+        self.regularizers = nn.ModuleDict(regularizers)
         example = torch.zeros((1, 1, self.box, self.box, self.box), device=self.device).contiguous(
             memory_format=self.memory_format)
-        for reg in self.regularizers.values():
+        for reg in regularizers.values():
             reg.setup(self.nets["g_ds"], self.nets["g_sd"], example)
         self.regularizers.to(self.device)
         self.critics = nn.ModuleDict({"subtomograms": self.nets["c_s"], "density": self.nets["c_d"]})
@@ -325,6 +327,12 @@ class Trainer:
         if resume:
             self._load_latest()
 
+        # the wrapped networks the steps call: DDP and torch.compile wrappers, or the networks themselves
+        self.gen_train: Any
+        self.critic_train: dict[str, Any]
+        self.gen_eval: Any = self.gen_pair
+        self.c_s_eval: Any = self.nets["c_s"]
+        self.c_d_eval: Any = self.nets["c_d"]
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -335,8 +343,6 @@ class Trainer:
         else:
             self.gen_train = self.gen_pair
             self.critic_train = {k: CriticPass(c) for k, c in self.critics.items()}
-        self.gen_eval = self.gen_pair
-        self.c_s_eval, self.c_d_eval = self.nets["c_s"], self.nets["c_d"]
         if t.compile:
             self.gen_train = torch.compile(self.gen_train)
             self.critic_train = {k: torch.compile(c) for k, c in self.critic_train.items()}
@@ -416,7 +422,7 @@ class Trainer:
         g = self.nets["g_ds"]
         if not takes_noise(g):
             return None
-        return self._global_randn(tuple(g.noise_shape(tuple(x.shape))))
+        return self._global_randn(noise_shape(g, tuple(x.shape)))
 
     def _pair(self) -> tuple[torch.Tensor, torch.Tensor]:
         d = self._next("density")
@@ -518,6 +524,7 @@ class Trainer:
             self.c_scaler.update()
             adv.after_critic_step(self.nets["c_s"])
             adv.after_critic_step(self.nets["c_d"])
+        assert total_c is not None and penalty is not None  # both domains ran
         stats["loss/critic"] = total_c.float()
         stats["loss/penalty"] = penalty.float()
         stats["critic_gap/subtomograms"] = gaps["subtomograms"]

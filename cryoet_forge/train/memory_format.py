@@ -37,7 +37,7 @@ def time_forward_backward(net: nn.Module, box: int, device: torch.device, memory
                           autocast: Callable[[], AbstractContextManager], batch: int = 1) -> float:
     """Seconds of one forward + backward of a copy of ``net`` on a (batch, 1, box, box, box) input:
     the best of two timed runs (one when a run takes over a second) after a warm-up run."""
-    trial = copy.deepcopy(net).to(device, memory_format=memory_format).train()
+    trial = copy.deepcopy(net).to(device).to(memory_format=memory_format).train()
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, 1, box, box, box, device=device, generator=g).contiguous(memory_format=memory_format)
     x.requires_grad_(True)  # the critics back-propagate into their input in the generator update
@@ -80,7 +80,7 @@ def choose_memory_formats(nets: dict[str, nn.Module], box: int, device: torch.de
             size = batch * (2 if group == "critic" else 1)
             seconds = {label: time_forward_backward(nets[present[0]], box, device, fmt, autocast, size)
                        for label, fmt in FORMATS.items()}
-            best = min(seconds, key=seconds.get)
+            best = min(seconds, key=seconds.__getitem__)
             record[group] = {"chosen": best, "seconds": seconds}
             for name in present:
                 formats[name] = best
