@@ -13,6 +13,8 @@ import numpy.typing as npt
 __version__: str
 CRATE_EXTRA_ROUNDINGS: float
 FLOAT32_EXTRA_ROUNDINGS: float
+#: rows per side of a distance tile
+TILE: int
 
 def gemm_margin_factor(d: int, extra_roundings: float | None = None) -> float:
     """``1.01 * (gamma_D + extra * 2^-24)``, the relative error bound of a float32 GEMM squared
@@ -52,3 +54,47 @@ def radii_from_candidates(
 
 def inception_score(probs: npt.NDArray[np.float64], splits: int = 10) -> tuple[float, float]:
     """(mean, std) of exp(E KL(p(y|x) || p(y))) over ``splits`` groups of float64 (N, C) probabilities."""
+
+def gemm_centre(real: npt.NDArray[np.float32], fake: npt.NDArray[np.float32]) -> npt.NDArray[np.float32] | None:
+    """The centre ``prdc_counts`` subtracts before its GEMM (None: none), the same on every run."""
+
+def radii_candidates(
+    x: npt.NDArray[np.float32],
+    k: int,
+    centre: npt.NDArray[np.float32] | None = None,
+    rank: int = 0,
+    world: int = 1,
+    progress: Callable[[int, int], Any] | None = None,
+) -> dict[str, Any]:
+    """First phase of the radii over tile shard ``rank`` of ``world``: per row the closest
+    candidates by the float32 GEMM. Keys: cap, max_norm, and flat arrays vals (float64, N*cap),
+    idx (uint32, N*cap), len (uint32, N), floor (float64, N: at or below every candidate dropped)."""
+
+def radii_finish(
+    x: npt.NDArray[np.float32],
+    k: int,
+    centre: npt.NDArray[np.float32] | None,
+    vals: npt.NDArray[np.float64],
+    idx: npt.NDArray[np.uint32],
+    len: npt.NDArray[np.uint32],
+    floor: npt.NDArray[np.float64],
+    max_norm: float,
+    cap: int,
+    row_start: int,
+) -> dict[str, Any]:
+    """Exact radii of rows ``row_start .. row_start + R`` from every shard's candidate lists of
+    those rows (vals, idx: (P, R*cap); len, floor: (P, R)). Keys: radii, exact_pairs, exact_rows."""
+
+def ball_counts(
+    real: npt.NDArray[np.float32],
+    fake: npt.NDArray[np.float32],
+    real_radii: npt.NDArray[np.float32],
+    fake_radii: npt.NDArray[np.float32],
+    inclusive: bool = False,
+    centre: npt.NDArray[np.float32] | None = None,
+    rank: int = 0,
+    world: int = 1,
+    progress: Callable[[int, int], Any] | None = None,
+) -> dict[str, Any]:
+    """Ball membership over tile shard ``rank`` of ``world`` of real x fake: ball_count (uint32 per
+    fake; shards add), recalled and covered (bool per real; shards OR), exact_pairs."""

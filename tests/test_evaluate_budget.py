@@ -30,8 +30,9 @@ def test_prediction_adds_up_the_parts():
     steps, epochs = config.gan.overrides["train.steps"], config.classifier.epochs
     parts = predict(config, COSTS)
     assert parts["gan_training"] == pytest.approx(steps * 0.3)
-    # inception (192 volumes) + 2 sources x 3 seeds x 192 volumes, at most `epochs` each
-    assert parts["classifiers"] == pytest.approx(epochs * 0.002 * (192 + 2 * 3 * 192))
+    # inception (192 volumes) + 2 sources x 5 seeds x 192 volumes, at most `epochs` each
+    assert len(config.downstream.seeds) == 5
+    assert parts["classifiers"] == pytest.approx(epochs * 0.002 * (192 + 2 * 5 * 192))
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
 
 

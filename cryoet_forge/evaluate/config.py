@@ -249,8 +249,7 @@ def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = 
     return config
 
 
-#: the small CPU setting of ``forge quickstart`` (4 min 24 s on 2 cores with plain refinement; up to 10 min
-#: with the identity loss on a slow day, README "Two commands"). The generator is the
+#: the small CPU setting of ``forge quickstart`` (330-343 s on 2 cores, README "Two commands"). The generator is the
 #: U-Net of the ``cryoet-forge-unet3d`` plugin distribution (installed by the README's commands):
 #: at this scale the paper's ResNet generator hides its input map from the critic and its output
 #: carries no class (README, evaluation section); ``quickstart_config`` falls back to
@@ -276,7 +275,9 @@ QUICKSTART: dict[str, Any] = {
     # dense layer without dropout (README, "How the classifiers are trained", says how it was chosen)
     "classifier": {"channels": [8, 16, 32, 32], "fc_width": 64, "epochs": 40, "batch_size": 16,
                    "lr": 1e-3, "dropout": 0.0},
-    "downstream": {"n_per_class": 48, "seeds": [0, 1, 2]},
+    # five downstream seeds: a paired t-interval over three (2 degrees of freedom, t = 4.30) stayed
+    # wide even where all three differences were positive; issue goal and README ask for >= 5
+    "downstream": {"n_per_class": 48, "seeds": [0, 1, 2, 3, 4]},
     "uncertainty": {"samples": 8},
     "report": {"title": "cryoet-forge quickstart (CPU, small)"},
 }

@@ -60,6 +60,17 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
 
     if bootstrap < 0:
         raise InputError(f"--bootstrap must be >= 0, got {bootstrap}")
+    from cryoet_forge.metrics import sharded
+
+    world = sharded.distributed_world()
+    if world is not None:  # one of several processes (torchrun): the exact kernel's tiles are split
+        if backend != "exact":
+            raise ConfigError(f"under torchrun (WORLD_SIZE={world[1]}) forge metrics splits the exact backend "
+                              f"only; got --backend {backend}")
+        if extractor_name is not None:
+            raise ConfigError("--features under torchrun: extract once (forge metrics --features NAME "
+                              "--save-features DIR) and give the saved feature files to the distributed run")
+        sharded.share_threads(world[2])
     extracted = None
     if extractor_name is None:
         for flag, given in (("--feature-option", feature_options), ("--save-features", save_dir),
@@ -92,19 +103,36 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
     if extracted is not None:
         probabilities = {which: extracted[which].probabilities for which in ("fake", "real")}
         sources = {which: str(extracted[which].source) for which in ("fake", "real")}
-    with progress.stage("PRDC distances", 0, "tiles", enabled=bool(show_progress)) as bar:
-        def callback(done: int, total: int) -> None:
-            bar.update(done, total=total)
+    engine: object = backend
+    if world is not None:
+        sharded.init_process_group()
+        engine = sharded.ShardedExactKnn()
+        if world[0] != 0:  # the first process reports; the others compute their share quietly
+            show_progress = False
+    lead = world is None or world[0] == 0
+    try:
+        with progress.stage("PRDC distances", 0, "tiles", enabled=bool(show_progress)) as bar:
+            def callback(done: int, total: int) -> None:
+                bar.update(done, total=total)
 
-        bundle = compute_bundle(real, fake, k=k, backend=backend, device=device, strict=strict, with_fid=with_fid,
-                                bootstrap=bootstrap, probabilities=probabilities,
-                                is_splits=10 if is_splits is None else is_splits, sources=sources,
-                                progress=callback if show_progress else None)
+            bundle = compute_bundle(real, fake, k=k, backend=engine, device=device, strict=strict,
+                                    with_fid=with_fid and lead, bootstrap=bootstrap, probabilities=probabilities,
+                                    is_splits=10 if is_splits is None else is_splits, sources=sources,
+                                    progress=callback if show_progress else None)
+    finally:
+        if world is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if not lead:
+        return
     counts, values, fid, scores = bundle.counts, bundle.prdc, bundle.fid, bundle.inception
     prdc_seconds, fid_seconds = bundle.prdc_seconds, bundle.fid_seconds
 
     source = f", features={extractor_name}" if extracted is not None else ""
-    table = Table(title=f"forge metrics: {n} real x {m} fake{source}, D={d}, k={k}, backend={bundle.backend}")
+    processes = f" x {world[1]} processes" if world is not None else ""
+    table = Table(title=f"forge metrics: {n} real x {m} fake{source}, D={d}, k={k}, "
+                        f"backend={bundle.backend}{processes}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in ("precision", "recall", "density", "coverage"):

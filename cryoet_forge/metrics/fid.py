@@ -74,9 +74,13 @@ class Moments:
         self.s1: np.ndarray | None = None
         self.s2: np.ndarray | None = None  # upper triangle, Fortran order (BLAS syrk)
 
-    def update(self, batch: Any) -> None:
+    def update(self, batch: Any, weights: np.ndarray | None = None) -> None:
+        """Add the rows of ``batch``; ``weights`` (one non-negative integer per row) counts row i
+        that many times, as a resample with replacement does, without copying the rows."""
         x = as_feature_matrix(batch, self.name)
         check_finite(x, self.name)
+        if weights is not None and weights.shape != (x.shape[0],):
+            raise InputError(f"{self.name}: {weights.shape} weights for {x.shape[0]} rows")
         if self.shift is None:
             d = x.shape[1]
             self.shift = x.mean(axis=0, dtype=np.float64)
@@ -84,12 +88,19 @@ class Moments:
             self.s2 = np.zeros((d, d), order="F")
         elif x.shape[1] != self.shift.shape[0]:
             raise InputError(f"{self.name}: batch has D={x.shape[1]}, earlier batches D={self.shift.shape[0]}")
+        assert self.s1 is not None
         for start in range(0, x.shape[0], 4096):
-            b = x[start : start + 4096].astype(np.float64) - self.shift
-            self.s1 += b.sum(axis=0)
+            b = x[start : start + 4096].astype(np.float64)
+            b -= self.shift
+            if weights is None:
+                self.s1 += b.sum(axis=0)
+            else:
+                w = weights[start : start + 4096].astype(np.float64)
+                self.s1 += w @ b
+                b *= np.sqrt(w)[:, None]  # sum_i w_i b_i b_i^T = (sqrt(w) b)^T (sqrt(w) b)
             # b^T b into the upper triangle: b.T is Fortran-contiguous, so no copy is made
             self.s2 = _blas.dsyrk(1.0, b.T, beta=1.0, c=self.s2, trans=0, lower=0, overwrite_c=1)
-        self.n += x.shape[0]
+        self.n += x.shape[0] if weights is None else int(weights.sum())
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         if self.n < 2 or self.shift is None or self.s1 is None or self.s2 is None:
@@ -242,9 +253,14 @@ def fid_from_moments(mu_x: Any, cov_x: Any, mu_y: Any, cov_y: Any, n_real: int =
     return _finish(mu_x, mu_y, np.trace(cov_x), np.trace(cov_y), tr_sqrt, route, ev, n_real, n_fake, d, notes)
 
 
-def _fid_of_features(x: np.ndarray, y: np.ndarray) -> FIDResult:
+def _fid_of_features(x: np.ndarray, y: np.ndarray, wx: np.ndarray | None = None,
+                     wy: np.ndarray | None = None) -> FIDResult:
+    """FID of the rows of x and y, row i counted ``w[i]`` times where weights are given (the
+    moments route only; the Gram route is for small sets and takes the rows themselves)."""
     n, m, d = x.shape[0], y.shape[0], x.shape[1]
-    if max(n, m) < d:
+    if wx is not None and wy is not None:
+        n, m = int(wx.sum()), int(wy.sum())
+    elif max(n, m) < d:
         # Gram route: an N x M singular value problem instead of D x D eigenvalues
         mu_x, mu_y = x.mean(axis=0, dtype=np.float64), y.mean(axis=0, dtype=np.float64)
         a = x.astype(np.float64) - mu_x
@@ -255,8 +271,8 @@ def _fid_of_features(x: np.ndarray, y: np.ndarray) -> FIDResult:
         trace_y = float(np.einsum("ij,ij->", b, b) / (m - 1))
         return _finish(mu_x, mu_y, trace_x, trace_y, tr_sqrt, "gram", sv**2, n, m, d, _notes(n, m, d, "gram"))
     mx, my = Moments("real features"), Moments("fake features")
-    mx.update(x)
-    my.update(y)
+    mx.update(x, wx)
+    my.update(y, wy)
     (mu_x, cov_x), (mu_y, cov_y) = mx.mean_cov(), my.mean_cov()
     tr_sqrt, route, ev = trace_sqrt_product(cov_x, cov_y)
     return _finish(mu_x, mu_y, np.trace(cov_x), np.trace(cov_y), tr_sqrt, route, ev, n, m, d, _notes(n, m, d, route))
@@ -299,7 +315,11 @@ def fid_details(real: Any, fake: Any, bootstrap: int = 0, ci_level: float = 0.95
             for i in range(values.size):
                 xi = rng.integers(0, x.shape[0], x.shape[0])
                 yi = rng.integers(0, y.shape[0], y.shape[0])
-                values[i] = _fid_of_features(x[xi], y[yi]).fid
+                if max(x.shape[0], y.shape[0]) < x.shape[1]:  # small sets: the Gram route on the rows
+                    values[i] = _fid_of_features(x[xi], y[yi]).fid
+                else:  # the same resample as row counts: streamed moments, no copy of the rows
+                    values[i] = _fid_of_features(x, y, np.bincount(xi, minlength=x.shape[0]),
+                                                 np.bincount(yi, minlength=y.shape[0])).fid
         alpha = (1.0 - ci_level) / 2.0
         q_lo, q_hi = np.quantile(values, [alpha, 1.0 - alpha])
         estimate = result.fid

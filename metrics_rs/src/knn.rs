@@ -15,7 +15,7 @@ use crate::error::{MetricsError, Result};
 use crate::progress::Progress;
 use crate::tiles::{
     block_rows, choose_centre, dist32, exact_sq, gemm_sq_norms, run_tiles, tile_gram, triangle_tiles,
-    Features, Margin, MAX_GEMM_SQ_NORM,
+    row_gemm_sq_norm, Features, Margin, Shard, MAX_GEMM_SQ_NORM,
 };
 
 pub use crate::tiles::check_finite;
@@ -110,22 +110,73 @@ pub fn kth_neighbour_distances_with(
 
 /// Radii of `f` with the GEMM run on rows shifted by `centre` (see `tiles::choose_centre`).
 pub fn radii(f: &Features, k: usize, centre: Option<&[f32]>, progress: Option<&Progress>) -> Result<Radii> {
+    let lists = candidate_lists(f, k, centre, Shard::WHOLE, progress)?;
+    finish_radii(f, k, centre, &[lists], 0, f.n)
+}
+
+/// Per row of a block of rows: the `cap` smallest approximate squared distances seen (sorted
+/// ascending) with their row indices, and `floor`, a value at or below every approximate
+/// distance that was seen but not kept (infinity when none was dropped; minus infinity when
+/// the rows have no usable float32 bound and must be computed exactly).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateLists {
+    pub cap: usize,
+    pub len: Vec<u32>,
+    pub vals: Vec<f64>,
+    pub idx: Vec<u32>,
+    pub floor: Vec<f64>,
+    /// the largest squared GEMM norm over all rows (the bound's scale)
+    pub max_norm: f64,
+}
+
+impl CandidateLists {
+    /// The rows `r0..r1` of these lists.
+    pub fn rows(&self, r0: usize, r1: usize) -> CandidateLists {
+        let c = self.cap;
+        CandidateLists {
+            cap: c,
+            len: self.len[r0..r1].to_vec(),
+            vals: self.vals[r0 * c..r1 * c].to_vec(),
+            idx: self.idx[r0 * c..r1 * c].to_vec(),
+            floor: self.floor[r0..r1].to_vec(),
+            max_norm: self.max_norm,
+        }
+    }
+}
+
+/// Length of the candidate lists for `k` neighbours among `n` rows.
+pub fn candidate_cap(n: usize, k: usize) -> usize {
+    (2 * k + 16).min(n - 1).max(k)
+}
+
+/// The first phase of `radii`, over this `shard`'s tiles of the upper triangle: per row the
+/// closest candidates by the float32 GEMM. Lists of several shards are merged by `finish_radii`.
+pub fn candidate_lists(
+    f: &Features,
+    k: usize,
+    centre: Option<&[f32]>,
+    shard: Shard,
+    progress: Option<&Progress>,
+) -> Result<CandidateLists> {
     let n = f.n;
     if k == 0 || k >= n {
         return Err(MetricsError::InvalidK { k, n });
     }
     let norms = gemm_sq_norms(f, centre);
     let max_norm = norms.iter().cloned().fold(0.0f64, f64::max);
-    let margin = match Margin::for_dim(f.d) {
-        Some(m) if max_norm <= MAX_GEMM_SQ_NORM => m,
-        _ => {
-            // no useful float32 bound: every row exactly (slow, but correct)
-            let radii = (0..n).into_par_iter().map(|i| dist32(brute_force_row(f, i, k))).collect();
-            return Ok(Radii { radii, exact_pairs: 0, exact_rows: n as u64 });
-        }
-    };
-    let cap = (2 * k + 16).min(n - 1).max(k);
-    let tiles = triangle_tiles(n);
+    let cap = candidate_cap(n, k);
+    if Margin::for_dim(f.d).filter(|_| max_norm <= MAX_GEMM_SQ_NORM).is_none() {
+        // no useful float32 bound: every row exactly (slow, but correct)
+        return Ok(CandidateLists {
+            cap,
+            len: vec![0; n],
+            vals: vec![f64::INFINITY; n * cap],
+            idx: vec![0; n * cap],
+            floor: vec![f64::NEG_INFINITY; n],
+            max_norm,
+        });
+    }
+    let tiles = shard.select(triangle_tiles(n));
     if let Some(p) = progress {
         p.ensure_total(tiles.len() as u64);
     }
@@ -152,38 +203,111 @@ pub fn radii(f: &Features, k: usize, centre: Option<&[f32]>, progress: Option<&P
             }
         },
     )?;
-
-    let exact_pairs = AtomicU64::new(0);
-    let exact_rows = AtomicU64::new(0);
-    let radii = (0..n)
-        .into_par_iter()
-        .map(|i| {
+    // merge the workers' lists in place: keep the `cap` smallest; what a full list or the merge
+    // drops lies at or above the floor
+    let mut out = CandidateLists {
+        cap,
+        len: vec![0; n],
+        vals: vec![f64::INFINITY; n * cap],
+        idx: vec![0; n * cap],
+        floor: vec![f64::INFINITY; n],
+        max_norm,
+    };
+    out.vals
+        .par_chunks_mut(cap)
+        .zip(out.idx.par_chunks_mut(cap))
+        .zip(out.len.par_iter_mut())
+        .zip(out.floor.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (((vals, idx), len), floor))| {
             let mut all: Vec<(f64, u32)> = Vec::with_capacity(states.len() * cap);
             for st in &states {
                 let (v, ix) = st.row(i);
+                if v.len() == cap {
+                    *floor = floor.min(v[cap - 1]);
+                }
                 all.extend(v.iter().cloned().zip(ix.iter().cloned()));
             }
+            all.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            if all.len() > cap {
+                *floor = floor.min(all[cap].0);
+                all.truncate(cap);
+            }
+            *len = all.len() as u32;
+            for (c, (v, j)) in all.into_iter().enumerate() {
+                vals[c] = v;
+                idx[c] = j;
+            }
+        });
+    Ok(out)
+}
+
+/// The second phase of `radii`: exact radii of rows `r0..r1` of `f` from the candidate lists
+/// of those rows made by every shard (`lists`, one per shard, each of `r1 - r0` rows). A
+/// candidate that could be among the k nearest is recomputed exactly; a row whose lists may
+/// have dropped one (its floor is within the bound) is recomputed against every row.
+pub fn finish_radii(
+    f: &Features,
+    k: usize,
+    centre: Option<&[f32]>,
+    lists: &[CandidateLists],
+    r0: usize,
+    r1: usize,
+) -> Result<Radii> {
+    let n = f.n;
+    if k == 0 || k >= n {
+        return Err(MetricsError::InvalidK { k, n });
+    }
+    if r0 > r1 || r1 > n || lists.is_empty() {
+        return Err(MetricsError::Shape(format!("rows {r0}..{r1} of {n} with {} candidate lists", lists.len())));
+    }
+    let rows = r1 - r0;
+    for l in lists {
+        if l.len.len() != rows || l.floor.len() != rows || l.vals.len() != rows * l.cap || l.idx.len() != rows * l.cap {
+            return Err(MetricsError::Shape(format!("candidate lists must cover the {rows} rows {r0}..{r1}")));
+        }
+    }
+    let max_norm = lists.iter().map(|l| l.max_norm).fold(0.0f64, f64::max);
+    let margin = Margin::for_dim(f.d).filter(|_| max_norm <= MAX_GEMM_SQ_NORM);
+    let exact_pairs = AtomicU64::new(0);
+    let exact_rows = AtomicU64::new(0);
+    let radii = (r0..r1)
+        .into_par_iter()
+        .map(|i| {
+            let r = i - r0;
+            let mut all: Vec<(f64, u32)> = Vec::new();
+            let mut floor = f64::INFINITY;
+            for l in lists {
+                let len = l.len[r] as usize;
+                let base = r * l.cap;
+                all.extend(l.vals[base..base + len].iter().cloned().zip(l.idx[base..base + len].iter().cloned()));
+                floor = floor.min(l.floor[r]);
+            }
             all.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-            // all k nearest (exact) have approx <= a_k + 2 * max margin of this row
-            let bound = all[k - 1].0 + 2.0 * margin.of(norms[i] + max_norm);
-            let overflowed = states.iter().any(|st| {
-                let (v, _) = st.row(i);
-                v.len() == cap && v[cap - 1] <= bound
-            });
-            let kth = if overflowed {
+            let x = f.row(i);
+            let kth = match margin {
+                Some(mg) if all.len() >= k => {
+                    // all k nearest (exact) have approx <= a_k + 2 * max margin of this row
+                    let bound = all[k - 1].0 + 2.0 * mg.of(row_gemm_sq_norm(x, centre) + max_norm);
+                    if floor <= bound {
+                        None
+                    } else {
+                        let mut exact: Vec<f64> = all
+                            .iter()
+                            .take_while(|(v, _)| *v <= bound)
+                            .map(|&(_, j)| exact_sq(x, f.row(j as usize)))
+                            .collect();
+                        exact_pairs.fetch_add(exact.len() as u64, Ordering::Relaxed);
+                        let (_, kth, _) = exact.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+                        Some(*kth)
+                    }
+                }
+                _ => None,
+            };
+            let kth = kth.unwrap_or_else(|| {
                 exact_rows.fetch_add(1, Ordering::Relaxed);
                 brute_force_row(f, i, k)
-            } else {
-                let x = f.row(i);
-                let mut exact: Vec<f64> = all
-                    .iter()
-                    .take_while(|(v, _)| *v <= bound)
-                    .map(|&(_, j)| exact_sq(x, f.row(j as usize)))
-                    .collect();
-                exact_pairs.fetch_add(exact.len() as u64, Ordering::Relaxed);
-                let (_, kth, _) = exact.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
-                *kth
-            };
+            });
             dist32(kth)
         })
         .collect();
@@ -297,6 +421,18 @@ pub(crate) mod tests {
         }
         let got = kth_neighbour_distances(x.as_slice().unwrap(), 800, 4, 39).unwrap();
         assert!(got.iter().all(|&r| r == 0.0));
+    }
+
+    #[test]
+    fn sharded_candidate_lists_with_many_ties_still_give_exact_radii() {
+        let base = lcg_matrix(20, 4, 3);
+        let x = Array2::from_shape_fn((1200, 4), |(i, c)| base[[i % 20, c]]);
+        let f = Features::new("x", x.as_slice().unwrap(), 1200, 4).unwrap();
+        for k in [1, 59, 60, 61] {
+            let lists: Vec<_> = (0..3).map(|r| candidate_lists(&f, k, None, Shard::new(r, 3).unwrap(), None).unwrap()).collect();
+            let got = finish_radii(&f, k, None, &lists, 0, 1200).unwrap();
+            assert_eq!(got.radii, brute_force(&x, k), "k={k}");
+        }
     }
 
     #[test]

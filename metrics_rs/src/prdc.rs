@@ -10,7 +10,7 @@ use crate::knn;
 use crate::progress::Progress;
 use crate::tiles::{
     block_rows, choose_centre, dist32, exact_sq, gemm_sq_norms, rectangle_tiles, run_tiles,
-    settle_thresholds, tile_gram, triangle_tiles, Features, Margin, MAX_GEMM_SQ_NORM,
+    settle_thresholds, tile_gram, triangle_tiles, Features, Margin, Shard, MAX_GEMM_SQ_NORM,
 };
 
 /// Counts behind the four metrics; `metrics()` turns them into the values `prdc` returns.
@@ -71,7 +71,8 @@ fn within(dist: f32, radius: f32, inclusive: bool) -> bool {
 /// and the number of pairs recomputed exactly.
 pub type BallCounts = (Vec<u32>, Vec<bool>, Vec<bool>, u64);
 
-/// Ball-membership counts of `real` (N x D) and `fake` (M x D) for given radii.
+/// Ball-membership counts of `real` (N x D) and `fake` (M x D) for given radii, over this
+/// `shard`'s tiles of the cross distance matrix (the shards' counts add up, their flags OR).
 #[allow(clippy::too_many_arguments)]
 pub fn ball_counts(
     real: &Features,
@@ -80,6 +81,7 @@ pub fn ball_counts(
     fake_radii: &[f32],
     inclusive: bool,
     centre: Option<&[f32]>,
+    shard: Shard,
     progress: Option<&Progress>,
 ) -> Result<BallCounts> {
     let (n, m, d) = (real.n, fake.n, real.d);
@@ -103,7 +105,7 @@ pub fn ball_counts(
     let thr_x: Vec<(f64, f64)> = real_radii.iter().map(|&r| settle_thresholds(r)).collect();
     let thr_y: Vec<(f64, f64)> = fake_radii.iter().map(|&r| settle_thresholds(r)).collect();
 
-    let tiles = rectangle_tiles(n, m);
+    let tiles = shard.select(rectangle_tiles(n, m));
     if let Some(p) = progress {
         p.ensure_total(tiles.len() as u64);
     }
@@ -217,7 +219,7 @@ pub fn prdc_counts(
     let rx = knn::radii(&x, k, centre, progress)?;
     let ry = knn::radii(&y, k, centre, progress)?;
     let (ball_count, recalled, covered, cross_exact) =
-        ball_counts(&x, &y, &rx.radii, &ry.radii, inclusive, centre, progress)?;
+        ball_counts(&x, &y, &rx.radii, &ry.radii, inclusive, centre, Shard::WHOLE, progress)?;
     Ok(PrdcCounts {
         n_real: n,
         n_fake: m,
@@ -237,6 +239,7 @@ pub fn prdc_counts(
 mod tests {
     use super::*;
     use crate::knn::tests::{brute_force, lcg_matrix};
+    use crate::tiles::Shard;
     use ndarray::Array2;
 
     /// Straight from the definitions, with exact distances.
@@ -255,6 +258,43 @@ mod tests {
         let r = (0..n).filter(|&i| (0..m).any(|j| inside(dist(i, j), ry[j]))).count() as u64;
         let cov = (0..n).filter(|&i| (0..m).any(|j| inside(dist(i, j), rx[i]))).count() as u64;
         (p, r, dens, cov)
+    }
+
+    #[test]
+    fn shards_add_up_to_the_whole() {
+        use crate::knn::{candidate_lists, finish_radii, radii};
+        let (n, m, d, k) = (1300, 1100, 9, 5);
+        let x = lcg_matrix(n, d, 11);
+        let mut y = lcg_matrix(m, d, 12);
+        y.mapv_inplace(|v| v * 1.1 + 0.05);
+        let fx = Features::new("x", x.as_slice().unwrap(), n, d).unwrap();
+        let fy = Features::new("y", y.as_slice().unwrap(), m, d).unwrap();
+        let centre = choose_centre(&[fx, fy]);
+        let c = centre.as_deref();
+        let whole_rx = radii(&fx, k, c, None).unwrap().radii;
+        let whole_ry = radii(&fy, k, c, None).unwrap().radii;
+        assert_eq!(whole_rx, brute_force(&x, k));
+        let whole = ball_counts(&fx, &fy, &whole_rx, &whole_ry, false, c, Shard::WHOLE, None).unwrap();
+        for world in [2, 3] {
+            let shards: Vec<Shard> = (0..world).map(|r| Shard::new(r, world).unwrap()).collect();
+            let lists: Vec<_> = shards.iter().map(|&s| candidate_lists(&fx, k, c, s, None).unwrap()).collect();
+            // finished in two row blocks, as a distributed run does
+            let part = |r0: usize, r1: usize| lists.iter().map(|l| l.rows(r0, r1)).collect::<Vec<_>>();
+            let mut rx = finish_radii(&fx, k, c, &part(0, 700), 0, 700).unwrap().radii;
+            rx.extend(finish_radii(&fx, k, c, &part(700, n), 700, n).unwrap().radii);
+            assert_eq!(rx, whole_rx, "world={world}");
+            let ly: Vec<_> = shards.iter().map(|&s| candidate_lists(&fy, k, c, s, None).unwrap()).collect();
+            assert_eq!(finish_radii(&fy, k, c, &ly, 0, m).unwrap().radii, whole_ry, "world={world}");
+            let (mut ball, mut rec, mut cov) = (vec![0u32; m], vec![false; n], vec![false; n]);
+            for &s in &shards {
+                let (b, r, cv, _) = ball_counts(&fx, &fy, &rx, &whole_ry, false, c, s, None).unwrap();
+                ball.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                rec.iter_mut().zip(&r).for_each(|(a, b)| *a |= b);
+                cov.iter_mut().zip(&cv).for_each(|(a, b)| *a |= b);
+            }
+            assert_eq!((&ball, &rec, &cov), (&whole.0, &whole.1, &whole.2), "world={world}");
+        }
+        assert!(Shard::new(2, 2).is_err() && Shard::new(0, 0).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use pyo3::types::PyDict;
 
 use crate::error::MetricsError;
 use crate::progress::Progress;
+use crate::tiles::{Features, Shard};
 
 impl From<MetricsError> for PyErr {
     fn from(err: MetricsError) -> PyErr {
@@ -189,6 +190,159 @@ fn radii_from_candidates<'py>(
     Ok(out.into_pyarray(py))
 }
 
+/// The centre the GEMM of `prdc_counts` subtracts from `real` and `fake` (None: none), the same
+/// on every run, so that the processes of a sharded computation agree on it.
+#[pyfunction]
+#[pyo3(signature = (real, fake))]
+fn gemm_centre<'py>(
+    py: Python<'py>,
+    real: PyReadonlyArrayDyn<'py, f32>,
+    fake: PyReadonlyArrayDyn<'py, f32>,
+) -> PyResult<Option<Bound<'py, PyArray1<f32>>>> {
+    let (xr, n, d) = as_matrix("real", &real)?;
+    let (yf, m, df) = as_matrix("fake", &fake)?;
+    let centre = py.detach(|| -> crate::Result<Option<Vec<f32>>> {
+        let x = Features::new("real features", xr, n, d)?;
+        let y = Features::new("fake features", yf, m, df)?;
+        if df != d {
+            return Err(MetricsError::Shape(format!(
+                "real and fake features must have the same dimension D, got {d} and {df}"
+            )));
+        }
+        Ok(crate::tiles::choose_centre(&[x, y]))
+    })?;
+    Ok(centre.map(|c| c.into_pyarray(py)))
+}
+
+fn centre_slice<'a>(centre: &'a Option<PyReadonlyArrayDyn<'_, f32>>, d: usize) -> PyResult<Option<&'a [f32]>> {
+    match centre {
+        None => Ok(None),
+        Some(c) => {
+            let c = c.as_slice().map_err(|_| PyValueError::new_err("centre must be contiguous"))?;
+            if c.len() != d {
+                return Err(PyValueError::new_err(format!("centre has {} values for D={d}", c.len())));
+            }
+            Ok(Some(c))
+        }
+    }
+}
+
+/// The first phase of the radii over shard `rank` of `world`: per row of `x` the closest
+/// candidates by the float32 GEMM, as flat arrays (`vals`, `idx`: N x cap; `len`, `floor`: N).
+#[pyfunction]
+#[pyo3(signature = (x, k, centre=None, rank=0, world=1, progress=None))]
+fn radii_candidates<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    k: usize,
+    centre: Option<PyReadonlyArrayDyn<'py, f32>>,
+    rank: usize,
+    world: usize,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (xs, n, d) = as_matrix("x", &x)?;
+    let c = centre_slice(&centre, d)?;
+    let shard = Shard::new(rank, world)?;
+    let lists = run_detached(py, progress, |p| {
+        let f = Features::new("features", xs, n, d)?;
+        crate::knn::candidate_lists(&f, k, c, shard, Some(p))
+    })?;
+    let out = PyDict::new(py);
+    out.set_item("cap", lists.cap)?;
+    out.set_item("max_norm", lists.max_norm)?;
+    out.set_item("len", lists.len.into_pyarray(py))?;
+    out.set_item("vals", lists.vals.into_pyarray(py))?;
+    out.set_item("idx", lists.idx.into_pyarray(py))?;
+    out.set_item("floor", lists.floor.into_pyarray(py))?;
+    Ok(out)
+}
+
+/// The second phase: exact radii of rows `row_start .. row_start + R` of `x` from the candidate
+/// lists of those rows made by each of P shards (`vals`, `idx`: P x (R cap); `len`, `floor`: P x R).
+#[pyfunction]
+#[pyo3(signature = (x, k, centre, vals, idx, len, floor, max_norm, cap, row_start))]
+#[allow(clippy::too_many_arguments)]
+fn radii_finish<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    k: usize,
+    centre: Option<PyReadonlyArrayDyn<'py, f32>>,
+    vals: PyReadonlyArrayDyn<'py, f64>,
+    idx: PyReadonlyArrayDyn<'py, u32>,
+    len: PyReadonlyArrayDyn<'py, u32>,
+    floor: PyReadonlyArrayDyn<'py, f64>,
+    max_norm: f64,
+    cap: usize,
+    row_start: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (xs, n, d) = as_matrix("x", &x)?;
+    let c = centre_slice(&centre, d)?;
+    let (vs, shards, vw) = as_matrix("vals", &vals)?;
+    let (is, ishards, iw) = as_matrix("idx", &idx)?;
+    let (ls, lshards, rows) = as_matrix("len", &len)?;
+    let (fs, fshards, fw) = as_matrix("floor", &floor)?;
+    if cap == 0 || vw != rows * cap || iw != rows * cap || fw != rows || ishards != shards || lshards != shards || fshards != shards {
+        return Err(PyValueError::new_err(format!(
+            "candidate lists of {shards} shards: vals, idx must be (P, R*cap) and len, floor (P, R) with cap={cap}"
+        )));
+    }
+    let lists: Vec<crate::knn::CandidateLists> = (0..shards)
+        .map(|p| crate::knn::CandidateLists {
+            cap,
+            len: ls[p * rows..(p + 1) * rows].to_vec(),
+            vals: vs[p * vw..(p + 1) * vw].to_vec(),
+            idx: is[p * iw..(p + 1) * iw].to_vec(),
+            floor: fs[p * rows..(p + 1) * rows].to_vec(),
+            max_norm,
+        })
+        .collect();
+    let r = run_detached(py, None, |_| {
+        let f = Features::new("features", xs, n, d)?;
+        crate::knn::finish_radii(&f, k, c, &lists, row_start, row_start + rows)
+    })?;
+    let out = PyDict::new(py);
+    out.set_item("radii", r.radii.into_pyarray(py))?;
+    out.set_item("exact_pairs", r.exact_pairs)?;
+    out.set_item("exact_rows", r.exact_rows)?;
+    Ok(out)
+}
+
+/// Ball-membership counts over shard `rank` of `world` of the real x fake tiles: `ball_count`
+/// (per fake, add over shards), `recalled` and `covered` (per real, OR over shards).
+#[pyfunction]
+#[pyo3(signature = (real, fake, real_radii, fake_radii, inclusive=false, centre=None, rank=0, world=1, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn ball_counts<'py>(
+    py: Python<'py>,
+    real: PyReadonlyArrayDyn<'py, f32>,
+    fake: PyReadonlyArrayDyn<'py, f32>,
+    real_radii: PyReadonlyArrayDyn<'py, f32>,
+    fake_radii: PyReadonlyArrayDyn<'py, f32>,
+    inclusive: bool,
+    centre: Option<PyReadonlyArrayDyn<'py, f32>>,
+    rank: usize,
+    world: usize,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (xr, n, d) = as_matrix("real", &real)?;
+    let (yf, m, df) = as_matrix("fake", &fake)?;
+    let c = centre_slice(&centre, d)?;
+    let rr = real_radii.as_slice().map_err(|_| PyValueError::new_err("real_radii must be contiguous"))?;
+    let fr = fake_radii.as_slice().map_err(|_| PyValueError::new_err("fake_radii must be contiguous"))?;
+    let shard = Shard::new(rank, world)?;
+    let (ball, recalled, covered, pairs) = run_detached(py, progress, |p| {
+        let x = Features::new("real features", xr, n, d)?;
+        let y = Features::new("fake features", yf, m, df)?;
+        crate::prdc::ball_counts(&x, &y, rr, fr, inclusive, c, shard, Some(p))
+    })?;
+    let out = PyDict::new(py);
+    out.set_item("ball_count", ball.into_pyarray(py))?;
+    out.set_item("recalled", recalled.into_pyarray(py))?;
+    out.set_item("covered", covered.into_pyarray(py))?;
+    out.set_item("exact_pairs", pairs)?;
+    Ok(out)
+}
+
 /// Inception Score (mean, std) of class probabilities `probs` (N, C) over `splits` groups.
 #[pyfunction]
 #[pyo3(signature = (probs, splits=10))]
@@ -215,7 +369,12 @@ fn _metrics_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(radii_from_candidates, m)?)?;
     m.add_function(wrap_pyfunction!(inception_score, m)?)?;
     m.add_function(wrap_pyfunction!(gemm_margin_factor, m)?)?;
+    m.add_function(wrap_pyfunction!(gemm_centre, m)?)?;
+    m.add_function(wrap_pyfunction!(radii_candidates, m)?)?;
+    m.add_function(wrap_pyfunction!(radii_finish, m)?)?;
+    m.add_function(wrap_pyfunction!(ball_counts, m)?)?;
     m.add("CRATE_EXTRA_ROUNDINGS", crate::tiles::CRATE_EXTRA_ROUNDINGS)?;
     m.add("FLOAT32_EXTRA_ROUNDINGS", crate::tiles::FLOAT32_EXTRA_ROUNDINGS)?;
+    m.add("TILE", crate::tiles::TILE)?;
     Ok(())
 }

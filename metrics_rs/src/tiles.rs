@@ -103,7 +103,9 @@ pub fn common_centre(sets: &[Features]) -> Vec<f32> {
     let total: usize = sets.iter().map(|s| s.n).sum();
     let mut sum = vec![0.0f64; d];
     for s in sets {
-        let part = s
+        // partial sums of fixed 256-row chunks, added in chunk order: the same centre on every
+        // run and thread count (the shards of a distributed run must agree on it)
+        let parts: Vec<Vec<f64>> = s
             .data
             .par_chunks(d * 256)
             .map(|rows| {
@@ -115,44 +117,38 @@ pub fn common_centre(sets: &[Features]) -> Vec<f32> {
                 }
                 acc
             })
-            .reduce(
-                || vec![0.0f64; d],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
-        sum.iter_mut().zip(&part).for_each(|(x, y)| *x += y);
+            .collect();
+        for part in &parts {
+            sum.iter_mut().zip(part).for_each(|(x, y)| *x += y);
+        }
     }
     sum.iter().map(|&v| (v / total as f64) as f32).collect()
 }
 
 /// Squared norms (float64) of the rows as the GEMM sees them (shifted by `centre` if given).
 pub fn gemm_sq_norms(f: &Features, centre: Option<&[f32]>) -> Vec<f64> {
+    (0..f.n).into_par_iter().map(|i| row_gemm_sq_norm(f.row(i), centre)).collect()
+}
+
+/// Squared norm (float64) of one row as the GEMM sees it (shifted by `centre` if given).
+#[inline]
+pub fn row_gemm_sq_norm(row: &[f32], centre: Option<&[f32]>) -> f64 {
     match centre {
-        Some(c) => centred_sq_norms(f, c),
-        None => (0..f.n)
-            .into_par_iter()
-            .map(|i| f.row(i).iter().map(|&x| (x as f64) * (x as f64)).sum())
-            .collect(),
+        Some(c) => row
+            .iter()
+            .zip(c)
+            .map(|(&x, &c)| {
+                let v = (x - c) as f64;
+                v * v
+            })
+            .sum(),
+        None => row.iter().map(|&x| (x as f64) * (x as f64)).sum(),
     }
 }
 
 /// Squared norms (float64) of the centred rows exactly as the GEMM sees them.
 pub fn centred_sq_norms(f: &Features, centre: &[f32]) -> Vec<f64> {
-    (0..f.n)
-        .into_par_iter()
-        .map(|i| {
-            f.row(i)
-                .iter()
-                .zip(centre)
-                .map(|(&x, &c)| {
-                    let v = (x - c) as f64;
-                    v * v
-                })
-                .sum()
-        })
-        .collect()
+    gemm_sq_norms(f, Some(centre))
 }
 
 /// Error bound of `a = |x'|^2 + |y'|^2 - 2 fl(x'.y')` against the exact squared distance:
@@ -310,6 +306,36 @@ pub fn gram(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, g: &mut Vec<f3
             nb as isize,
             1,
         );
+    }
+}
+
+/// One process's part of a tile sweep split over `world` processes: tile t of the sweep is
+/// this process's when `t % world == rank` (round robin, so every part is about as large).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole sweep in one process.
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    pub fn new(rank: usize, world: usize) -> Result<Self> {
+        if world == 0 || rank >= world {
+            return Err(MetricsError::InvalidArgument(format!(
+                "shard rank {rank} of world size {world}: need 0 <= rank < world"
+            )));
+        }
+        Ok(Self { rank, world })
+    }
+
+    /// This shard's tiles of `tiles`.
+    pub fn select(&self, tiles: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+        if self.world == 1 {
+            return tiles;
+        }
+        tiles.into_iter().enumerate().filter(|(t, _)| t % self.world == self.rank).map(|(_, tile)| tile).collect()
     }
 }
 
