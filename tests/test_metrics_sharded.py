@@ -16,8 +16,6 @@ import pytest
 from cryoet_forge.metrics.knn import ExactKnn
 from tests_support import assert_one_line_error, forge_executable
 
-torch = pytest.importorskip("torch")
-
 
 def _sets(kind: str) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(7)

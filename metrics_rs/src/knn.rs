@@ -130,6 +130,11 @@ pub struct CandidateLists {
 }
 
 impl CandidateLists {
+    /// Empty lists of `n` rows, each with the given `floor`.
+    fn empty(n: usize, cap: usize, floor: f64, max_norm: f64) -> Self {
+        Self { cap, len: vec![0; n], vals: vec![f64::INFINITY; n * cap], idx: vec![0; n * cap], floor: vec![floor; n], max_norm }
+    }
+
     /// The rows `r0..r1` of these lists.
     pub fn rows(&self, r0: usize, r1: usize) -> CandidateLists {
         let c = self.cap;
@@ -167,14 +172,7 @@ pub fn candidate_lists(
     let cap = candidate_cap(n, k);
     if Margin::for_dim(f.d).filter(|_| max_norm <= MAX_GEMM_SQ_NORM).is_none() {
         // no useful float32 bound: every row exactly (slow, but correct)
-        return Ok(CandidateLists {
-            cap,
-            len: vec![0; n],
-            vals: vec![f64::INFINITY; n * cap],
-            idx: vec![0; n * cap],
-            floor: vec![f64::NEG_INFINITY; n],
-            max_norm,
-        });
+        return Ok(CandidateLists::empty(n, cap, f64::NEG_INFINITY, max_norm));
     }
     let tiles = shard.select(triangle_tiles(n));
     if let Some(p) = progress {
@@ -205,14 +203,7 @@ pub fn candidate_lists(
     )?;
     // merge the workers' lists in place: keep the `cap` smallest; what a full list or the merge
     // drops lies at or above the floor
-    let mut out = CandidateLists {
-        cap,
-        len: vec![0; n],
-        vals: vec![f64::INFINITY; n * cap],
-        idx: vec![0; n * cap],
-        floor: vec![f64::INFINITY; n],
-        max_norm,
-    };
+    let mut out = CandidateLists::empty(n, cap, f64::INFINITY, max_norm);
     out.vals
         .par_chunks_mut(cap)
         .zip(out.idx.par_chunks_mut(cap))
