@@ -249,7 +249,7 @@ def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = 
     return config
 
 
-#: the small CPU setting of ``forge quickstart`` (330-343 s on 2 cores, README "Two commands"). The generator is the
+#: the small CPU setting of ``forge quickstart`` (5 min 51 s on 2 cores, README "Two commands"). The generator is the
 #: U-Net of the ``cryoet-forge-unet3d`` plugin distribution (installed by the README's commands):
 #: at this scale the paper's ResNet generator hides its input map from the critic and its output
 #: carries no class (README, evaluation section); ``quickstart_config`` falls back to
