@@ -1,12 +1,15 @@
-"""Device names and seeds given by users, checked before any work (one clear line when wrong)."""
+"""Device names and seeds given by users, and the launcher's process layout, checked before any
+work (one clear line when wrong)."""
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 
 import click
 
-from cryoet_forge.errors import ConfigError
+from cryoet_forge.errors import ConfigError, InputError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 #: seeds numpy and torch both accept
@@ -47,3 +50,28 @@ def device_callback(ctx, param, value):
     if value is not None:
         check_device(value, "--device")
     return value
+
+
+@dataclass(frozen=True)
+class LauncherWorld:
+    """Where this process sits in a job started by a launcher such as torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+
+def launcher_world() -> LauncherWorld:
+    """This process's place from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``LOCAL_WORLD_SIZE``); one process when they are unset."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    except ValueError as exc:
+        raise InputError(f"RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers ({exc})") from None
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"RANK={rank} is outside 0..{world - 1} for WORLD_SIZE={world}")
+    return LauncherWorld(rank, world, local_rank, max(1, local_world))

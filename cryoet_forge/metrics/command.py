@@ -65,12 +65,12 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
     world = sharded.distributed_world()
     if world is not None:  # one of several processes (torchrun): the exact kernel's tiles are split
         if backend != "exact":
-            raise ConfigError(f"under torchrun (WORLD_SIZE={world[1]}) forge metrics splits the exact backend "
+            raise ConfigError(f"under torchrun (WORLD_SIZE={world.world_size}) forge metrics splits the exact backend "
                               f"only; got --backend {backend}")
         if extractor_name is not None:
             raise ConfigError("--features under torchrun: extract once (forge metrics --features NAME "
                               "--save-features DIR) and give the saved feature files to the distributed run")
-        sharded.share_threads(world[2])
+        sharded.share_threads(world.local_world_size)
     extracted = None
     if extractor_name is None:
         for flag, given in (("--feature-option", feature_options), ("--save-features", save_dir),
@@ -107,9 +107,8 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
     if world is not None:
         sharded.init_process_group()
         engine = sharded.ShardedExactKnn()
-        if world[0] != 0:  # the first process reports; the others compute their share quietly
-            show_progress = False
-    lead = world is None or world[0] == 0
+    lead = world is None or world.rank == 0  # the first process reports; the others compute their share
+    show_progress = show_progress and lead
     try:
         with progress.stage("PRDC distances", 0, "tiles", enabled=bool(show_progress)) as bar:
             def callback(done: int, total: int) -> None:
@@ -130,7 +129,7 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
     prdc_seconds, fid_seconds = bundle.prdc_seconds, bundle.fid_seconds
 
     source = f", features={extractor_name}" if extracted is not None else ""
-    processes = f" x {world[1]} processes" if world is not None else ""
+    processes = f" x {world.world_size} processes" if world is not None else ""
     table = Table(title=f"forge metrics: {n} real x {m} fake{source}, D={d}, k={k}, "
                         f"backend={bundle.backend}{processes}")
     table.add_column("metric")

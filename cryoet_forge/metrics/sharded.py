@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cryoet_forge.devices import LauncherWorld, launcher_world
 from cryoet_forge.errors import InputError
 from cryoet_forge.metrics.knn import PrdcCounts, ProgressCallback
 
@@ -26,20 +27,11 @@ from cryoet_forge.metrics.knn import PrdcCounts, ProgressCallback
 ROW_BLOCK = 65_536
 
 
-def distributed_world() -> tuple[int, int, int] | None:
-    """(rank, world size, local world size) when a launcher such as torchrun started this process
-    as one of several (``WORLD_SIZE`` > 1), else None."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    except ValueError as exc:
-        raise InputError(f"WORLD_SIZE, RANK and LOCAL_WORLD_SIZE must be integers ({exc})") from None
-    if world <= 1:
-        return None
-    if not 0 <= rank < world:
-        raise InputError(f"RANK={rank} is outside 0..{world - 1} for WORLD_SIZE={world}")
-    return rank, world, max(1, local)
+def distributed_world() -> LauncherWorld | None:
+    """This process's place when a launcher such as torchrun started it as one of several
+    (``WORLD_SIZE`` > 1), else None."""
+    where = launcher_world()
+    return where if where.world_size > 1 else None
 
 
 def share_threads(local_world: int) -> None:

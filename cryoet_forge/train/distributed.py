@@ -11,7 +11,6 @@ floating-point gradient reduction.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -45,9 +44,10 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
 
 def init_distributed(device_preference: str) -> DistContext:
     """Join the torchrun process group if there is one; pick this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    from cryoet_forge.devices import launcher_world
+
+    where = launcher_world()
+    world_size, rank, local_rank = where.world_size, where.rank, where.local_rank
     device = resolve_device(device_preference, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
