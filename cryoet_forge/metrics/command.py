@@ -47,8 +47,17 @@ _PROGRESS_WORK = 2e10
               help="Also write all values and diagnostics to this JSON file.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: on long runs in a terminal).")
+@click.option("--approximate", is_flag=True, default=False,
+              help="Certified approximate PRDC for large sets: each value from --samples queries evaluated "
+                   "exactly, with its interval (Clopper-Pearson; Student t for density). Needs FAISS.")
+@click.option("--samples", default=1000, show_default=True, type=int,
+              help="With --approximate: queries drawn from each set (all of them when the set is smaller).")
+@click.option("--confidence", default=0.95, show_default=True, type=float,
+              help="With --approximate: confidence level of the intervals.")
+@click.option("--seed", default=0, show_default=True, type=int, help="With --approximate: seed of the query draws.")
 def metrics_command(real_path, fake_path, extractor_name, feature_options, save_dir, is_splits, k, backend,
-                    device, strict, with_fid, bootstrap, json_path, show_progress) -> None:
+                    device, strict, with_fid, bootstrap, json_path, show_progress, approximate, samples,
+                    confidence, seed) -> None:
     """Precision, recall, density, coverage (and FID, IS) of fake against real features or volumes."""
     import numpy as np
     from rich.console import Console
@@ -62,7 +71,14 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
         raise InputError(f"--bootstrap must be >= 0, got {bootstrap}")
     from cryoet_forge.metrics import sharded
 
+    _check_approximate_options(approximate, backend, samples, confidence, seed)
+    if approximate and extractor_name is not None:
+        raise ConfigError("--approximate reads feature files: extract once (forge metrics --features NAME "
+                          "--save-features DIR) and give the saved files to the approximate run")
     world = sharded.distributed_world()
+    if world is not None and approximate:
+        raise ConfigError(f"--approximate under torchrun (WORLD_SIZE={world.world_size}): the approximate mode "
+                          "runs in one process; start it without the launcher")
     if world is not None:  # one of several processes (torchrun): the exact kernel's tiles are split
         if backend != "exact":
             raise ConfigError(f"under torchrun (WORLD_SIZE={world.world_size}) forge metrics splits the exact backend "
@@ -99,6 +115,10 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
 
     if show_progress is None:
         show_progress = progress.mode() == "bar" and (n * n + m * m + n * m) * d > _PROGRESS_WORK
+    if approximate:
+        _approximate_report(real, fake, real_path, fake_path, k, strict, samples, confidence, seed, with_fid,
+                            bootstrap, json_path, bool(show_progress))
+        return
     probabilities, sources = {}, {}
     if extracted is not None:
         probabilities = {which: extracted[which].probabilities for which in ("fake", "real")}
@@ -178,6 +198,91 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
             if scores:
                 doc["inception_score"] = scores["fake"]["mean"]
                 doc["inception_score_details"] = scores
+        write_bytes_atomic(json_path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
+
+
+def _check_approximate_options(approximate: bool, backend: str, samples: int, confidence: float, seed: int) -> None:
+    """One clear line for options of the approximate mode given without it, or given badly."""
+    defaults = {"--samples": (samples, 1000), "--confidence": (confidence, 0.95), "--seed": (seed, 0)}
+    if not approximate:
+        for flag, (given, default) in defaults.items():
+            if given != default:
+                raise ConfigError(f"{flag} needs --approximate (it sets how the approximate mode samples)")
+        return
+    if backend != "exact":
+        raise ConfigError(f"--approximate and --backend {backend}: the approximate mode has its own search "
+                          "(FAISS to nominate, the exact kernel to check); leave --backend out")
+    if samples < 2:
+        raise InputError(f"--samples must be >= 2, got {samples}")
+    if not 0.5 <= confidence < 1.0:
+        raise InputError(f"--confidence must be in [0.5, 1), got {confidence}")
+
+
+def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, confidence, seed, with_fid,
+                        bootstrap, json_path, show_progress) -> None:
+    """``forge metrics --approximate``: the sampled PRDC with its intervals (and the exact FID)."""
+    import warnings
+
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from cryoet_forge import progress
+    from cryoet_forge.metrics.approximate import approximate_prdc
+    from cryoet_forge.metrics.fid import FIDWarning, fid_details
+
+    n, m, d = real.shape[0], fake.shape[0], real.shape[1]
+    started = time.perf_counter()
+    with progress.stage("approximate PRDC", 0, "steps", enabled=show_progress) as bar:
+        result = approximate_prdc(real, fake, k=k, strict=strict, samples=samples, confidence=confidence, seed=seed,
+                                  progress=lambda done, total: bar.update(done, total=total))
+    prdc_seconds = time.perf_counter() - started
+    fid = None
+    if with_fid:
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FIDWarning)
+            fid = fid_details(real, fake, bootstrap=bootstrap)
+        fid_seconds = time.perf_counter() - started
+    level = f"{round(confidence * 100)}%"
+    table = Table(title=f"forge metrics --approximate: {n} real x {m} fake, D={d}, k={k}, "
+                        f"{result.samples['fake']} fake and {result.samples['real']} real queries")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column(f"{level} interval", justify="right")
+    table.add_column("interval")
+    for name, est in result.estimates.items():
+        table.add_row(name, f"{est.value:.6f}", f"[{est.low:.4f}, {est.high:.4f}]", est.method)
+    if fid is not None:
+        table.add_row("FID", f"{fid.fid:.6f}", "" if fid.ci is None else f"[{fid.ci[0]:.4f}, {fid.ci[1]:.4f}]",
+                      "exact" if fid.ci is None else "basic bootstrap")
+    Console(soft_wrap=True).print(table)
+    info = result.info
+    rule = "distance < radius" if strict else "distance <= radius"
+    scope = ("every query evaluated: the values are exact" if result.census else
+             "each sampled query evaluated exactly; the intervals are the sampling error")
+    click.echo(f"ball membership: {rule}; {scope}; PRDC {prdc_seconds:.2f} s "
+               f"({info['exact_pairs_index'] + info['exact_pairs_queries']} exact distances, "
+               f"{info['exact_radii']} exact radii)")
+    if any(info["all_radii_exact"].values()):
+        click.echo("note: the sampled queries needed more than a fifth of a set's radii, so all of them were "
+                   "computed exactly (small sets, or variance in many directions); the exact backend (without "
+                   "--approximate) is as fast or faster on these features")
+    if json_path is not None:
+        from cryoet_forge.io.atomic import write_bytes_atomic
+
+        doc = {
+            "real": str(real_path), "fake": str(fake_path), "n_real": n, "n_fake": m, "dim": d, "k": k,
+            "backend": "approximate", "strict": strict, "exact": result.census, **result.values(),
+            "intervals": {name: est.as_dict() for name, est in result.estimates.items()},
+            "confidence": confidence, "samples": result.samples, "prdc_info": info, "prdc_seconds": prdc_seconds,
+            "real_upper_radius_median": float(np.median(result.real_upper_radii)),
+            "fake_upper_radius_median": float(np.median(result.fake_upper_radii)),
+        }
+        if fid is not None:
+            doc["fid"] = fid.fid
+            doc["fid_details"] = fid.as_dict()
+            doc["fid_seconds"] = fid_seconds
         write_bytes_atomic(json_path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
 
 

@@ -73,17 +73,19 @@ pub fn check_finite(name: &'static str, data: &[f32], d: usize) -> Result<()> {
 /// Exact squared distance in float64 (differences of float32 values are exact in float64).
 #[inline]
 pub fn exact_sq(a: &[f32], b: &[f32]) -> f64 {
+    // lane l sums elements 8c + l; chunks_exact lets the compiler drop the bounds checks
     let mut acc = [0.0f64; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            let diff = a[8 * c + l] as f64 - b[8 * c + l] as f64;
+            let diff = x[l] as f64 - y[l] as f64;
             acc[l] += diff * diff;
         }
     }
     let mut sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for i in 8 * chunks..a.len() {
-        let diff = a[i] as f64 - b[i] as f64;
+    for (x, y) in ra.iter().zip(rb) {
+        let diff = *x as f64 - *y as f64;
         sum += diff * diff;
     }
     sum
