@@ -185,6 +185,16 @@ def test_cli_writes_values_and_intervals(tmp_path):
         assert doc[name] == est.value
         assert doc["intervals"][name] == est.as_dict()
     assert doc["fid"] > 0 and doc["confidence"] == 0.95
+    # without FID, and with every query (sets smaller than --samples): the exact values
+    run = subprocess.run([forge_executable(), "metrics", "--real", str(tmp_path / "real.npy"), "--fake",
+                          str(tmp_path / "fake.npy"), "--approximate", "--no-fid", "--inclusive", "--json", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "every query evaluated: the values are exact" in run.stdout
+    doc = json.loads(out.read_text())
+    assert "fid" not in doc and doc["exact"] is True
+    assert {name: doc[name] for name in ("precision", "recall", "density", "coverage")} == compute_prdc(
+        real, fake, 5, strict=False)
 
 
 @pytest.mark.parametrize("args, fragments", [

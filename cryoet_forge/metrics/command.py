@@ -176,8 +176,6 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
                    f"{info['seconds']:.2f} s" + (f"; saved in {save_dir}" if save_dir is not None else ""))
 
     if json_path is not None:
-        from cryoet_forge.io.atomic import write_bytes_atomic
-
         doc = {
             "real": str(real_path), "fake": str(fake_path), "n_real": n, "n_fake": m, "dim": d, "k": k,
             "backend": bundle.backend, "strict": strict, "exact": counts.exact, **values,
@@ -189,16 +187,21 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
             "real_radius_median": float(np.median(counts.real_radii)),
             "fake_radius_median": float(np.median(counts.fake_radii)),
         }
-        if fid is not None:
-            doc["fid"] = fid.fid
-            doc["fid_details"] = fid.as_dict()
-            doc["fid_seconds"] = fid_seconds
         if extracted is not None:
             doc["features"] = extracted["info"]
             if scores:
                 doc["inception_score"] = scores["fake"]["mean"]
                 doc["inception_score_details"] = scores
-        write_bytes_atomic(json_path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
+        _write_json(json_path, doc, fid, fid_seconds)
+
+
+def _write_json(path: Path, doc: dict, fid, fid_seconds: float | None) -> None:
+    """The ``--json`` document, with FID's values when it was computed, written atomically."""
+    from cryoet_forge.io.atomic import write_bytes_atomic
+
+    if fid is not None:
+        doc.update(fid=fid.fid, fid_details=fid.as_dict(), fid_seconds=fid_seconds)
+    write_bytes_atomic(path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
 
 
 def _check_approximate_options(approximate: bool, backend: str, samples: int, confidence: float, seed: int) -> None:
@@ -237,7 +240,7 @@ def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, co
         result = approximate_prdc(real, fake, k=k, strict=strict, samples=samples, confidence=confidence, seed=seed,
                                   progress=lambda done, total: bar.update(done, total=total))
     prdc_seconds = time.perf_counter() - started
-    fid = None
+    fid, fid_seconds = None, None
     if with_fid:
         started = time.perf_counter()
         with warnings.catch_warnings():
@@ -269,8 +272,6 @@ def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, co
                    "computed exactly (small sets, or variance in many directions); the exact backend (without "
                    "--approximate) is as fast or faster on these features")
     if json_path is not None:
-        from cryoet_forge.io.atomic import write_bytes_atomic
-
         doc = {
             "real": str(real_path), "fake": str(fake_path), "n_real": n, "n_fake": m, "dim": d, "k": k,
             "backend": "approximate", "strict": strict, "exact": result.census, **result.values(),
@@ -279,11 +280,7 @@ def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, co
             "real_upper_radius_median": float(np.median(result.real_upper_radii)),
             "fake_upper_radius_median": float(np.median(result.fake_upper_radii)),
         }
-        if fid is not None:
-            doc["fid"] = fid.fid
-            doc["fid_details"] = fid.as_dict()
-            doc["fid_seconds"] = fid_seconds
-        write_bytes_atomic(json_path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
+        _write_json(json_path, doc, fid, fid_seconds)
 
 
 def _extract_features(name, option_items, real_path, fake_path, save_dir) -> dict:
