@@ -113,7 +113,7 @@ def test_projection_lower_bounds_never_exceed_the_distance(offset):
     x = (low_rank + 0.3 * rng.normal(size=(300, 80)) * rng.uniform(0.1, 3.0, size=(300, 1)) + offset)
     x = x.astype(np.float32)
     centre, axes = approx._projection(x, x, 8, np.random.default_rng(0))
-    side = approx._project("x", x, centre, axes)
+    side = approx._project(x, centre, axes)
     q = np.arange(0, 300, 7)
     exact = _exact_sq(x[q], x)
     limits = np.full(q.size, np.inf)

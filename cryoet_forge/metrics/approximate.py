@@ -113,9 +113,7 @@ class ApproximatePrdc:
 class _Side:
     """One feature set with its projection, residual norms and radii (upper bounds, exact ones found)."""
 
-    def __init__(self, name: str, x: np.ndarray, proj: np.ndarray, rho: np.ndarray, norm: np.ndarray,
-                 centre: np.ndarray):
-        self.name = name
+    def __init__(self, x: np.ndarray, proj: np.ndarray, rho: np.ndarray, norm: np.ndarray, centre: np.ndarray):
         self.x = x
         self.centre32 = centre.astype(np.float32)  # subtracted before the full-dimension GEMM
         self.proj = proj  # float32 (n, d')
@@ -140,24 +138,23 @@ class _Counter:
 
 
 def _projection(real: np.ndarray, fake: np.ndarray, dims: int, rng: np.random.Generator):
-    """Centre (float64) and orthonormal axes (dims, D) from a row sample of both sets."""
+    """Centre (float64) and orthonormal axes (dims, D), both from a row sample of the two sets."""
     n, m, d = real.shape[0], fake.shape[0], real.shape[1]
-    centre = np.zeros(d)
-    for a in (real, fake):
-        for start in range(0, a.shape[0], _BLOCK):
-            centre += a[start : start + _BLOCK].sum(axis=0, dtype=np.float64)
-    centre /= n + m
     take_r = min(n, max(1, _PCA_ROWS * n // (n + m)))
     take_f = min(m, max(1, _PCA_ROWS - take_r))
     rows = [real[np.sort(rng.choice(n, take_r, replace=False))], fake[np.sort(rng.choice(m, take_f, replace=False))]]
-    sample = np.concatenate(rows).astype(np.float64) - centre
+    sample = np.concatenate(rows).astype(np.float64)
+    # any fixed centre keeps the bounds valid; the sample's mean is as good as the sets' and
+    # spares a pass over both files
+    centre = sample.mean(axis=0)
+    sample -= centre
     dims = min(dims, d)
     # the principal axes: eigenvectors of the sample's scatter matrix, orthonormal in float64
     _, vectors = np.linalg.eigh(sample.T @ sample)
     return centre, np.ascontiguousarray(vectors[:, ::-1][:, :dims].T)
 
 
-def _project(name: str, x: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> _Side:
+def _project(x: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> _Side:
     n = x.shape[0]
     proj = np.empty((n, axes.shape[0]), dtype=np.float32)
     rho = np.empty(n)
@@ -172,7 +169,7 @@ def _project(name: str, x: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> 
         proj[start:end] = p
         rho[start:end] = np.sqrt(np.maximum(full - inside, 0.0))
         norm[start:end] = np.sqrt(full)
-    return _Side(name, x, proj, rho, norm, centre)
+    return _Side(x, proj, rho, norm, centre)
 
 
 def _lower_bounds_sq(side_q: _Side, qi: np.ndarray, side_b: _Side, bi: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -465,7 +462,7 @@ def approximate_prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, strict: boo
 
     started = time.perf_counter()
     centre, axes = _projection(real, fake, int(projection_dims), rng)
-    sides = {"real": _project("real", real, centre, axes), "fake": _project("fake", fake, centre, axes)}
+    sides = {"real": _project(real, centre, axes), "fake": _project(fake, centre, axes)}
     seconds["projection"] = time.perf_counter() - started
     tick(1)
     started = time.perf_counter()
