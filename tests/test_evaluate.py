@@ -28,7 +28,9 @@ TOY = {
         "model.critic_options": {"base": 2, "n_layers": 2},
         "log.every": 2, "log.checkpoint_every": 2, "log.image_every": 0, "log.progress": False}},
     "classifier": {"channels": [4, 8, 8, 8], "fc_width": 16, "epochs": 2, "batch_size": 8},
-    "downstream": {"n_per_class": 8, "seeds": [0, 1]},
+    # in this process: a pool of worker processes costs seconds to start, more than these toy
+    # classifiers take (the evaluation fixture below and test_evaluate_workers use the pool)
+    "downstream": {"n_per_class": 8, "seeds": [0, 1], "workers": 0},
     "metrics": {"k": 3, "is_splits": 2},
     "ablations": {"noise_std": [0.2], "lsgan": True, "patchgan": True, "seeds": [0]},
     "uncertainty": {"samples": 3},
@@ -38,7 +40,9 @@ TOY = {
 @pytest.fixture(scope="module")
 def evaluation(tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation")
-    report = run_evaluation(config_from_dict(TOY, origin="toy"), out, log=lambda line: None)
+    # the default worker setting: the downstream classifiers in a pool of single-threaded processes
+    report = run_evaluation(config_from_dict(TOY, {"downstream.workers": "auto"}, origin="toy"), out,
+                            log=lambda line: None)
     return out, report, json.loads((out / "results.json").read_text())
 
 

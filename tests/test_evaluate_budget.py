@@ -20,20 +20,29 @@ from cryoet_forge.evaluate.budget import (
 from cryoet_forge.evaluate.config import config_from_dict, quickstart_config
 from cryoet_forge.evaluate.pipeline import run_evaluation
 
-#: a machine where a quickstart GAN step takes 0.3 s and a CB3D volume-epoch 2 ms
+#: a machine where a quickstart GAN step takes 0.3 s and a CB3D volume-epoch 2 ms (3 ms with one thread)
 COSTS = Costs(gan_step_s=0.3, classifier_volume_epoch_s=0.002, experimental_volume_s=0.004,
-              traditional_volume_s=0.001, generate_volume_s=0.001, embed_volume_s=0.0005, calibration_s=10.0)
+              traditional_volume_s=0.001, generate_volume_s=0.001, embed_volume_s=0.0005, calibration_s=10.0,
+              classifier_volume_epoch_1thread_s=0.003)
 
 
-def test_prediction_adds_up_the_parts():
+def test_prediction_adds_up_the_parts(monkeypatch):
+    from cryoet_forge.evaluate import downstream
+    from cryoet_forge.evaluate.budget import POOL_START_S
+
+    monkeypatch.setattr(downstream, "usable_cores", lambda: 2)
     config = quickstart_config()
     steps, epochs = config.gan.overrides["train.steps"], config.classifier.epochs
     parts = predict(config, COSTS)
     assert parts["gan_training"] == pytest.approx(steps * 0.3)
-    # inception (192 volumes) + 2 sources x 5 seeds x 192 volumes, at most `epochs` each
+    # inception (192 volumes) with the machine's threads, then 2 sources x 5 seeds x 192 volumes in
+    # two single-threaded workers: 5 rounds, at most `epochs` each
     assert len(config.downstream.seeds) == 5
-    assert parts["classifiers"] == pytest.approx(epochs * 0.002 * (192 + 2 * 5 * 192))
+    assert parts["classifiers"] == pytest.approx(epochs * 0.002 * 192 + POOL_START_S + 5 * epochs * 0.003 * 192)
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+    # in this process, one after the other at the multithreaded rate
+    config.downstream.workers = 0
+    assert predict(config, COSTS)["classifiers"] == pytest.approx(epochs * 0.002 * (192 + 2 * 5 * 192))
 
 
 @pytest.mark.parametrize("minutes", [2.0, 4.0, 10.0])
@@ -72,7 +81,7 @@ def test_measured_costs_are_positive_and_the_report_states_the_scaling(tmp_path)
     config = config_from_dict(TOY, origin="toy")
     costs = measure_costs(config)
     for name in ("gan_step_s", "classifier_volume_epoch_s", "experimental_volume_s", "traditional_volume_s",
-                 "generate_volume_s", "embed_volume_s", "calibration_s"):
+                 "generate_volume_s", "embed_volume_s", "calibration_s", "classifier_volume_epoch_1thread_s"):
         assert getattr(costs, name) > 0, name
     scaled, record = fit_to_budget(config, 0.5, costs=costs)
     report = run_evaluation(scaled, tmp_path, log=lambda line: None, budget=record)

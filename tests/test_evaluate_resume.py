@@ -42,7 +42,7 @@ def stuck(*args, **kwargs):
     marker.write_text("in downstream")
     import time
     time.sleep(600)
-pipeline.train_on_synthetic_test_on_real = stuck
+pipeline.score_sources = stuck
 from cryoet_forge.cli import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -102,8 +102,10 @@ def resumed(tmp_path_factory, config_file):
 
     trained, scored = [], []
     real_train_gan, real_downstream = pipeline.train_gan, pipeline.train_on_synthetic_test_on_real
+    real_scores = pipeline.score_sources
     mp = pytest.MonkeyPatch()
     mp.setattr(pipeline, "train_gan", lambda *a, **k: trained.append(Path(a[1]).name) or real_train_gan(*a, **k))
+    mp.setattr(pipeline, "score_sources", lambda *a, **k: scored.extend(a[0]) or real_scores(*a, **k))
     mp.setattr(pipeline, "train_on_synthetic_test_on_real",
                lambda *a, **k: scored.append(a[0]) or real_downstream(*a, **k))
     try:

@@ -203,7 +203,7 @@ def test_downstream_scores_are_read_back_from_the_cache(tmp_path, monkeypatch):
     train, test = toy_shapes(4, seed=0), toy_shapes(3, seed=1)
     options = ClassifierOptions(**{**TOY_OPTIONS, "epochs": 2})
     first = downstream.train_on_synthetic_test_on_real("toy", train, test, train.class_names, options, [0, 1],
-                                                       cache_dir=tmp_path)
+                                                       cache_dir=tmp_path, workers=0)
     assert len(list(tmp_path.glob("downstream-*.json"))) == 2
 
     def no_training(*args, **kwargs):
@@ -211,13 +211,13 @@ def test_downstream_scores_are_read_back_from_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(downstream, "train_cb3d", no_training)
     again = downstream.train_on_synthetic_test_on_real("toy", train, test, train.class_names, options, [0, 1],
-                                                       cache_dir=tmp_path)
+                                                       cache_dir=tmp_path, workers=0)
     assert again.accuracies == first.accuracies and again.per_class == first.per_class
     assert (again.first.confusion == first.first.confusion).all()
     # other data, another key: trained (and so refused here)
     with pytest.raises(AssertionError, match="trained although"):
         downstream.train_on_synthetic_test_on_real("toy", toy_shapes(4, seed=2), test, train.class_names, options,
-                                                   [0], cache_dir=tmp_path)
+                                                   [0], cache_dir=tmp_path, workers=0)
 
 
 def test_semantic_method_trains_its_domain_classifier_first(tmp_path):
@@ -244,11 +244,11 @@ def test_an_unreadable_cached_score_is_retrained(tmp_path):
     train, test = toy_shapes(4, seed=0), toy_shapes(3, seed=1)
     options = ClassifierOptions(**{**TOY_OPTIONS, "epochs": 2})
     first = downstream.train_on_synthetic_test_on_real("toy", train, test, train.class_names, options, [0],
-                                                       cache_dir=tmp_path)
+                                                       cache_dir=tmp_path, workers=0)
     (cached,) = tmp_path.glob("downstream-*.json")
     cached.write_text("{not json")
     again = downstream.train_on_synthetic_test_on_real("toy", train, test, train.class_names, options, [0],
-                                                       cache_dir=tmp_path)
+                                                       cache_dir=tmp_path, workers=0)
     assert again.accuracies == first.accuracies
     assert json.loads(cached.read_text())["accuracy"] == first.accuracies[0]  # rewritten whole
 

@@ -8,6 +8,10 @@ simulation chunk, generation and inference, all at the configured box and widths
     scalable = GAN steps x s/step + classifier epochs x volume-epochs x s/volume-epoch
     total    = overhead + fixed + scalable
 
+where the downstream classifiers, trained side by side in single-threaded worker processes
+(``[downstream] workers``), count their rounds (ceil(classifiers / workers)) at the measured
+single-thread rate, plus the pool's start.
+
 GAN steps and classifier epochs (the scalable part) are scaled by one factor so that the
 prediction meets the budget; the checkpoint interval follows the steps, so the number of
 checkpoints (and the selection's cost) stays the same. When the fixed part alone would take
@@ -39,6 +43,8 @@ MAX_STEP_FACTOR = 8.0
 MAX_EPOCH_FACTOR = 3.0
 #: start-up, metrics, figures, report (measured: about 10 s for the quickstart on 2 cores)
 OVERHEAD_S = 12.0
+#: starting a pool of downstream worker processes (each imports torch and forge: about 4 s on 2 cores)
+POOL_START_S = 4.0
 
 
 @dataclasses.dataclass
@@ -52,6 +58,9 @@ class Costs:
     generate_volume_s: float
     embed_volume_s: float
     calibration_s: float = 0.0
+    #: a CB3D volume-epoch with one thread (the downstream classifiers in worker processes);
+    #: 0 = not measured, taken as the multithreaded rate
+    classifier_volume_epoch_1thread_s: float = 0.0
 
 
 def _random_set(n: int, box: int, n_classes: int, voxel_size: float, seed: int):
@@ -115,6 +124,16 @@ def measure_costs(config: EvaluationConfig) -> Costs:
         model, _ = train_cb3d(small, options, seed=0, label="calibration: CB3D epochs",
                               progress=lambda epoch, loss, accuracy: stamps.append(time.perf_counter()))
         classifier_volume_epoch_s = (stamps[1] - stamps[0]) / len(small)
+        # the same with one thread, as each downstream worker process trains
+        threads = torch.get_num_threads()
+        stamps.clear()
+        torch.set_num_threads(1)
+        try:
+            train_cb3d(small, options, seed=0, label="calibration: CB3D epochs, one thread",
+                       progress=lambda epoch, loss, accuracy: stamps.append(time.perf_counter()))
+        finally:
+            torch.set_num_threads(threads)
+        classifier_volume_epoch_1thread_s = (stamps[1] - stamps[0]) / len(small)
         tic = time.perf_counter()
         run_inference(model, small.volumes, options.normalize, device=options.device)
         embed_volume_s = (time.perf_counter() - tic) / len(small)
@@ -136,7 +155,8 @@ def measure_costs(config: EvaluationConfig) -> Costs:
                                                lambda name, i: variants(name, i, 0))
         traditional_volume_s = per_volume(config.traditional.simulator, config.traditional.options, templates)
     return Costs(gan_step_s, classifier_volume_epoch_s, experimental_volume_s, traditional_volume_s,
-                 generate_volume_s, embed_volume_s, time.perf_counter() - started)
+                 generate_volume_s, embed_volume_s, time.perf_counter() - started,
+                 classifier_volume_epoch_1thread_s)
 
 
 def _gan_steps(config: EvaluationConfig) -> tuple[int, int]:
@@ -160,13 +180,28 @@ def predict(config: EvaluationConfig, costs: Costs) -> dict[str, float]:
                  + (n_test + n_train + 2 * n_down) * costs.embed_volume_s)
     gan = gan_runs * steps * costs.gan_step_s
     epochs = config.classifier.epochs
-    classifier = epochs * costs.classifier_volume_epoch_s * (
-        n_train + 2 * seeds * n_down + ablation_runs * len(config.ablations.seeds) * n_down)
+    inception = epochs * costs.classifier_volume_epoch_s * n_train
+    downstream = _downstream_s(config, costs, 2 * seeds) + ablation_runs * _downstream_s(
+        config, costs, len(config.ablations.seeds))
+    classifier = inception + downstream
     uncertainty = n_classes * config.uncertainty.samples * costs.generate_volume_s if config.uncertainty.enabled else 0
     parts = {"overhead": OVERHEAD_S, "simulation": simulation, "selection": selection + uncertainty,
              "gan_training": gan, "classifiers": classifier}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def _downstream_s(config: EvaluationConfig, costs: Costs, n_classifiers: int) -> float:
+    """Predicted seconds of one pool of ``n_classifiers`` downstream classifiers (or of them in this process)."""
+    from cryoet_forge.evaluate.downstream import resolve_workers
+    from cryoet_forge.evaluate.pipeline import classifier_options
+
+    volume_epochs = config.classifier.epochs * config.downstream.n_per_class * len(config.data.classes)
+    workers = resolve_workers(config.downstream.workers, n_classifiers, classifier_options(config).device)
+    if workers == 0:
+        return n_classifiers * volume_epochs * costs.classifier_volume_epoch_s
+    rate = costs.classifier_volume_epoch_1thread_s or costs.classifier_volume_epoch_s
+    return POOL_START_S + -(-n_classifiers // workers) * volume_epochs * rate
 
 
 def _scaled_config(config: EvaluationConfig, step_factor: float, epoch_factor: float,

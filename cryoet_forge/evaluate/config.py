@@ -111,6 +111,11 @@ class DownstreamSection:
     n_per_class: int = 100
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     confidence: float = 0.95
+    #: processes that train the downstream classifiers side by side on a CPU, each with one
+    #: thread: "auto" = one per usable core; 0 = one after the other in this process with torch's
+    #: threads (the scores then differ in the last bits, another summation order). The scores do
+    #: not depend on the number when it is >= 1 (README, "How the classifiers are trained")
+    workers: Any = "auto"
 
 
 @dataclass
@@ -210,6 +215,9 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
     for what, seeds in (("downstream.seeds", config.downstream.seeds), ("ablations.seeds", config.ablations.seeds)):
         for seed in seeds:
             check_seed(seed, what)
+    from cryoet_forge.evaluate.downstream import check_workers
+
+    config.downstream.workers = check_workers(config.downstream.workers)
     if not 0 < config.downstream.confidence < 1:
         raise ConfigError(f"downstream.confidence must be in (0, 1), got {config.downstream.confidence}")
     if config.metrics.k < 1 or config.metrics.is_splits < 1:
@@ -249,7 +257,7 @@ def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = 
     return config
 
 
-#: the small CPU setting of ``forge quickstart`` (5 min 51 s on 2 cores, README "Two commands"). The generator is the
+#: the small CPU setting of ``forge quickstart`` (5 min 53 s on 2 Xeon cores, README "Two commands"). The generator is the
 #: U-Net of the ``cryoet-forge-unet3d`` plugin distribution (installed by the README's commands):
 #: at this scale the paper's ResNet generator hides its input map from the critic and its output
 #: carries no class (README, evaluation section); ``quickstart_config`` falls back to

@@ -34,7 +34,7 @@ from cryoet_forge.errors import ForgeError, InputError
 from cryoet_forge.evaluate import figures
 from cryoet_forge.evaluate.config import EvaluationConfig
 from cryoet_forge.evaluate.datasets import EvaluationData, prepare_data, write_labelled_folder
-from cryoet_forge.evaluate.downstream import DownstreamResult, train_on_synthetic_test_on_real
+from cryoet_forge.evaluate.downstream import DownstreamResult, score_sources, train_on_synthetic_test_on_real
 from cryoet_forge.evaluate.gan import generate_labelled, run_checkpoints, train_gan
 from cryoet_forge.models.cb3d import CB3D, normalize_volumes, run_inference, save_cb3d
 from cryoet_forge.viz import save_slice_montage
@@ -80,6 +80,13 @@ def quality_metrics(real_features: np.ndarray, features: np.ndarray, probs: np.n
     return {"is_mean": bundle.inception["fake"]["mean"], "is_std": bundle.inception["fake"]["std"],
             "fid": float(bundle.fid.fid), **{key: float(bundle.prdc[key]) for key in PRDC_NAMES},
             "fid_notes": sorted({message.split(" (")[0] for message in bundle.fid.warnings})}
+
+
+def downstream_inputs(config: EvaluationConfig) -> dict[str, Any]:
+    """What the downstream scores depend on: ``[downstream]`` without ``workers`` (any count >= 1
+    gives the same scores), with whether the classifiers run in worker processes (single-threaded)."""
+    table = {key: value for key, value in dataclasses.asdict(config.downstream).items() if key != "workers"}
+    return {**table, "in_workers": config.downstream.workers != 0}
 
 
 def _per_class_rows(data: LabelledVolumes, per_class: int) -> list[np.ndarray]:
@@ -253,12 +260,12 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     def downstream_stage() -> dict[str, DownstreamResult]:
         log(f"downstream: CB3D on traditional vs GAN data ({config.downstream.n_per_class} per class, "
             f"seeds {seeds})")
-        return {key: train_on_synthetic_test_on_real(key, volumes, data.real_test, class_names, options, seeds,
-                                                     config.downstream.confidence, log, cache_dir=cache_dir)
-                for key, volumes in (("traditional", data.traditional), ("cryoetgan", gan))}
+        return score_sources({"traditional": data.traditional, "cryoetgan": gan}, data.real_test, class_names,
+                             options, seeds, config.downstream.confidence, log, cache_dir=cache_dir,
+                             workers=config.downstream.workers)
 
     downstream = stages.run("downstream", {"generation": stages.key("generation"), **classifier,
-                                           "downstream": dataclasses.asdict(config.downstream)}, downstream_stage)
+                                           "downstream": downstream_inputs(config)}, downstream_stage)
 
     # -- what the evaluation can say: chance, the real ceiling, a simple baseline, paired seeds --
     def verdict_stage() -> dict[str, Any]:
@@ -515,7 +522,7 @@ def run_ablation(config: EvaluationConfig, out: Path, slug: str, variant: tuple[
     scores = quality_metrics(real_features, features, probs, config)
     result = train_on_synthetic_test_on_real(label, generated, data.real_test, data.class_names, options,
                                              [int(s) for s in config.ablations.seeds],
-                                             config.downstream.confidence, log)
+                                             config.downstream.confidence, log, workers=config.downstream.workers)
     return {"table": table, "label": label, "overrides": overrides, "run": str(run_dir), "checkpoint": checkpoint,
             "features": f"features/{slug}.features.npy", **scores, "downstream": result.to_dict()}
 
