@@ -256,8 +256,9 @@ def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, cl
             if cached is not None:
                 results[index] = cached
     todo = [index for index in range(len(jobs)) if index not in results]
-    where = (f"{min(n_workers, len(todo))} single-threaded worker processes" if n_workers
-             else f"this process, {threads} threads")
+    n_workers = min(n_workers, len(todo))
+    where = (f"{n_workers} single-threaded worker processes" if n_workers
+             else f"this process, {threads} threads" if todo else "the cache")
     with progress.stage("downstream classifiers", len(jobs), "classifiers", start=len(results),
                         info=f"in {where}") as bar:
 
@@ -277,8 +278,8 @@ def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, cl
                 log(f"  downstream {source} seed {seed}: accuracy {result.accuracy:.4f}")
 
         sets = {**trains, "<test>": test}
-        _run_jobs([jobs[index] for index in todo], sets, "<test>", class_names, options,
-                  min(n_workers, len(todo)), lambda i, result: done(todo[i], result))
+        _run_jobs([jobs[index] for index in todo], sets, "<test>", class_names, options, n_workers,
+                  lambda i, result: done(todo[i], result))
     out = {}
     for source, train in trains.items():
         indices = [jobs.index((source, seed)) for seed in seeds]
