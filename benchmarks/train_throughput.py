@@ -14,7 +14,7 @@ like with like:
 - ``compile``: ``fast`` + ``torch.compile`` (inductor); only when listed in ``--modes``.
 
 Settings: ``quickstart`` (the embedded quickstart's GAN: 24^3, batch 4, ``unet3d`` base 8 +
-``sn-wgan`` base 4, cycle noise 0.3, n_critic 1) and ``paper`` (the paper's ``cryoetgan`` +
+``sn-wgan`` base 4, cycle noise 0.3, identity weight 5, n_critic 1) and ``paper`` (the paper's ``cryoetgan`` +
 ``sn-wgan`` widths, 40^3, batch 2 on CPU, 8 and 32 on CUDA). On CPU the batches come through
 the trainer's own DataLoader from in-memory volumes (the quickstart's data path); on CUDA
 they are pre-made device tensors.
@@ -58,6 +58,8 @@ SETTINGS = {
             "model.inverse_generator_options": {"noise_channels": 0},
             "model.critic_options": {"base": 4},
             "loss.cycle_noise_std": 0.3, "data.density_noise_std": 0.05,
+            # the quickstart's identity loss (configs/evaluate-quickstart.toml): two more generator passes
+            "loss.identity_weight": 5.0,
         },
     },
     "paper": {

@@ -71,6 +71,22 @@ def test_the_worker_count_follows_the_cores_the_jobs_and_the_device(monkeypatch)
     assert downstream.resolve_workers("auto", 10, "cuda") == 0  # one device: in this process
 
 
+def test_the_stage_key_says_in_workers_only_where_workers_run(monkeypatch):
+    from cryoet_forge.evaluate.pipeline import downstream_inputs
+
+    monkeypatch.setattr(downstream, "usable_cores", lambda: 2)
+
+    def key(**settings):
+        return downstream_inputs(config_from_dict(TOY, settings, origin="toy"))
+
+    assert key(**{"downstream.workers": "auto"})["in_workers"] is True
+    assert key(**{"downstream.workers": 0})["in_workers"] is False
+    # a CUDA classifier trains in this process whatever the setting: the key must say so
+    assert key(**{"downstream.workers": "auto", "classifier.device": "cuda"})["in_workers"] is False
+    # any count of workers gives the same scores: the count itself is not in the key
+    assert key(**{"downstream.workers": 1}) == key(**{"downstream.workers": 2})
+
+
 @pytest.mark.parametrize("value", [-1, "many", True, 1.5])
 def test_a_bad_worker_setting_is_one_config_error(value):
     table = copy.deepcopy(TOY)

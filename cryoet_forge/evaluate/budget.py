@@ -84,7 +84,7 @@ def measure_costs(config: EvaluationConfig) -> Costs:
     )
     from cryoet_forge.evaluate.gan import InMemoryVolumes, train_config_for
     from cryoet_forge.evaluate.pipeline import classifier_options
-    from cryoet_forge.models.cb3d import run_inference
+    from cryoet_forge.models.cb3d import CB3D, run_inference
     from cryoet_forge.train.distributed import DistContext, resolve_device
     from cryoet_forge.train.loop import Trainer
 
@@ -120,20 +120,22 @@ def measure_costs(config: EvaluationConfig) -> Costs:
         # memory-format conversion, which a real run pays once, not every epoch)
         options = dataclasses.replace(classifier_options(config), epochs=2)
         small = _random_set(32, box, n_classes, voxel, 1)
-        stamps: list[float] = []
-        model, _ = train_cb3d(small, options, seed=0, label="calibration: CB3D epochs",
-                              progress=lambda epoch, loss, accuracy: stamps.append(time.perf_counter()))
-        classifier_volume_epoch_s = (stamps[1] - stamps[0]) / len(small)
-        # the same with one thread, as each downstream worker process trains
-        threads = torch.get_num_threads()
-        stamps.clear()
-        torch.set_num_threads(1)
-        try:
-            train_cb3d(small, options, seed=0, label="calibration: CB3D epochs, one thread",
-                       progress=lambda epoch, loss, accuracy: stamps.append(time.perf_counter()))
-        finally:
+
+        def volume_epoch_s(threads: int, label: str) -> tuple[float, CB3D]:
+            """Seconds per volume of the second of two CB3D epochs on ``threads`` threads, and the model."""
+            stamps: list[float] = []
+            before = torch.get_num_threads()
             torch.set_num_threads(threads)
-        classifier_volume_epoch_1thread_s = (stamps[1] - stamps[0]) / len(small)
+            try:
+                trained, _ = train_cb3d(small, options, seed=0, label=label,
+                                        progress=lambda epoch, loss, accuracy: stamps.append(time.perf_counter()))
+            finally:
+                torch.set_num_threads(before)
+            return (stamps[1] - stamps[0]) / len(small), trained
+
+        classifier_volume_epoch_s, model = volume_epoch_s(torch.get_num_threads(), "calibration: CB3D epochs")
+        # the same with one thread, as each downstream worker process trains
+        classifier_volume_epoch_1thread_s, _ = volume_epoch_s(1, "calibration: CB3D epochs, one thread")
         tic = time.perf_counter()
         run_inference(model, small.volumes, options.normalize, device=options.device)
         embed_volume_s = (time.perf_counter() - tic) / len(small)

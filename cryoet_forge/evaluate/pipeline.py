@@ -34,7 +34,12 @@ from cryoet_forge.errors import ForgeError, InputError
 from cryoet_forge.evaluate import figures
 from cryoet_forge.evaluate.config import EvaluationConfig
 from cryoet_forge.evaluate.datasets import EvaluationData, prepare_data, write_labelled_folder
-from cryoet_forge.evaluate.downstream import DownstreamResult, score_sources, train_on_synthetic_test_on_real
+from cryoet_forge.evaluate.downstream import (
+    DownstreamResult,
+    resolve_workers,
+    score_sources,
+    train_on_synthetic_test_on_real,
+)
 from cryoet_forge.evaluate.gan import generate_labelled, run_checkpoints, train_gan
 from cryoet_forge.models.cb3d import CB3D, normalize_volumes, run_inference, save_cb3d
 from cryoet_forge.viz import save_slice_montage
@@ -84,9 +89,11 @@ def quality_metrics(real_features: np.ndarray, features: np.ndarray, probs: np.n
 
 def downstream_inputs(config: EvaluationConfig) -> dict[str, Any]:
     """What the downstream scores depend on: ``[downstream]`` without ``workers`` (any count >= 1
-    gives the same scores), with whether the classifiers run in worker processes (single-threaded)."""
+    gives the same scores), with whether the classifiers run in worker processes (single-threaded;
+    never on CUDA, see ``resolve_workers``)."""
     table = {key: value for key, value in dataclasses.asdict(config.downstream).items() if key != "workers"}
-    return {**table, "in_workers": config.downstream.workers != 0}
+    in_workers = resolve_workers(config.downstream.workers, 1, classifier_options(config).device) > 0
+    return {**table, "in_workers": in_workers}
 
 
 def _per_class_rows(data: LabelledVolumes, per_class: int) -> list[np.ndarray]:
