@@ -22,7 +22,8 @@ from cryoet_forge.registry import KIND_HOOKS, get_registry, normalize_kind
 @click.version_option(__version__, "--version", prog_name="forge")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output in any command (results still print).")
 @click.option("--allow-outside-paths", is_flag=True,
-              help="Let relative rlnImageName entries of STAR files lead outside the STAR file's folder.")
+              help="Let paths named in tables (rlnImageName, tomogram paths, copick tomograms) lead outside "
+                   "the table's or project's folder.")
 def cli(quiet: bool, allow_outside_paths: bool) -> None:
     """cryoet-forge: realistic cryo-ET training data and how realistic it is.
 

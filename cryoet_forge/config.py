@@ -91,6 +91,10 @@ class DataConfig:
     #: std of the zero-mean Gaussian noise added to density maps during training (0 = off)
     density_noise_std: float = 0.0
     num_workers: int = 0
+    #: domain S must follow the contrast convention (protein dark; cryoet_forge.data.polarity):
+    #: "check" stops when its subtomograms are measurably protein-bright, "auto" inverts them,
+    #: "off" skips the check
+    polarity: str = "check"
 
 
 @dataclass
@@ -162,12 +166,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"train.channels_last {t.channels_last!r}; choose from: true, false, \"auto\"")
     check_choice("train.precision", t.precision, PRECISIONS)
     check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    check_choice("data.polarity", cfg.data.polarity, ("check", "auto", "off"))
     check_at_least((("train.steps", t.steps, 0), ("train.batch_size", t.batch_size, 1),
                     ("train.n_critic", t.n_critic, 1), ("log.every", cfg.log.every, 1),
                     ("log.image_every", cfg.log.image_every, 0),
                     ("log.checkpoint_every", cfg.log.checkpoint_every, 0),
                     ("log.keep_checkpoints", cfg.log.keep_checkpoints, 1),
                     ("data.num_workers", cfg.data.num_workers, 0)))
+    _check_batch_size(cfg)
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     o = cfg.optim
@@ -190,6 +196,25 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
         raise ConfigError(f"train.device {t.device!r}; choose from: auto, cpu, cuda, cuda:N")
     return cfg
+
+
+#: float32 volumes per batch item: a density map and a subtomogram, the four generator outputs of the
+#: two cycles and the two identity/critic inputs; activations come on top, so this is a lower bound
+_VOLUMES_PER_ITEM = 8
+
+
+def _check_batch_size(cfg: TrainConfig) -> None:
+    """``train.batch_size`` an integer torch can take, and (where both domains name their box) its
+    batch of volumes no more than the available memory; checked before any tensor is made."""
+    from cryoet_forge.limits import INT64_MAX, check_allocation, check_int_range
+
+    size = check_int_range(cfg.train.batch_size, "train.batch_size", 1, INT64_MAX)
+    boxes = [domain.options.get("box") for domain in (cfg.data.density, cfg.data.subtomograms)]
+    box = max((b for b in boxes if isinstance(b, int) and not isinstance(b, bool) and b > 0), default=None)
+    if box is not None:
+        check_allocation(size * _VOLUMES_PER_ITEM * 4 * box**3,
+                         f"train.batch_size {size} (at least {_VOLUMES_PER_ITEM} volumes of {box}^3 voxels per item)",
+                         "a smaller train.batch_size", error=ConfigError)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

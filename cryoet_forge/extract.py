@@ -16,8 +16,8 @@ convention) on every axis:
 When the tomogram already has the wanted voxel size and a pick sits on a voxel centre, steps 2-3
 are skipped (a plain copy). Voxels outside the tomogram read as the mean of the inside part;
 picks whose box leaves the tomogram are skipped and counted (``edge = "skip"``, the default) or
-kept with that padding (``edge = "pad"``). ``invert`` multiplies by -1 (tomograms show protein
-dark); ``normalize = "zscore"`` subtracts the mean and divides by the standard deviation of the
+kept with that padding (``edge = "pad"``). ``invert`` multiplies by -1 (only for tomograms that show
+protein bright: the product's convention is protein dark, cryoet_forge.data.polarity); ``normalize = "zscore"`` subtracts the mean and divides by the standard deviation of the
 voxels outside a sphere of radius ``0.4 * box`` (the background, as RELION's bg_radius).
 ``background > 0`` adds that many boxes per tomogram (class ``background``) centred at least
 ``min_distance`` Angstrom from every pick and inside the tomogram.
@@ -167,9 +167,8 @@ def _resample_shift(region: np.ndarray, size: int, shift: np.ndarray) -> np.ndar
 
 
 def background_mask(box: int) -> np.ndarray:
-    axis = np.arange(box) - box // 2
-    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
-    return (x * x + y * y + z * z) > (0.4 * box) ** 2
+    axis = (np.arange(box) - box // 2) ** 2
+    return (axis[:, None, None] + axis[None, :, None] + axis[None, None, :]) > (0.4 * box) ** 2
 
 
 class Extractor:
@@ -178,6 +177,12 @@ class Extractor:
     def __init__(self, tomogram: Tomogram, options: ExtractOptions):
         self.tomo, self.opt = tomogram, options
         self.voxel = options.voxel_size or tomogram.voxel_size
+        extent = options.box * self.voxel / tomogram.voxel_size  # the box in tomogram voxels
+        if extent > max(tomogram.shape):
+            z, y, x = tomogram.shape
+            scaled = "" if extent == options.box else f" ({extent:.4g} tomogram voxels)"
+            raise InputError(f"--box {options.box}{scaled} is larger than every dimension of tomogram "
+                             f"{tomogram.source} (x, y, z size {x}, {y}, {z}); expected a box that fits in it")
         self.same = abs(self.voxel - tomogram.voxel_size) <= 1e-6 * self.voxel
         if self.same:  # a fast FFT length (2^a 3^b 5^c) for the sub-voxel shift
             from scipy.fft import next_fast_len
@@ -414,6 +419,7 @@ def write_plan(plan: ExtractPlan, out, bundle: bool = False, quiet: bool = True,
                 bar.advance(1)
         save_bundle(out, volumes, (table["rlnClassNumber"] - 1).to_numpy(), plan.class_names, plan.voxel_size, table)
         return out
+    # forge extract refuses an earlier result unless --overwrite (checked before any work)
     with atomic_folder(out, stale=("volumes", "particles.star", "summary.json")) as work:
         names = [f"volumes/{i + 1:06d}.mrc" for i in range(len(table))]
         with progress.stage(label, len(plan.items), "particles", enabled=not quiet) as bar:

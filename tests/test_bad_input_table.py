@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
 from test_generate_uncertainty import TINY_RUN, maps_star, run_dir  # noqa: F401 (fixtures)
 
 from cryoet_forge.cli import main as forge
@@ -62,6 +63,25 @@ def inputs(tmp_path_factory):
     _volumes_star(subs10, "subs.star", [("s1.mrc", 1, 10.0), ("s2.mrc", 2, 10.0)])
     (root / "not.mrc").write_text("hello")
     (root / "picks.csv").write_text("x,y,z\n1,2,3\n")
+    (vols / "link.mrc").symlink_to(outside)  # rows that leave the folder through symbolic links
+    (vols / "linked").symlink_to(maps12)
+    _volumes_star(vols, "through_link.star", [("a.mrc", 1, 10.0), ("link.mrc", 2, 10.0)])
+    _volumes_star(vols, "linked_folder.star", [("a.mrc", 1, 10.0), ("linked/m1.mrc", 2, 10.0)])
+    tomograms = root / "tomograms"
+    tomograms.mkdir()
+    write_mrc(tomograms / "TS_01.mrc", np.zeros((64, 64, 64), np.float32), 10.0)
+    (root / "ts99.csv").write_text("tomogram,x,y,z\nTS_99,32,32,32\n")
+    (root / "ts01.csv").write_text("tomogram,x,y,z\nTS_01,32,32,32\n")
+    pick = {"rlnTomoName": ["TS_01"], "rlnCoordinateX": [32.0], "rlnCoordinateY": [32.0], "rlnCoordinateZ": [32.0]}
+    starfile.write({"particles": pd.DataFrame({k: pick[k] for k in list(pick)[:3]})}, root / "no_z.star")
+    starfile.write({"particles": pd.DataFrame({**pick, "rlnClassNumber": [1.5]})}, root / "class_half.star")
+    starfile.write({"particles": pd.DataFrame({**pick, "rlnClassNumber": ["x"]})}, root / "class_x.star")
+    starfile.write({"particles": pd.DataFrame({"rlnTomoName": ["TS_01"], **{
+        f"rlnCenteredCoordinate{a}Angst": [0.0] for a in "XYZ"}})}, root / "relion5.star")
+    starfile.write({"global": pd.DataFrame({
+        "rlnTomoName": ["TS_01"], "rlnTomoSizeX": ["abc"], "rlnTomoSizeY": [64], "rlnTomoSizeZ": [64],
+        "rlnTomoTiltSeriesPixelSize": [10.0], "rlnTomoReconstructedTomogram": ["tomograms/TS_01.mrc"]})},
+        root / "bad_size_tomograms.star")
     return root
 
 
@@ -101,10 +121,18 @@ CASES = [
     ("metrics-negative-bootstrap", METRICS + [f"{I}/good.npy", "--bootstrap", "-1"], 2, ["--bootstrap must be >= 0"]),
     ("metrics-json-into-file-folder", METRICS + [f"{I}/good.npy", "--json", f"{I}/afile/x.json"], 1,
      ["afile/x.json"]),
+    ("metrics-json-is-an-input", METRICS + [f"{I}/good.npy", "--json", f"{I}/vols/../good.npy"], 2,
+     ["--json", "vols/../good.npy: is an input of this command", "good.npy); writing there would replace it"]),
+    ("metrics-bootstrap-too-few", METRICS + [f"{I}/good.npy", "--bootstrap", "1"], 2,
+     ["--bootstrap 1: expected 0 (no interval) or at least 50 resamples"]),
+    ("metrics-bootstrap-huge", METRICS + [f"{I}/good.npy", "--bootstrap", "1000000000000"], 2,
+     ["--bootstrap must be an integer in [50, 100000], got 1000000000000"]),
     # -- forge classify: STAR tables and outputs ------------------------------------------------
     ("classify-row-is-a-folder", CLASSIFY + [f"{I}/vols/to_folder.star"], 2, ["sub: a folder; expected an MRC file"]),
     ("classify-row-leaves-the-folder", CLASSIFY + [f"{I}/vols/escape.star"], 2,
      ["rlnImageName '../outside.mrc' (row 2) leads outside the STAR file's folder", "--allow-outside-paths"]),
+    ("classify-row-in-a-linked-folder", CLASSIFY + [f"{I}/vols/linked_folder.star"], 2,
+     ["rlnImageName 'linked/m1.mrc' (row 2) leads outside the STAR file's folder", "through a symbolic link"]),
     ("classify-mixed-pixel-sizes", CLASSIFY + [f"{I}/vols/mixed.star"], 2,
      ["mixed rlnImagePixelSize values (10, 12 A); expected one"]),
     ("classify-out-is-a-file", ["classify", "train", "--data", f"{I}/vols/good.star", "--out", f"{I}/afile"], 2,
@@ -124,10 +152,18 @@ CASES = [
                                 f"{I}/afile"], 2, ["afile' is a file"]),
     ("simulate-proc", ["simulate", "--phantoms", "--box", "16", "--n-per-class", "1", "--out", "/proc/forge-x"], 1,
      ["cannot write there", "/proc/forge-x"]),
+    ("simulate-box-beyond-memory", ["simulate", "--phantoms", "--box", "100000", "--n-per-class", "1", "--out",
+                                    f"{O}/sim"], 2,
+     ["--box 100000 (1 per batch, volumes of 100000^3 voxels) needs", "expected a smaller --box"]),
     ("simulate-bad-option", ["simulate", "--phantoms", "--box", "16", "--option", "nonsense", "--out", f"{O}/sim"], 2,
      ["--option 'nonsense': expected KEY=VALUE"]),
     # -- forge train ---------------------------------------------------------------------------
     ("train-seed", TRAIN + ["--set", "train.seed=99999999999"], 2, ["train.seed 99999999999"]),
+    ("train-batch-size-beyond-int64", TRAIN + ["--set", "train.batch_size=99999999999999999999"], 2,
+     ["train.batch_size must be an integer in [1, 9223372036854775807], got 99999999999999999999"]),
+    ("train-batch-size-beyond-memory", TRAIN + ["--set", "train.batch_size=999999999"], 2,
+     ["train.batch_size 999999999 (at least 8 volumes of 32^3 voxels per item) needs",
+      "expected a smaller train.batch_size"]),
     ("train-negative-seed", TRAIN + ["--set", "train.seed=-1"], 2, ["train.seed -1"]),
     ("train-nan-noise", TRAIN + ["--set", "data.density_noise_std=nan"], 2, ["data.density_noise_std"]),
     ("train-negative-residuals", TRAIN + ["--set", "model.generator_options={n_residual=-1}"], 2,
@@ -148,6 +184,10 @@ CASES = [
                                "--out", f"{O}/g"], 2, ["give exactly one of --maps"]),
     ("generate-maps-at-another-voxel-size", ["generate", "--run", R, "--maps", f"{I}/maps12/maps.star",
                                              "--out", f"{O}/g"], 2, ["density maps at 12 A, but the run"]),
+    ("generate-maps-row-links-outside", ["generate", "--run", R, "--maps", f"{I}/vols/through_link.star",
+                                         "--out", f"{O}/g"], 2,
+     ["rlnImageName 'link.mrc' (row 2) leads outside the STAR file's folder", "through a symbolic link",
+      "--allow-outside-paths"]),
     ("uncertainty-not-mrc", ["uncertainty", "--run", R, "--map", f"{I}/not.mrc", "--out", f"{O}/u"], 2,
      ["not.mrc: not a readable MRC file"]),
     ("uncertainty-map-is-a-folder", ["uncertainty", "--run", R, "--map", f"{I}/vols", "--out", f"{O}/u"], 2,
@@ -161,6 +201,24 @@ CASES = [
                                "--box", "16", "--out", f"{O}/x"], 2, ["nopicks.star"]),
     ("extract-bad-box", ["extract", "--picks", f"{I}/picks.csv", "--tomograms", f"{I}/vols", "--box", "0",
                          "--out", f"{O}/x"], 2, ["box"]),
+    ("extract-pick-for-a-tomogram-not-given", ["extract", "--picks", f"{I}/ts99.csv", "--unit", "px", "--tomograms",
+                                               f"{I}/tomograms/TS_01.mrc", "--box", "16", "--out", f"{O}/x"], 2,
+     ["ts99.csv: tomogram 'TS_99' named in the picks has no tomogram file (tomograms: TS_01)"]),
+    ("extract-tomogram-size-not-a-number", ["extract", "--picks", f"{I}/relion5.star", "--tomograms-star",
+                                            f"{I}/bad_size_tomograms.star", "--box", "16", "--out", f"{O}/x"], 2,
+     ["bad_size_tomograms.star: row 1: rlnTomoSizeX 'abc' is not a number > 0; expected pixels"]),
+    ("extract-pixel-picks-without-z", ["extract", "--picks", f"{I}/no_z.star", "--tomograms", f"{I}/tomograms",
+                                       "--box", "16", "--out", f"{O}/x"], 2,
+     ["no_z.star: no rlnCoordinateZ column; RELION 4 / Warp / M picks need"]),
+    ("extract-class-number-fraction", ["extract", "--picks", f"{I}/class_half.star", "--tomograms",
+                                       f"{I}/tomograms", "--box", "16", "--out", f"{O}/x"], 2,
+     ["class_half.star: row 1: rlnClassNumber '1.5' is not an integer; class numbers must be integers"]),
+    ("extract-class-number-text", ["extract", "--picks", f"{I}/class_x.star", "--tomograms", f"{I}/tomograms",
+                                   "--box", "16", "--out", f"{O}/x"], 2,
+     ["class_x.star: row 1: rlnClassNumber 'x' is not an integer"]),
+    ("extract-box-larger-than-the-tomogram", ["extract", "--picks", f"{I}/ts01.csv", "--unit", "px", "--tomograms",
+                                              f"{I}/tomograms", "--box", "4096", "--out", f"{O}/x"], 2,
+     ["--box 4096 is larger than every dimension of tomogram", "(x, y, z size 64, 64, 64)"]),
     ("density-missing-structure", ["density", f"{I}/nothing.pdb", "--out", f"{O}/d.mrc"], 2, ["nothing.pdb"]),
     ("fetch-structures-bad-id", ["fetch-structures", "zz!", "--cache", f"{O}/cache"], 2,
      ["'zz!' is not a PDB id; expected 4 characters"]),

@@ -253,7 +253,9 @@ def test_copick_splits_by_run_for_evaluate_and_feeds_train(data, tmp_path):
     table = copy.deepcopy(TOY)
     table.update({"ablations": {}, "uncertainty": {"enabled": False}})
     table["gan"]["curve_points"] = 1
-    table["data"] = {"source": "copick", "copick": {"config": str(config), "objects": CLASSES}, "box": BOX,
+    # the toy tomograms show protein bright (maps added in): invert = true, as for a user's inverted tomograms
+    table["data"] = {"source": "copick", "copick": {"config": str(config), "objects": CLASSES, "invert": True},
+                     "box": BOX,
                      "test_runs": ["TS_04"], "n_density_per_class": 4}
     out = tmp_path / "evaluation"
     run_evaluation(config_from_dict(table, origin="copick toy"), out, log=lambda line: None)
@@ -355,6 +357,31 @@ def test_cli_writes_a_labelled_folder_that_forge_reads(data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     a, b = np.load(bundle)["volumes"], np.load(other)["volumes"]
     assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+
+
+def test_a_second_extract_into_the_same_out_is_refused_unless_overwrite(data, tmp_path):
+    root, _, _ = data
+    out, bundle = tmp_path / "out", tmp_path / "b.npz"
+    first = ("--picks", root / "picks.csv", "--unit", "px", "--tomograms", root, "--box", BOX)
+    assert _forge(*first, "--out", out).returncode == 0
+    assert _forge(*first, "--bundle", "--out", bundle).returncode == 0
+    before = {p.name: p.read_bytes() for p in (out / "volumes").iterdir()}
+    star, npz = (out / "particles.star").read_bytes(), bundle.read_bytes()
+    one = ("--picks", root / "picks.csv", "--unit", "px", "--tomograms", root, "--box", BOX // 2)
+    proc = _forge(*one, "--out", out)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"forge: error: {out} already holds extracted particles (volumes, particles.star, summary.json); "
+        "choose another --out or pass --overwrite"]
+    proc = _forge(*one, "--bundle", "--out", bundle)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"forge: error: {bundle} already exists; choose another --out or pass --overwrite"]
+    # nothing replaced
+    assert {p.name: p.read_bytes() for p in (out / "volumes").iterdir()} == before
+    assert (out / "particles.star").read_bytes() == star and bundle.read_bytes() == npz
+    # --overwrite replaces the whole result
+    assert _forge(*one, "--out", out, "--overwrite").returncode == 0
+    assert _forge(*one, "--bundle", "--out", bundle, "--overwrite").returncode == 0
+    assert len(list((out / "volumes").iterdir())) == 6 and np.load(bundle)["volumes"].shape[1:] == (BOX // 2,) * 3
 
 
 def test_bad_input_one_line_each_and_nothing_written(data, tmp_path):

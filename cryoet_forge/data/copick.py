@@ -16,6 +16,7 @@ Picks are copick points in Angstrom (plus the translation of their transform, co
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from torch.utils.data import Dataset
 from cryoet_forge.data.normalization import check_normalization, normalize_volume
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.extract import ExtractOptions, plan_extraction
+from cryoet_forge.io.files import outside_paths_allowed
 from cryoet_forge.io.tomograms import open_zarr_tomogram
 
 
@@ -53,6 +55,34 @@ def _positions(picks) -> np.ndarray:
         return np.asarray(picks.full_positions(), dtype=float).reshape(-1, 3)
     points, transforms = picks.numpy()
     return (np.asarray(points) + np.asarray(transforms)[:, :3, 3]).reshape(-1, 3)
+
+
+def _local_root(uri) -> Path | None:
+    """A local copick root (``local:///data/project``, ``/data/project``) as a path, else None."""
+    if not uri:
+        return None
+    text = str(uri)
+    for prefix in ("local://", "file://"):
+        if text.startswith(prefix):
+            return Path(text[len(prefix):])
+    return None if "://" in text else Path(text)
+
+
+def _check_inside_project(project, store, config, run: str) -> None:
+    """A run's local tomogram must lie, symbolic links followed, under the project's overlay or
+    static root, unless ``forge --allow-outside-paths`` allows it."""
+    path = getattr(store, "path", None)
+    protocol = getattr(getattr(store, "fs", None), "protocol", None)
+    protocols = set(protocol) if isinstance(protocol, (tuple, list)) else {protocol}
+    if outside_paths_allowed() or not isinstance(path, str) or not protocols & {"file", "local"}:
+        return
+    roots = [r.resolve() for r in (_local_root(getattr(project.config, "overlay_root", None)),
+                                   _local_root(getattr(project.config, "static_root", None))) if r is not None]
+    real = Path(path).resolve()
+    if roots and not any(real == r or r in real.parents for r in roots):
+        raise InputError(f"{config}: run {run!r}: tomogram {path} leads outside the project's roots "
+                         f"({', '.join(map(str, roots))}) (to {real}, through a symbolic link); move it under "
+                         "them, or allow it with forge --allow-outside-paths")
 
 
 def copick_jobs(config, objects: list[str] | None, voxel_spacing: float | None, tomo_type: str = "wbp",
@@ -96,7 +126,9 @@ def copick_jobs(config, objects: list[str] | None, voxel_spacing: float | None, 
             types = [t.tomo_type for t in vs.tomograms] if vs is not None else []
             raise InputError(f"{config}: run {name!r} has no {tomo_type!r} tomogram at {chosen} A "
                              f"(voxel spacings {spacings}; tomogram types there: {', '.join(types) or 'none'})")
-        tomo = open_zarr_tomogram(tomogram.zarr(), scale, name=name, source=f"{config}: run {name} ({tomo_type})")
+        store = tomogram.zarr()
+        _check_inside_project(root, store, config, name)
+        tomo = open_zarr_tomogram(store, scale, name=name, source=f"{config}: run {name} ({tomo_type})")
         table = pd.DataFrame(rows)
         table[["shift_x", "shift_y", "shift_z"]] = 0.0
         table.attrs["source"] = f"{config}: run {name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -11,6 +12,11 @@ from cryoet_forge.devices import SEED
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.tomograms import MRC_SUFFIXES, open_tomogram
 from cryoet_forge.progress import quiet_option
+
+#: what forge extract writes into --out (a folder)
+OUTPUT_NAMES = ("volumes", "particles.star", "summary.json")
+
+WARP_NAME = re.compile(r"(.+)_\d+(?:\.\d+)?Apx")
 
 
 def tomogram_files(paths: list[Path]) -> dict[str, Path]:
@@ -32,21 +38,29 @@ def tomogram_files(paths: list[Path]) -> dict[str, Path]:
     return found
 
 
-def resolve(names: list[str], given: dict[str, Path], table_paths: dict[str, str], picks_source: str) -> dict[str, Path]:
-    """The tomogram file of each name: --tomograms by name (a lone tomogram for a lone name), else
-    the path the pick table gives."""
+def resolve(names: list[str], given: dict[str, Path], table_paths: dict, picks_source: str) -> dict[str, Path]:
+    """The tomogram file of each name: --tomograms by name (``NAME.mrc``; else the file name the
+    table gives, such as RELION's ``rec_NAME.mrc``; else one of Warp's ``NAME_10.00Apx.mrc``),
+    or without --tomograms the path the pick table gives (``TablePath``, resolved here). A name
+    no tomogram matches is an error, even when a single tomogram is given."""
     out: dict[str, Path] = {}
     for name in names:
+        table_path = table_paths.get(name)
+        stem = getattr(table_path, "stem", None)
+        prefixed = [key for key in given if (warp := WARP_NAME.fullmatch(key)) and warp[1] == name]
         if name in given:
             out[name] = given[name]
-        elif len(given) == 1 and len(names) == 1:
-            out[name] = next(iter(given.values()))
-        elif not given and name in table_paths:
-            out[name] = Path(table_paths[name])
+        elif stem is not None and stem in given:
+            out[name] = given[stem]
+        elif len(prefixed) == 1:
+            out[name] = given[prefixed[0]]
+        elif not given and table_path is not None:
+            out[name] = table_path.resolve() if hasattr(table_path, "resolve") else Path(table_path)
         else:
             choices = ", ".join(sorted(given)) or "none given (--tomograms)"
+            several = f"; several match it: {', '.join(sorted(prefixed))}" if len(prefixed) > 1 else ""
             raise InputError(f"{picks_source}: tomogram {name!r} named in the picks has no tomogram file "
-                             f"(tomograms: {choices})")
+                             f"(tomograms: {choices}){several}")
     return out
 
 
@@ -69,7 +83,7 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
     names = list(dict.fromkeys(table["tomogram"]))
     paths = {}
     if "tomogram_path" in table.columns:
-        paths = dict(zip(table["tomogram"], table["tomogram_path"].astype(str)))
+        paths = {n: p for n, p in zip(table["tomogram"], table["tomogram_path"]) if pd.notna(p)}
     files = resolve(names, given, paths, ", ".join(map(str, picks_paths)))
     jobs = []
     for name in names:
@@ -80,6 +94,20 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
             part.attrs["source"] = source
             jobs.append((tomo, part, unit_))
     return jobs
+
+
+def check_extract_target(out: Path, bundle: bool, overwrite: bool) -> None:
+    """Before any work: an earlier result at ``out`` is replaced only with ``--overwrite``."""
+    from cryoet_forge.errors import ConfigError
+    from cryoet_forge.io.atomic import check_output_folder
+    from cryoet_forge.io.files import check_output_target
+
+    if not bundle:
+        check_output_folder(out, OUTPUT_NAMES, "extracted particles", overwrite)
+        return
+    target = check_output_target(out, folder=False)
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise ConfigError(f"{target} already exists; choose another --out or pass --overwrite")
 
 
 @click.command("extract")
@@ -107,7 +135,7 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
 @click.option("--box", type=int, required=True, help="box size in voxels")
 @click.option("--voxel-size", type=float, default=None,
               help="output voxel size (A); the tomogram is Fourier-rescaled when it differs (default: keep)")
-@click.option("--invert", is_flag=True, help="multiply by -1 (tomograms show protein dark)")
+@click.option("--invert", is_flag=True, help="multiply by -1: only for tomograms inverted to protein bright (forge expects protein dark, as reconstructed)")
 @click.option("--normalize", type=str, default="zscore", show_default=True,
               help="none, or zscore (mean 0, std 1 outside a sphere of radius 0.4 box)")
 @click.option("--pad-edge/--skip-edge", default=False, show_default=True,
@@ -116,10 +144,11 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
 @click.option("--min-distance", type=float, default=0.0, help="background boxes at least this far from every pick (A)")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the background positions")
 @click.option("--bundle", is_flag=True, help="write one .npz bundle (OUT must end in .npz) instead of a folder")
+@click.option("--overwrite", is_flag=True, help="replace earlier extracted particles in OUT (or the bundle OUT)")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_size, class_column, copick_config, objects,
                     copick_voxel_spacing, tomo_type, runs, scale, tomogram_voxel_size, box, voxel_size, invert,
-                    normalize, pad_edge, background, min_distance, seed, bundle, out) -> None:
+                    normalize, pad_edge, background, min_distance, seed, bundle, overwrite, out) -> None:
     """Cut labelled subtomograms out of tomograms around particle picks."""
     from cryoet_forge import progress
     from cryoet_forge.extract import (
@@ -133,6 +162,7 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_s
         raise click.UsageError("--bundle writes an .npz file: give --out NAME.npz")
     if (copick_config is None) == (not picks_paths):
         raise click.UsageError("give --picks (with --tomograms or a RELION 5 --tomograms-star) or --copick")
+    check_extract_target(out, bundle, overwrite)
     options = ExtractOptions(box=box, voxel_size=voxel_size, invert=invert, normalize=normalize,
                              edge="pad" if pad_edge else "skip", background=background,
                              min_distance=min_distance, seed=seed).check()

@@ -250,6 +250,7 @@ def _fit_to_budget(config, minutes: float, out_dir: Path, resume: bool):
 def _print_summary(out_dir: Path) -> None:
     from cryoet_forge.evaluate.pipeline import load_results
     from cryoet_forge.evaluate.report import number
+    from cryoet_forge.metrics.reliability import rule_names
 
     results = load_results(out_dir)
     verdict = results.get("verdict")
@@ -261,9 +262,11 @@ def _print_summary(out_dir: Path) -> None:
     click.echo(f"train on real, test on real: accuracy {results['inception']['real_test']['accuracy']:.3f}")
     for key, label in (("traditional", "traditional simulation"), ("cryoetgan", "CryoETGAN")):
         d, q = results["downstream"][key], results["quality"][key]
+        fid_rules = (q.get("reliability") or {}).get("fid")
+        mark = (" (unreliable)" if not q.get("reliable", True) else
+                f" (unreliable: {rule_names(fid_rules)})" if fid_rules else "")
         click.echo(f"train on {label}, test on real: accuracy {d['mean']:.3f} "
-                   f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]; FID vs real test {number(q['fid'])}"
-                   + ("" if q.get("reliable", True) else " (unreliable)"))
+                   f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]; FID vs real test {number(q['fid'])}{mark}")
     if verdict is not None:
         for note in verdict["notes"]:
             click.echo(f"warning: {note}")

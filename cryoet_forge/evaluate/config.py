@@ -51,6 +51,10 @@ class DataSection:
     copick: dict = field(default_factory=dict)
     test_runs: list = field(default_factory=list)
     test_fraction: float = 0.25
+    #: source = "folders"/"copick": the real splits must follow the contrast convention (protein
+    #: dark, cryoet_forge.data.polarity): "check" stops when the training split is measurably
+    #: protein-bright, "auto" inverts both splits then, "off" skips the check
+    polarity: str = "check"
 
 
 @dataclass
@@ -192,6 +196,7 @@ def _apply(table: dict, overrides: dict[str, Any]) -> dict:
 def validate(config: EvaluationConfig) -> EvaluationConfig:
     d = config.data
     check_choice("data.source", d.source, ("embedded", "folders", "copick"))
+    check_choice("data.polarity", d.polarity, ("check", "auto", "off"))
     if d.source == "copick" and not d.copick.get("config"):
         raise ConfigError("data.source = 'copick' needs data.copick.config (a copick project's JSON)")
     if d.source == "copick" and not 0 < d.test_fraction < 1:

@@ -8,6 +8,7 @@ textbook parameters on the canonical maps) faces a genuine domain gap, as in the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pandas as pd
 import torch
 
 from cryoet_forge.classify import LabelledVolumes, check_splits, load_labelled
+from cryoet_forge.data.polarity import apply_polarity
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.evaluate.config import EvaluationConfig
 
@@ -194,6 +196,19 @@ def load_copick_splits(d) -> tuple[LabelledVolumes, LabelledVolumes, list[str], 
     return splits[0], splits[1], train_runs, test_runs
 
 
+def _apply_polarity(train: LabelledVolumes, test: LabelledVolumes, mode: str,
+                    log: Callable[[str], None]) -> tuple[LabelledVolumes, LabelledVolumes, bool]:
+    """The real splits under the contrast convention: measured on the training split (the test
+    split is inverted with it, never looked at for the choice); "check" stops on protein-bright."""
+    volumes, polarity, line = apply_polarity(train.volumes, mode, f"{train.source} (data.real_train)",
+                                             "data.polarity")
+    log(line)
+    if volumes is train.volumes:
+        return train, test, False
+    return (dataclasses.replace(train, volumes=volumes),
+            dataclasses.replace(test, volumes=-test.volumes), True)
+
+
 def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], None]) -> EvaluationData:
     d = config.data
     folder = Path(folder)
@@ -210,15 +225,19 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
         class_names = check_splits(real_train, real_test)
         real_train = real_train.relabelled(class_names)
         real_test = real_test.relabelled(class_names)
+        real_train, real_test, inverted = _apply_polarity(real_train, real_test, d.polarity, log)
         box, voxel_size = real_train.box, real_train.voxel_size
         templates = class_templates(class_names, maps_dir, box, voxel_size)
-        if d.source == "copick":
+        if d.source == "copick" or inverted:  # the GAN reads domain S from this folder
             real_train_star = write_labelled_folder(folder / "real_train", real_train)
+        if d.source == "copick":
             description = (f"real data from copick project {d.copick['config']}: runs {', '.join(train_runs)} "
                            f"(train), {', '.join(test_runs)} (test)")
         else:
-            real_train_star = Path(real_train.source)
-            description = f"real data from {d.real_train} (train) and {d.real_test} (test)"
+            if not inverted:
+                real_train_star = Path(real_train.source)
+            description = (f"real data from {d.real_train} (train) and {d.real_test} (test)"
+                           + (", contrast inverted" if inverted else ""))
     else:
         class_names = [str(c) for c in d.classes]
         box, voxel_size = d.box, d.voxel_size

@@ -84,7 +84,8 @@ def quality_metrics(real_features: np.ndarray, features: np.ndarray, probs: np.n
     assert bundle.fid is not None
     return {"is_mean": bundle.inception["fake"]["mean"], "is_std": bundle.inception["fake"]["std"],
             "fid": float(bundle.fid.fid), **{key: float(bundle.prdc[key]) for key in PRDC_NAMES},
-            "fid_notes": sorted({message.split(" (")[0] for message in bundle.fid.warnings})}
+            "fid_notes": sorted({message.split(" (")[0] for message in bundle.fid.warnings}),
+            "n_real": bundle.n_real, "n_fake": bundle.n_fake, "dim": bundle.dim}
 
 
 def downstream_inputs(config: EvaluationConfig) -> dict[str, Any]:
@@ -313,7 +314,10 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
             ablations.append(stages.run(slug, inputs, lambda: run_ablation(
                 config, out, slug, variant, data, inception, real_features, train_features, options, log, resume)))
             bar.advance(info=variant[1])
-    ablations = [{**row, "reliable": reliable} for row in ablations]
+    from cryoet_forge.evaluate.verdict import quality_reliability
+
+    margin = config.metrics.reliability_margin
+    ablations = [{**row, "reliable": reliable, "reliability": quality_reliability(row, margin)} for row in ablations]
 
     # -- uncertainty -----------------------------------------------------------------------------
     uncertainty = stages.run("uncertainty", {"generation": stages.key("generation"),
@@ -323,7 +327,8 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
 
     # -- report: figures, results.json, report.md (always rendered) -------------------------------
     tic = time.perf_counter()
-    quality = {key: {**scores, "reliable": reliable} for key, scores in quality.items()}
+    quality = {key: {**scores, "reliable": reliable, "reliability": quality_reliability(scores, margin)}
+               for key, scores in quality.items()}
     save_figures(config, out, data, gan, inception_on_test, downstream, curves, quality, seeds)
     from cryoet_forge.evaluate.verdict import class_counts
 

@@ -26,12 +26,20 @@ def _interval(downstream: dict[str, Any]) -> str:
     return (f"{number(downstream['mean'])} [{number(downstream['ci_low'])}, {number(downstream['ci_high'])}]")
 
 
+#: the key of each metric column in a quality row's ``reliability`` (cryoet_forge.metrics.reliability)
+RELIABILITY_KEYS = ("inception_score", "fid", "precision", "recall", "density", "coverage")
+
+
 def _metric_cells(q: dict[str, Any]) -> list[str]:
     cells = [f"{number(q['is_mean'])} ± {number(q['is_std'])}", number(q["fid"]), number(q["precision"]),
              number(q["recall"]), number(q["density"]), number(q["coverage"])]
     if q.get("reliable") is False:  # the inception network is near chance (see the verdict section)
-        cells = [f"{cell} (unreliable)" for cell in cells]
-    return cells
+        return [f"{cell} (unreliable)" for cell in cells]
+    from cryoet_forge.metrics.reliability import rule_names
+
+    rules = q.get("reliability") or {}  # the per-metric rules, by name (N <= D, all-zero PRDC, IS near 1)
+    return [f"{cell} (unreliable: {rule_names(rules[key])})" if rules.get(key) else cell
+            for cell, key in zip(cells, RELIABILITY_KEYS)]
 
 
 def _verdict_section(results: dict[str, Any]) -> list[str]:

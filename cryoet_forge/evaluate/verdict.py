@@ -5,7 +5,9 @@ paired comparison of GAN and traditional data.
 - **The inception network is reliable** when its accuracy on the real test split is at least
   ``metrics.reliability_margin`` (default 0.1) above chance. Below that its features carry
   little class information, and FID, PRDC and IS computed on them say nothing about realism:
-  they are marked unreliable and the verdict is *inconclusive*.
+  they are marked unreliable and the verdict is *inconclusive*. This rule and the per-metric
+  ones (N <= D, all-zero PRDC, IS near 1) live in ``cryoet_forge.metrics.reliability``, which
+  ``forge metrics`` applies too.
 - **The paired difference** is GAN minus traditional accuracy per seed (the same seed gives the
   same classifier initialisation and batch order), with a Student-t interval over seeds.
   The verdict is *GAN ahead* when that interval lies above zero, *traditional ahead* when below,
@@ -51,12 +53,11 @@ def assess(inception_accuracy: float, chance: float, margin: float, paired: dict
     ``inception_accuracy``: CB3D trained on the real training split, on the real test split (the
     ceiling); ``baseline_accuracy``: the radial-profile baseline trained on the same split.
     """
-    reliable = inception_accuracy >= chance + margin
-    notes = []
-    if not reliable:
-        notes.append(f"the inception network (CB3D trained on the real training split) scores "
-                     f"{number(inception_accuracy)} on the real test split, within {margin:g} of chance "
-                     f"({number(chance)}): FID, PRDC and IS on its features are unreliable")
+    from cryoet_forge.metrics.reliability import near_chance
+
+    unreliable = near_chance(inception_accuracy, chance, margin)
+    reliable = unreliable is None
+    notes = [] if unreliable is None else [unreliable]
     if baseline_accuracy is not None and inception_accuracy <= baseline_accuracy:
         notes.append(f"CB3D trained on the real training split ({number(inception_accuracy)}) does not beat the "
                      f"radial-profile baseline ({number(baseline_accuracy)}) on the same split: the classifier, "
@@ -84,3 +85,15 @@ def assess(inception_accuracy: float, chance: float, margin: float, paired: dict
                     f"contains zero.")
     return {"outcome": outcome, "sentence": sentence, "metrics_reliable": reliable, "margin": margin,
             "notes": notes}
+
+
+def quality_reliability(scores: dict[str, Any], margin: float) -> dict[str, list[str]]:
+    """The per-metric reliability rules (``cryoet_forge.metrics.reliability``) on one row of
+    quality scores: {"fid": [...], "precision": [...], ..., "inception_score": [...]}. Rows
+    recorded without their sizes skip the N <= D rule."""
+    from cryoet_forge.metrics.reliability import PRDC_KEYS, assess_metrics
+
+    prdc = {key: scores[key] for key in PRDC_KEYS} if all(key in scores for key in PRDC_KEYS) else None
+    return assess_metrics(n_real=scores.get("n_real"), n_fake=scores.get("n_fake"), dim=scores.get("dim"),
+                          fid=scores.get("fid") is not None, prdc=prdc, margin=margin,
+                          inception={"fake": scores["is_mean"]} if scores.get("is_mean") is not None else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Iterable
 
 from cryoet_forge.errors import InputError
 
@@ -49,11 +50,25 @@ def check_output_target(path: str | os.PathLike, folder: bool = True, option: st
     return p
 
 
+def check_not_an_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], option: str) -> Path:
+    """``output`` unless it resolves (symbolic links followed, ``Path.resolve``) to one of
+    ``inputs``: writing there would replace the input being read. Checked before any work."""
+    out = Path(output)
+    target = out.resolve()
+    for given in inputs:
+        if Path(given).resolve() == target:
+            same = "" if Path(given) == out else f" (the same file as {given})"
+            raise InputError(f"{option} {out}: is an input of this command{same}; writing there would replace "
+                             "it; expected another file name")
+    return out
+
+
 _paths = {"allow_outside": False}
 
 
 def configure_paths(allow_outside: bool) -> None:
-    """``forge --allow-outside-paths``: relative rlnImageName entries may leave the STAR file's folder."""
+    """``forge --allow-outside-paths``: paths named in tables (rlnImageName, tomogram paths, copick
+    tomograms) may lead outside the table's or project's folder."""
     _paths["allow_outside"] = bool(allow_outside)
 
 

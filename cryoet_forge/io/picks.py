@@ -5,8 +5,14 @@ Every reader returns a ``Picks`` table with one row per particle and the columns
 tomogram, or ``"angstrom"`` from the centre of its first voxel), ``shift_x/y/z`` (Angstrom to
 subtract, RELION's refined origin), ``class_name``, and the orientation columns found in the
 source (``rlnAngleRot/Tilt/Psi``, ``rlnTomoSubtomogramRot/Tilt/Psi``), carried over unchanged.
-``tomogram_path`` is set where the table names the tomogram file (RELION 5's
-``rlnTomoReconstructedTomogram``).
+``tomogram_path`` (a ``TablePath``, resolved when used) is set where the table names the
+tomogram file: RELION 5's ``rlnTomoReconstructedTomogram``, or an ``rlnTomoName`` /
+``rlnMicrographName`` / CSV ``tomogram`` value ending in a tomogram suffix (``.mrc``, ``.zarr``, ...).
+A relative path is tried as written from the current folder, then from the project folder (the
+folder holding ``<JobType>/jobNNN/`` when the table lives in such a job folder, as RELION writes
+it), then from the table's folder; the first that exists is read. Its target, symbolic links
+followed, must lie inside the project folder (else the table's folder) unless
+``forge --allow-outside-paths`` allows it.
 
 Conventions: voxel ``i`` of a tomogram has its centre at ``i`` pixels (0-based). RELION 5's
 ``rlnCenteredCoordinate{X,Y,Z}Angst`` are relative to the tomogram centre,
@@ -19,6 +25,7 @@ pseudo-subtomogram matrix of ``rlnTomoSubtomogram{Rot,Tilt,Psi}`` and subtracted
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,8 @@ import pandas as pd
 import starfile
 
 from cryoet_forge.errors import InputError
+from cryoet_forge.io.files import outside_paths_allowed
+from cryoet_forge.io.star import class_numbers
 
 UNITS = ("px", "angstrom")
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
@@ -35,6 +44,78 @@ CENTERED = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCe
 PIXEL = ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")
 ORIGIN = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
 TOMO_SUFFIXES = (".tomostar", ".mrc", ".rec", ".st", ".zarr")
+#: suffixes of a value that names a tomogram file (not a tilt series or a Warp .tomostar)
+FILE_SUFFIXES = (".mrc", ".rec", ".map", ".zarr")
+JOB_FOLDER = re.compile(r"job\d+")
+
+
+def project_folder(table: str | os.PathLike) -> Path | None:
+    """The RELION project folder of a table in ``PROJECT/<JobType>/jobNNN/``, else None."""
+    folder = Path(os.path.abspath(table)).parent
+    if JOB_FOLDER.fullmatch(folder.name) and folder.parent.parent != folder.parent:
+        return folder.parent.parent
+    return None
+
+
+@dataclass(frozen=True)
+class TablePath:
+    """A file named in a table (row ``row``, 1-based, of column ``column``), resolved when used."""
+
+    value: str
+    table: str
+    row: int
+    column: str
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def stem(self) -> str:
+        return _tomo_name(self.value)
+
+    def candidates(self) -> list[Path]:
+        """Where the file is looked for, in order: as written from the current folder, from the
+        project folder, from the table's folder."""
+        raw = Path(self.value)
+        if raw.is_absolute():
+            return [raw]
+        project = project_folder(self.table)
+        bases = [Path.cwd()] + ([project] if project else []) + [Path(os.path.abspath(self.table)).parent]
+        out: list[Path] = []
+        for base in bases:
+            path = Path(os.path.normpath(base / raw))
+            if path not in out:
+                out.append(path)
+        return out
+
+    def resolve(self, what: str = "tomogram") -> Path:
+        """The first candidate that exists and lies inside the allowed folder (symbolic links
+        followed); InputError naming the table, the row and the path otherwise."""
+        where = f"{self.table}: row {self.row}: {self.column} {self.value!r}"
+        tried = self.candidates()
+        found = [p for p in tried if p.exists()]
+        if not found:
+            raise InputError(f"{where}: no such {what} (tried {', '.join(map(str, tried))})")
+        if outside_paths_allowed():
+            return found[0]
+        project = project_folder(self.table)
+        root = (project or Path(os.path.abspath(self.table)).parent).resolve()
+        for path in found:
+            real = path.resolve()
+            if real == root or root in real.parents:
+                return path
+        real = found[0].resolve()
+        how = "" if real == Path(os.path.normpath(found[0])) else ", through a symbolic link"
+        kind = "project folder" if project else "table's folder"
+        raise InputError(f"{where} leads outside the {kind} {root} (to {real}{how}); move it under that "
+                         "folder, or allow it with forge --allow-outside-paths")
+
+
+def _table_paths(values: pd.Series, table: Path, column: str) -> list[TablePath | None]:
+    """A ``TablePath`` for each value that names a tomogram file, None for plain names."""
+    return [TablePath(str(v), str(table), i + 1, column)
+            if isinstance(v, str) and v.lower().endswith(FILE_SUFFIXES) else None
+            for i, v in enumerate(values)]
 
 
 @dataclass
@@ -89,7 +170,7 @@ def _classes(df: pd.DataFrame, source: str, class_column: str | None, default: s
                              f"{', '.join(map(str, df.columns))}")
         values = df[class_column]
     elif star and "rlnClassNumber" in df.columns:
-        return "class" + df["rlnClassNumber"].astype(int).astype(str)
+        return "class" + class_numbers(df["rlnClassNumber"], source).astype(str)
     elif not star and "class" in df.columns:
         values = df["class"]
     else:
@@ -137,12 +218,10 @@ def read_relion_picks(path: str | os.PathLike, tomograms_star: str | os.PathLike
     if df.empty:
         raise InputError(f"{path}: the pick set is empty; expected at least one particle")
     default_class = default_class or path.stem
-    if "rlnTomoName" in df.columns:
-        names = df["rlnTomoName"].map(_tomo_name)
-    elif "rlnMicrographName" in df.columns:
-        names = df["rlnMicrographName"].map(_tomo_name)
-    else:
+    name_column = next((c for c in ("rlnTomoName", "rlnMicrographName") if c in df.columns), None)
+    if name_column is None:
         raise InputError(f"{path}: no rlnTomoName or rlnMicrographName column; every pick must name its tomogram")
+    names = df[name_column].map(_tomo_name)
     zeros = np.zeros(len(df))
     origin = np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy() if c in df.columns else zeros
                        for c in ORIGIN], axis=-1)
@@ -167,33 +246,54 @@ def read_relion_picks(path: str | os.PathLike, tomograms_star: str | os.PathLike
         if info["path"].notna().all():
             out["tomogram_path"] = info["path"].to_numpy()
         return _finish(df, out, str(path), class_column, default_class, True, "angstrom")
+    partial = [c for c in CENTERED if c in df.columns]
+    if partial:
+        missing = [c for c in CENTERED if c not in df.columns]
+        raise InputError(f"{path}: has {', '.join(partial)} but no {', '.join(missing)} column; "
+                         f"RELION 5 picks need all of {', '.join(CENTERED)}")
+    missing = [c for c in PIXEL if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: no {', '.join(missing)} column; RELION 4 / Warp / M picks need "
+                         f"{', '.join(PIXEL)} (tomogram pixels)")
     for axis, column in zip("xyz", PIXEL):
         out[axis] = df[column].to_numpy()
+    files = _table_paths(df[name_column], path, name_column)
+    if any(files):
+        out["tomogram_path"] = files
     return _finish(df, out, str(path), class_column, default_class, True, "px")
 
 
 def read_relion_tomograms(path: str | os.PathLike) -> pd.DataFrame:
     """RELION 5 tomograms STAR -> per rlnTomoName: size_x/y/z (unbinned pixels), pixel_size
-    (tilt series, Angstrom), binning, path (rlnTomoReconstructedTomogram relative to its folder or None)."""
+    (tilt series, Angstrom), binning, path (rlnTomoReconstructedTomogram as a ``TablePath``, or None)."""
     path = Path(path)
     blocks = _read_star(path)
     need = ("rlnTomoName", "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ", "rlnTomoTiltSeriesPixelSize")
     tables = [b for b in blocks.values() if set(need) <= set(b.columns)]
     if len(tables) != 1:
         raise InputError(f"{path}: expected one block with {', '.join(need)} (a RELION 5 tomograms STAR)")
-    df = tables[0]
+    df = tables[0].reset_index(drop=True)
+
+    def positive(column: str) -> np.ndarray:
+        values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
+        if len(bad):
+            row = int(bad[0])
+            unit = "Angstrom" if column == "rlnTomoTiltSeriesPixelSize" else "pixels"
+            raise InputError(f"{path}: row {row + 1}: {column} {str(df[column].iloc[row])!r} is not a number > 0; "
+                             f"expected {unit}")
+        return values
+
+    reconstructed = "rlnTomoReconstructedTomogram"
     out = pd.DataFrame({
-        "size_x": pd.to_numeric(df["rlnTomoSizeX"]).to_numpy(float),
-        "size_y": pd.to_numeric(df["rlnTomoSizeY"]).to_numpy(float),
-        "size_z": pd.to_numeric(df["rlnTomoSizeZ"]).to_numpy(float),
-        "pixel_size": pd.to_numeric(df["rlnTomoTiltSeriesPixelSize"]).to_numpy(float),
-        "binning": pd.to_numeric(df["rlnTomoTomogramBinning"]).to_numpy(float)
-        if "rlnTomoTomogramBinning" in df.columns else np.ones(len(df)),
-        "path": [str(path.parent / p) if isinstance(p, str) else None
-                 for p in df.get("rlnTomoReconstructedTomogram", [None] * len(df))],
+        "size_x": positive("rlnTomoSizeX"),
+        "size_y": positive("rlnTomoSizeY"),
+        "size_z": positive("rlnTomoSizeZ"),
+        "pixel_size": positive("rlnTomoTiltSeriesPixelSize"),
+        "binning": positive("rlnTomoTomogramBinning") if "rlnTomoTomogramBinning" in df.columns else np.ones(len(df)),
+        "path": [TablePath(p, str(path), i + 1, reconstructed) if isinstance(p, str) and p else None
+                 for i, p in enumerate(df[reconstructed] if reconstructed in df.columns else [None] * len(df))],
     }, index=df["rlnTomoName"].map(_tomo_name).to_numpy())
-    if not (out["pixel_size"] > 0).all():
-        raise InputError(f"{path}: rlnTomoTiltSeriesPixelSize must be > 0 Angstrom")
     return out
 
 
@@ -216,8 +316,11 @@ def read_csv_picks(path: str | os.PathLike, unit: str | None, class_column: str 
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected a header tomogram,x,y,z[,class]")
     zeros = np.zeros(len(df))
-    out = {"tomogram": df["tomogram"].astype(str).map(_tomo_name).to_numpy(), "x": df["x"].to_numpy(),
+    out: dict = {"tomogram": df["tomogram"].astype(str).map(_tomo_name).to_numpy(), "x": df["x"].to_numpy(),
            "y": df["y"].to_numpy(), "z": df["z"].to_numpy(), "shift_x": zeros, "shift_y": zeros, "shift_z": zeros}
+    files = _table_paths(df["tomogram"].astype(str), path, "tomogram")
+    if any(files):
+        out["tomogram_path"] = files
     return _finish(df, out, str(path), class_column, default_class or path.stem, False, unit)
 
 

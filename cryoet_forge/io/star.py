@@ -23,17 +23,30 @@ REQUIRED_COLUMNS = ("rlnImageName", "rlnClassNumber", "forgeClassName", "rlnImag
 BLOCK = "particles"
 
 
+def class_numbers(values: pd.Series, source: str, column: str = "rlnClassNumber") -> pd.Series:
+    """Class numbers as integers; InputError naming the first row that is not a whole number
+    (``1.5`` is not read as class 1)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    finite = np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan))
+    bad = ~finite | (numbers.fillna(0).to_numpy(dtype=float) % 1 != 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{source}: row {row + 1}: {column} {str(values.iloc[row])!r} is not an integer; "
+                         "class numbers must be integers (1, 2, ...)")
+    return numbers.astype(np.int64)
+
+
 def _check_table(df: pd.DataFrame, source: str) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"{source}: missing STAR column(s) {', '.join(missing)}; "
                          f"expected {', '.join(REQUIRED_COLUMNS)}")
     df = df.copy()
+    df["rlnClassNumber"] = class_numbers(df["rlnClassNumber"], source)
     try:
-        df["rlnClassNumber"] = df["rlnClassNumber"].astype(int)
         df["rlnImagePixelSize"] = df["rlnImagePixelSize"].astype(float)
     except (TypeError, ValueError):
-        raise InputError(f"{source}: rlnClassNumber must be integers and rlnImagePixelSize numbers") from None
+        raise InputError(f"{source}: rlnImagePixelSize must be numbers (Angstrom)") from None
     if len(df) and (df["rlnClassNumber"] < 1).any():
         raise InputError(f"{source}: rlnClassNumber must be >= 1 (1-based class ids)")
     if len(df) and not (np.isfinite(df["rlnImagePixelSize"]) & (df["rlnImagePixelSize"] > 0)).all():
@@ -75,13 +88,14 @@ def write_particles(path: str | os.PathLike, df: pd.DataFrame) -> Path:
 def image_paths(star: str | os.PathLike, names) -> list[Path]:
     """The files a STAR table's rlnImageName entries name, relative to the table's folder.
 
-    A relative name that leads out of that folder (``../../x.mrc``) is refused, naming the row,
+    A relative name whose file, after symbolic links are followed, lies outside that folder
+    (``../../x.mrc``, a link or a linked folder pointing elsewhere) is refused, naming the row,
     unless ``forge --allow-outside-paths`` (or FORGE_ALLOW_OUTSIDE_PATHS=1) allows it: a table
     someone sent you should not make forge read arbitrary files. Absolute names are common
     (RELION, Warp write them) and are read as given; they are reported once on stderr.
     """
     star = Path(star)
-    root = Path(os.path.normpath(star.parent.absolute()))
+    root = star.parent.resolve()
     allow = outside_paths_allowed()
     out, absolute = [], 0
     for row, name in enumerate(names):
@@ -90,10 +104,12 @@ def image_paths(star: str | os.PathLike, names) -> list[Path]:
             absolute += 1
             out.append(Path(name))
             continue
-        resolved = Path(os.path.normpath(root / name))
-        if not allow and resolved != root and root not in resolved.parents:
+        real = (root / name).resolve()
+        if not allow and real != root and root not in real.parents:
+            lexical = Path(os.path.normpath(root / name))
+            how = "" if lexical == real else f" (to {real}, through a symbolic link)"
             raise InputError(
-                f"{star}: rlnImageName {name!r} (row {row + 1}) leads outside the STAR file's folder; "
+                f"{star}: rlnImageName {name!r} (row {row + 1}) leads outside the STAR file's folder{how}; "
                 "move the volumes under it, or allow it with forge --allow-outside-paths"
             )
         out.append(star.parent / name)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cryoet_forge.errors import InputError
+from cryoet_forge.errors import ConfigError, InputError
 
 MRC_SUFFIXES = (".mrc", ".map", ".rec", ".mrcs")
 UNIT_TO_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, None: 1.0}
@@ -139,9 +139,12 @@ def open_mrc_tomogram(path: Path, name: str | None = None, voxel_size: float | N
 def open_zarr_tomogram(path: Any, scale: str | int = 0, name: str | None = None,
                        source: str | None = None) -> Tomogram:
     """An OME-Zarr tomogram: a folder path or a zarr store (copick's ``tomogram.zarr()``)."""
-    import zarr
-
     where = source or str(path)
+    try:
+        import zarr
+    except ImportError:
+        raise ConfigError(f"{where}: an OME-Zarr tomogram needs the zarr library: "
+                          "pip install 'cryoet-forge[copick]'") from None
     try:
         group = zarr.open_group(str(path) if isinstance(path, Path) else path, mode="r")
         multiscales = group.attrs["multiscales"][0]

@@ -41,8 +41,8 @@ _PROGRESS_WORK = 2e10
               help="Ball membership: distance < radius (prdc's) or <= radius.")
 @click.option("--fid/--no-fid", "with_fid", default=True, show_default=True, help="Also compute FID.")
 @click.option("--bootstrap", default=0, show_default=True, type=int,
-              help="Bootstrap resamples for an FID 95% confidence interval, bias-corrected "
-                   "(basic bootstrap; 0: none).")
+              help="Bootstrap resamples (0: none, else 50 to 100000) for the bias-corrected FID and its "
+                   "95% confidence interval (basic bootstrap); the raw FID gets no interval.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write all values and diagnostics to this JSON file.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
@@ -67,8 +67,8 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
     from cryoet_forge.metrics.bundle import compute_bundle
     from cryoet_forge.metrics.prdc import validate_pair
 
-    if bootstrap < 0:
-        raise InputError(f"--bootstrap must be >= 0, got {bootstrap}")
+    _check_bootstrap(bootstrap)
+    _check_outputs(real_path, fake_path, json_path, save_dir)
     from cryoet_forge.metrics import sharded
 
     _check_approximate_options(approximate, backend, samples, confidence, seed)
@@ -147,6 +147,12 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
         return
     counts, values, fid, scores = bundle.counts, bundle.prdc, bundle.fid, bundle.inception
     prdc_seconds, fid_seconds = bundle.prdc_seconds, bundle.fid_seconds
+    from cryoet_forge.metrics.reliability import bundle_reliability, rule_names
+
+    reliability = bundle_reliability(bundle)
+
+    def mark(key: str) -> str:
+        return f"no: {rule_names(reliability[key])}" if reliability.get(key) else "yes"
 
     source = f", features={extractor_name}" if extracted is not None else ""
     processes = f" x {world.world_size} processes" if world is not None else ""
@@ -154,17 +160,17 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
                         f"backend={bundle.backend}{processes}")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_column("reliable")
     for name in ("precision", "recall", "density", "coverage"):
-        table.add_row(name, f"{values[name]:.6f}")
+        table.add_row(name, f"{values[name]:.6f}", mark(name))
     if fid is not None:
-        table.add_row("FID", f"{fid.fid:.6f}")
-        if fid.ci is not None and fid.ci_level is not None:
-            table.add_row("FID bias-corrected", f"{fid.fid_bias_corrected:.6f}")
-            table.add_row(f"FID {round(fid.ci_level * 100)}% CI (basic bootstrap, {fid.bootstrap})",
-                          f"[{fid.ci[0]:.4f}, {fid.ci[1]:.4f}]")
+        for label, value in _fid_rows(fid):
+            table.add_row(label, value, mark("fid"))
     for which, score in scores.items():
-        table.add_row(f"IS {which}", f"{score['mean']:.6f} (std {score['std']:.4f}, {score['splits']} splits)")
+        table.add_row(f"IS {which}", f"{score['mean']:.6f} (std {score['std']:.4f}, {score['splits']} splits)",
+                      mark("inception_score" if which == "fake" else "inception_score_real"))
     Console(soft_wrap=True).print(table)
+    _echo_reliability(reliability)
     rule = "distance < radius" if strict else "distance <= radius"
     click.echo(f"ball membership: {rule}; exact: {counts.exact}; PRDC {prdc_seconds:.2f} s")
     if fid is not None:
@@ -192,16 +198,78 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
             if scores:
                 doc["inception_score"] = scores["fake"]["mean"]
                 doc["inception_score_details"] = scores
+        doc["reliability"] = reliability
         _write_json(json_path, doc, fid, fid_seconds)
 
 
 def _write_json(path: Path, doc: dict, fid, fid_seconds: float | None) -> None:
-    """The ``--json`` document, with FID's values when it was computed, written atomically."""
+    """The ``--json`` document, with FID's values when it was computed, written atomically.
+
+    ``fid`` is the raw FID; with a bootstrap, ``fid_bias_corrected`` and its interval
+    ``fid_bias_corrected_ci`` (the interval of the corrected value, not of ``fid``)."""
     from cryoet_forge.io.atomic import write_bytes_atomic
 
     if fid is not None:
         doc.update(fid=fid.fid, fid_details=fid.as_dict(), fid_seconds=fid_seconds)
+        if fid.fid_bias_corrected_ci is not None:
+            doc.update(fid_bias_corrected=fid.fid_bias_corrected,
+                       fid_bias_corrected_ci=list(fid.fid_bias_corrected_ci), fid_ci_level=fid.ci_level,
+                       fid_bootstrap=fid.bootstrap)
     write_bytes_atomic(path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
+
+
+def _fid_rows(fid) -> list[tuple[str, str]]:
+    """(label, value) rows of FID: the raw value, and with a bootstrap the bias-corrected value with
+    its own interval (labelled as the corrected value's; the raw value has none)."""
+    rows = [("FID", f"{fid.fid:.6f}")]
+    if fid.fid_bias_corrected_ci is not None and fid.ci_level is not None:
+        low, high = fid.fid_bias_corrected_ci
+        clipped = " (clipped at 0)" if fid.fid_bias_corrected_clipped else ""
+        rows.append((f"FID bias-corrected{clipped}", f"{fid.fid_bias_corrected:.6f}"))
+        rows.append((f"  its {round(fid.ci_level * 100)}% CI (basic bootstrap, {fid.bootstrap})",
+                     f"[{low:.4f}, {high:.4f}]"))
+    return rows
+
+
+def _echo_reliability(reliability: dict[str, list[str]]) -> None:
+    """One line per metric a reliability rule marks, each rule's sentence after it."""
+    metrics_of: dict[str, list[str]] = {}
+    for key, sentences in reliability.items():
+        for sentence in sentences:
+            metrics_of.setdefault(sentence, []).append(_METRIC_LABELS.get(key, key))
+    for sentence, names in metrics_of.items():
+        click.echo(f"unreliable {', '.join(names)}: {sentence}")
+
+
+_METRIC_LABELS = {"fid": "FID", "inception_score": "IS fake", "inception_score_real": "IS real"}
+
+
+def _check_bootstrap(bootstrap: int) -> None:
+    """``--bootstrap`` is 0 or in [MIN_BOOTSTRAP, MAX_BOOTSTRAP]: one line otherwise, before any work."""
+    from cryoet_forge.limits import check_int_range
+    from cryoet_forge.metrics.fid import MAX_BOOTSTRAP, MIN_BOOTSTRAP
+
+    if bootstrap < 0:
+        raise InputError(f"--bootstrap must be >= 0, got {bootstrap}")
+    if bootstrap == 0:
+        return
+    if bootstrap < MIN_BOOTSTRAP:
+        raise InputError(f"--bootstrap {bootstrap}: expected 0 (no interval) or at least {MIN_BOOTSTRAP} "
+                         f"resamples; fewer put a 95% interval's ends at the one or two most extreme resamples")
+    check_int_range(bootstrap, "--bootstrap", MIN_BOOTSTRAP, MAX_BOOTSTRAP, error=InputError)
+
+
+def _check_outputs(real_path: Path, fake_path: Path, json_path: Path | None, save_dir: Path | None) -> None:
+    """No output (``--json``, the files ``--save-features`` writes) may be one of the inputs."""
+    from cryoet_forge.io.files import check_not_an_input
+
+    inputs = [real_path, fake_path]
+    if json_path is not None:
+        check_not_an_input(json_path, inputs, "--json")
+    if save_dir is not None:
+        for which in ("real", "fake"):
+            for kind in ("features", "probabilities"):
+                check_not_an_input(save_dir / f"{which}.{kind}.npy", inputs, "--save-features")
 
 
 def _check_approximate_options(approximate: bool, backend: str, samples: int, confidence: float, seed: int) -> None:
@@ -257,9 +325,18 @@ def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, co
     for name, est in result.estimates.items():
         table.add_row(name, f"{est.value:.6f}", f"[{est.low:.4f}, {est.high:.4f}]", est.method)
     if fid is not None:
-        table.add_row("FID", f"{fid.fid:.6f}", "" if fid.ci is None else f"[{fid.ci[0]:.4f}, {fid.ci[1]:.4f}]",
-                      "exact" if fid.ci is None else "basic bootstrap")
+        table.add_row("FID", f"{fid.fid:.6f}", "", "exact")
+        ci = fid.fid_bias_corrected_ci
+        if ci is not None and fid.ci_level is not None:
+            clipped = " (clipped at 0)" if fid.fid_bias_corrected_clipped else ""
+            table.add_row(f"FID bias-corrected{clipped}", f"{fid.fid_bias_corrected:.6f}",
+                          f"[{ci[0]:.4f}, {ci[1]:.4f}]",
+                          f"{round(fid.ci_level * 100)}% basic bootstrap, {fid.bootstrap} resamples")
     Console(soft_wrap=True).print(table)
+    from cryoet_forge.metrics.reliability import assess_metrics
+
+    reliability = assess_metrics(n_real=n, n_fake=m, dim=d, fid=fid is not None, prdc=result.values())
+    _echo_reliability(reliability)
     info = result.info
     rule = "distance < radius" if strict else "distance <= radius"
     scope = ("every query evaluated: the values are exact" if result.census else
@@ -279,6 +356,7 @@ def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, co
             "confidence": confidence, "samples": result.samples, "prdc_info": info, "prdc_seconds": prdc_seconds,
             "real_upper_radius_median": float(np.median(result.real_upper_radii)),
             "fake_upper_radius_median": float(np.median(result.fake_upper_radii)),
+            "reliability": reliability,
         }
         _write_json(json_path, doc, fid, fid_seconds)
 

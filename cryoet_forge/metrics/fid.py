@@ -51,15 +51,25 @@ class FIDResult:
     clipped_eigenvalues: int = 0
     most_negative_eigenvalue: float = 0.0
     warnings: list[str] = field(default_factory=list)
-    ci: tuple[float, float] | None = None
+    #: the bootstrap interval of ``fid_bias_corrected`` (not of ``fid``), clipped at 0
+    fid_bias_corrected_ci: tuple[float, float] | None = None
     ci_level: float | None = None
     bootstrap: int = 0
+    #: median of the resampled FIDs minus ``fid``
     bootstrap_bias: float | None = None
+    #: ``fid`` minus ``bootstrap_bias``, clipped at 0 (``fid_bias_corrected_clipped`` says when)
     fid_bias_corrected: float | None = None
+    fid_bias_corrected_clipped: bool = False
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """The interval of ``fid_bias_corrected`` (the only estimate given one)."""
+        return self.fid_bias_corrected_ci
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items()}
-        out["ci"] = list(self.ci) if self.ci is not None else None
+        ci = self.fid_bias_corrected_ci
+        out["fid_bias_corrected_ci"] = list(ci) if ci is not None else None
         return out
 
 
@@ -278,23 +288,36 @@ def _fid_of_features(x: np.ndarray, y: np.ndarray, wx: np.ndarray | None = None,
     return _finish(mu_x, mu_y, np.trace(cov_x), np.trace(cov_y), tr_sqrt, route, ev, n, m, d, _notes(n, m, d, route))
 
 
+#: fewer resamples than this give a 95% interval whose ends are the one or two most extreme values
+MIN_BOOTSTRAP = 50
+#: more than this adds nothing (the Monte Carlo error at 10^4 is already far below the interval's width)
+MAX_BOOTSTRAP = 100_000
+
+
 def fid_details(real: Any, fake: Any, bootstrap: int = 0, ci_level: float = 0.95, seed: int = 0) -> FIDResult:
     """FID of two feature sets with diagnostics and an optional bootstrap confidence interval.
 
     ``bootstrap`` > 0 resamples the rows of both sets with replacement that many times. FID is
     biased upwards (by O(D/N)) and resampling with replacement, which duplicates rows, adds that
     bias once more, so the resampled values sit above the estimate and their plain percentile
-    interval misses the true FID (coverage 0.58 for a nominal 0.95 at D=8, N=200). The interval
-    reported is the *basic* (reverse-percentile) bootstrap interval, [2 F - q_hi, 2 F - q_lo]
-    clipped at 0, which removes the bias to first order; ``bootstrap_bias`` (mean of the
-    resampled values minus F) and ``fid_bias_corrected`` (F minus that bias) come with it.
-    On Gaussian data with a known FID it covers at the stated rate (tests/test_metrics_fid.py).
+    interval misses the population FID (coverage 0.58 for a nominal 0.95 at D=8, N=200); it is
+    no interval of ``fid`` either, which can lie below all of them. So one estimate gets an
+    interval: ``fid_bias_corrected`` = F - b with the bootstrap bias b = median(F*) - F, and its
+    *basic* (reverse-percentile) interval [2 F - q_hi, 2 F - q_lo], which removes the bias to
+    first order and covers the population FID at the stated rate on Gaussians with a known FID
+    (tests/test_metrics_fid.py). The median (not the mean) of the resampled values lies between
+    q_lo and q_hi, so the corrected value always lies inside its interval. FID is >= 0, so the
+    corrected value and the interval are clipped at 0, and a warning says when the value was.
     Where the bias is as large as F itself (the two sets come from one distribution, or are the
     same file), FID sits at its boundary 0, no bootstrap interval is valid there, and a warning
-    says so.
+    says so. Fewer than ``MIN_BOOTSTRAP`` resamples give a warning (``forge metrics`` refuses them).
     """
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)):
+        raise InputError(f"bootstrap must be an integer number of resamples, got {bootstrap!r}")
     if bootstrap < 0:
         raise InputError(f"bootstrap must be >= 0 resamples, got {bootstrap!r}")
+    if bootstrap > MAX_BOOTSTRAP:
+        raise InputError(f"bootstrap must be at most {MAX_BOOTSTRAP} resamples, got {bootstrap}")
     x = as_feature_matrix(real, "real features")
     y = as_feature_matrix(fake, "fake features")
     if x.shape[1] != y.shape[1]:
@@ -308,32 +331,46 @@ def fid_details(real: Any, fake: Any, bootstrap: int = 0, ci_level: float = 0.95
     if bootstrap:
         if not 0.0 < ci_level < 1.0:
             raise InputError(f"ci_level must be in (0, 1), got {ci_level}")
-        rng = np.random.default_rng(seed)
-        values = np.empty(int(bootstrap))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FIDWarning)
-            for i in range(values.size):
-                xi = rng.integers(0, x.shape[0], x.shape[0])
-                yi = rng.integers(0, y.shape[0], y.shape[0])
-                if max(x.shape[0], y.shape[0]) < x.shape[1]:  # small sets: the Gram route on the rows
-                    values[i] = _fid_of_features(x[xi], y[yi]).fid
-                else:  # the same resample as row counts: streamed moments, no copy of the rows
-                    values[i] = _fid_of_features(x, y, np.bincount(xi, minlength=x.shape[0]),
-                                                 np.bincount(yi, minlength=y.shape[0])).fid
-        alpha = (1.0 - ci_level) / 2.0
-        q_lo, q_hi = np.quantile(values, [alpha, 1.0 - alpha])
-        estimate = result.fid
-        bias = float(values.mean() - estimate)
-        result.ci = (max(0.0, float(2.0 * estimate - q_hi)), max(0.0, float(2.0 * estimate - q_lo)))
-        result.ci_level, result.bootstrap = ci_level, int(bootstrap)
-        result.bootstrap_bias, result.fid_bias_corrected = bias, float(estimate - bias)
-        if bias >= estimate:
-            message = (f"FID {estimate:.4g} is within its bootstrap bias ({bias:.4g}) of 0: the two sets are "
-                       "indistinguishable at this sample size and no bootstrap interval is valid at the "
-                       "boundary; read FID as consistent with 0")
-            result.warnings.append(message)
-            warnings.warn(message, FIDWarning, stacklevel=2)
+        _bootstrap(result, x, y, int(bootstrap), ci_level, seed)
     return result
+
+
+def _bootstrap(result: FIDResult, x: np.ndarray, y: np.ndarray, bootstrap: int, ci_level: float, seed: int) -> None:
+    """``result``'s bias-corrected FID and its basic bootstrap interval from ``bootstrap`` resamples."""
+    rng = np.random.default_rng(seed)
+    values = np.empty(bootstrap)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FIDWarning)
+        for i in range(values.size):
+            xi = rng.integers(0, x.shape[0], x.shape[0])
+            yi = rng.integers(0, y.shape[0], y.shape[0])
+            if max(x.shape[0], y.shape[0]) < x.shape[1]:  # small sets: the Gram route on the rows
+                values[i] = _fid_of_features(x[xi], y[yi]).fid
+            else:  # the same resample as row counts: streamed moments, no copy of the rows
+                values[i] = _fid_of_features(x, y, np.bincount(xi, minlength=x.shape[0]),
+                                             np.bincount(yi, minlength=y.shape[0])).fid
+    alpha = (1.0 - ci_level) / 2.0
+    q_lo, median, q_hi = np.quantile(values, [alpha, 0.5, 1.0 - alpha])
+    estimate = result.fid
+    bias = float(median - estimate)
+    corrected = float(estimate - bias)
+    result.ci_level, result.bootstrap, result.bootstrap_bias = ci_level, bootstrap, bias
+    result.fid_bias_corrected_ci = (max(0.0, float(2.0 * estimate - q_hi)), max(0.0, float(2.0 * estimate - q_lo)))
+    result.fid_bias_corrected = max(0.0, corrected)
+    result.fid_bias_corrected_clipped = corrected < 0.0
+    notes = []
+    if bootstrap < MIN_BOOTSTRAP:
+        notes.append(f"{bootstrap} bootstrap resamples: a {round(ci_level * 100)}% interval needs at least "
+                     f"{MIN_BOOTSTRAP} (fewer put its ends at the one or two most extreme resamples)")
+    if corrected < 0.0:
+        notes.append(f"the bias-corrected FID {corrected:.4g} is below 0, where FID cannot be; reported as 0")
+    if bias >= estimate:
+        notes.append(f"FID {estimate:.4g} is within its bootstrap bias ({bias:.4g}) of 0: the two sets are "
+                     "indistinguishable at this sample size and no bootstrap interval is valid at the "
+                     "boundary; read FID as consistent with 0")
+    for message in notes:
+        result.warnings.append(message)
+        warnings.warn(message, FIDWarning, stacklevel=3)
 
 
 def compute_fid(real: Any, fake: Any) -> float:

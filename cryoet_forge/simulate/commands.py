@@ -32,6 +32,26 @@ def _parse_options(pairs: tuple[str, ...]) -> dict:
     return options
 
 
+#: float32 volumes held per particle of a batch: the template copy, the posed map, the simulated
+#: subtomogram, the simulator's complex64 Fourier transforms (two volumes each) and the NumPy copies
+_VOLUMES_PER_PARTICLE = 8
+
+
+def _check_memory(box: int, batch_size: int, n_per_class: int, bundle: bool) -> None:
+    """One line when a batch of ``box``^3 volumes (and, with ``--bundle``, every volume of a class)
+    cannot fit in the available memory, before anything is allocated."""
+    from cryoet_forge.limits import check_allocation
+
+    if box < 1:
+        raise ConfigError(f"--box {box}: expected >= 1")
+    volume = 4 * box**3
+    batch = min(batch_size, n_per_class)
+    nbytes = volume * (1 + _VOLUMES_PER_PARTICLE * batch + (2 * n_per_class if bundle else 0))
+    kept = f" and --bundle keeping {2 * n_per_class}" if bundle else ""
+    check_allocation(nbytes, f"--box {box} ({batch} per batch{kept}, volumes of {box}^3 voxels)",
+                     "a smaller --box (or --batch-size)", error=ConfigError)
+
+
 def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box: int, voxel_size: float,
                    seed: int, options: dict, batch_size: int = 32, resolution: float | None = None,
                    crop: bool = False, bundle: bool = False, device: str = "cpu", quiet: bool = True,
@@ -58,6 +78,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
         raise ConfigError(f"--n-per-class {n_per_class}: expected >= 1")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: expected >= 1")
+    _check_memory(box, batch_size, n_per_class, bundle)
     options = dict(options)  # the caller's dict stays as it was
     shift = options.pop("max_shift", 2.0)
     simulator = make_simulator(simulator_name, {**options, "rotate": False, "max_shift": 0.0})

@@ -170,6 +170,49 @@ def volume_shape(dataset, what: str) -> tuple[int, ...]:
     return shape
 
 
+class InvertedVolumes(torch.utils.data.Dataset):
+    """A dataset whose volumes are multiplied by -1 (``data.polarity = "auto"`` on protein-bright S)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        item["volume"] = -item["volume"]
+        return item
+
+    def __getattr__(self, name: str):  # class names, voxel size, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+#: subtomograms of domain S read for the contrast check (evenly spaced)
+POLARITY_SAMPLE = 64
+
+
+def check_polarity(subtomograms, mode: str, log=None):
+    """Domain S under the contrast convention (cryoet_forge.data.polarity): the dataset, wrapped to
+    invert it where ``mode`` is "auto" and it is protein-bright; "check" raises an InputError then."""
+    from cryoet_forge.data.polarity import apply_polarity
+
+    if mode == "off":
+        return subtomograms
+    n = len(subtomograms)
+    index = np.unique(np.linspace(0, n - 1, min(n, POLARITY_SAMPLE)).round().astype(int))
+    sample = np.stack([np.asarray(subtomograms[int(i)]["volume"], dtype=np.float32)[0] for i in index])
+    source = str(getattr(subtomograms, "source", "") or "the subtomogram (S) dataset")
+    inverted, _, line = apply_polarity(sample, mode, f"{source} (domain S)", "data.polarity")
+    if inverted is sample:
+        return subtomograms  # as the convention expects (or undetermined): nothing to say
+    if log is not None:
+        log(line)
+    return InvertedVolumes(subtomograms)
+
+
 def check_domains(density, subtomograms) -> int:
     d_shape = volume_shape(density, "density-map (D)")
     s_shape = volume_shape(subtomograms, "subtomogram (S)")
@@ -267,6 +310,8 @@ class Trainer:
         # data first: a size mismatch must fail before any network is built
         density, subtomograms = datasets if datasets is not None else build_datasets(cfg)
         self.box = check_domains(density, subtomograms)
+        subtomograms = check_polarity(subtomograms, cfg.data.polarity,
+                                      log=progress.log if ctx.is_main and cfg.log.progress else None)
         self.datasets = {"density": density, "subtomograms": subtomograms}
         if t.batch_size % ctx.world_size:
             raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by {ctx.world_size} processes")
