@@ -160,6 +160,18 @@ def _carried(dataset, index: int) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in OWN_COLUMNS and not k.startswith("forgeSource")}
 
 
+def template_maps(maps: Path | None) -> list[Path]:
+    """The map files of ``maps`` when it is a folder of class templates (map files and no STAR
+    table): each file one class named by its stem, centred, posed at random per sample like
+    ``--structures``. Empty for a STAR table, a bundle or a folder holding a table (posed maps
+    whose rows say class and pose)."""
+    if maps is None or not maps.is_dir() or any(p.suffix.lower() == ".star" for p in maps.iterdir()):
+        return []
+    from cryoet_forge.simulate.templates import MAP_SUFFIXES
+
+    return sorted(p for p in maps.iterdir() if p.is_file() and p.suffix.lower() in MAP_SUFFIXES)
+
+
 #: what ``generate_to_folder`` writes into OUT
 OUTPUT_NAMES = ("subtomograms", "particles.star", "montage.png")
 
@@ -167,7 +179,8 @@ OUTPUT_NAMES = ("subtomograms", "particles.star", "montage.png")
 def generate_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, maps=None,
                        structures=(), n_per_map: int = 1, seed: int = 0, batch_size: int = 8,
                        overwrite: bool = False) -> Path:
-    """Write OUT/subtomograms/*.mrc, OUT/particles.star (classes carried over) and OUT/montage.png;
+    """Write OUT/subtomograms/*.mrc, OUT/particles.star (classes carried over: a STAR table's or
+    bundle's classes and poses, or the file stems of a folder of class maps) and OUT/montage.png;
     return the STAR path. The three appear together once all are written, replacing (with
     ``overwrite``) an earlier generation's as a whole, so no old volume stays beside a new table."""
     import pandas as pd
@@ -178,6 +191,9 @@ def generate_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     existing = check_output_folder(out_dir, OUTPUT_NAMES, "a generation", overwrite)
+    templates = template_maps(Path(maps) if maps else None)
+    if templates:  # a folder of class maps: the --structures route (class = file stem, random poses)
+        maps, structures = None, templates
     volumes, classes, sources, voxel, carried = _maps_from_source(
         run_dir, Path(maps) if maps else None, [Path(p) for p in structures])
     poses = [carried[k // n_per_map] for k in range(len(volumes) * n_per_map)]

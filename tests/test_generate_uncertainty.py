@@ -279,3 +279,32 @@ def test_maps_at_another_voxel_size_than_the_run_are_refused(run_dir, maps_star,
                   "--out", str(tmp_path / "g")]) != 0
     assert "density maps at 12 A, but the run" in _one_error_line(capsys)
     assert not (tmp_path / "g").exists()
+
+
+def test_generate_from_a_folder_of_class_maps_keeps_each_class_and_draws_poses(run_dir, tmp_path, capsys):
+    from cryoet_forge.simulate.phantoms import make_phantom
+
+    folder = tmp_path / "class-maps"
+    folder.mkdir()
+    write_mrc(folder / "ring.mrc", make_phantom("ring", 16, 10.0, 0), 10.0)
+    write_mrc(folder / "barrel.mrc", make_phantom("barrel", 20, 10.0, 0), 10.0)  # another box: fitted
+    code = forge(["generate", "--run", str(run_dir), "--maps", str(folder), "--n-per-map", "3",
+                  "--out", str(tmp_path / "g"), "--seed", "5"])
+    assert code == 0, capsys.readouterr().err
+    table = read_particles(tmp_path / "g" / "particles.star")
+    assert table["forgeClassName"].tolist() == ["barrel"] * 3 + ["ring"] * 3  # sorted file names
+    assert table["rlnClassNumber"].tolist() == [1] * 3 + [2] * 3
+    angles = table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()
+    assert len(np.unique(angles.round(3), axis=0)) == 6  # a random pose per sample
+    # the same as naming the files with --structures
+    code = forge(["generate", "--run", str(run_dir), "--structures", str(folder / "barrel.mrc"),
+                  "--structures", str(folder / "ring.mrc"), "--n-per-map", "3", "--out", str(tmp_path / "s"),
+                  "--seed", "5"])
+    assert code == 0, capsys.readouterr().err
+    for name in table["rlnImageName"]:
+        np.testing.assert_array_equal(read_mrc(tmp_path / "g" / name)[0], read_mrc(tmp_path / "s" / name)[0])
+    # a folder holding a STAR table keeps the table's classes (posed maps)
+    code = forge(["generate", "--run", str(run_dir), "--maps", str(tmp_path / "g"), "--out", str(tmp_path / "t")])
+    assert code == 0, capsys.readouterr().err
+    assert read_particles(tmp_path / "t" / "particles.star")["forgeClassName"].tolist() == table[
+        "forgeClassName"].tolist()
