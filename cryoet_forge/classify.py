@@ -22,7 +22,9 @@ from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.models.cb3d import (
     CB3D,
     NORMALIZATIONS,
+    POOLS,
     as_volume_batch,
+    lowpass_sigma_voxels,
     normalize_volumes,
     run_inference,
 )
@@ -257,6 +259,23 @@ class ClassifierOptions:
     #: measured 1.2x faster for the narrow CPU networks, README "How the classifiers are trained")
     channels_last: bool = True
     device: str = "cpu"
+    #: a fixed Gaussian low-pass of every input volume, part of the network (so training, inference
+    #: and saved checkpoints all apply it): the resolution in Angstrom at which its transfer falls
+    #: to 1/2, converted to voxels with the data's voxel size; 0 = none
+    lowpass_A: float = 0.0
+    #: "flatten" the last block into the first dense layer, or "global" average pooling over space
+    pool: str = "flatten"
+    #: mixup (Zhang et al. 2018): each batch is mixed with a shuffled copy of itself with a weight
+    #: drawn from Beta(mixup, mixup), the loss mixed alike; 0 = off
+    mixup: float = 0.0
+    #: each epoch draws its volumes with replacement, every class equally likely (as many draws as
+    #: there are fit volumes) instead of a shuffle of them all
+    balanced: bool = False
+    #: test-time augmentation, part of the network: in eval mode (validation, evaluation, features)
+    #: features and probabilities are averaged over the 8 axis-flip combinations of the input
+    tta: bool = False
+    #: label smoothing of the cross-entropy loss (0 = none)
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("channels", "convs_per_block"):
@@ -277,6 +296,14 @@ class ClassifierOptions:
         if self.patience < 1 or self.max_shift < 0:
             raise ConfigError(f"classifier needs patience >= 1 and max_shift >= 0; got {self.patience}, "
                               f"{self.max_shift}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"classifier pool {self.pool!r}; choose from: {', '.join(POOLS)}")
+        for key in ("lowpass_A", "mixup", "label_smoothing"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(f"classifier {key} must be a number >= 0, got {value!r}")
+        if self.label_smoothing >= 1:
+            raise ConfigError(f"classifier label_smoothing must be below 1, got {self.label_smoothing}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -330,12 +357,37 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, flips: bool, max_
     return x
 
 
-def build_cb3d(options: ClassifierOptions, num_classes: int, box: int, seed: int) -> CB3D:
+def build_cb3d(options: ClassifierOptions, num_classes: int, box: int, seed: int,
+               voxel_size: float | None = None) -> CB3D:
+    """A fresh, seeded CB3D; ``voxel_size`` (Angstrom) is needed only with ``options.lowpass_A``."""
+    sigma = 0.0
+    if options.lowpass_A > 0:
+        if voxel_size is None:
+            raise ConfigError("classifier lowpass_A needs the voxel size of the volumes")
+        sigma = lowpass_sigma_voxels(options.lowpass_A, voxel_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return CB3D(num_classes=num_classes, box=box, channels=options.channels,
                     convs_per_block=options.convs_per_block, fc_width=options.fc_width,
-                    dropout=options.dropout)
+                    dropout=options.dropout, pool=options.pool, lowpass_sigma=sigma, tta=options.tta)
+
+
+def epoch_order(labels: torch.Tensor, generator: torch.Generator, balanced: bool) -> torch.Tensor:
+    """Indices into ``labels`` for one epoch: a shuffle of all, or (``balanced``) as many draws with
+    replacement in which every present class is equally likely."""
+    if not balanced:
+        return torch.randperm(len(labels), generator=generator)
+    counts = torch.bincount(labels)
+    weights = 1.0 / counts[labels].to(torch.float64)
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+
+
+def mixup_batch(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(mixed volumes, the partner labels, weight): ``lam x + (1 - lam) x[perm]``, lam ~ Beta(alpha, alpha)."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=generator)
+    return lam * x + (1.0 - lam) * x[perm], y[perm], lam
 
 
 def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
@@ -354,12 +406,13 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
     from cryoet_forge.devices import check_device
 
     device = check_device(options.device, "classifier device")
-    model = build_cb3d(options, len(data.class_names), data.box, seed).to(device)
+    model = build_cb3d(options, len(data.class_names), data.box, seed, data.voxel_size).to(device)
     memory_format = torch.channels_last_3d if options.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
+    mix_rng = np.random.default_rng([seed, 1])  # mixup weights, apart from the torch draws
     volumes = normalize_volumes(as_volume_batch(data.volumes), options.normalize)
     labels = torch.as_tensor(data.labels)
     fit_index, val_index = validation_split(data.labels, options.validation_fraction, seed)
@@ -378,7 +431,7 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
     with torch.random.fork_rng(devices=[]), display.stage(label, options.epochs, "epochs") as bar:
         torch.manual_seed(seed + 1)  # dropout draws
         for epoch in range(options.epochs):
-            order = torch.randperm(len(fit_index), generator=generator)
+            order = epoch_order(fit_labels, generator, options.balanced)
             total, correct, loss_sum = 0, 0, 0.0
             for begin in range(0, len(order), options.batch_size):
                 index = order[begin:begin + options.batch_size]
@@ -387,9 +440,14 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
                 x = fit_volumes[index]
                 if options.augment or options.max_shift:
                     x = augment_batch(x, generator, options.augment, options.max_shift)
-                x, y = x.to(device).contiguous(memory_format=memory_format), fit_labels[index].to(device)
+                y = fit_labels[index]
+                if options.mixup > 0:
+                    x, y_mix, lam = mixup_batch(x, y, options.mixup, mix_rng, generator)
+                x, y = x.to(device).contiguous(memory_format=memory_format), y.to(device)
                 logits = model(x)
                 loss = loss_fn(logits, y)
+                if options.mixup > 0:
+                    loss = lam * loss + (1.0 - lam) * loss_fn(logits, y_mix.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -54,20 +54,23 @@ class BaselineResult:
     accuracy: float
     per_class_accuracy: dict[str, float | None]
     train_accuracy: float
+    sigma_voxels: float = SIGMA
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": "radial-profile logistic regression", "sigma_voxels": SIGMA,
+        return {"method": "radial-profile logistic regression", "sigma_voxels": self.sigma_voxels,
                 "accuracy": self.accuracy, "per_class_accuracy": self.per_class_accuracy,
                 "train_accuracy": self.train_accuracy}
 
 
-def radial_baseline(train: LabelledVolumes, test: LabelledVolumes, seed: int = 0) -> BaselineResult:
-    """Train the baseline on ``train``, score it on ``test`` (labels in the same class order)."""
+def radial_baseline(train: LabelledVolumes, test: LabelledVolumes, seed: int = 0,
+                    sigma: float = SIGMA) -> BaselineResult:
+    """Train the baseline on ``train``, score it on ``test`` (labels in the same class order);
+    ``sigma``: the low-pass (voxels) before the profiles, 0 = none."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x_train, x_test = radial_profiles(train.volumes), radial_profiles(test.volumes)
+    x_train, x_test = radial_profiles(train.volumes, sigma), radial_profiles(test.volumes, sigma)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
     model.fit(x_train, train.labels)
     predicted = model.predict(x_test)
@@ -76,4 +79,4 @@ def radial_baseline(train: LabelledVolumes, test: LabelledVolumes, seed: int = 0
         mask = test.labels == label
         per_class[name] = float((predicted[mask] == label).mean()) if mask.any() else None
     return BaselineResult(float((predicted == test.labels).mean()), per_class,
-                          float((model.predict(x_train) == train.labels).mean()))
+                          float((model.predict(x_train) == train.labels).mean()), float(sigma))

@@ -16,6 +16,13 @@ part of the model's configuration (and of its checkpoint metadata). Channel widt
 of convolutions per block and the FC width are options, so tests and CPU runs can use narrow
 nets; the defaults are the paper-scale network.
 
+Three input and output options, all off by default, are part of the configuration so that every
+inference path (``run_inference``, the feature extractor, a loaded checkpoint) applies them the
+way training did: ``lowpass_sigma`` (a fixed Gaussian low-pass of the input, in voxels),
+``pool = "global"`` (global average pooling after the blocks instead of flattening them: a
+small head for few particles) and ``tta`` (in eval mode, features and class probabilities are
+averaged over the 8 combinations of axis flips, which keep a missing wedge about y).
+
 Checkpoints are a ``.safetensors`` file of weights plus a ``.json`` file beside it holding the
 architecture options, class names, input normalisation and anything the caller adds; nothing is
 ever pickled.
@@ -40,6 +47,51 @@ from cryoet_forge.io.atomic import write_bytes_atomic
 WEIGHTS_NAME = "cb3d.safetensors"
 METADATA_NAME = "cb3d.json"
 FORMAT_VERSION = 1
+POOLS = ("flatten", "global")
+#: the Gaussian kernel reaches this many standard deviations (as scipy.ndimage.gaussian_filter)
+LOWPASS_TRUNCATE = 4.0
+#: the flips averaged by test-time augmentation: every subset of the three spatial axes
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+
+def lowpass_sigma_voxels(resolution_A: float, voxel_size: float) -> float:
+    """The Gaussian standard deviation (voxels) whose transfer function falls to 1/2 at the spatial
+    frequency 1 / ``resolution_A``: exp(-2 pi^2 sigma^2 f^2) = 1/2, sigma = sqrt(ln 2 / 2) d / pi."""
+    if resolution_A < 0 or voxel_size <= 0:
+        raise ConfigError(f"low-pass needs a resolution >= 0 A and a voxel size > 0 A; got {resolution_A}, "
+                          f"{voxel_size}")
+    return float(np.sqrt(np.log(2.0) / 2.0) * resolution_A / (np.pi * voxel_size))
+
+
+class GaussianLowpass(nn.Module):
+    """A fixed (non-trainable, not saved) separable Gaussian blur of (B, C, S, S, S) volumes.
+
+    Mirror boundaries and a kernel of radius ``round(4 sigma)``, as ``scipy.ndimage.gaussian_filter``
+    with ``mode="mirror"``; the kernel sums to 1.
+    """
+
+    kernel: torch.Tensor
+
+    def __init__(self, sigma: float, box: int):
+        super().__init__()
+        radius = min(int(LOWPASS_TRUNCATE * sigma + 0.5), box - 1)
+        x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+        self.radius = radius
+        self.register_buffer("kernel", (kernel / kernel.sum()).to(torch.float32), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        h = x.reshape(b * c, 1, *x.shape[2:])
+        k = self.kernel.to(h.dtype)
+        r = self.radius
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = k.numel()
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
+            h = nn.functional.conv3d(nn.functional.pad(h, pad, mode="reflect"), k.view(shape))
+        return h.reshape(x.shape)
 
 
 @dataclass
@@ -53,6 +105,12 @@ class CB3DConfig:
     fc_width: int = 4096
     dropout: float = 0.5
     in_channels: int = 1
+    #: "flatten" the last block's output into fc6 (the paper) or average it over space ("global")
+    pool: str = "flatten"
+    #: standard deviation (voxels) of a fixed Gaussian low-pass applied to the input; 0 = none
+    lowpass_sigma: float = 0.0
+    #: eval mode: average features and probabilities over the 8 axis-flip combinations
+    tta: bool = False
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -70,6 +128,15 @@ class CB3DConfig:
             raise ConfigError(
                 f"cb3d fc_width must be >= 1 and dropout in [0, 1); got {self.fc_width}, {self.dropout}"
             )
+        if self.pool not in POOLS:
+            raise ConfigError(f"cb3d pool {self.pool!r}; choose from: {', '.join(POOLS)}")
+        try:
+            self.lowpass_sigma = float(self.lowpass_sigma)
+        except (TypeError, ValueError):
+            raise ConfigError(f"cb3d lowpass_sigma must be a number of voxels, got {self.lowpass_sigma!r}") from None
+        if not self.lowpass_sigma >= 0:
+            raise ConfigError(f"cb3d lowpass_sigma must be >= 0 voxels, got {self.lowpass_sigma}")
+        self.tta = bool(self.tta)
 
     @property
     def feature_dim(self) -> int:
@@ -87,11 +154,15 @@ class CB3D(nn.Module):
 
     def __init__(self, num_classes: int, box: int = 40, channels: Sequence[int] = (64, 128, 256, 512),
                  convs_per_block: Sequence[int] = (1, 1, 2, 2), fc_width: int = 4096,
-                 dropout: float = 0.5, in_channels: int = 1):
+                 dropout: float = 0.5, in_channels: int = 1, pool: str = "flatten",
+                 lowpass_sigma: float = 0.0, tta: bool = False):
         super().__init__()
         self.config = CB3DConfig(num_classes=num_classes, box=box, channels=tuple(channels),
                                  convs_per_block=tuple(convs_per_block), fc_width=fc_width,
-                                 dropout=dropout, in_channels=in_channels)
+                                 dropout=dropout, in_channels=in_channels, pool=pool,
+                                 lowpass_sigma=lowpass_sigma, tta=tta)
+        self.lowpass: GaussianLowpass | None = (GaussianLowpass(self.config.lowpass_sigma, box) if self.config.lowpass_sigma > 0
+                        else None)
         layers: list[nn.Module] = []
         previous = in_channels
         for width, n_convs in zip(self.config.channels, self.config.convs_per_block):
@@ -101,7 +172,7 @@ class CB3D(nn.Module):
                 previous = width
             layers.append(nn.MaxPool3d(kernel_size=2, stride=2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
-        flat = previous * self.config.pooled_size() ** 3
+        flat = previous * (self.config.pooled_size() ** 3 if self.config.pool == "flatten" else 1)
         self.fc6 = nn.Sequential(nn.Linear(flat, fc_width), nn.ReLU(inplace=True))
         self.fc7 = nn.Sequential(nn.Linear(fc_width, fc_width), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(dropout)
@@ -119,20 +190,42 @@ class CB3D(nn.Module):
                 f"got {tuple(x.shape)}"
             )
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The fc7 activations (after ReLU, before dropout): the dense-layer features (B, fc_width)."""
-        self._check_input(x)
-        h = self.features(x).flatten(1)
+    def _embed_once(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lowpass is not None:
+            x = self.lowpass(x)
+        h = self.features(x)
+        h = h.mean(dim=(2, 3, 4)) if self.config.pool == "global" else h.flatten(1)
         h = self.dropout(self.fc6(h))
         return self.fc7(h)
 
+    def _averaging(self) -> bool:
+        return self.config.tta and not self.training
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The fc7 activations (after ReLU, before dropout): the dense-layer features (B, fc_width);
+        with ``tta`` in eval mode, their mean over the axis flips of the input."""
+        self._check_input(x)
+        if self._averaging():
+            return torch.stack([self._embed_once(torch.flip(x, dims) if dims else x)
+                                for dims in TTA_FLIPS]).mean(0)
+        return self._embed_once(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, num_classes)."""
-        return self.head(self.dropout(self.embed(x)))
+        """Class logits (B, num_classes); with ``tta`` in eval mode, the log of the mean softmax over
+        the axis flips (so that softmax of them is that mean)."""
+        return self.forward_all(x)[1]
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, logits) from one pass."""
-        features = self.embed(x)
+        """(features, logits) from one pass (with ``tta`` in eval mode: one pass per flip)."""
+        self._check_input(x)
+        if self._averaging():
+            each_features, each_probabilities = [], []
+            for dims in TTA_FLIPS:
+                f = self._embed_once(torch.flip(x, dims) if dims else x)
+                each_features.append(f)
+                each_probabilities.append(torch.softmax(self.head(self.dropout(f)).float(), dim=1))
+            return torch.stack(each_features).mean(0), torch.stack(each_probabilities).mean(0).log()
+        features = self._embed_once(x)
         return features, self.head(self.dropout(features))
 
 
