@@ -21,7 +21,10 @@ kind                   what ``registry.create(kind, name, **options)`` must retu
 **Noise contract of generators.** A generator with an explicit noise input sets the attribute
 ``noise = True`` and has ``noise_shape(input_shape) -> shape`` and ``forward(x, noise=None)``;
 the trainer then draws the noise itself (seeded, the same on every DDP rank) and passes it in
-(:func:`run_generator`). Every other generator is called as ``generator(x)``.
+(:func:`run_generator`). Every other generator is called as ``generator(x)``. Its output is
+checked once, at the first batch of ``forge train`` and ``forge generate`` (and ``forge
+uncertainty``): the input's shape (N, 1, S, S, S), a floating dtype, finite values; a mismatch is
+one line naming the generator, its plugin and the shapes (:func:`check_generator_output`).
 
 The registry checks a component twice: when it is registered (a class must define the methods
 of its kind; a generator or critic factory must take ``in_channels`` [and ``out_channels``]),
@@ -32,8 +35,10 @@ and the component is not registered.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # the contracts module imports nothing heavy at run time
@@ -257,8 +262,59 @@ def noise_shape(generator: Any, input_shape: tuple[int, ...]) -> tuple[int, ...]
     return tuple(generator.noise_shape(input_shape))
 
 
-def run_generator(generator: Any, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    """Call ``generator`` on ``x`` with ``noise`` when it takes noise (the noise contract)."""
+#: the attribute ``registry`` sets on what it builds: "generator 'NAME' from ORIGIN"
+LABEL = "_forge_component"
+
+#: generators whose output was checked against the contract in this process (each once)
+_checked: weakref.WeakSet = weakref.WeakSet()
+
+
+def describe(obj: Any, kind: str = "generator") -> str:
+    """How an error names a built component: ``generator 'NAME' from ORIGIN`` (set by the registry),
+    else its class."""
+    return str(getattr(obj, LABEL, None) or f"{kind} {type(obj).__name__}")
+
+
+def check_generator_output(generator: Any, x: Any, y: Any) -> None:
+    """PluginError (one line naming the generator and the shapes) when ``y = generator(x)`` breaks
+    the generator contract: a tensor of the input's shape (N, 1, S, S, S), a floating dtype, finite
+    values."""
+    import torch
+
+    from cryoet_forge.errors import PluginError
+
+    name = describe(generator)
+    shape = tuple(x.shape)
+    if not isinstance(y, torch.Tensor):
+        raise PluginError(f"{name} returned a {type(y).__name__} for an input of shape {shape}; a generator "
+                          "returns a tensor of its input's shape (N, 1, S, S, S)")
+    if tuple(y.shape) != shape:
+        raise PluginError(f"{name} returned shape {tuple(y.shape)} for an input of shape {shape}; a generator "
+                          "returns its input's shape (N, 1, S, S, S)")
+    if not y.is_floating_point():
+        raise PluginError(f"{name} returned dtype {str(y.dtype).replace('torch.', '')} for an input of shape "
+                          f"{shape}; a generator returns floating-point volumes")
+    if not bool(torch.isfinite(y).all()):
+        raise PluginError(f"{name} returned NaN or infinite values for an input of shape {shape}")
+
+
+def run_generator(generator: Any, x: torch.Tensor, noise: torch.Tensor | None,
+                  check: bool = True) -> torch.Tensor:
+    """Call ``generator`` on ``x`` with ``noise`` when it takes noise (the noise contract). With
+    ``check``, the first output of each generator is checked against its contract
+    (:func:`check_generator_output`); the training step passes ``check=False`` (its generators are
+    checked before the first step)."""
     if noise is not None and takes_noise(generator):
-        return generator(x, noise=noise)
-    return generator(x)
+        y = generator(x, noise=noise)
+    else:
+        y = generator(x)
+    if check:
+        try:
+            seen = generator in _checked
+        except TypeError:  # not weakly referenceable: checked on every call
+            seen = False
+        if not seen:
+            check_generator_output(generator, x, y)
+            with contextlib.suppress(TypeError):
+                _checked.add(generator)
+    return y

@@ -19,7 +19,9 @@ and shows, on stderr, in one of three modes:
 - ``off``: nothing (``--quiet``, or ``FORGE_PROGRESS=off``).
 
 ``FORGE_PROGRESS=bar|lines|off`` forces a mode. ``log(message)`` prints a line on stderr
-(above the bars while they are shown) unless the mode is ``off``. Results (the headline
+(above the bars while they are shown) unless the mode is ``off``. ``warn(message)`` prints a
+line on stderr in every mode, ``off`` included: quiet silences progress, not warnings (a
+skipped or unverified checkpoint, removed leftovers of a killed run). Results (the headline
 numbers, where the report is) are the commands' own output on stdout and are never silenced.
 """
 
@@ -93,6 +95,15 @@ def log(message: str) -> None:
     if current == "off":
         return
     if current == "bar" and _live["progress"] is not None:
+        _live["progress"].console.print(message, markup=False, highlight=False)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """One line on stderr in every mode (``--quiet`` and ``FORGE_PROGRESS=off`` included);
+    above the bars while they are shown."""
+    if mode() == "bar" and _live["progress"] is not None:
         _live["progress"].console.print(message, markup=False, highlight=False)
     else:
         print(message, file=sys.stderr, flush=True)

@@ -2,21 +2,25 @@
 
 Built-in plugin modules are registered first, then every entry point of the group
 ``cryoet_forge``. A plugin that raises while it is imported or while it registers
-its components is recorded (``plugin_reports()``) and skipped; the rest still work.
+its components is recorded (``plugin_reports()``) and skipped; the rest still work. That holds
+for ``SystemExit`` and for a ``KeyboardInterrupt`` the plugin raises itself; a real Ctrl-C
+(SIGINT) while plugins load still interrupts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import difflib
 import functools
 import importlib
 import importlib.metadata as metadata
 import inspect
+import signal
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pluggy
 
@@ -52,8 +56,57 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
 
 
 #: what a plugin may raise while it is imported or called without stopping ``forge``: every
-#: error, and ``SystemExit`` (a plugin calling ``sys.exit``); only Ctrl-C goes through
+#: error, and ``SystemExit`` (a plugin calling ``sys.exit``); a ``KeyboardInterrupt`` that the
+#: plugin raised itself is contained too (``_contain``), only a real Ctrl-C goes through
 CONTAINED = (Exception, SystemExit)
+
+#: whether SIGINT arrived while plugins were loaded (set by ``_watch_sigint``'s handler)
+_sigint = {"watching": 0, "received": False}
+
+
+@contextlib.contextmanager
+def _watch_sigint() -> Iterator[None]:
+    """While plugins load, note whether a real SIGINT (Ctrl-C) arrives, so that a
+    ``KeyboardInterrupt`` a plugin raises itself can be told apart from the user's (``_contain``).
+    The handler in force is still called; outside the main thread nothing is installed."""
+    if threading.current_thread() is not threading.main_thread() or _sigint["watching"]:
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        _sigint["received"] = True
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # signals are not available here
+        yield
+        return
+    _sigint["watching"], _sigint["received"] = 1, False
+    try:
+        yield
+    finally:
+        _sigint["watching"] = 0
+        signal.signal(signal.SIGINT, previous)
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``Type: message`` of a plugin's exception (``Type`` alone when it has no message)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _contain(exc: BaseException) -> bool:
+    """Whether a plugin's exception is recorded on its report instead of stopping ``forge``:
+    ``CONTAINED``, and a ``KeyboardInterrupt`` raised by the plugin's own code (no SIGINT came
+    while ``_watch_sigint`` watched)."""
+    if isinstance(exc, CONTAINED):
+        return True
+    return isinstance(exc, KeyboardInterrupt) and bool(_sigint["watching"]) and not _sigint["received"]
 
 
 def normalize_kind(kind: str) -> str:
@@ -102,6 +155,10 @@ class Component:
             contracts.check_instance(self.kind, obj)
         except contracts.ContractError as exc:
             raise PluginError(f"{self.kind} {self.name!r} from {self.origin}: {exc}") from None
+        try:  # how a later contract check names it (contracts.describe)
+            object.__setattr__(obj, contracts.LABEL, f"{self.kind} {self.name!r} from {self.origin}")
+        except (AttributeError, TypeError):  # slots, or a frozen object: named by its class
+            pass
         return obj
 
 
@@ -136,14 +193,21 @@ class Registry:
         self._reports: list[PluginReport] = []
         self._origins: dict[int, PluginReport] = {}
         self._cli: Any = None
+        with _watch_sigint():
+            self._load(load_entry_points, builtin_modules)
+
+    # -- loading ---------------------------------------------------------------------
+    def _load(self, load_entry_points: bool, builtin_modules: Iterable[str]) -> None:
         from cryoet_forge import __version__
 
         for module_name in builtin_modules:
             report = PluginReport(name=BUILTIN_ORIGIN, version=__version__, module=module_name)
             try:
                 module = importlib.import_module(module_name)
-            except CONTAINED as exc:  # a broken built-in must not hide the rest
-                report.error = f"{type(exc).__name__}: {exc}"
+            except BaseException as exc:  # a broken built-in must not hide the rest
+                if not _contain(exc):
+                    raise
+                report.error = _exception_text(exc)
                 self._reports.append(report)
                 continue
             self._add_plugin(module, module_name, report)
@@ -151,12 +215,13 @@ class Registry:
             self._load_entry_points()
         self._collect_components()
 
-    # -- loading ---------------------------------------------------------------------
     def _add_plugin(self, plugin: Any, plugin_name: str, report: PluginReport) -> None:
         try:
             self.pm.register(plugin, name=plugin_name)
-        except CONTAINED as exc:  # pluggy validates hook names and signatures here
-            report.error = f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:  # pluggy validates hook names and signatures here
+            if not _contain(exc):
+                raise
+            report.error = _exception_text(exc)
             self._reports.append(report)
             return
         callers = self.pm.get_hookcallers(plugin) or []
@@ -190,8 +255,10 @@ class Registry:
                       if hook_name == "forge_register_commands" and self._cli is not None else None)
             try:
                 function(*args)
-            except CONTAINED as exc:
-                report.add_error(f"{type(exc).__name__}: {exc}")
+            except BaseException as exc:
+                if not _contain(exc):
+                    raise
+                report.add_error(_exception_text(exc))
             finally:
                 _calling.reset(token)
                 if before is not None:
@@ -213,8 +280,10 @@ class Registry:
             report = PluginReport(name=dist_name, version=version, module=ep.value)
             try:
                 plugin = ep.load()
-            except CONTAINED as exc:
-                report.error = f"{type(exc).__name__}: {exc}"
+            except BaseException as exc:
+                if not _contain(exc):
+                    raise
+                report.error = _exception_text(exc)
                 self._reports.append(report)
                 continue
             self._add_plugin(plugin, f"{dist_name}:{ep.name}", report)
@@ -225,8 +294,10 @@ class Registry:
         is recorded on the plugin whose code raised it."""
         try:
             getattr(self.pm.hook, hook_name)(**kwargs)
-        except CONTAINED as exc:
-            self._blame(exc).add_error(f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            if not _contain(exc):
+                raise
+            self._blame(exc).add_error(_exception_text(exc))
 
     def _blame(self, exc: BaseException) -> PluginReport:
         codes = {}
@@ -318,11 +389,17 @@ class Registry:
         builtins = [p for p in self.pm.get_plugins() if getattr(self._origins.get(id(p)), "name", None)
                     == BUILTIN_ORIGIN]
         others = [p for p in self.pm.get_plugins() if p not in builtins]
+        with _watch_sigint():
+            self._register_commands(cli, builtins, others)
+
+    def _register_commands(self, cli: Any, builtins: list[Any], others: list[Any]) -> None:
         self.pm.subset_hook_caller("forge_register_commands", remove_plugins=others)(cli=cli)
         try:
             self.pm.subset_hook_caller("forge_register_commands", remove_plugins=builtins)(cli=cli)
-        except CONTAINED as exc:
-            self._blame(exc).add_error(f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            if not _contain(exc):
+                raise
+            self._blame(exc).add_error(_exception_text(exc))
 
     def _check_commands(self, before: dict[str, Any], report: PluginReport) -> None:
         """Put back any command of another owner that the plugin of ``report`` replaced or removed."""

@@ -433,3 +433,28 @@ def test_options_are_checked():
     # an awkward ratio: the nearest exact plan is within 0.5% (the voxel size written is that one)
     m, ell = region_plan(16, 13.48, 10.0)
     assert ell >= 16 + 6 and abs(m * 13.48 / ell - 10.0) / 10.0 <= 5e-3
+
+
+def test_class_names_name_relion_class_numbers_and_every_class_must_be_named(data, tmp_path):
+    root, _, _ = data
+    star_args = ("--picks", root / "particles.star", "--tomograms-star", root / "tomograms.star", "--box", BOX)
+    mapping = ",".join(f"{i + 1}={name}" for i, name in enumerate(CLASSES))
+    proc = _forge(*star_args, "--class-names", mapping, "--out", tmp_path / "named")
+    assert proc.returncode == 0, proc.stderr
+    from cryoet_forge.classify import load_labelled
+
+    named = load_labelled(tmp_path / "named" / "particles.star")
+    plain = _forge(*star_args, "--out", tmp_path / "plain")
+    assert plain.returncode == 0, plain.stderr
+    unnamed = load_labelled(tmp_path / "plain" / "particles.star")
+    assert sorted(named.class_names) == sorted(CLASSES) and sorted(unnamed.class_names) == ["class1", "class2"]
+    # the same particles, class k named CLASSES[k - 1]
+    assert [named.class_names[i] for i in named.labels] == \
+        [CLASSES[int(unnamed.class_names[i][5:]) - 1] for i in unnamed.labels]
+    np.testing.assert_array_equal(named.volumes, unnamed.volumes)
+    proc = _forge(*star_args, "--class-names", f"1={CLASSES[0]}", "--out", tmp_path / "half")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"forge: error: --class-names '1={CLASSES[0]}' does not name the picks' class(es) class2; name every class"]
+    assert not (tmp_path / "half").exists()
+    proc = _forge(*star_args, "--class-names", "1=a b", "--out", tmp_path / "bad")
+    assert proc.returncode == 2 and "expected VALUE=NAME pairs" in proc.stderr

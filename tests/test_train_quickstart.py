@@ -36,13 +36,13 @@ def test_quickstart_trains_then_generates_and_estimates_uncertainty(tmp_path):
     from cryoet_forge.io.mrc import read_mrc, write_mrc
 
     volumes = [np.stack([read_mrc(f)[0] for f in sorted((o / "subtomograms").glob("*.mrc"))]) for o in outs]
-    assert volumes[0].shape == (2, 20, 20, 20)
+    assert volumes[0].shape == (2, 24, 24, 24)
     assert np.array_equal(volumes[0], volumes[1])
     assert np.abs(volumes[0] - volumes[2]).max() > 1e-3
 
     from cryoet_forge.simulate.phantoms import make_phantom
 
-    write_mrc(tmp_path / "ring.mrc", make_phantom("ring", 20, 10.0), 10.0)
+    write_mrc(tmp_path / "ring.mrc", make_phantom("ring", 24, 10.0), 10.0)
     subprocess.run([forge_executable(), "uncertainty", "--run", str(run), "--map", str(tmp_path / "ring.mrc"),
                     "--samples", "20", "--out", str(tmp_path / "unc")], check=True, timeout=300)
     assert {p.name for p in (tmp_path / "unc").iterdir()} == {"mean.mrc", "std.mrc", "overlay.png"}

@@ -6,11 +6,9 @@ import re
 from pathlib import Path
 
 import click
-import pandas as pd
 
 from cryoet_forge.devices import SEED
 from cryoet_forge.errors import InputError
-from cryoet_forge.io.tomograms import MRC_SUFFIXES, open_tomogram
 from cryoet_forge.progress import quiet_option
 
 #: what forge extract writes into --out (a folder)
@@ -21,6 +19,8 @@ WARP_NAME = re.compile(r"(.+)_\d+(?:\.\d+)?Apx")
 
 def tomogram_files(paths: list[Path]) -> dict[str, Path]:
     """name -> tomogram path for the given files and folders (MRC files and OME-Zarr folders)."""
+    from cryoet_forge.io.tomograms import MRC_SUFFIXES
+
     found: dict[str, Path] = {}
     for path in paths:
         if not path.exists():
@@ -67,7 +67,10 @@ def resolve(names: list[str], given: dict[str, Path], table_paths: dict, picks_s
 def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str | None, tomograms_star: Path | None,
                      class_column: str | None, scale: str, tomogram_voxel_size: float | None,
                      coords_pixel_size: float | None = None):
+    import pandas as pd
+
     from cryoet_forge.io.picks import read_picks
+    from cryoet_forge.io.tomograms import open_tomogram
 
     given = tomogram_files(tomograms)
     tables = []
@@ -94,6 +97,48 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
             part.attrs["source"] = source
             jobs.append((tomo, part, unit_))
     return jobs
+
+
+def parse_class_names(text: str | None) -> dict[str, str]:
+    """``--class-names 1=proteasome,2=ribosome`` -> {"1": "proteasome", "2": "ribosome"}."""
+    if text is None:
+        return {}
+    mapping: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        key, sep, name = (s.strip() for s in part.partition("="))
+        if not sep or not key or not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise InputError(f"--class-names {text!r}: expected VALUE=NAME pairs separated by commas (e.g. "
+                             "1=proteasome,2=ribosome), names of letters, digits, '_', '.', '-'")
+        if key in mapping:
+            raise InputError(f"--class-names {text!r}: class {key} is named twice")
+        mapping[key] = name
+    if len(set(mapping.values())) != len(mapping):
+        raise InputError(f"--class-names {text!r}: two classes get the same name")
+    return mapping
+
+
+def rename_classes(jobs: list, mapping: dict[str, str], option_text: str) -> None:
+    """Give every pick its class name from ``mapping`` (keys: a class column's value, or the
+    rlnClassNumber N of ``classN``); a class the mapping does not name is an InputError."""
+    if not mapping:
+        return
+    found: set[str] = set()
+    for _, part, _ in jobs:
+        found.update(str(v) for v in part["class_name"])
+
+    def key_of(value: str) -> str | None:
+        number = re.fullmatch(r"class(\d+)", value)
+        for key in (value, number[1] if number else None):
+            if key is not None and key in mapping:
+                return key
+        return None
+
+    missing = sorted(v for v in found if key_of(v) is None)
+    if missing:
+        raise InputError(f"--class-names {option_text!r} does not name the picks' class(es) "
+                         f"{', '.join(missing)}; name every class")
+    for _, part, _ in jobs:
+        part["class_name"] = [mapping[str(key_of(str(v)))] for v in part["class_name"]]
 
 
 def check_extract_target(out: Path, bundle: bool, overwrite: bool) -> None:
@@ -145,10 +190,13 @@ def check_extract_target(out: Path, bundle: bool, overwrite: bool) -> None:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the background positions")
 @click.option("--bundle", is_flag=True, help="write one .npz bundle (OUT must end in .npz) instead of a folder")
 @click.option("--overwrite", is_flag=True, help="replace earlier extracted particles in OUT (or the bundle OUT)")
+@click.option("--class-names", "class_names", metavar="VALUE=NAME,...",
+              help="name the classes, e.g. 1=proteasome,2=ribosome (rlnClassNumber or class-column values), so "
+                   "they match the map names of forge generate/evaluate")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_size, class_column, copick_config, objects,
                     copick_voxel_spacing, tomo_type, runs, scale, tomogram_voxel_size, box, voxel_size, invert,
-                    normalize, pad_edge, background, min_distance, seed, bundle, overwrite, out) -> None:
+                    normalize, pad_edge, background, min_distance, seed, bundle, overwrite, class_names, out) -> None:
     """Cut labelled subtomograms out of tomograms around particle picks."""
     from cryoet_forge import progress
     from cryoet_forge.extract import (
@@ -163,6 +211,7 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_s
     if (copick_config is None) == (not picks_paths):
         raise click.UsageError("give --picks (with --tomograms or a RELION 5 --tomograms-star) or --copick")
     check_extract_target(out, bundle, overwrite)
+    mapping = parse_class_names(class_names)
     options = ExtractOptions(box=box, voxel_size=voxel_size, invert=invert, normalize=normalize,
                              edge="pad" if pad_edge else "skip", background=background,
                              min_distance=min_distance, seed=seed).check()
@@ -177,6 +226,7 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_s
         jobs = jobs_from_tables(list(picks_paths), list(tomograms), unit, tomograms_star, class_column, scale,
                                 tomogram_voxel_size, coords_pixel_size)
     try:
+        rename_classes(jobs, mapping, class_names)
         plan = plan_extraction(jobs, options)
         written = write_plan(plan, out, bundle=bundle, quiet=progress.mode() == "off")
     finally:

@@ -24,6 +24,10 @@ def _copick_dataset(config: str, **options):
     return CopickDataset(config, **options)
 
 
+#: ``forge list --options`` reads the options from the class this factory builds
+_copick_dataset.options_from = "cryoet_forge.data.copick:CopickDataset"  # type: ignore[attr-defined]
+
+
 def _copick_example(folder: Path) -> dict:
     """Options of a tiny instance for the contract tests: a copick project (copick's own API) with
     one run, a 40^3 tomogram and four picks of one object. Needs copick (ImportError otherwise)."""

@@ -9,6 +9,7 @@ import click
 
 from cryoet_forge.devices import SEED, device_callback
 from cryoet_forge.errors import ConfigError
+from cryoet_forge.options import VALIDATED_RULE
 from cryoet_forge.progress import quiet_option
 
 
@@ -35,19 +36,22 @@ def classify_group() -> None:
               help="optional test set, scored after training")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="folder for cb3d.safetensors, cb3d.json and scores")
-@click.option("--epochs", default=30, show_default=True, type=int)
-@click.option("--batch-size", default=16, show_default=True, type=int)
-@click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--channels", default="64,128,256,512", show_default=True, help="conv widths per block")
-@click.option("--convs-per-block", default="1,1,2,2", show_default=True)
-@click.option("--fc-width", default=4096, show_default=True, type=int, help="width of both dense layers")
-@click.option("--dropout", default=0.5, show_default=True, type=float)
+@click.option("--epochs", default=VALIDATED_RULE["epochs"], show_default=True, type=int,
+              help="the most epochs (with a validation part: it stops earlier)")
+@click.option("--batch-size", default=VALIDATED_RULE["batch_size"], show_default=True, type=int)
+@click.option("--lr", default=VALIDATED_RULE["lr"], show_default=True, type=float)
+@click.option("--channels", default=",".join(map(str, VALIDATED_RULE["channels"])), show_default=True,
+              help="conv widths per block (the paper's CB3D: 64,128,256,512 with --fc-width 4096 --dropout 0.5)")
+@click.option("--convs-per-block", default=",".join(map(str, VALIDATED_RULE["convs_per_block"])), show_default=True)
+@click.option("--fc-width", default=VALIDATED_RULE["fc_width"], show_default=True, type=int,
+              help="width of both dense layers")
+@click.option("--dropout", default=VALIDATED_RULE["dropout"], show_default=True, type=float)
 @click.option("--normalize", default="zscore", show_default=True,
               type=click.Choice(["zscore", "minmax", "none"]), help="per-volume input normalisation")
 @click.option("--no-augment", is_flag=True, help="no random axis flips")
-@click.option("--validation-fraction", default=0.0, show_default=True, type=float,
+@click.option("--validation-fraction", default=VALIDATED_RULE["validation_fraction"], show_default=True, type=float,
               help="hold out this fraction of each class, keep the best epoch on it and stop early (0 = off)")
-@click.option("--patience", default=20, show_default=True, type=int,
+@click.option("--patience", default=VALIDATED_RULE["patience"], show_default=True, type=int,
               help="with --validation-fraction: stop this many epochs after the best one")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", default="cpu", show_default=True, callback=device_callback)
@@ -191,7 +195,8 @@ def evaluate_command(config_path, suite_path, out_dir, overrides, only_domains, 
         return
     if only_domains or only_methods:
         raise click.UsageError("--domain and --method choose cells of a --suite")
-    _run(load_evaluation_config(config_path, parse_overrides(overrides)), out_dir, budget_minutes, resume)
+    _run(load_evaluation_config(config_path, parse_overrides(overrides), overrides_label="--set"), out_dir,
+         budget_minutes, resume)
 
 
 def _run_suite(suite_path: Path, out_dir: Path, overrides: dict, domains: list[str] | None,

@@ -19,7 +19,7 @@ from typing import Any
 from cryoet_forge.classify import ClassifierOptions
 from cryoet_forge.config import apply_overrides, parse_override, read_toml
 from cryoet_forge.errors import ConfigError
-from cryoet_forge.options import build_dataclass, check_at_least, check_choice
+from cryoet_forge.options import VALIDATED_RULE, build_dataclass, check_at_least, check_choice
 
 
 @dataclass
@@ -207,7 +207,7 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
         raise ConfigError(f"data.classes needs at least 2 classes, got {d.classes}")
     if not 16 <= d.box <= 128:
         raise ConfigError(f"data.box must be in 16..128, got {d.box}")
-    if d.voxel_size <= 0:
+    if not d.voxel_size > 0:  # NaN fails too
         raise ConfigError(f"data.voxel_size must be > 0 Angstrom, got {d.voxel_size}")
     check_at_least([(f"data.{key}", getattr(d, key), 2)
                     for key in ("n_train_per_class", "n_test_per_class", "n_density_per_class")]
@@ -230,7 +230,7 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
     if not 0 <= config.metrics.reliability_margin < 1:
         raise ConfigError(f"metrics.reliability_margin must be in [0, 1), got {config.metrics.reliability_margin}")
     for value in config.ablations.noise_std:
-        if not isinstance(value, (int, float)) or value < 0:
+        if not isinstance(value, (int, float)) or not value >= 0:  # NaN fails too
             raise ConfigError(f"ablations.noise_std values must be numbers >= 0, got {value!r}")
     check_choice("gan.select_checkpoint", config.gan.select_checkpoint, ("last", "best-fid-train"))
     check_choice("gan.input", config.gan.input, ("density", "traditional"))
@@ -238,28 +238,105 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
     return config
 
 
-def config_from_dict(table: dict, overrides: dict[str, Any] | None = None,
-                     origin: str = "<dict>") -> EvaluationConfig:
+class SetOverrideError(ConfigError):
+    """A bad value given on the command line (its message names the ``--set``, not the file)."""
+
+
+def gan_data_overrides(density_star: str | Path, real_star: str | Path) -> dict[str, Any]:
+    """The data sections of every GAN an evaluation trains: the folders it writes itself."""
+    return {
+        "data.density.dataset": "volume-folder",
+        "data.density.options": {"root": str(density_star), "normalize": "minmax"},
+        "data.subtomograms.dataset": "volume-folder",
+        "data.subtomograms.options": {"root": str(real_star), "normalize": "minmax"},
+    }
+
+
+def _gan_keys(overrides: dict[str, Any]) -> set[str]:
+    """The ``gan.overrides`` keys (and ``"gan.config"``) that dotted ``overrides`` set."""
+    keys: set[str] = set()
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if parts[:2] == ["gan", "overrides"] and len(parts) > 2:
+            keys.add(".".join(parts[2:]))
+        elif dotted == "gan.overrides" and isinstance(value, dict):
+            keys.update(str(k) for k in value)
+        elif dotted == "gan.config":
+            keys.add("gan.config")
+        elif dotted == "gan" and isinstance(value, dict):
+            keys.update(str(k) for k in value.get("overrides", {}) or {})
+            if "config" in value:
+                keys.add("gan.config")
+    return keys
+
+
+def check_gan_overrides(config: EvaluationConfig, given: set[str] | None = None, label: str = "--set") -> None:
+    """Validate ``gan.config`` and every ``gan.overrides`` key through the training configuration's
+    own validator (``cryoet_forge.config.load_config``), as the GAN stage builds it, so a bad key
+    is found when the evaluation config is read, not after the data and inception stages.
+    ConfigError naming ``gan.overrides.KEY``; SetOverrideError naming ``LABEL gan.overrides.KEY``
+    for the keys in ``given`` (those of the command line)."""
+    from cryoet_forge.config import load_config
+
+    given = given or set()
+
+    def fail(key: str, shown: str, exc: ConfigError) -> None:
+        if key in given:
+            raise SetOverrideError(f"{label} {shown}: {exc}") from None
+        raise ConfigError(f"{shown}: {exc}") from None
+
+    base = gan_data_overrides("density", "real")
+    gan_config = config.gan.config or None
+    try:
+        load_config(gan_config, base)
+    except ConfigError as exc:
+        fail("gan.config", "gan.config", exc)
+    for key, value in config.gan.overrides.items():
+        try:
+            load_config(gan_config, {**base, str(key): value})
+        except ConfigError as exc:
+            fail(str(key), f"gan.overrides.{key}", exc)
+    try:  # values that are valid one by one but not together
+        load_config(gan_config, {**base, **config.gan.overrides})
+    except ConfigError as exc:
+        fail("gan.overrides" if set(config.gan.overrides) <= given else "", "gan.overrides", exc)
+
+
+def config_from_dict(table: dict, overrides: dict[str, Any] | None = None, origin: str = "<dict>",
+                     folder: str | Path | None = None, overrides_label: str | None = None) -> EvaluationConfig:
+    """``folder``: where the config file is (a relative ``gan.config`` is looked up there first);
+    ``overrides_label``: where ``overrides`` come from (``--set``), named by an error in them."""
     import copy
 
-    table = _apply(copy.deepcopy(table), dict(overrides or {}))
+    overrides = dict(overrides or {})
+    table = _apply(copy.deepcopy(table), overrides)
     config = validate(build_dataclass(EvaluationConfig, table, skip=("origin",)))
     config.origin = origin
+    gan_config = config.gan.config
+    if folder is not None and gan_config and not Path(gan_config).is_absolute() \
+            and (Path(folder) / gan_config).is_file():
+        config.gan.config = str(Path(folder) / gan_config)
+    given = _gan_keys(overrides) if overrides_label else set()
+    if given and set(config.gan.overrides) <= given:
+        given.add("gan.overrides")
+    check_gan_overrides(config, given, overrides_label or "")
     return config
 
 
-def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = None) -> EvaluationConfig:
+def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                           overrides_label: str | None = None) -> EvaluationConfig:
+    """The evaluation config of a TOML file with dotted ``overrides`` (from ``overrides_label``,
+    e.g. ``--set``); every key is checked here, ``gan.overrides`` through the training validator."""
     path = Path(path)
     table = read_toml(path)
     try:
-        config = config_from_dict(table, overrides, origin=str(path))
+        # a relative [gan] config is looked up beside the evaluation config first
+        return config_from_dict(table, overrides, origin=str(path), folder=path.parent,
+                                overrides_label=overrides_label)
+    except SetOverrideError:
+        raise
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    # a relative [gan] config is looked up beside the evaluation config first
-    gan_config = config.gan.config
-    if gan_config and not Path(gan_config).is_absolute() and (path.parent / gan_config).is_file():
-        config.gan.config = str(path.parent / gan_config)
-    return config
 
 
 #: the small CPU setting of ``forge quickstart`` (5 min 53 s on 2 Xeon cores, README "Two commands"). The generator is the
@@ -286,8 +363,8 @@ QUICKSTART: dict[str, Any] = {
         "log.every": 20, "log.checkpoint_every": 100, "log.image_every": 100}},
     # the training rule (held-out 20%, best epoch, patience 20) with at most 40 epochs; a 64-wide
     # dense layer without dropout (README, "How the classifiers are trained", says how it was chosen)
-    "classifier": {"channels": [8, 16, 32, 32], "fc_width": 64, "epochs": 40, "batch_size": 16,
-                   "lr": 1e-3, "dropout": 0.0},
+    "classifier": {key: value for key, value in VALIDATED_RULE.items()
+                   if key not in ("convs_per_block", "validation_fraction", "patience")},
     # five downstream seeds: a paired t-interval over three (2 degrees of freedom, t = 4.30) stayed
     # wide even where all three differences were positive; issue goal and README ask for >= 5
     "downstream": {"n_per_class": 48, "seeds": [0, 1, 2, 3, 4]},

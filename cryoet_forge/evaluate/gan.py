@@ -42,13 +42,9 @@ def train_config_for(config: EvaluationConfig, density_star: Path, real_star: Pa
     configuration reproduces the run on its own.
     """
     from cryoet_forge.config import load_config
+    from cryoet_forge.evaluate.config import gan_data_overrides
 
-    overrides: dict[str, Any] = {
-        "data.density.dataset": "volume-folder",
-        "data.density.options": {"root": str(density_star), "normalize": "minmax"},
-        "data.subtomograms.dataset": "volume-folder",
-        "data.subtomograms.options": {"root": str(real_star), "normalize": "minmax"},
-    }
+    overrides: dict[str, Any] = gan_data_overrides(density_star, real_star)
     overrides.update(config.gan.overrides)
     overrides.update(variant or {})
     return load_config(config.gan.config or None, overrides)

@@ -152,9 +152,35 @@ STAGES = ("data", "inception", "gan", "generation", "metrics", "downstream", "ve
           "uncertainty", "report")
 
 
+#: the folders ``run_evaluation`` makes in OUT before the first stage
+SKELETON = ("data", "features", "figures", "runs", "models")
+
+
 def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print,
                    budget: dict[str, Any] | None = None, cache_dir: Path | None = None,
                    resume: bool = False) -> Path:
+    """``_run_evaluation``; when it fails, the folders it made that hold no file yet are removed
+    again (a bad input leaves no empty folder skeleton; nothing written is ever removed)."""
+    out = Path(out_dir)
+    made = [folder for folder in (out, *(out / sub for sub in SKELETON)) if not folder.exists()]
+    while made and made[0] == out and not out.parent.exists() and out.parent != out:
+        out = out.parent
+        made.insert(0, out)
+    try:
+        return _run_evaluation(config, out_dir, log, budget, cache_dir, resume)
+    except BaseException:
+        import shutil
+
+        for folder in reversed(made):
+            if folder.is_dir() and not folder.is_symlink() and not any(
+                    p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print,
+                    budget: dict[str, Any] | None = None, cache_dir: Path | None = None,
+                    resume: bool = False) -> Path:
     """Run the whole protocol, stage by stage (``STAGES``); returns the path of report.md.
 
     Each stage stores its result under ``OUT/stages`` (``cryoet_forge.evaluate.stages``). With
@@ -168,7 +194,7 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "features", "figures", "runs", "models"):
+    for sub in SKELETON:
         (out / sub).mkdir(exist_ok=True)
     started = time.perf_counter()
     stages = Stages(out, resume, log)

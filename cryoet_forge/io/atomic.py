@@ -130,7 +130,8 @@ def _alive(pid: int) -> bool:
 def remove_stale_work(target: str | os.PathLike) -> list[Path]:
     """Remove the ``.NAME.partial-PID-XXXX`` and ``.NAME.old-PID-XXXX`` folders that a killed
     ``atomic_folder`` left beside ``target`` (those of a process still running stay); returns
-    what was removed and says so on stderr. An entry of an ``.old-`` folder that ``target``
+    what was removed and says so on stderr (``progress.warn``: also under ``--quiet``). Every
+    folder writer goes through ``atomic_folder``, which calls this first. An entry of an ``.old-`` folder that ``target``
     lacks (the process was killed between moving the old entries aside and the new ones in)
     is moved back into ``target`` first, so nothing written earlier is lost."""
     target = Path(target)
@@ -155,7 +156,7 @@ def remove_stale_work(target: str | os.PathLike) -> list[Path]:
     if removed:
         from cryoet_forge import progress
 
-        progress.log(f"removed {len(removed)} unfinished folder(s) that an interrupted earlier run left beside "
+        progress.warn(f"removed {len(removed)} unfinished folder(s) that an interrupted earlier run left beside "
                      f"{target} ({size / 2**20:.1f} MiB)")
     return removed
 

@@ -7,12 +7,10 @@ import warnings
 from pathlib import Path
 
 import click
-import numpy as np
-import pandas as pd
-import torch
 
 from cryoet_forge.devices import SEED, device_callback
 from cryoet_forge.errors import ConfigError
+from cryoet_forge.simulate.acquisition import PHANTOM_VOXEL_SIZE
 
 OUTPUT_NAMES = ("templates", "density", "subtomograms", "density.star", "particles.star", "montage.png",
                 "density.npz", "particles.npz", "simulation.json")
@@ -55,14 +53,19 @@ def _check_memory(box: int, batch_size: int, n_per_class: int, bundle: bool) -> 
 def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box: int, voxel_size: float,
                    seed: int, options: dict, batch_size: int = 32, resolution: float | None = None,
                    crop: bool = False, bundle: bool = False, device: str = "cpu", quiet: bool = True,
-                   overwrite: bool = False, assembly: int | None = None) -> dict:
+                   overwrite: bool = False, assembly: int | None = None, acquisition: dict | None = None) -> dict:
     """Write templates, paired clean posed maps (domain D) and subtomograms (domain S) to ``out``.
 
     Particle i of class c gets one random pose shared by its density map and its
     subtomogram (so the pairs are known); training uses the two folders unpaired. Batches are
     seeded from (seed, batch index): the same seed and batch size give identical files.
     The outputs appear in ``out`` together, once all are written; a failure leaves ``out`` as it was.
+    ``acquisition`` (what ``forge simulate`` resolved from its flags) is written into simulation.json.
     """
+    import numpy as np
+    import pandas as pd
+    import torch
+
     from cryoet_forge.data.bundle import save_bundle
     from cryoet_forge.data.simulated import item_seed, make_simulator
     from cryoet_forge.io.atomic import atomic_folder, check_output_folder, write_bytes_atomic
@@ -144,6 +147,8 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
                    "assembly": assembly, "crop": crop,
                    "n_per_class": n_per_class, "box": box, "voxel_size": voxel_size, "seed": seed,
                    "batch_size": batch_size, "resolution": resolution, "particles": len(jobs)}
+        if acquisition is not None:
+            summary["acquisition"] = acquisition
         write_bytes_atomic(work / "simulation.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
     return summary
 
@@ -156,12 +161,28 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
               help="A registered simulator: fourier, tilt-series, posed-map (clean posed maps; also 'none').")
 @click.option("--n-per-class", type=int, default=10, show_default=True)
 @click.option("--box", type=int, default=40, show_default=True, help="Box edge in voxels.")
-@click.option("--voxel-size", type=float, default=9.4, show_default=True, help="Angstrom per voxel.")
+@click.option("--voxel-size", type=float, default=None,
+              help="Angstrom per voxel. Default: from --acquisition, else from the MRC maps of --structures; "
+                   f"required with PDB structures; {PHANTOM_VOXEL_SIZE:g} for --phantoms.")
+@click.option("--acquisition", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="TOMOGRAMS.STAR",
+              help="A RELION 5 tomograms STAR: voxel size (pixel size x binning), voltage, Cs, amplitude contrast, "
+                   "and from its tilt-series STARs the tilt range and step, dose and defocus. Flags win.")
+@click.option("--tilt-range", metavar="MIN,MAX", default=None,
+              help="Tilt range in degrees, e.g. -60,60 (fourier: the missing wedge; tilt-series: the tilts).")
+@click.option("--tilt-step", type=float, default=None, help="Tilt increment in degrees (tilt-series).")
+@click.option("--dose", type=float, default=None, help="Total electron dose in e/A^2 over the tilt series "
+              "(tilt-series).")
+@click.option("--voltage", type=float, default=None, help="Acceleration voltage in kV (fourier, tilt-series).")
+@click.option("--defocus", metavar="UM|MIN,MAX", default=None,
+              help="Defocus in micrometres, underfocus positive as in Warp and RELION: 4, or a range 2,6 drawn "
+                   "per particle (fourier, tilt-series).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--snr", type=float, default=None, help="Target SNR (fourier), var(signal)/var(noise).")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
-              help="Simulator option, e.g. --option defocus_um=[-4,-2] (repeatable).")
+              help="Another simulator option, e.g. --option bfactor=150 (repeatable; the simulator's own names, "
+                   "e.g. defocus_um with underfocus negative).")
 @click.option("--resolution", type=float, default=None, help="Low-pass of structure maps in A (default 2 x voxel).")
 @click.option("--crop", is_flag=True, help="Crop structures larger than the box (with a warning) instead of failing.")
 @click.option("--assembly", type=int, default=None, help="Build biological assembly N of each structure (e.g. 1).")
@@ -170,27 +191,59 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.", callback=device_callback)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output (results still print).")
 @click.option("--overwrite", is_flag=True, help="Replace a previous simulation in OUT.")
-def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box, voxel_size, seed, out,
-                     snr, option_pairs, resolution, crop, assembly, batch_size, bundle, device, quiet, overwrite):
-    """Simulate density maps and subtomograms per class into OUT (STAR tables + montage)."""
+def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box, voxel_size, acquisition,
+                     tilt_range, tilt_step, dose, voltage, defocus, seed, out, snr, option_pairs, resolution, crop,
+                     assembly, batch_size, bundle, device, quiet, overwrite):
+    """Simulate density maps and subtomograms per class into OUT (STAR tables + montage).
+
+    Defocus is underfocus positive (--defocus 4 is 4 um underfocus); simulation.json records the
+    acquisition used and where each value came from.
+    """
+    from cryoet_forge import registry
+    from cryoet_forge.simulate import acquisition as acq
+    from cryoet_forge.simulate.templates import expand_specs
+
     if use_phantoms == bool(structures):
         raise ConfigError("give exactly one of --phantoms or --structures IDS_OR_DIR")
     options = _parse_options(option_pairs)
     if snr is not None:
         options["snr"] = snr
+    flags = {}
+    notes = []
+    if tilt_range is not None:
+        flags["tilt_range"] = acq.parse_tilt_range(tilt_range)
+    if tilt_step is not None:
+        flags["tilt_step"] = acq.positive_flag(tilt_step, "--tilt-step", "degrees")
+    if dose is not None:
+        flags["dose"] = acq.positive_flag(dose, "--dose", "e/A^2")
+    if voltage is not None:
+        flags["voltage_kv"] = acq.positive_flag(voltage, "--voltage", "kV")
+    if defocus is not None:
+        flags["defocus_um"], note = acq.parse_defocus(defocus)
+        notes += [note] if note else []
+    star = acq.read_star_acquisition(acquisition) if acquisition is not None else None
+    factory = registry.get("simulator", simulator_name).factory
+    options, used, more = acq.apply_acquisition(simulator_name, factory, flags, options, star)
+    notes += more
+    specs = None if use_phantoms else expand_specs(structures)
+    voxel_size, voxel_source = acq.resolve_voxel_size(voxel_size, specs, star)
+    used = {"voxel_size": voxel_size, **used}
+    used["sources"] = {"voxel_size": voxel_source, **used["sources"]}
+    for line in notes:
+        click.echo(f"forge: note: {line}", err=True)
     from cryoet_forge.devices import check_device
 
     device = str(check_device(device))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = run_simulation(out, None if use_phantoms else structures, simulator_name, n_per_class, box,
+        summary = run_simulation(out, specs, simulator_name, n_per_class, box,
                                  voxel_size, seed, options, batch_size, resolution, crop, bundle, device, quiet,
-                                 overwrite, assembly)
+                                 overwrite, assembly, used)
     for w in caught:
         if issubclass(w.category, UserWarning):
             click.echo(f"forge: warning: {w.message}", err=True)
     click.echo(f"wrote {summary['particles']} particles of {len(summary['classes'])} classes "
-               f"({', '.join(summary['classes'])}) to {out}")
+               f"({', '.join(summary['classes'])}) to {out} at {voxel_size:g} A/voxel")
 
 
 @click.command("fetch-structures")

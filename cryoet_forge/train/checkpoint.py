@@ -16,6 +16,11 @@ A checkpoint is written into a temporary folder which is then renamed, so a fold
 ``step-N`` is always complete; the oldest ones beyond ``keep`` are deleted afterwards. Every
 file gets the mode an ordinary output gets (0666 & ~umask). ``load_newest_intact`` goes back
 from the newest checkpoint to the newest one that passes its checks and says which it skipped.
+
+A checkpoint without ``checksums.json`` (written before checksums existed, or copied without
+it) cannot be verified: it is read with a warning on stderr, or, under ``configure(strict=True)``
+(``--strict`` of ``forge train --resume``, ``forge generate`` and ``forge uncertainty``), refused
+like a corrupt one. Warnings go through ``progress.warn``, which ``--quiet`` does not silence.
 """
 
 from __future__ import annotations
@@ -39,6 +44,17 @@ STEP_DIR = re.compile(r"^step-(\d{8})$")
 FILES = ("weights.safetensors", "state.safetensors", "state.json")
 CHECKSUMS = "checksums.json"
 T = TypeVar("T")
+
+_settings: dict[str, Any] = {"strict": False}
+#: checkpoints already reported as unverified in this process (each is said once)
+_unverified_said: set[str] = set()
+
+
+def configure(strict: bool | None = None) -> None:
+    """Process-wide checkpoint checks: ``strict=True`` refuses a checkpoint without
+    ``checksums.json`` instead of reading it unverified with a warning."""
+    if strict is not None:
+        _settings["strict"] = bool(strict)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -156,14 +172,24 @@ def _sha256(path: Path) -> str:
 
 def verify_checkpoint(path: Path, names: tuple[str, ...] = FILES) -> None:
     """InputError naming the first of ``names`` that is missing or whose SHA-256 differs from
-    the one recorded when the checkpoint was written. Checkpoints written before checksums
-    existed (no ``checksums.json``) are read unverified."""
+    the one recorded when the checkpoint was written. A checkpoint without ``checksums.json``
+    (written before checksums existed) is read unverified with a warning on stderr, or refused
+    (InputError) under ``configure(strict=True)``."""
     path = Path(path)
     for name in names:
         if not (path / name).is_file():
             raise InputError(f"{path / name}: checkpoint file missing")
     record = path / CHECKSUMS
     if not record.exists():
+        if _settings["strict"]:
+            raise InputError(f"{path}: no {CHECKSUMS}, so the checkpoint cannot be verified (refused under "
+                             "--strict)")
+        if str(path) not in _unverified_said:
+            from cryoet_forge import progress
+
+            _unverified_said.add(str(path))
+            progress.warn(f"warning: {path}: no {CHECKSUMS}; the checkpoint is read unverified "
+                          "(--strict refuses it)")
         return
     try:
         with open(record) as fh:
@@ -180,7 +206,8 @@ def verify_checkpoint(path: Path, names: tuple[str, ...] = FILES) -> None:
 def load_newest_intact(run_dir: Path, load: Callable[[Path], T]) -> tuple[Path, T]:
     """``(path, load(path))`` for the newest checkpoint of a run that ``load`` reads without an
     InputError, going back one checkpoint at a time; each one skipped is reported on stderr
-    with its reason. InputError (the newest one's reason) when none is intact."""
+    with its reason (``progress.warn``: also under ``--quiet``). InputError (the newest one's
+    reason) when none is intact."""
     from cryoet_forge import progress
 
     newest = latest_checkpoint(run_dir)
@@ -190,10 +217,10 @@ def load_newest_intact(run_dir: Path, load: Callable[[Path], T]) -> tuple[Path, 
             loaded = load(path)
         except InputError as exc:
             errors.append(str(exc))
-            progress.log(f"warning: skipped checkpoint {path.name}: {exc}")
+            progress.warn(f"warning: skipped checkpoint {path.name}: {exc}")
             continue
         if errors:
-            progress.log(f"warning: {newest.name} is not intact; using the newest intact checkpoint, {path.name}")
+            progress.warn(f"warning: {newest.name} is not intact; using the newest intact checkpoint, {path.name}")
         return path, loaded
     raise InputError(f"{run_dir}: no intact checkpoint ({len(errors)} tried; newest: {errors[0]})")
 

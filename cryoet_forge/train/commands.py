@@ -12,6 +12,22 @@ from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.progress import quiet_option
 
 
+def strict_option(command):
+    """The ``--strict`` option of a command that reads checkpoints: sets ``checkpoint.configure(strict=...)``
+    on every invocation (so one call's setting never leaks into the next), importing the checkpoint
+    module (and torch) only when the command runs, so that ``--help`` stays fast."""
+
+    def callback(ctx, param, value):
+        from cryoet_forge.train.checkpoint import configure
+
+        configure(strict=bool(value))
+        return value
+
+    return click.option("--strict", is_flag=True, expose_value=False, callback=callback,
+                        help="Refuse a checkpoint without checksums.json (one that cannot be verified) instead of "
+                             "reading it with a warning.")(command)
+
+
 def _overrides(pairs: tuple[str, ...]) -> dict:
     from cryoet_forge.config import parse_override
 
@@ -20,6 +36,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 
 @click.command("train")
 @quiet_option
+@strict_option
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML run configuration (defaults apply to keys it leaves out).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -36,13 +53,27 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 @click.option("--compile/--no-compile", "compile_", default=None, help="Use torch.compile.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.batch_size=4 (repeatable).")
+@click.option("--real", type=click.Path(path_type=Path),
+              help="Your particles as domain S: a labelled STAR table, a folder, an .npz bundle (forge extract's "
+                   "output) or a copick project .json; needs --maps or --structures.")
+@click.option("--maps", type=click.Path(path_type=Path),
+              help="With --real: a folder of clean maps, one per class (class = file stem), as domain D.")
+@click.option("--structures", multiple=True, metavar="SPEC",
+              help="With --real: a structure/map file, PDB id or phantom per class, as domain D (repeatable).")
+@click.option("--gan-input", type=click.Choice(["traditional", "density"]), default="traditional",
+              show_default=True,
+              help="With --real: domain D as the traditional (fourier) simulation of the maps (refinement) or "
+                   "the posed clean maps.")
 def train_command(config_path, run_dir, resume_dir, generator, critic, loss, precision, steps,
-                  compile_, sets):
+                  compile_, sets, real, maps, structures, gan_input):
     """Train CryoETGAN (density maps D <-> subtomograms S); works under torchrun too."""
     from cryoet_forge.config import load_config
     from cryoet_forge.train import resume_config, train
+    from cryoet_forge.train.data_options import real_data_overrides
 
-    overrides = _overrides(sets)
+    if resume_dir is not None and (real is not None or maps is not None or structures):
+        raise ConfigError("--resume uses the run folder's own data; drop --real/--maps/--structures")
+    overrides = {**real_data_overrides(real, maps, tuple(structures), gan_input), **_overrides(sets)}
     for key, value in (("model.generator", generator), ("model.critic", critic),
                        ("loss.adversarial", loss), ("train.precision", precision),
                        ("train.steps", steps), ("train.compile", compile_)):
@@ -55,7 +86,15 @@ def train_command(config_path, run_dir, resume_dir, generator, critic, loss, pre
             raise ConfigError("--resume continues the run in its own folder; drop --out")
         cfg = resume_config(resume_dir, overrides)
         _check_components(cfg)
-        out = train(cfg, resume_dir, resume=True)
+        from cryoet_forge.train.checkpoint import list_checkpoints
+
+        started = bool(list_checkpoints(resume_dir))
+        if not started and os.environ.get("RANK", "0") == "0":
+            from cryoet_forge import progress
+
+            progress.warn(f"{resume_dir}: no checkpoint yet (the run stopped before its first one); "
+                          "starting it from step 0")
+        out = train(cfg, resume_dir, resume=started)
     else:
         cfg = load_config(config_path, overrides)
         _check_components(cfg)
@@ -80,10 +119,12 @@ def _check_components(cfg) -> None:
 
 @click.command("generate")
 @quiet_option
+@strict_option
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Training run folder (its newest checkpoint is used).")
 @click.option("--maps", "maps", type=click.Path(path_type=Path),
-              help="Density maps: a STAR file, or a folder of .mrc files / with one .star file.")
+              help="Density maps: a STAR file (or a folder with one; classes and poses from its rows), or a "
+                   "folder of class maps (.mrc; class = file stem, a random pose per sample).")
 @click.option("--structures", "structures", multiple=True, metavar="SPEC",
               help="A PDB/mmCIF file, MRC map, PDB id or phantom class, turned into a density map at "
                    "the run's box and voxel size and given a random pose per sample (repeatable).")
@@ -106,6 +147,7 @@ def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_
 
 @click.command("uncertainty")
 @quiet_option
+@strict_option
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Density map (MRC) at the run's box size.")

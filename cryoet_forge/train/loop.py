@@ -35,7 +35,7 @@ from torch import nn
 
 from cryoet_forge import progress, registry
 from cryoet_forge.config import TrainConfig, load_config, save_config
-from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
+from cryoet_forge.contracts import check_generator_output, noise_shape, run_generator, takes_noise
 from cryoet_forge.contrastive import RegularizerInputs, build_regularizers
 from cryoet_forge.errors import ConfigError, InputError, TrainingError
 from cryoet_forge.losses import AdversarialLoss, CycleL1Loss
@@ -71,17 +71,17 @@ class CyclePair(nn.Module):
                 identity: bool = False, z_id: torch.Tensor | None = None):
         """(fake_s, fake_d) without the cycle; else (fake_s, fake_d, cyc_d, cyc_s), and with
         ``identity`` also (G_DS(s), G_SD(d)) for the identity loss."""
-        fake_s = run_generator(self.g_ds, d, z1)
+        fake_s = run_generator(self.g_ds, d, z1, check=False)
         fake_d = self.g_sd(s)
         if not cycle:
             return fake_s, fake_d
         # cycle noise: the D -> S -> D cycle sees the generated subtomogram plus Gaussian noise,
         # so the content it reconstructs from must be carried above that noise level
         cyc_d = self.g_sd(fake_s if cycle_noise is None else fake_s + cycle_noise.to(fake_s.dtype))
-        cyc_s = run_generator(self.g_ds, fake_d, z2)
+        cyc_s = run_generator(self.g_ds, fake_d, z2, check=False)
         if not identity:
             return fake_s, fake_d, cyc_d, cyc_s
-        return fake_s, fake_d, cyc_d, cyc_s, run_generator(self.g_ds, s, z_id), self.g_sd(d)
+        return fake_s, fake_d, cyc_d, cyc_s, run_generator(self.g_ds, s, z_id, check=False), self.g_sd(d)
 
 
 class CriticPass(nn.Module):
@@ -126,17 +126,20 @@ def build_networks(cfg: TrainConfig, names: Sequence[str] = NETWORKS) -> dict[st
 @torch.no_grad()
 def check_networks(nets: dict[str, nn.Module], box: int, names: dict[str, str],
                    device: torch.device) -> None:
-    """Run each network once on a zero volume so a size it cannot take fails before training."""
+    """Run each network once on a zero volume so a size it cannot take fails before training, and
+    check each generator's output against its contract (``contracts.check_generator_output``)."""
     x = torch.zeros(1, 1, box, box, box, device=device)
     for key, net in nets.items():
         kind = "generator" if key.startswith("g_") else "critic"
         try:
-            net.eval()(x)
+            y = net.eval()(x)
         except (ValueError, RuntimeError) as exc:
             raise InputError(f"{kind} {names[kind]!r} cannot take {box}^3 volumes "
                              f"({ckpt.error_text(exc)})") from None
         finally:
             net.train()
+        if kind == "generator":
+            check_generator_output(net, x, y)
 
 
 def build_losses(cfg: TrainConfig) -> tuple[AdversarialLoss, CycleL1Loss]:
@@ -757,6 +760,10 @@ def _train(cfg: TrainConfig, run_dir: Path, ctx: DistContext, resume: bool, data
     if not resume and ckpt.list_checkpoints(run_dir):
         raise InputError(f"{run_dir}: already holds checkpoints; continue it with --resume or pick a new folder")
     trainer = Trainer(cfg, run_dir, ctx, resume, datasets)
+    if resume and trainer.step >= cfg.train.steps:  # the run folder stays as it is
+        if ctx.is_main:
+            progress.warn(f"nothing to train: {run_dir} is at step {trainer.step} >= {cfg.train.steps}")
+        return run_dir
     writer = None
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
