@@ -159,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     input_files.configure_paths(False)
     cli.plugins_loaded = False  # each invocation lets the plugins add their commands again, when needed
     try:
+        return _run(args, debug)
+    finally:
+        from cryoet_forge.io.atomic import release_output_locks
+
+        release_output_locks()
+
+
+def _run(args: list[str], debug: bool) -> int:
+    try:
         cli.main(args=args, prog_name="forge", standalone_mode=False)
     except ForgeError as exc:
         if debug:

@@ -21,6 +21,7 @@ from cryoet_forge.models.cb3d import load_cb3d, run_inference
 from tests_support import assert_one_line_error
 
 NET = ["--channels", "4,8,8,8", "--fc-width", "32", "--epochs", "10", "--batch-size", "6", "--lr", "3e-3",
+       "--validation-fraction", "0",
        "--dropout", "0.1"]
 
 

@@ -144,13 +144,14 @@ def rename_classes(jobs: list, mapping: dict[str, str], option_text: str) -> Non
 def check_extract_target(out: Path, bundle: bool, overwrite: bool) -> None:
     """Before any work: an earlier result at ``out`` is replaced only with ``--overwrite``."""
     from cryoet_forge.errors import ConfigError
-    from cryoet_forge.io.atomic import check_output_folder
+    from cryoet_forge.io.atomic import check_output_folder, lock_output
     from cryoet_forge.io.files import check_output_target
 
     if not bundle:
         check_output_folder(out, OUTPUT_NAMES, "extracted particles", overwrite)
         return
     target = check_output_target(out, folder=False)
+    lock_output(target)
     if (target.exists() or target.is_symlink()) and not overwrite:
         raise ConfigError(f"{target} already exists; choose another --out or pass --overwrite")
 

@@ -55,8 +55,10 @@ def classify_group() -> None:
               help="with --validation-fraction: stop this many epochs after the best one")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", default="cpu", show_default=True, callback=device_callback)
+@click.option("--overwrite", is_flag=True, help="replace a classifier already saved at OUT")
 def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channels, convs_per_block,
-                   fc_width, dropout, normalize, no_augment, validation_fraction, patience, seed, device) -> None:
+                   fc_width, dropout, normalize, no_augment, validation_fraction, patience, seed, device,
+                   overwrite) -> None:
     """Train CB3D on a labelled folder and save it (safetensors + JSON metadata)."""
     from cryoet_forge.classify import (
         ClassifierOptions,
@@ -69,6 +71,14 @@ def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channe
     from cryoet_forge.models.cb3d import save_cb3d
 
     check_output_target(out_dir, folder=out_dir.suffix != ".safetensors")
+    from cryoet_forge.io.atomic import lock_output
+    from cryoet_forge.models.cb3d import checkpoint_paths
+
+    lock_output(out_dir)
+    existing = [p.name for p in checkpoint_paths(out_dir) if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        raise ConfigError(f"{out_dir} already holds a classifier ({', '.join(existing)}); choose another --out "
+                          "or pass --overwrite")
     options = ClassifierOptions(channels=_int_list(channels, "--channels"),
                                 convs_per_block=_int_list(convs_per_block, "--convs-per-block"),
                                 fc_width=fc_width, dropout=dropout, epochs=epochs, batch_size=batch_size,

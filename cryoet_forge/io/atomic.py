@@ -161,14 +161,61 @@ def remove_stale_work(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
+#: output locks this process holds: resolved target -> open lock file descriptor
+_locks: dict[str, int] = {}
+
+
+def lock_output(target: str | os.PathLike) -> None:
+    """Hold an exclusive lock on ``target`` until ``release_output_locks`` or the process ends, so
+    that a second forge run writing the same output stops with one line instead of silently
+    replacing the first one's result. Taken by the output checks before any work; a lock this
+    process already holds is kept. The lock is a ``flock`` on a file named by the hash of the
+    target's absolute path in a per-user folder of the temporary folder (``cryoet-forge-locks-UID/``),
+    so nothing is written beside the output (a failed run leaves nothing there); it guards runs of
+    one user on one machine."""
+    import fcntl
+    import hashlib
+
+    from cryoet_forge.errors import InputError
+
+    target = Path(target)
+    key = str(Path(os.path.abspath(target)))
+    if key in _locks:
+        return
+    folder = Path(tempfile.gettempdir()) / f"cryoet-forge-locks-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # no usable temporary folder: write without the lock rather than not at all
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise InputError(f"{target}: another forge run (process {holder}) is writing this output now; wait "
+                         "for it to finish or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _locks[key] = fd
+
+
+def release_output_locks() -> None:
+    """Release every output lock of this process (the end of one command)."""
+    while _locks:
+        _, fd = _locks.popitem()
+        os.close(fd)
+
+
 def check_output_folder(out: str | os.PathLike, names: tuple[str, ...], what: str, overwrite: bool) -> list[str]:
     """The entries of ``names`` that folder ``out`` already holds (to pass as ``atomic_folder``'s
-    ``stale``); InputError when ``out`` cannot be a folder (``check_output_target``), ConfigError
-    when it holds any of them without ``overwrite``."""
+    ``stale``); InputError when ``out`` cannot be a folder (``check_output_target``) or another run
+    writes it now (``lock_output``), ConfigError when it holds any of them without ``overwrite``."""
     from cryoet_forge.errors import ConfigError
     from cryoet_forge.io.files import check_output_target
 
     out = check_output_target(out, folder=True)
+    lock_output(out)
     existing = [name for name in names if (out / name).exists() or (out / name).is_symlink()]
     if existing and not overwrite:
         raise ConfigError(f"{out} already holds {what} ({', '.join(existing)}); "
