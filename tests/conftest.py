@@ -13,6 +13,17 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture
+def plugin_path(tmp_path, monkeypatch):
+    """A folder on sys.path where tests lay out throwaway distributions (the registry reset around)."""
+    from cryoet_forge import registry
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.reset_registry()
+    yield tmp_path
+    registry.reset_registry()
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """../shared/data beside the repository, or skip when it is not there."""
     if not (SHARED_DATA / "MANIFEST.md").exists():

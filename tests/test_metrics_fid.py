@@ -114,21 +114,11 @@ def test_bootstrap_interval_is_reported_and_reproducible():
     assert a.bootstrap_bias > 0  # resampling with replacement biases FID upwards
 
 
-def _gaussian_pair(d, seed):
-    rng = np.random.default_rng(seed)
-    a, c = rng.normal(size=(d, d)), rng.normal(size=(d, d))
-    s1, s2 = a @ a.T / d + 0.5 * np.eye(d), c @ c.T / d + 0.5 * np.eye(d)
-    mu2 = np.full(d, 1.0 / np.sqrt(d))
-    root = scipy.linalg.sqrtm(s1).real
-    true = float(mu2 @ mu2 + np.trace(s1 + s2 - 2.0 * scipy.linalg.sqrtm(root @ s2 @ root).real))
-    return np.linalg.cholesky(s1), np.linalg.cholesky(s2), mu2, true
-
-
 def test_bootstrap_interval_covers_the_true_fid_at_the_stated_rate():
     # Gaussians whose FID is known in closed form; N = 200 rows of D = 6, where FID's O(D/N)
     # bias is about the size of its spread (a plain percentile interval covers ~0.6 of the time)
     d, n, trials = 6, 200, 100
-    l1, l2, mu2, true = _gaussian_pair(d, 0)
+    l1, l2, mu2, true = _gaussians(d, True, 0, shift=1.0 / np.sqrt(d))
     rng = np.random.default_rng(1)
     covered, estimates = 0, []
     with warnings.catch_warnings():
@@ -188,14 +178,14 @@ def test_eigenvalue_solvers_agree():
     np.testing.assert_allclose(np.sort(solver(m)), want, rtol=1e-10, atol=1e-12)
 
 
-def _gaussians(d, shifted, seed):
+def _gaussians(d, shifted, seed, shift=0.5):
     """Cholesky factors and mean of two Gaussians and their population FID in closed form:
-    shifted: means and covariances differ; else one Gaussian twice (FID 0)."""
+    shifted: means (by ``shift`` per coordinate) and covariances differ; else one Gaussian twice (FID 0)."""
     rng = np.random.default_rng(seed)
     a, c = rng.normal(size=(d, d)), rng.normal(size=(d, d))
     s1 = a @ a.T / d + 0.5 * np.eye(d)
     s2 = c @ c.T / d + 0.5 * np.eye(d) if shifted else s1
-    mu2 = np.full(d, 0.5) if shifted else np.zeros(d)
+    mu2 = np.full(d, shift) if shifted else np.zeros(d)
     root = scipy.linalg.sqrtm(s1).real
     true = float(mu2 @ mu2 + np.trace(s1 + s2 - 2.0 * scipy.linalg.sqrtm(root @ s2 @ root).real))
     return np.linalg.cholesky(s1), np.linalg.cholesky(s2), mu2, true if shifted else 0.0

@@ -53,15 +53,6 @@ BROKEN_PLUGIN = '''
 '''
 
 
-@pytest.fixture
-def plugin_path(tmp_path, monkeypatch):
-    """A folder on sys.path where tests lay out throwaway distributions."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    registry.reset_registry()
-    yield tmp_path
-    registry.reset_registry()
-
-
 def test_builtin_and_plugin_distribution_components_are_listed():
     reg = registry.Registry()
     assert "exact" in reg.names("knn-backend")

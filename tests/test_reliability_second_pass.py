@@ -228,14 +228,6 @@ def test_a_plugin_generator_of_the_wrong_output_shape_is_one_line_under_forge_tr
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture
-def plugin_path(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    registry.reset_registry()
-    yield tmp_path
-    registry.reset_registry()
-
-
 def test_forge_generate_checks_the_generator_output_at_the_first_batch(plugin_path, maps_star, capsys):  # noqa: F811
     from cryoet_forge.config import load_config
     from cryoet_forge.train import train
