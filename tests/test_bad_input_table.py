@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,6 +47,9 @@ def inputs(tmp_path_factory):
     (root / "bad.toml").write_text("[train\nsteps = ")
     (root / "binary.toml").write_bytes(b"\xff\xfe\x00garbage")
     (root / "unknown.toml").write_text("[train]\nstepz = 3\n")
+    with mrcfile.new(root / "complex.mrc") as mrc:  # MRC mode 4: a Fourier transform, not a map
+        mrc.set_data(np.ones((16, 16, 16), dtype=np.complex64))
+        mrc.voxel_size = 10.0
     vols = root / "vols"
     vols.mkdir()
     _volumes_star(vols, "good.star", [("a.mrc", 1, 10.0), ("b.mrc", 2, 10.0), ("c.mrc", 1, 10.0), ("d.mrc", 2, 10.0)])
@@ -188,6 +192,14 @@ CASES = [
                                          "--out", f"{O}/g"], 2,
      ["rlnImageName 'link.mrc' (row 2) leads outside the STAR file's folder", "through a symbolic link",
       "--allow-outside-paths"]),
+    ("uncertainty-complex-map", ["uncertainty", "--run", R, "--map", f"{I}/complex.mrc", "--out", f"{O}/u"], 2,
+     ["complex.mrc: complex voxels (MRC mode 4); expected a real-valued volume"]),
+    ("simulate-snr-twice", ["simulate", "--phantoms", "--box", "16", "--n-per-class", "1", "--snr", "0.1",
+                            "--option", "snr=0.5", "--out", f"{O}/s"], 2,
+     ["--snr 0.1 and --option snr=0.5 both set the SNR; give one"]),
+    ("simulate-shift-beyond-the-box", ["simulate", "--phantoms", "--box", "16", "--n-per-class", "1",
+                                       "--option", "max_shift=1e6", "--out", f"{O}/s"], 2,
+     ["max_shift 1e+06 voxels: expected less than half the box (16^3: < 8)"]),
     ("uncertainty-not-mrc", ["uncertainty", "--run", R, "--map", f"{I}/not.mrc", "--out", f"{O}/u"], 2,
      ["not.mrc: not a readable MRC file"]),
     ("uncertainty-map-is-a-folder", ["uncertainty", "--run", R, "--map", f"{I}/vols", "--out", f"{O}/u"], 2,

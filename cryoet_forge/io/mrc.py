@@ -31,13 +31,17 @@ def check_volume(volume: np.ndarray, source: str) -> np.ndarray:
     array = np.asarray(volume)
     if array.ndim != 3:
         raise InputError(f"{source}: expected a 3D volume (z, y, x), got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.number):
-        raise InputError(f"{source}: expected numeric voxels, got dtype {array.dtype}")
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise InputError(f"{source}: expected real-valued voxels, got dtype {array.dtype}")
     array = array.astype(np.float32, copy=False)
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:
         raise InputError(f"{source}: {bad} voxel(s) are NaN or infinite; expected finite values")
     return array
+
+
+class _Complex(Exception):
+    """A complex-valued MRC (its own message, not "not a readable MRC file")."""
 
 
 def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
@@ -51,10 +55,15 @@ def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # mrcfile warns about odd headers; we check ourselves
             with mrcfile.open(path, mode="r", permissive=False) as mrc:
+                if mrc.data is not None and np.iscomplexobj(mrc.data):
+                    raise _Complex(f"{path}: complex voxels (MRC mode {int(mrc.header.mode)}); expected a "
+                                   "real-valued volume (mode 0, 1, 2, 6 or 12)")
                 data = np.array(mrc.data, dtype=np.float32, copy=True)
                 voxel = mrc.voxel_size
                 voxel_size = float(voxel.x)
                 sizes = (float(voxel.x), float(voxel.y), float(voxel.z))
+    except _Complex as exc:
+        raise InputError(str(exc)) from None
     except Exception as exc:  # mrcfile raises ValueError/OSError/... on broken files
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise InputError(f"{path}: not a readable MRC file ({reason})") from None

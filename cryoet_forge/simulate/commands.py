@@ -71,7 +71,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     from cryoet_forge.io.atomic import atomic_folder, check_output_folder, write_bytes_atomic
     from cryoet_forge.io.mrc import check_voxel_size, write_mrc
     from cryoet_forge.io.star import write_particles
-    from cryoet_forge.simulate.poses import PoseSimulator
+    from cryoet_forge.simulate.poses import PoseSimulator, check_max_shift
     from cryoet_forge.simulate.templates import load_templates
     from cryoet_forge.viz import save_slice_montage
 
@@ -86,6 +86,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     shift = options.pop("max_shift", 2.0)
     simulator = make_simulator(simulator_name, {**options, "rotate": False, "max_shift": 0.0})
     poser = PoseSimulator(max_shift=shift)
+    check_max_shift(poser.max_shift, box)
     class_names, templates = load_templates(specs, box, voxel_size, seed, resolution, crop, assembly)
     # everything is written into a temporary folder beside OUT and appears in OUT only when
     # the whole simulation succeeded; a failure leaves OUT (and a previous simulation in it) as it was
@@ -207,6 +208,8 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
         raise ConfigError("give exactly one of --phantoms or --structures IDS_OR_DIR")
     options = _parse_options(option_pairs)
     if snr is not None:
+        if "snr" in options:
+            raise ConfigError(f"--snr {snr:g} and --option snr={options['snr']} both set the SNR; give one")
         options["snr"] = snr
     flags = {}
     notes = []

@@ -44,10 +44,21 @@ def pose_records(rotations: torch.Tensor, shifts: torch.Tensor, voxel_size: floa
     return records
 
 
+def check_max_shift(max_shift: float, box: int) -> None:
+    """ConfigError unless a shift of up to ``max_shift`` voxels keeps the particle's centre in the
+    inner half of a ``box``^3 box."""
+    if not max_shift < box / 2:
+        from cryoet_forge.errors import ConfigError
+
+        raise ConfigError(f"max_shift {max_shift:g} voxels: expected less than half the box ({box}^3: "
+                          f"< {box / 2:g}), or the particle leaves its box")
+
+
 def posed_maps(maps: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor, rotate: bool,
                max_shift: float) -> torch.Tensor:
     """``maps`` moved to the drawn poses (one trilinear resampling), or as they are when the
     simulator neither rotates nor shifts (maps that were posed before, e.g. by ``forge simulate``)."""
+    check_max_shift(max_shift, int(maps.shape[-1]))
     if not rotate and max_shift == 0:
         return maps.float()
     return rigid_transform(maps.float(), rotations.float(), shifts.float())
