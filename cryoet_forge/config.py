@@ -284,6 +284,13 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     except ConfigError as exc:
         if path is None:
             raise
+        if overrides:  # blame the file only when the file alone fails too
+            try:
+                config_from_dict(table, None)
+            except ConfigError:
+                pass
+            else:
+                raise ConfigError(f"{exc} (from the command line, over {path})") from None
         raise ConfigError(f"{path}: {exc}") from None
 
 

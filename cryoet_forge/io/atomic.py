@@ -75,7 +75,11 @@ def atomic_folder(path: str | os.PathLike, stale: tuple[str, ...] = ()) -> Itera
         raise OSError(exc.errno, f"cannot write there ({exc.strerror})", str(target)) from None
     try:
         os.chmod(tmp, _default_mode(folder=True))
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:  # name the output asked for, never the temporary folder
+            _rename_in_message(exc, tmp, target)
+            raise
         if not target.exists():
             try:
                 os.rename(tmp, target)
@@ -86,6 +90,20 @@ def atomic_folder(path: str | os.PathLike, stale: tuple[str, ...] = ()) -> Itera
         _merge_into(tmp, target, stale)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rename_in_message(exc: Exception, tmp: Path, target: Path) -> None:
+    """Replace the temporary folder's path (absolute or as given) by ``target``'s in a forge
+    error's message, in place (same exception, same type)."""
+    from cryoet_forge.errors import ForgeError
+
+    if not isinstance(exc, ForgeError) or not exc.args or not isinstance(exc.args[0], str):
+        return
+    message = exc.args[0]
+    for old in {str(tmp), os.path.relpath(tmp), tmp.name}:
+        new = str(target) if old != tmp.name else target.name
+        message = message.replace(old, new)
+    exc.args = (message, *exc.args[1:])
 
 
 def _merge_into(new: Path, target: Path, stale: tuple[str, ...]) -> None:

@@ -14,6 +14,9 @@ from cryoet_forge.errors import InputError
 from cryoet_forge.io.atomic import atomic_path
 from cryoet_forge.io.files import check_input_file
 
+#: voxel sizes (Angstrom) accepted anywhere: from sub-Angstrom maps to binned overview tomograms
+VOXEL_RANGE = (0.01, 1000.0)
+
 
 def check_voxel_size(voxel_size: float, what: str = "voxel size") -> float:
     """Return ``voxel_size`` as a float, or raise InputError unless it is finite and > 0."""
@@ -23,6 +26,9 @@ def check_voxel_size(voxel_size: float, what: str = "voxel size") -> float:
         raise InputError(f"{what} {voxel_size!r} is not a number; expected Angstrom > 0") from None
     if not math.isfinite(value) or value <= 0:
         raise InputError(f"{what} {voxel_size!r} is invalid; expected a finite value in Angstrom > 0")
+    if not VOXEL_RANGE[0] <= value <= VOXEL_RANGE[1]:
+        raise InputError(f"{what} {voxel_size!r} A is outside {VOXEL_RANGE[0]:g}-{VOXEL_RANGE[1]:g} A; "
+                         f"expected Angstrom between {VOXEL_RANGE[0]:g} and {VOXEL_RANGE[1]:g}")
     return value
 
 
