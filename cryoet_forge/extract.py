@@ -62,6 +62,10 @@ class ExtractOptions:
         self.box = int(self.box)
         if self.voxel_size is not None and not (math.isfinite(self.voxel_size) and self.voxel_size > 0):
             raise InputError(f"--voxel-size {self.voxel_size}: expected Angstrom > 0")
+        if self.voxel_size is not None:
+            from cryoet_forge.io.mrc import check_voxel_size
+
+            check_voxel_size(self.voxel_size, "--voxel-size")
         if self.normalize not in NORMALIZATIONS:
             raise InputError(f"--normalize {self.normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
         if self.edge not in EDGES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -50,6 +51,25 @@ def _check_memory(box: int, batch_size: int, n_per_class: int, bundle: bool) -> 
                      "a smaller --box (or --batch-size)", error=ConfigError)
 
 
+def _check_disk(out: Path, n_volumes: int, box: int) -> None:
+    """One line when ``n_volumes`` MRC files of ``box``^3 (two per particle) cannot fit on the
+    disk that holds ``out``, before anything is written (or listed in memory)."""
+    import shutil
+
+    from cryoet_forge.limits import format_bytes
+
+    folder = Path(os.path.abspath(out))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    needed = n_volumes * (4 * box**3 + 1024)  # float32 voxels and the MRC header
+    usage = shutil.disk_usage(folder)
+    free = usage.free
+    if usage.total > 0 and needed > free:  # a pseudo file system (/proc) reports no size: writing there fails by name
+        raise ConfigError(f"--n-per-class and --box ask for {n_volumes:,} volumes of {box}^3 voxels, "
+                          f"{format_bytes(needed)} of files, more than the {format_bytes(free)} free under "
+                          f"{folder}; expected fewer particles or a smaller box")
+
+
 def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box: int, voxel_size: float,
                    seed: int, options: dict, batch_size: int = 32, resolution: float | None = None,
                    crop: bool = False, bundle: bool = False, device: str = "cpu", quiet: bool = True,
@@ -88,6 +108,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     poser = PoseSimulator(max_shift=shift)
     check_max_shift(poser.max_shift, box)
     class_names, templates = load_templates(specs, box, voxel_size, seed, resolution, crop, assembly)
+    _check_disk(out, 2 * n_per_class * len(class_names), box)
     # everything is written into a temporary folder beside OUT and appears in OUT only when
     # the whole simulation succeeded; a failure leaves OUT (and a previous simulation in it) as it was
     with atomic_folder(out, stale=tuple(existing)) as work:
