@@ -100,8 +100,8 @@ def _rename_in_message(exc: Exception, tmp: Path, target: Path) -> None:
     if not isinstance(exc, ForgeError) or not exc.args or not isinstance(exc.args[0], str):
         return
     message = exc.args[0]
-    for old in {str(tmp), os.path.relpath(tmp), tmp.name}:
-        new = str(target) if old != tmp.name else target.name
+    # the longest spelling first, so that a shorter one never rewrites part of a longer one
+    for old, new in ((str(tmp), str(target)), (os.path.relpath(tmp), os.path.relpath(target)), (tmp.name, target.name)):
         message = message.replace(old, new)
     exc.args = (message, *exc.args[1:])
 
