@@ -542,6 +542,18 @@ def evaluate_cb3d(model: CB3D, data: LabelledVolumes, class_names: Sequence[str]
         )
     data = data.relabelled(class_names)
     features, probabilities = run_inference(model, data.volumes, normalize, batch_size, device)
+    return score_probabilities(probabilities, data, class_names, features)
+
+
+def score_probabilities(probabilities: np.ndarray, data: LabelledVolumes, class_names: Sequence[str],
+                        features: np.ndarray | None = None) -> ClassificationResult:
+    """Accuracy, per-class accuracy and confusion of (N, C) ``probabilities`` (columns in
+    ``class_names`` order) against the labels of ``data``."""
+    data = data.relabelled(class_names)
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (len(data), len(class_names)):
+        raise ConfigError(f"classifier gave probabilities of shape {probabilities.shape}; expected "
+                          f"({len(data)}, {len(class_names)}): one row per volume, one column per class")
     predictions = probabilities.argmax(axis=1)
     confusion = confusion_matrix(data.labels, predictions, len(class_names))
     per_class: dict[str, float | None] = {}
@@ -549,8 +561,8 @@ def evaluate_cb3d(model: CB3D, data: LabelledVolumes, class_names: Sequence[str]
         n = int(confusion[i].sum())
         per_class[name] = float(confusion[i, i] / n) if n else None
     accuracy = float((predictions == data.labels).mean())
-    return ClassificationResult(list(class_names), accuracy, per_class, confusion, predictions,
-                                data.labels, probabilities, features)
+    return ClassificationResult(list(class_names), accuracy, per_class, confusion, predictions, data.labels,
+                                probabilities, np.zeros((len(data), 0)) if features is None else features)
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

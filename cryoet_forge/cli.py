@@ -100,8 +100,14 @@ def option_lines(factory) -> list[str]:
         parameters = [p for p in inspect.signature(factory).parameters.values() if p.name != "self"]
     except (TypeError, ValueError):
         return ["(options not introspectable)"]
+    import dataclasses
+
+    made = {f.name: f.default_factory() for f in dataclasses.fields(factory)
+            if f.default_factory is not dataclasses.MISSING} if dataclasses.is_dataclass(factory) else {}
     lines = []
     for p in parameters:
+        if p.name in made:  # a dataclass field's default_factory: show what it makes, not <factory>
+            p = p.replace(default=made[p.name])
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             lines.append(f"**{p.name} (further options passed on)" if p.kind is p.VAR_KEYWORD else f"*{p.name}")
             continue
@@ -119,7 +125,7 @@ def option_lines(factory) -> list[str]:
 def list_command(kind: str | None, show_options: bool) -> None:
     """List registered components (all kinds, or one KIND such as 'generator')."""
     registry = get_registry()
-    kinds = [normalize_kind(kind)] if kind else list(KIND_HOOKS)
+    kinds = [normalize_kind(kind)] if kind is not None else list(KIND_HOOKS)
     for key in kinds:
         components = registry.components(key)
         click.echo(f"{key}:")

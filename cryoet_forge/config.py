@@ -174,6 +174,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                     ("log.keep_checkpoints", cfg.log.keep_checkpoints, 1),
                     ("data.num_workers", cfg.data.num_workers, 0)))
     _check_batch_size(cfg)
+    from cryoet_forge.limits import INT64_MAX, check_int_range
+
+    check_int_range(t.steps, "train.steps", 0, INT64_MAX)  # torch counts steps in int64
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     o = cfg.optim

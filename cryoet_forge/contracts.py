@@ -16,6 +16,7 @@ kind                   what ``registry.create(kind, name, **options)`` must retu
 ``dataset``            :class:`Dataset`: ``__len__`` and ``__getitem__`` (a ``torch`` dataset)
 ``feature-extractor``  :class:`FeatureExtractor`: ``extract(volumes) -> (N, D)``
 ``knn-backend``        :class:`KnnBackend`: radii and PRDC counts
+``classifier``         :class:`Classifier`: ``fit(train, seed)``, ``probabilities(volumes) -> (N, C)``
 =====================  =========================================================================
 
 **Noise contract of generators.** A generator with an explicit noise input sets the attribute
@@ -148,6 +149,20 @@ class KnnBackend(Protocol):
         """PRDC counts of ``real`` (N, D) against ``fake`` (M, D)."""
 
 
+@runtime_checkable
+class Classifier(Protocol):
+    """A downstream classifier (``forge evaluate`` trains one per data source and seed).
+
+    ``fit(train, seed)`` learns a ``cryoet_forge.classify.LabelledVolumes`` (volumes (N, S, S, S)
+    float32, ``labels`` 0..C-1, ``class_names``); the same data and seed give the same model.
+    ``probabilities(volumes)`` returns (N, C) class probabilities in ``train.class_names`` order.
+    """
+
+    def fit(self, train: Any, seed: int) -> None: ...
+
+    def probabilities(self, volumes: np.ndarray) -> np.ndarray: ...
+
+
 #: kind -> the protocols an instance may satisfy (any one of them)
 PROTOCOLS: dict[str, tuple[type, ...]] = {
     "generator": (Generator,),
@@ -157,6 +172,7 @@ PROTOCOLS: dict[str, tuple[type, ...]] = {
     "dataset": (Dataset,),
     "feature-extractor": (FeatureExtractor,),
     "knn-backend": (KnnBackend,),
+    "classifier": (Classifier,),
 }
 
 #: kinds whose instances must be torch modules (trained, moved to a device, saved)

@@ -1,5 +1,5 @@
-"""Device names and seeds given by users, and the launcher's process layout, checked before any
-work (one clear line when wrong)."""
+"""Device names, seeds and paths given by users, and the launcher's process layout, checked before
+any work (one clear line when wrong)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 SEED_MAX = 2**32 - 1
 #: the click type of every ``--seed`` option
 SEED = click.IntRange(0, SEED_MAX)
+
+
+class NonEmptyPath(click.Path):
+    """``click.Path`` that refuses an empty (or blank) value: ``pathlib`` would read ``--out ''``
+    as the current folder (and write there) and ``--real ''`` as ``.``; the type of every path
+    option of forge's commands."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail(f"{value!r} is empty; expected a file or folder name", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def check_device(value: str, what: str = "--device", local_rank: int = 0):

@@ -70,8 +70,10 @@ class ExtractOptions:
             raise InputError(f"--normalize {self.normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
         if self.edge not in EDGES:
             raise InputError(f"edge {self.edge!r}: expected one of {', '.join(EDGES)}")
-        if self.background < 0 or self.min_distance < 0:
-            raise InputError(f"--background {self.background} / --min-distance {self.min_distance}: expected >= 0")
+        if self.background < 0:
+            raise InputError(f"--background {self.background}: expected a number of boxes >= 0")
+        if not (math.isfinite(self.min_distance) and self.min_distance >= 0):
+            raise InputError(f"--min-distance {self.min_distance}: expected a finite distance >= 0 (Angstrom)")
         if self.background and not self.min_distance > 0:
             raise InputError("--background needs --min-distance > 0 (Angstrom from every pick)")
         return self

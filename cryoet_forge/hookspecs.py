@@ -29,6 +29,7 @@ import pluggy
 
 from cryoet_forge.contracts import (  # noqa: F401  (the protocols each hook names)
     AdversarialLoss,
+    Classifier,
     Critic,
     Dataset,
     FeatureExtractor,
@@ -122,6 +123,18 @@ def forge_register_knn_backends(register: Register) -> None:
     """Register k-nearest-neighbour backends used by the metrics engine.
 
     Factory contract: ``factory(**options)`` returns a ``contracts.KnnBackend``. Called when the registry is built.
+    """
+
+
+@hookspec
+def forge_register_classifiers(register: Register) -> None:
+    """Register downstream classifiers (``cb3d``, ``radial``, ...) for ``forge evaluate``.
+
+    Factory contract: ``factory(**options)`` returns a ``contracts.Classifier``: ``fit(train,
+    seed)`` on labelled volumes, ``probabilities(volumes) -> (N, C)``. ``[downstream] classifiers``
+    names the kinds an evaluation trains; each is trained on the real training split, the
+    traditional set and the GAN set, and scored on the real test split. Called when the registry
+    is built; returns nothing.
     """
 
 

@@ -40,6 +40,7 @@ KIND_HOOKS: dict[str, str] = {
     "dataset": "forge_register_datasets",
     "feature-extractor": "forge_register_feature_extractors",
     "knn-backend": "forge_register_knn_backends",
+    "classifier": "forge_register_classifiers",
 }
 
 #: kind -> {old or short name: registered name}; ``get`` and ``create`` accept both

@@ -48,10 +48,16 @@ def mc_dropout(run_dir: str | os.PathLike, volume: np.ndarray, samples: int = 20
     layers = _dropout_layers(model)
     if not layers:
         raise InputError(f"{run_dir}: the generator has no dropout layers (trained with dropout = 0); "
-                         f"pass a dropout probability (--dropout P)")
+                         "pass a dropout probability (forge uncertainty --dropout P) or train with dropout "
+                         "(model.generator_options dropout > 0)")
     for layer in layers:
         layer.train()
     box = int(run_metadata(Path(run_dir))["box"])
+    from cryoet_forge.limits import check_allocation
+
+    # every draw is kept (float32) and stacked in float64 for the mean and std
+    check_allocation(12 * samples * box**3, f"--samples {samples} ({samples} generated volumes of {box}^3 voxels "
+                     "kept for the standard deviation)", "fewer --samples")
     x = _as_batch(volume, box, density_normalization(cfg))
     if x.shape[0] != 1:
         raise InputError(f"expected one density map (S, S, S), got {tuple(x.shape)}")
@@ -117,6 +123,10 @@ def uncertainty_to_folder(run_dir, map_path, out_dir, samples: int = 20, seed: i
     existing = check_output_folder(out_dir, OUTPUT_NAMES, "an uncertainty map", overwrite)
     volume, voxel = read_mrc(map_path)
     check_run_voxel_size(Path(run_dir), float(voxel), str(map_path))
+    box = int(run_metadata(Path(run_dir))["box"])
+    if volume.shape != (box, box, box):
+        raise InputError(f"{map_path}: a map of {' x '.join(map(str, volume.shape))} voxels, but the run was "
+                         f"trained on {box}^3 volumes; expected a map of the run's box")
     mean, std = mc_dropout(run_dir, volume, samples=samples, seed=seed, dropout=dropout)
     with atomic_folder(out_dir, stale=tuple(existing)) as work:
         write_mrc(work / "mean.mrc", mean, voxel)

@@ -3,6 +3,10 @@
     python experiments/parakeet_classifiers.py                      # the whole sweep
     python experiments/parakeet_classifiers.py --only rule tta --folds 4 --repeats 1
     python experiments/parakeet_classifiers.py --data PATH/parakeet_dev
+    forge extract --picks PATH/parakeet_dev/particles.csv --unit px --tomograms PATH/parakeet_dev/high_snr \
+        --box 32 --bundle --out high_snr.npz
+    python experiments/parakeet_classifiers.py --bundle high_snr.npz \
+        --out experiments/results/parakeet_high_snr_classifiers.jsonl   # the high-dose tomograms
 
 Only the boxes of tomogram 1 (TS_01) of ``parakeet_dev/subtomos.npz`` are read (the file holds
 them first; reading stops before the first box of tomogram 2). They are split by repeated
@@ -96,6 +100,21 @@ def load_training_boxes(folder: Path) -> LabelledVolumes:
                            source=f"{path}[tomogram {TRAIN_TOMOGRAM}]")
 
 
+def load_bundle_boxes(path: Path, tomogram: str = "TS_01") -> LabelledVolumes:
+    """The boxes of ``tomogram`` in a ``forge extract --bundle`` file (e.g. cut from ``high_snr/``)."""
+    from cryoet_forge.data.bundle import load_bundle
+
+    bundle = load_bundle(path)
+    if "rlnTomoName" not in bundle["parameters"]:
+        raise InputError(f"{path}: no rlnTomoName parameter (not a forge extract bundle)")
+    names = bundle["parameters"]["rlnTomoName"].to_numpy().astype(str)
+    index = np.flatnonzero(names == tomogram)
+    if index.size == 0:
+        raise InputError(f"{path}: no boxes of tomogram {tomogram}")
+    return LabelledVolumes(bundle["volumes"][index], bundle["labels"][index], bundle["class_names"],
+                           bundle["voxel_size"], source=f"{path}[{tomogram}]")
+
+
 def folds(labels: np.ndarray, n_folds: int, repeats: int) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
     from sklearn.model_selection import RepeatedStratifiedKFold
 
@@ -130,6 +149,8 @@ def score_candidate(data: LabelledVolumes, splits, options: ClassifierOptions, e
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the parakeet_dev folder")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="read the TS_01 boxes of this forge extract --bundle file instead of subtomos.npz")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
@@ -145,7 +166,7 @@ def main() -> None:
             raise ConfigError(f"unknown candidate(s) {', '.join(unknown)}")
         if args.folds < 2 or args.repeats < 1:
             raise ConfigError(f"need --folds >= 2 and --repeats >= 1, got {args.folds}, {args.repeats}")
-        data = load_training_boxes(args.data)
+        data = load_bundle_boxes(args.bundle) if args.bundle else load_training_boxes(args.data)
     except (ConfigError, InputError) as exc:
         sys.exit(f"error: {exc}")
     splits = folds(data.labels, args.folds, args.repeats)

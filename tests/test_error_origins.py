@@ -23,7 +23,7 @@ def test_an_absurd_voxel_size_is_named_before_any_work(tmp_path, capsys):
     assert forge(["simulate", "--phantoms", "--box", "16", "--n-per-class", "1", "--voxel-size", "1e-30",
                   "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip() == (
-        "forge: error: voxel size 1e-30 A is outside 0.01-1000 A; expected Angstrom between 0.01 and 1000")
+        "forge: error: --voxel-size 1e-30 A is outside 0.01-1000 A; expected Angstrom between 0.01 and 1000")
     assert not (tmp_path / "x").exists()
 
 

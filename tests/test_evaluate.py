@@ -49,13 +49,20 @@ def evaluation(tmp_path_factory):
 def test_report_structure(evaluation):
     out, report, results = evaluation
     text = report.read_text()
-    for heading in ("## Table 2: simulated data against the real test split",
+    for heading in ("## Table 2: simulated data against the experimental test split",
                     "## Table 3: density-map noise std during training", "## Table 4: ablations",
-                    "### Per-class accuracy on the real test split", "## Figures", "## Reproduce"):
+                    "### Per-class accuracy on the experimental test split", "## Figures", "## Reproduce"):
         assert heading in text
-    for row in ("| Real test split (reference) |", "| Traditional simulation |", "| CryoETGAN |",
+    for row in ("| experimental (simulated by tilt-series) test split (reference) |", "| traditional (fourier) |",
+                "| CryoETGAN |",
                 "| without Wasserstein (lsgan) |", "| without spectral norm (patchgan critic) |", "| 0.2 |"):
         assert row in text
+    # the traditional simulation's acquisition, each value with its source (here the fourier defaults)
+    line = next(line for line in text.splitlines() if line.startswith("Traditional simulation (fourier) acquisition:"))
+    assert f"tilt range {number(-60.0)} to {number(60.0)}° (the fourier default)" in line
+    assert results["traditional_acquisition"]["sources"]["tilt_range_deg"] == "the fourier default"
+    # each classifier kind's row
+    assert re.search(r"\| radial \| [0-9.]+ \[", text)
     for image in re.findall(r"\]\((figures/[^)]+\.png)\)", text):
         assert (out / image).stat().st_size > 1000, image
     for name in ("montage", "curves", "confusion_inception", "confusion_traditional", "confusion_cryoetgan",
@@ -150,6 +157,34 @@ def test_accuracies_are_the_classifier_values(evaluation):
         results["downstream"]["cryoetgan"]["mean"] - results["downstream"]["traditional"]["mean"])
     for row in results["ablations"]:
         assert row["downstream"]["ci_low"] == row["downstream"]["ci_high"] == row["downstream"]["mean"]
+
+
+def test_every_classifier_kind_is_scored_and_judged(evaluation):
+    """The default [downstream] classifiers: radial beside cb3d, on the real split, traditional and
+    GAN data; each kind's numbers are its classifier's, with its own paired verdict."""
+    from cryoet_forge.classify import score_probabilities
+    from cryoet_forge.registry import create
+
+    out, _, results = evaluation
+    radial = results["downstream_by_classifier"]["radial"]
+    assert set(radial) == {"real", "traditional", "cryoetgan"}
+    real_test = load_labelled(out / "data" / "real_test" / "particles.star")
+    traditional = load_labelled(out / "data" / "traditional" / "particles.star")
+    names = results["data"]["class_names"]
+    assert len(radial["traditional"]["accuracies"]) == len(radial["real"]["accuracies"]) == 2
+    for seed, accuracy in zip(radial["traditional"]["seeds"], radial["traditional"]["accuracies"]):
+        classifier = create("classifier", "radial")
+        classifier.fit(traditional.relabelled(names), seed)
+        scored = score_probabilities(classifier.probabilities(real_test.volumes), real_test, names)
+        assert accuracy == pytest.approx(scored.accuracy)
+    answers = results["verdict"]["by_classifier"]
+    assert set(answers) == {"cb3d", "radial"}
+    assert answers["radial"]["real_accuracy"] == pytest.approx(radial["real"]["mean"])
+    differences = [g - t for g, t in zip(radial["cryoetgan"]["accuracies"], radial["traditional"]["accuracies"])]
+    assert answers["radial"]["paired"]["differences"] == pytest.approx(differences)
+    assert answers["cb3d"]["paired"] == results["downstream_paired"]
+    assert answers["radial"]["outcome"] in ("does-not-learn", "inconclusive", "gan-ahead", "traditional-ahead",
+                                            "no-clear-difference")
 
 
 def test_config_errors(tmp_path, capsys):

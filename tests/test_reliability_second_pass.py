@@ -286,7 +286,8 @@ def test_the_contract_check_names_dtype_and_non_finite_values():
     ('[data]\nbox = 16\n', ["--set", "gan.overrides.model.critic_optionz={}"],
      "--set gan.overrides.model.critic_optionz: unknown config key 'model.critic_optionz'"),
     ('[gan]\nconfig = "absent.toml"\n', [], "{cfg}: gan.config: "),
-    ('[data]\nbox = 16\n', ["--set", "data.voxel_size=nan"], "{cfg}: data.voxel_size must be > 0 Angstrom, got nan"),
+    ('[data]\nbox = 16\n', ["--set", "data.voxel_size=nan"],
+     "data.voxel_size must be > 0 Angstrom, got nan (from --set, over {cfg})"),
     ('[data]\nbox = 16\n', ["--set", "ablations.noise_std=[nan]"], "ablations.noise_std values must be numbers >= 0"),
 ], ids=["override-key", "override-value", "set-override-value", "set-override-key", "gan-config", "voxel-nan",
         "noise-nan"])

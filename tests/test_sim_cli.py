@@ -111,8 +111,8 @@ def bad_inputs(tmp_path):
     not_pdb = tmp_path / "notes.pdb"
     not_pdb.write_text("hello\n")
     return {
-        "voxel size 0.0 is invalid": ["--phantoms", "--voxel-size", "0"],
-        "voxel size -2.0 is invalid": ["--phantoms", "--voxel-size", "-2"],
+        "--voxel-size 0.0 is invalid": ["--phantoms", "--voxel-size", "0"],
+        "--voxel-size -2.0 is invalid": ["--phantoms", "--voxel-size", "-2"],
         "garbage.mrc: not a readable MRC file": ["--structures", garbage],
         "nan.mrc: 1 voxel(s) are NaN": ["--structures", nan_map],
         "truncated.pdb.gz: truncated or corrupt gzip file": ["--structures", truncated, "--voxel-size", "10"],
@@ -152,7 +152,7 @@ def test_subprocess_error_has_no_traceback(tmp_path):
                              str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "forge: error: voxel size -1.0 is invalid; expected a finite value in Angstrom > 0"]
+        "forge: error: --voxel-size -1.0 is invalid; expected a finite value in Angstrom > 0"]
 
 
 def test_simulate_tilt_series_with_options(tmp_path, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cryoet_forge.devices import SEED
+from cryoet_forge.devices import SEED, NonEmptyPath
 from cryoet_forge.errors import InputError
 from cryoet_forge.progress import quiet_option
 
@@ -30,8 +30,11 @@ def tomogram_files(paths: list[Path]) -> dict[str, Path]:
                              if p.suffix.lower() in MRC_SUFFIXES or (p.is_dir() and p.suffix == ".zarr"))
             if not entries:
                 raise InputError(f"--tomograms {path}: no MRC tomogram or .zarr folder in it")
-        else:
+        elif path.is_dir() or path.suffix.lower() in MRC_SUFFIXES:
             entries = [path]
+        else:
+            raise InputError(f"--tomograms {path}: not a tomogram; expected an MRC file "
+                             f"({', '.join(sorted(MRC_SUFFIXES))}), an OME-Zarr folder (.zarr) or a folder of them")
         for entry in entries:
             name = entry.name.removesuffix(".zarr") if entry.suffix == ".zarr" else entry.stem
             found.setdefault(name, entry)
@@ -66,7 +69,9 @@ def resolve(names: list[str], given: dict[str, Path], table_paths: dict, picks_s
 
 def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str | None, tomograms_star: Path | None,
                      class_column: str | None, scale: str, tomogram_voxel_size: float | None,
-                     coords_pixel_size: float | None = None):
+                     coords_pixel_size: float | None = None, only: list[str] | None = None):
+    """(tomogram, picks, unit) per tomogram and pick source; ``only``: keep the picks of these
+    tomogram names (``--tomo-name``), each of which must appear in the picks."""
     import pandas as pd
 
     from cryoet_forge.io.picks import read_picks
@@ -84,6 +89,13 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
         tables.append(table)
     table = pd.concat(tables, ignore_index=True)
     names = list(dict.fromkeys(table["tomogram"]))
+    if only:
+        missing = [name for name in only if name not in names]
+        if missing:
+            raise InputError(f"--tomo-name {', '.join(map(repr, missing))}: no pick in {', '.join(map(str, picks_paths))} "
+                             f"names this tomogram (tomograms of the picks: {', '.join(map(str, names))})")
+        names = [name for name in names if name in only]
+        table = table[table["tomogram"].isin(names)]
     paths = {}
     if "tomogram_path" in table.columns:
         paths = {n: p for n, p in zip(table["tomogram"], table["tomogram_path"]) if pd.notna(p)}
@@ -141,6 +153,25 @@ def rename_classes(jobs: list, mapping: dict[str, str], option_text: str) -> Non
         part["class_name"] = [mapping[str(key_of(str(v)))] for v in part["class_name"]]
 
 
+def check_flags(tomogram_voxel_size: float | None, copick_voxel_spacing: float | None,
+                coords_pixel_size: float | None, class_column: str | None, tomograms_star: Path | None) -> None:
+    """Before any work, each flag refused by its name: voxel sizes (Angstrom, 0.01-1000), an empty
+    class column, a --tomograms-star that is not a RELION 5 tomograms STAR (read even where the
+    picks do not need it)."""
+    from cryoet_forge.io.mrc import check_voxel_size
+
+    for flag, value in (("--tomogram-voxel-size", tomogram_voxel_size), ("--copick-voxel-spacing", copick_voxel_spacing),
+                        ("--coords-pixel-size", coords_pixel_size)):
+        if value is not None:
+            check_voxel_size(value, flag)
+    if class_column is not None and not class_column.strip():
+        raise InputError(f"--class-column {class_column!r} is empty; expected the name of the picks' class column")
+    if tomograms_star is not None:
+        from cryoet_forge.io.picks import read_relion_tomograms
+
+        read_relion_tomograms(tomograms_star)
+
+
 def check_extract_target(out: Path, bundle: bool, overwrite: bool) -> None:
     """Before any work: an earlier result at ``out`` is replaced only with ``--overwrite``."""
     from cryoet_forge.errors import ConfigError
@@ -158,23 +189,25 @@ def check_extract_target(out: Path, bundle: bool, overwrite: bool) -> None:
 
 @click.command("extract")
 @quiet_option
-@click.option("--picks", "picks_paths", multiple=True, type=click.Path(path_type=Path),
+@click.option("--picks", "picks_paths", multiple=True, type=NonEmptyPath(path_type=Path),
               help="particle table: RELION 5 / RELION 4 / Warp / M .star, or .csv/.tsv tomogram,x,y,z[,class] "
                    "(repeat: without a class column each file is one class, named after it)")
-@click.option("--tomograms", multiple=True, type=click.Path(path_type=Path),
+@click.option("--tomograms", multiple=True, type=NonEmptyPath(path_type=Path),
               help="tomogram files (MRC, OME-Zarr) or folders of them, matched to the picks by name")
-@click.option("--tomograms-star", type=click.Path(path_type=Path), default=None,
+@click.option("--tomograms-star", type=NonEmptyPath(path_type=Path), default=None,
               help="RELION 5 tomograms STAR (sizes and pixel size for centred coordinates; tomogram paths)")
 @click.option("--unit", type=str, default=None, help="unit of CSV coordinates: px or angstrom")
 @click.option("--coords-pixel-size", type=float, default=None,
               help="pixel coordinates (rlnCoordinate*, CSV px) are in pixels of this size (A), not the tomogram's")
 @click.option("--class-column", default=None, help="column holding the class (default: rlnClassNumber / class)")
-@click.option("--copick", "copick_config", type=click.Path(path_type=Path), default=None,
+@click.option("--copick", "copick_config", type=NonEmptyPath(path_type=Path), default=None,
               help="a copick project (its config JSON) instead of --picks/--tomograms")
 @click.option("--object", "objects", multiple=True, help="copick: pickable object(s) to extract (default: all)")
 @click.option("--copick-voxel-spacing", type=float, default=None, help="copick: the tomograms' voxel spacing (A)")
 @click.option("--tomo-type", default="wbp", show_default=True, help="copick: tomogram type")
-@click.option("--run", "runs", multiple=True, help="copick: only these runs")
+@click.option("--tomo-name", "--run", "runs", multiple=True,
+              help="only the picks of this tomogram (rlnTomoName, the picks' tomogram name, or a copick run; "
+                   "repeatable): split train and test by tomogram")
 @click.option("--scale", default="0", show_default=True, help="OME-Zarr scale level")
 @click.option("--tomogram-voxel-size", type=float, default=None,
               help="override the tomograms' header voxel size (A)")
@@ -194,7 +227,7 @@ def check_extract_target(out: Path, bundle: bool, overwrite: bool) -> None:
 @click.option("--class-names", "class_names", metavar="VALUE=NAME,...",
               help="name the classes, e.g. 1=proteasome,2=ribosome (rlnClassNumber or class-column values), so "
                    "they match the map names of forge generate/evaluate")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=NonEmptyPath(path_type=Path))
 def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_size, class_column, copick_config, objects,
                     copick_voxel_spacing, tomo_type, runs, scale, tomogram_voxel_size, box, voxel_size, invert,
                     normalize, pad_edge, background, min_distance, seed, bundle, overwrite, class_names, out) -> None:
@@ -211,6 +244,7 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_s
         raise click.UsageError("--bundle writes an .npz file: give --out NAME.npz")
     if (copick_config is None) == (not picks_paths):
         raise click.UsageError("give --picks (with --tomograms or a RELION 5 --tomograms-star) or --copick")
+    check_flags(tomogram_voxel_size, copick_voxel_spacing, coords_pixel_size, class_column, tomograms_star)
     check_extract_target(out, bundle, overwrite)
     mapping = parse_class_names(class_names)
     options = ExtractOptions(box=box, voxel_size=voxel_size, invert=invert, normalize=normalize,
@@ -222,10 +256,8 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_s
         jobs = copick_jobs(copick_config, list(objects) or None, copick_voxel_spacing, tomo_type,
                            list(runs) or None, scale)
     else:
-        if coords_pixel_size is not None and not coords_pixel_size > 0:
-            raise click.UsageError(f"--coords-pixel-size {coords_pixel_size}: expected Angstrom > 0")
         jobs = jobs_from_tables(list(picks_paths), list(tomograms), unit, tomograms_star, class_column, scale,
-                                tomogram_voxel_size, coords_pixel_size)
+                                tomogram_voxel_size, coords_pixel_size, list(runs) or None)
     try:
         rename_classes(jobs, mapping, class_names)
         plan = plan_extraction(jobs, options)

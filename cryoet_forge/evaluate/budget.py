@@ -155,7 +155,10 @@ def measure_costs(config: EvaluationConfig) -> Costs:
             variants = _particle_variants(templates, box, voxel, d.vary_shapes, d.seed)
             experimental_volume_s = per_volume(config.experimental.simulator, config.experimental.options,
                                                lambda name, i: variants(name, i, 0))
-        traditional_volume_s = per_volume(config.traditional.simulator, config.traditional.options, templates)
+        from cryoet_forge.evaluate.config import traditional_acquisition
+
+        traditional_volume_s = per_volume(config.traditional.simulator,
+                                          traditional_acquisition(config.traditional)[0], templates)
     return Costs(gan_step_s, classifier_volume_epoch_s, experimental_volume_s, traditional_volume_s,
                  generate_volume_s, embed_volume_s, time.perf_counter() - started,
                  classifier_volume_epoch_1thread_s)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cryoet_forge.devices import SEED, device_callback
+from cryoet_forge.devices import SEED, NonEmptyPath, device_callback
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.options import VALIDATED_RULE
 from cryoet_forge.progress import quiet_option
@@ -28,13 +28,44 @@ def classify_group() -> None:
     """Train and apply the CB3D subtomogram classifier on labelled folders (MRC + STAR)."""
 
 
+def _check_classifier_flags(epochs: int, batch_size: int, lr: float, channels: list[int], convs: list[int],
+                            fc_width: int, dropout: float, validation_fraction: float, patience: int) -> None:
+    """``forge classify train``'s numbers, each refused by its option's name before any data is read;
+    a network whose weights (with their gradients and the optimizer's two moments) cannot fit in
+    memory too."""
+    import math
+
+    from cryoet_forge.limits import check_allocation
+
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--fc-width", fc_width),
+                        ("--patience", patience)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: expected an integer >= 1")
+    if len(channels) != len(convs):
+        raise ConfigError(f"--channels {','.join(map(str, channels))} and --convs-per-block "
+                          f"{','.join(map(str, convs))}: expected one entry per block in each")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr {lr}: expected a finite learning rate > 0")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"--dropout {dropout}: expected a probability in [0, 1)")
+    if not 0 <= validation_fraction < 0.9:
+        raise ConfigError(f"--validation-fraction {validation_fraction}: expected a fraction in [0, 0.9) (0 = off)")
+    weights, previous = fc_width * fc_width, 1
+    for width, n in zip(channels, convs):
+        weights += 27 * width * (previous + (n - 1) * width)
+        previous = width
+    weights += previous * fc_width
+    check_allocation(16 * weights, f"--channels {','.join(map(str, channels))} and --fc-width {fc_width} "
+                     f"({weights:,} weights)", "smaller --channels / --fc-width", error=ConfigError)
+
+
 @classify_group.command("train")
 @quiet_option
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+@click.option("--data", "data_path", required=True, type=NonEmptyPath(path_type=Path),
               help="training set: a STAR file or a folder holding one")
-@click.option("--test", "test_path", type=click.Path(path_type=Path), default=None,
+@click.option("--test", "test_path", type=NonEmptyPath(path_type=Path), default=None,
               help="optional test set, scored after training")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(path_type=Path),
               help="folder for cb3d.safetensors, cb3d.json and scores")
 @click.option("--epochs", default=VALIDATED_RULE["epochs"], show_default=True, type=int,
               help="the most epochs (with a validation part: it stops earlier)")
@@ -79,9 +110,9 @@ def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channe
     if existing and not overwrite:
         raise ConfigError(f"{out_dir} already holds a classifier ({', '.join(existing)}); choose another --out "
                           "or pass --overwrite")
-    options = ClassifierOptions(channels=_int_list(channels, "--channels"),
-                                convs_per_block=_int_list(convs_per_block, "--convs-per-block"),
-                                fc_width=fc_width, dropout=dropout, epochs=epochs, batch_size=batch_size,
+    widths, convs = _int_list(channels, "--channels"), _int_list(convs_per_block, "--convs-per-block")
+    _check_classifier_flags(epochs, batch_size, lr, widths, convs, fc_width, dropout, validation_fraction, patience)
+    options = ClassifierOptions(channels=widths, convs_per_block=convs, fc_width=fc_width, dropout=dropout, epochs=epochs, batch_size=batch_size,
                                 lr=lr, normalize=normalize, augment=not no_augment,
                                 validation_fraction=validation_fraction, patience=patience, device=device)
     train = load_labelled(data_path)
@@ -114,18 +145,20 @@ def _print_scores(result) -> None:
 
 @classify_group.command("eval")
 @quiet_option
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+@click.option("--model", "model_path", required=True, type=NonEmptyPath(path_type=Path),
               help="folder (or .safetensors) written by 'forge classify train'")
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--data", "data_path", required=True, type=NonEmptyPath(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(path_type=Path),
               help="folder for scores.json and confusion.png")
 @click.option("--device", default="cpu", show_default=True, callback=device_callback)
 def classify_eval(model_path, data_path, out_dir, device) -> None:
     """Score a trained CB3D on a labelled folder: accuracy, per-class accuracy, confusion matrix PNG."""
     from cryoet_forge.classify import check_trained_voxel_size, load_labelled
     from cryoet_forge.evaluate.classification_report import score_and_write
+    from cryoet_forge.io.files import check_output_target
     from cryoet_forge.models.cb3d import load_cb3d
 
+    check_output_target(out_dir, folder=True)
     model, metadata = load_cb3d(model_path, device=device)
     data = load_labelled(data_path)
     check_trained_voxel_size(metadata, data)
@@ -135,14 +168,29 @@ def classify_eval(model_path, data_path, out_dir, device) -> None:
     click.echo(f"wrote {out_dir / 'scores.json'} and {out_dir / 'confusion.png'}")
 
 
+def _check_feature_outputs(out_path: Path, probs_path: Path | None) -> None:
+    """Before the network runs: each feature file can be written, with a suffix forge metrics reads."""
+    from cryoet_forge.errors import InputError
+    from cryoet_forge.io.embeddings import FEATURE_SUFFIXES
+    from cryoet_forge.io.files import check_output_target
+
+    for flag, path in (("--out", out_path), ("--probabilities", probs_path)):
+        if path is None:
+            continue
+        check_output_target(path, folder=False, option=flag)
+        if path.suffix.lower() not in FEATURE_SUFFIXES:
+            raise InputError(f"{flag} {path}: unsupported feature file type {path.suffix or '(none)'!r}; expected "
+                             f"one of {', '.join(FEATURE_SUFFIXES)}")
+
+
 @classify_group.command("features")
 @quiet_option
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path))
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+@click.option("--model", "model_path", required=True, type=NonEmptyPath(path_type=Path))
+@click.option("--data", "data_path", required=True, type=NonEmptyPath(path_type=Path),
               help="labelled folder (STAR) whose volumes are embedded")
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "out_path", required=True, type=NonEmptyPath(path_type=Path),
               help="feature file (.npy, .npz or .safetensors) for 'forge metrics'")
-@click.option("--probabilities", "probs_path", type=click.Path(path_type=Path), default=None,
+@click.option("--probabilities", "probs_path", type=NonEmptyPath(path_type=Path), default=None,
               help="also write softmax class probabilities (for the Inception Score)")
 @click.option("--device", default="cpu", show_default=True, callback=device_callback)
 def classify_features(model_path, data_path, out_path, probs_path, device) -> None:
@@ -151,6 +199,7 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
     from cryoet_forge.io.embeddings import save_features
     from cryoet_forge.models.cb3d import load_cb3d, run_inference
 
+    _check_feature_outputs(out_path, probs_path)
     model, metadata = load_cb3d(model_path, device=device)
     data = load_labelled(data_path)
     check_trained_voxel_size(metadata, data)
@@ -170,11 +219,11 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
 
 @click.command("evaluate")
 @quiet_option
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+@click.option("--config", "config_path", type=NonEmptyPath(path_type=Path), default=None,
               help="evaluation TOML (see configs/evaluate-*.toml)")
-@click.option("--suite", "suite_path", type=click.Path(path_type=Path), default=None,
+@click.option("--suite", "suite_path", type=NonEmptyPath(path_type=Path), default=None,
               help="suite TOML (see configs/suite.toml): every domain x method, one table in OUT/suite.md")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a config value, e.g. --set downstream.seeds=[0,1,2] (with --suite: every cell)")
 @click.option("--domain", "only_domains", multiple=True, metavar="NAME",
@@ -191,6 +240,7 @@ def evaluate_command(config_path, suite_path, out_dir, overrides, only_domains, 
                      budget_minutes, resume) -> None:
     """Run the paper's evaluation protocol end to end and write report.md, results.json and PNGs."""
     from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
+    from cryoet_forge.io.files import check_output_target
 
     if (config_path is None) == (suite_path is None):
         raise click.UsageError("give exactly one of --config (one evaluation) or --suite (domains x methods)")
@@ -200,13 +250,24 @@ def evaluate_command(config_path, suite_path, out_dir, overrides, only_domains, 
         if resume:
             raise click.UsageError("--resume applies to one evaluation (--config); a suite always reuses what "
                                    "its cells finished")
+        check_output_target(out_dir, folder=True)
         _run_suite(suite_path, out_dir, parse_overrides(overrides), list(only_domains) or None,
                    list(only_methods) or None)
         return
     if only_domains or only_methods:
         raise click.UsageError("--domain and --method choose cells of a --suite")
+    _check_budget(budget_minutes)
+    check_output_target(out_dir, folder=True)
     _run(load_evaluation_config(config_path, parse_overrides(overrides), overrides_label="--set"), out_dir,
          budget_minutes, resume)
+
+
+def _check_budget(minutes: float | None) -> None:
+    """``--budget-minutes``: a finite number of minutes > 0, refused by name before any work."""
+    import math
+
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--budget-minutes {minutes}: expected a finite number of minutes > 0")
 
 
 def _run_suite(suite_path: Path, out_dir: Path, overrides: dict, domains: list[str] | None,
@@ -286,12 +347,15 @@ def _print_summary(out_dir: Path) -> None:
         for note in verdict["notes"]:
             click.echo(f"warning: {note}")
         click.echo(verdict["sentence"])
+        for kind, answer in (verdict.get("by_classifier") or {}).items():
+            if kind != "cb3d":  # cb3d's answer is the sentence above
+                click.echo(f"  {answer['sentence']}")
 
 
 @click.command("quickstart")
 @quiet_option
 @click.option("--out", "out_dir", default=Path("quickstart-out"), show_default=True,
-              type=click.Path(path_type=Path))
+              type=NonEmptyPath(path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--budget-minutes", type=float, default=None,
               help="scale GAN steps, classifier epochs (and set sizes if needed) to finish in about N minutes "
@@ -300,6 +364,9 @@ def _print_summary(out_dir: Path) -> None:
 def quickstart_command(out_dir, seed, budget_minutes, resume) -> None:
     """The whole loop, small, on a CPU: simulate, train the GAN, generate, classify, metrics, report."""
     from cryoet_forge.evaluate.config import quickstart_config
+    from cryoet_forge.io.files import check_output_target
     from cryoet_forge.progress import log
 
+    _check_budget(budget_minutes)
+    check_output_target(out_dir, folder=True)
     _run(quickstart_config(seed=seed, log=log), out_dir, budget_minutes, resume)

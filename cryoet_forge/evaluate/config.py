@@ -11,21 +11,23 @@ classifiers), ``[downstream]``, ``[metrics]``, ``[ablations]``, ``[uncertainty]`
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryoet_forge.classify import ClassifierOptions
 from cryoet_forge.config import apply_overrides, parse_override, read_toml
 from cryoet_forge.errors import ConfigError
+from cryoet_forge.evaluate.classifiers import RuleOptions
 from cryoet_forge.options import VALIDATED_RULE, build_dataclass, check_at_least, check_choice
 
 
 @dataclass
 class DataSection:
     #: "embedded": simulate the "experimental" domain; "folders": read real_train/real_test STAR files;
-    #: "copick": cut the real splits from a copick project (``copick``), split by run
+    #: "copick": cut the real splits from a copick project (``copick``), split by run; "picks": cut
+    #: them from tomograms at a particle table, split by tomogram
     source: str = "embedded"
     #: class names: phantom names, or map ids found in ``maps_dir`` (e.g. 3j9i, 4v94)
     classes: list = field(default_factory=lambda: ["barrel", "two-lobe", "ring", "membrane"])
@@ -51,7 +53,20 @@ class DataSection:
     copick: dict = field(default_factory=dict)
     test_runs: list = field(default_factory=list)
     test_fraction: float = 0.25
-    #: source = "folders"/"copick": the real splits must follow the contrast convention (protein
+    #: source = "picks": cut the real splits at run time (as ``forge extract``, box ``box`` at
+    #: ``voxel_size``) from the tomograms in ``tomograms`` (a folder or file) at the particle table
+    #: ``picks`` (CSV/STAR, classes from its class column; ``unit`` "px" or "angstrom" for CSV),
+    #: ``train_tomograms`` for the training split and ``test_tomograms`` for the test split
+    #: (disjoint). Paths may start with "shared:" like ``maps_dir``
+    picks: str = ""
+    tomograms: str = ""
+    unit: str = ""
+    train_tomograms: list = field(default_factory=list)
+    test_tomograms: list = field(default_factory=list)
+    #: every real source: keep at most this many labelled training particles per class (drawn with
+    #: ``seed``; 0 = all), to measure with fewer labels
+    real_train_per_class: int = 0
+    #: source = "folders"/"copick"/"picks": the real splits must follow the contrast convention (protein
     #: dark, cryoet_forge.data.polarity): "check" stops when the training split is measurably
     #: protein-bright, "auto" inverts both splits then, "off" skips the check
     polarity: str = "check"
@@ -61,6 +76,24 @@ class DataSection:
 class SimulatorSection:
     simulator: str = "fourier"
     options: dict = field(default_factory=dict)
+
+
+#: the keys of ``[traditional.acquisition]`` (user units: degrees, e/A^2, kV, micrometres of
+#: underfocus, positive) -> the simulator option each sets (``simulate.acquisition``)
+ACQUISITION_KEYS: dict[str, str] = {"tilt_range": "tilt_range", "tilt_step": "tilt_step", "dose": "dose",
+                                    "voltage_kv": "voltage_kv", "defocus": "defocus_um"}
+
+
+@dataclass
+class TraditionalSection(SimulatorSection):
+    """``[traditional]``: the baseline simulator, its options, and what the user knows of the
+    acquisition of the experimental data (``[traditional.acquisition]``): ``star`` (a RELION 5
+    tomograms STAR: tilt angles, dose, defocus, voltage, Cs, amplitude contrast), and/or
+    ``tilt_range``, ``tilt_step``, ``dose``, ``voltage_kv``, ``defocus`` (underfocus positive, um;
+    one value or [low, high]). A value given here wins over the STAR's; an option of the same
+    name in ``options`` is an error (give one). The report lists what was used and from where."""
+
+    acquisition: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -93,8 +126,9 @@ class GanSection:
 
 
 @dataclass
-class ClassifierSection(ClassifierOptions):
-    """``[classifier]``: the fields of ``ClassifierOptions`` (checked when the config is read).
+class ClassifierSection(RuleOptions):
+    """``[classifier]``: the fields of ``ClassifierOptions`` (checked when the config is read),
+    with the validated rule as defaults (``options.VALIDATED_RULE``, as ``forge classify train``).
 
     The evaluation's training rule for every CB3D (the inception network and each downstream
     classifier): 20% of each class of its own training set is held out, training keeps the
@@ -105,8 +139,6 @@ class ClassifierSection(ClassifierOptions):
 
     #: "auto" = cuda when available, else cpu
     device: str = "auto"
-    validation_fraction: float = 0.2
-    patience: int = 20
 
 
 @dataclass
@@ -120,6 +152,13 @@ class DownstreamSection:
     #: threads (the scores then differ in the last bits, another summation order). The scores do
     #: not depend on the number when it is >= 1 (README, "How the classifiers are trained")
     workers: Any = "auto"
+    #: the classifier kinds (``forge list classifier``) trained on the real training split, the
+    #: traditional set and the GAN set and scored on the real test split, each with its own
+    #: paired difference and verdict. ``cb3d`` takes the ``[classifier]`` table (it is also the
+    #: inception network); every other kind its table in ``classifier_options``
+    classifiers: list = field(default_factory=lambda: ["cb3d", "radial"])
+    #: ``{kind: {option: value}}`` for the kinds other than ``cb3d``, e.g. {radial = {sigma = 1.0}}
+    classifier_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -161,7 +200,7 @@ class ReportSection:
 class EvaluationConfig:
     data: DataSection = field(default_factory=DataSection)
     experimental: ExperimentalSection = field(default_factory=ExperimentalSection)
-    traditional: SimulatorSection = field(default_factory=SimulatorSection)
+    traditional: TraditionalSection = field(default_factory=TraditionalSection)
     gan: GanSection = field(default_factory=GanSection)
     classifier: ClassifierSection = field(default_factory=ClassifierSection)
     downstream: DownstreamSection = field(default_factory=DownstreamSection)
@@ -195,7 +234,23 @@ def _apply(table: dict, overrides: dict[str, Any]) -> dict:
 
 def validate(config: EvaluationConfig) -> EvaluationConfig:
     d = config.data
-    check_choice("data.source", d.source, ("embedded", "folders", "copick"))
+    check_choice("data.source", d.source, ("embedded", "folders", "copick", "picks"))
+    if d.source == "picks":
+        if not (d.picks and d.tomograms):
+            raise ConfigError("data.source = 'picks' needs data.picks (a particle table) and data.tomograms "
+                              "(a folder or file of tomograms)")
+        for key in ("train_tomograms", "test_tomograms"):
+            value = getattr(d, key)
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"data.{key} must list at least one tomogram name, got {value!r}")
+        shared = sorted(set(d.train_tomograms) & set(d.test_tomograms))
+        if shared:
+            raise ConfigError(f"data.train_tomograms and data.test_tomograms share {', '.join(shared)}; the splits "
+                              "must come from different tomograms")
+        check_choice("data.unit", d.unit or "px", ("px", "angstrom"))
+    if isinstance(d.real_train_per_class, bool) or not isinstance(d.real_train_per_class, int) \
+            or d.real_train_per_class < 0 or d.real_train_per_class == 1:
+        raise ConfigError(f"data.real_train_per_class must be 0 (all) or an integer >= 2, got {d.real_train_per_class!r}")
     check_choice("data.polarity", d.polarity, ("check", "auto", "off"))
     if d.source == "copick" and not d.copick.get("config"):
         raise ConfigError("data.source = 'copick' needs data.copick.config (a copick project's JSON)")
@@ -209,6 +264,13 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
         raise ConfigError(f"data.box must be in 16..128, got {d.box}")
     if not d.voxel_size > 0:  # NaN fails too
         raise ConfigError(f"data.voxel_size must be > 0 Angstrom, got {d.voxel_size}")
+    from cryoet_forge.errors import InputError
+    from cryoet_forge.io.mrc import check_voxel_size
+
+    try:
+        check_voxel_size(d.voxel_size, "data.voxel_size")  # finite, within 0.01-1000 A
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
     check_at_least([(f"data.{key}", getattr(d, key), 2)
                     for key in ("n_train_per_class", "n_test_per_class", "n_density_per_class")]
                    + [("downstream.n_per_class", config.downstream.n_per_class, 2)])
@@ -223,6 +285,9 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
     from cryoet_forge.evaluate.downstream import check_workers
 
     config.downstream.workers = check_workers(config.downstream.workers)
+    check_classifiers(config.downstream.classifiers, config.downstream.classifier_options)
+    if config.traditional.acquisition:
+        traditional_acquisition(config.traditional)  # every value checked before any work
     if not 0 < config.downstream.confidence < 1:
         raise ConfigError(f"downstream.confidence must be in (0, 1), got {config.downstream.confidence}")
     if config.metrics.k < 1 or config.metrics.is_splits < 1:
@@ -236,6 +301,96 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
     check_choice("gan.input", config.gan.input, ("density", "traditional"))
     check_at_least([("gan.curve_points", config.gan.curve_points, 1)])
     return config
+
+
+def traditional_acquisition(section: TraditionalSection) -> tuple[dict, dict[str, Any], list[str]]:
+    """(the traditional simulator's options with ``[traditional.acquisition]`` merged in, the
+    acquisition used with the source of each value, notes); ConfigError/InputError naming the key."""
+    from cryoet_forge.errors import InputError
+    from cryoet_forge.registry import get
+    from cryoet_forge.simulate.acquisition import FLAGS, apply_acquisition, read_star_acquisition
+
+    table = dict(section.acquisition)
+    unknown = sorted(set(table) - {"star", *ACQUISITION_KEYS})
+    if unknown:
+        raise ConfigError(f"traditional.acquisition: unknown key(s) {', '.join(unknown)}; expected star, "
+                          f"{', '.join(ACQUISITION_KEYS)}")
+    flags: dict[str, Any] = {}
+    for key, option in ACQUISITION_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        pair = key in ("tilt_range", "defocus")
+        values = value if pair and isinstance(value, list) else [value]
+        if (not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+                or len(values) not in ((1, 2) if key == "defocus" else (2,) if pair else (1,))):
+            shape = ("[low, high] in degrees" if key == "tilt_range" else
+                     "one number or [low, high] (um, underfocus positive)" if key == "defocus" else "a number > 0")
+            raise ConfigError(f"traditional.acquisition.{key} must be {shape}, got {value!r}")
+        if key == "defocus":
+            low, high = (float(values[0]), float(values[-1]))
+            if min(low, high) <= 0:
+                raise ConfigError(f"traditional.acquisition.defocus {value!r}: underfocus is positive (um), as Warp "
+                                  "and RELION write it")
+            flags[option] = (min(low, high), max(low, high))
+        elif key == "tilt_range":
+            flags[option] = (float(values[0]), float(values[1]))
+        else:
+            if not values[0] > 0:
+                raise ConfigError(f"traditional.acquisition.{key} must be > 0, got {value!r}")
+            flags[option] = float(values[0])
+    star = None
+    if table.get("star"):
+        from cryoet_forge.evaluate.datasets import resolve_maps_dir
+
+        path = resolve_maps_dir(str(table["star"]))
+        if path is None or not path.is_file():
+            raise InputError(f"traditional.acquisition.star {table['star']}: no such file (a RELION 5 tomograms STAR)")
+        star = read_star_acquisition(path)
+    factory = get("simulator", section.simulator).factory
+    try:
+        options, used, notes = apply_acquisition(section.simulator, factory, flags, section.options, star)
+    except ConfigError as exc:
+        text = str(exc)
+        for key, option in ACQUISITION_KEYS.items():
+            text = text.replace(f"--option {option}=", f"traditional.options {option}=").replace(
+                FLAGS[option], f"traditional.acquisition.{key}")
+        raise ConfigError(text) from None
+    names = {flag: f"traditional.acquisition.{key}" for key, flag in
+             ((key, FLAGS[option]) for key, option in ACQUISITION_KEYS.items())}
+    names["--option"] = "traditional.options"
+    used["sources"] = {key: names.get(source, source) for key, source in used.get("sources", {}).items()}
+    return options, used, notes
+
+
+def check_classifiers(kinds: Any, options: Any) -> None:
+    """ConfigError unless ``downstream.classifiers`` lists registered classifier kinds, ``cb3d``
+    among them (the inception network), each once, and every ``downstream.classifier_options``
+    table builds its kind (options checked by the registry, before any work)."""
+    from cryoet_forge.registry import create, names
+
+    known = names("classifier")
+    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+        raise ConfigError(f"downstream.classifiers must be a list of classifier names, got {kinds!r}")
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise ConfigError(f"downstream.classifiers: unknown classifier(s) {', '.join(map(repr, unknown))}; "
+                          f"choose from: {', '.join(known)}")
+    if "cb3d" not in kinds or len(set(kinds)) != len(kinds):
+        raise ConfigError(f"downstream.classifiers must name cb3d (the inception network) and each kind once, "
+                          f"got {kinds}")
+    if not isinstance(options, dict):
+        raise ConfigError(f"downstream.classifier_options must be a table of tables, got {options!r}")
+    for kind, table in options.items():
+        if kind not in kinds or kind == "cb3d":
+            raise ConfigError(f"downstream.classifier_options.{kind}: not a classifier of downstream.classifiers "
+                              "other than cb3d (cb3d takes the [classifier] table)")
+        if not isinstance(table, dict):
+            raise ConfigError(f"downstream.classifier_options.{kind} must be a table, got {table!r}")
+        try:
+            create("classifier", kind, **table)
+        except ConfigError as exc:
+            raise ConfigError(f"downstream.classifier_options.{kind}: {exc}") from None
 
 
 class SetOverrideError(ConfigError):
@@ -336,6 +491,14 @@ def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = 
     except SetOverrideError:
         raise
     except ConfigError as exc:
+        if overrides:  # blame the file only when the file alone fails too (as load_config does)
+            try:
+                config_from_dict(table, None, origin=str(path), folder=path.parent)
+            except ConfigError:
+                pass
+            else:
+                where = overrides_label or "the command line"
+                raise SetOverrideError(f"{exc} (from {where}, over {path})") from None
         raise ConfigError(f"{path}: {exc}") from None
 
 

@@ -196,6 +196,40 @@ def load_copick_splits(d) -> tuple[LabelledVolumes, LabelledVolumes, list[str], 
     return splits[0], splits[1], train_runs, test_runs
 
 
+def load_picks_splits(d, log: Callable[[str], None]) -> tuple[LabelledVolumes, LabelledVolumes]:
+    """``data.source = "picks"``: the training and test splits cut from their tomograms, as
+    ``forge extract --tomo-name`` would (box ``data.box`` at ``data.voxel_size``, z-scored)."""
+    from cryoet_forge.data.extract_command import jobs_from_tables
+    from cryoet_forge.extract import ExtractOptions, extract
+
+    picks, tomograms = resolve_maps_dir(d.picks), resolve_maps_dir(d.tomograms)
+    assert picks is not None and tomograms is not None  # validate() requires both
+    for key, path in (("data.picks", picks), ("data.tomograms", tomograms)):
+        if not path.exists():
+            raise InputError(f"{key} {path}: no such file or folder")
+    splits = []
+    for key, names in (("data.train_tomograms", d.train_tomograms), ("data.test_tomograms", d.test_tomograms)):
+        try:
+            jobs = jobs_from_tables([picks], [tomograms], d.unit or None, None, None, "0", None, only=list(names))
+        except InputError as exc:
+            raise InputError(str(exc).replace("--tomo-name", key)) from None
+        result = extract(jobs, ExtractOptions(box=d.box, voxel_size=d.voxel_size).check())
+        labels = [result.class_names.index(name) for name in result.table["forgeClassName"]]
+        split = LabelledVolumes(result.volumes, np.asarray(labels), result.class_names, result.voxel_size,
+                                f"{picks} ({', '.join(names)})")
+        log(f"{key}: {len(split)} boxes cut from {', '.join(names)}")
+        splits.append(split)
+    return splits[0], splits[1]
+
+
+def at_most_per_class(data: LabelledVolumes, n: int, seed: int) -> LabelledVolumes:
+    """At most ``n`` volumes of each class, drawn with ``seed`` (order kept)."""
+    rng = np.random.default_rng(seed)
+    keep = [index for label in np.unique(data.labels)
+            for index in rng.permutation(np.flatnonzero(data.labels == label))[:n]]
+    return data.subset(np.sort(np.asarray(keep, dtype=np.int64)))
+
+
 def _apply_polarity(train: LabelledVolumes, test: LabelledVolumes, mode: str,
                     log: Callable[[str], None]) -> tuple[LabelledVolumes, LabelledVolumes, bool]:
     """The real splits under the contrast convention: measured on the training split (the test
@@ -213,11 +247,13 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
     d = config.data
     folder = Path(folder)
     maps_dir = resolve_maps_dir(d.maps_dir)
-    if d.source in ("folders", "copick"):
+    if d.source in ("folders", "copick", "picks"):
         if d.source == "copick":
             real_train, real_test, train_runs, test_runs = load_copick_splits(d)
             log(f"copick project {d.copick['config']}: train runs {', '.join(train_runs)}; "
                 f"test runs {', '.join(test_runs)}")
+        elif d.source == "picks":
+            real_train, real_test = load_picks_splits(d, log)
         else:
             real_train = load_labelled(d.real_train)
             real_test = load_labelled(d.real_test)
@@ -226,13 +262,19 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
         real_train = real_train.relabelled(class_names)
         real_test = real_test.relabelled(class_names)
         real_train, real_test, inverted = _apply_polarity(real_train, real_test, d.polarity, log)
+        if d.real_train_per_class:
+            real_train = at_most_per_class(real_train, d.real_train_per_class, d.seed)
+            log(f"data.real_train_per_class = {d.real_train_per_class}: {len(real_train)} training particles kept")
         box, voxel_size = real_train.box, real_train.voxel_size
         templates = class_templates(class_names, maps_dir, box, voxel_size)
-        if d.source == "copick" or inverted:  # the GAN reads domain S from this folder
+        if d.source != "folders" or inverted or d.real_train_per_class:  # the GAN reads domain S from this folder
             real_train_star = write_labelled_folder(folder / "real_train", real_train)
         if d.source == "copick":
             description = (f"real data from copick project {d.copick['config']}: runs {', '.join(train_runs)} "
                            f"(train), {', '.join(test_runs)} (test)")
+        elif d.source == "picks":
+            description = (f"boxes cut from {d.tomograms} at {d.picks}: tomograms {', '.join(d.train_tomograms)} "
+                           f"(train), {', '.join(d.test_tomograms)} (test)" + (", contrast inverted" if inverted else ""))
         else:
             if not inverted:
                 real_train_star = Path(real_train.source)
@@ -255,19 +297,24 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
         real_train_star = write_labelled_folder(folder / "real_train", real_train, train_records)
         description = (f"embedded: 'experimental' = {exp.simulator} {exp.options or '(defaults)'} on "
                        f"{'per-particle variants of ' if d.vary_shapes else ''}the class maps")
+    from cryoet_forge.evaluate.config import traditional_acquisition
+
     trad = config.traditional
+    trad_options, _, notes = traditional_acquisition(trad)  # [traditional.acquisition] merged in
+    for note in notes:
+        log(f"note: {note}")
     refine = config.gan.input == "traditional"
     log(f"posing clean maps (domain D) and simulating the traditional baseline with {trad.simulator}"
         + (" (also the GAN's input: refinement)" if refine else ""))
     if refine:  # D = traditional simulation of the maps; the GAN refines the baseline's own volumes
         density_train, density_records = simulate_labelled(
-            trad.simulator, trad.options, templates, class_names, d.n_density_per_class, voxel_size,
+            trad.simulator, trad_options, templates, class_names, d.n_density_per_class, voxel_size,
             d.seed * 1000 + 16, f"traditional ({trad.simulator}) as GAN input")
     else:
         density_train, density_records = simulate_labelled(
             "posed-map", {}, templates, class_names, d.n_density_per_class, voxel_size, d.seed * 1000 + 13, "density maps")
     density_star = write_labelled_folder(folder / "density", density_train, density_records)
-    traditional, _ = simulate_labelled(trad.simulator, trad.options, templates, class_names,
+    traditional, _ = simulate_labelled(trad.simulator, trad_options, templates, class_names,
                                        config.downstream.n_per_class, voxel_size, d.seed * 1000 + 15,
                                        f"traditional ({trad.simulator})")
     if refine:

@@ -1,4 +1,5 @@
-"""Train on synthetic, test on real: CB3D trained per seed on one data source, scored on the real test split."""
+"""Train on synthetic, test on real: a classifier (kind ``classifier``: ``cb3d``, ``radial``, a
+plugin's) trained per seed on one data source, scored on the real test split."""
 
 from __future__ import annotations
 
@@ -9,13 +10,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cryoet_forge.classify import (
-    ClassificationResult,
-    ClassifierOptions,
-    LabelledVolumes,
-    evaluate_cb3d,
-    train_cb3d,
-)
+from cryoet_forge.classify import ClassificationResult, ClassifierOptions, LabelledVolumes, score_probabilities
+
+#: the classifier kind whose options are the ``[classifier]`` table (``ClassifierOptions``)
+CB3D_KIND = "cb3d"
 
 
 def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -42,7 +40,7 @@ def per_class_mean(per_class: Sequence[dict[str, float | None]]) -> dict[str, fl
 
 @dataclass
 class DownstreamResult:
-    """Accuracies of CB3D trained on ``source`` (one per seed) on the real test split."""
+    """Accuracies of a classifier of kind ``classifier`` trained on ``source`` (one per seed) on the real test split."""
 
     source: str
     seeds: list[int]
@@ -54,9 +52,10 @@ class DownstreamResult:
     confidence: float
     n_train: int
     first: ClassificationResult | None = field(default=None, repr=False)
+    classifier: str = CB3D_KIND
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "seeds": list(self.seeds), "accuracies": list(self.accuracies),
+        return {"source": self.source, "classifier": self.classifier, "seeds": list(self.seeds), "accuracies": list(self.accuracies),
                 "per_class_accuracy": list(self.per_class),
                 "per_class_accuracy_mean": per_class_mean(self.per_class), "mean": self.mean, "ci_low": self.low,
                 "ci_high": self.high, "confidence": self.confidence, "n_train": self.n_train,
@@ -64,9 +63,9 @@ class DownstreamResult:
 
 
 def _cache_key(train: LabelledVolumes, test: LabelledVolumes, class_names: Sequence[str],
-               options: ClassifierOptions, seed: int, threads: int) -> str:
-    """A digest of everything one downstream score depends on (data bytes, labels, options, seed,
-    torch, and the thread count, which changes the summation order)."""
+               kind: str, options: dict[str, Any], seed: int, threads: int) -> str:
+    """A digest of everything one downstream score depends on (data bytes, labels, classifier kind
+    and options, seed, torch, and the thread count, which changes the summation order)."""
     import hashlib
     import json
 
@@ -77,8 +76,9 @@ def _cache_key(train: LabelledVolumes, test: LabelledVolumes, class_names: Seque
         array = np.ascontiguousarray(array)
         h.update(str((array.shape, array.dtype.str)).encode())
         h.update(array.data.cast("B"))
-    h.update(json.dumps([list(class_names), options.to_dict(), int(seed), torch.__version__, int(threads)],
-                        sort_keys=True).encode())
+    described: Any = options if kind == CB3D_KIND else [kind, options]  # cb3d: the keys of earlier caches
+    h.update(json.dumps([list(class_names), described, int(seed), torch.__version__, int(threads)],
+                        sort_keys=True, default=repr).encode())
     return h.hexdigest()
 
 
@@ -172,16 +172,19 @@ def _start_worker(sets: dict[str, LabelledVolumes], parent: int) -> None:
     _WORKER_SETS.update(sets)
 
 
-def _train_and_score(source: str, test: str, class_names: Sequence[str], options: ClassifierOptions,
+def _train_and_score(source: str, test: str, class_names: Sequence[str], kind: str, options: dict[str, Any],
                      seed: int) -> ClassificationResult:
-    """One downstream classifier: CB3D trained on ``source`` with ``seed``, scored on ``test``."""
+    """One downstream classifier: ``kind`` trained on ``source`` with ``seed``, scored on ``test``."""
+    from cryoet_forge.registry import create
+
     sets = _WORKER_SETS
-    model, _ = train_cb3d(sets[source], options, seed=seed, label=f"CB3D on {source}, seed {seed}")
-    return evaluate_cb3d(model, sets[test], class_names, normalize=options.normalize, device=options.device)
+    classifier = create("classifier", kind, **options)
+    classifier.fit(sets[source], seed)
+    return score_probabilities(classifier.probabilities(sets[test].volumes), sets[test], class_names)
 
 
 def _run_jobs(jobs: list[tuple[str, int]], sets: dict[str, LabelledVolumes], test: str,
-              class_names: Sequence[str], options: ClassifierOptions, workers: int,
+              class_names: Sequence[str], kind: str, options: dict[str, Any], workers: int,
               done: Callable[[int, ClassificationResult], None]) -> None:
     """Train and score ``jobs`` ((source, seed) pairs); ``done(index, result)`` as each one ends.
 
@@ -196,7 +199,7 @@ def _run_jobs(jobs: list[tuple[str, int]], sets: dict[str, LabelledVolumes], tes
         _WORKER_SETS.update(sets)
         try:
             for index, (source, seed) in enumerate(jobs):
-                done(index, _train_and_score(source, test, class_names, options, seed))
+                done(index, _train_and_score(source, test, class_names, kind, options, seed))
         finally:
             _WORKER_SETS.clear()
         return
@@ -210,7 +213,7 @@ def _run_jobs(jobs: list[tuple[str, int]], sets: dict[str, LabelledVolumes], tes
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_start_worker, initargs=(sets, os.getpid())) as pool:
-            futures = {pool.submit(_train_and_score, source, test, list(class_names), options, seed): index
+            futures = {pool.submit(_train_and_score, source, test, list(class_names), kind, options, seed): index
                        for index, (source, seed) in enumerate(jobs)}
             try:
                 for future in as_completed(futures):
@@ -228,8 +231,11 @@ def _run_jobs(jobs: list[tuple[str, int]], sets: dict[str, LabelledVolumes], tes
 def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, class_names: Sequence[str],
                   options: ClassifierOptions, seeds: Sequence[int], confidence: float = 0.95,
                   log: Callable[[str], None] | None = None, cache_dir: Path | None = None,
-                  workers: int | str = WORKERS_AUTO) -> dict[str, DownstreamResult]:
-    """One CB3D per source and seed trained on that source; accuracy on ``test``; mean and t-interval over seeds.
+                  workers: int | str = WORKERS_AUTO, kind: str = CB3D_KIND,
+                  kind_options: dict[str, Any] | None = None) -> dict[str, DownstreamResult]:
+    """One classifier per source and seed trained on that source; accuracy on ``test``; mean and
+    t-interval over seeds. ``kind``: the registered classifier (``cb3d`` takes ``options``, the
+    ``[classifier]`` table; any other kind takes ``kind_options``).
 
     All classifiers of all sources share one pool of ``workers`` (``resolve_workers``): the
     traditional and the GAN classifiers of the evaluation train side by side.
@@ -243,7 +249,9 @@ def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, cl
     seeds = [int(s) for s in seeds]
     trains = {source: train.relabelled(class_names) for source, train in sources.items()}
     jobs = [(source, seed) for source in trains for seed in seeds]
-    n_workers = resolve_workers(workers, len(jobs), options.device)
+    settings = options.to_dict() if kind == CB3D_KIND else dict(kind_options or {})
+    n_workers = resolve_workers(workers, len(jobs), options.device if kind == CB3D_KIND else "cpu")
+    name = "CB3D" if kind == CB3D_KIND else kind
     import torch
 
     threads = 1 if n_workers else torch.get_num_threads()
@@ -251,7 +259,7 @@ def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, cl
     keys: dict[int, str] = {}
     if cache_dir is not None:
         for index, (source, seed) in enumerate(jobs):
-            keys[index] = _cache_key(trains[source], test, class_names, options, seed, threads)
+            keys[index] = _cache_key(trains[source], test, class_names, kind, settings, seed, threads)
             cached = _cached_score(cache_dir, keys[index], class_names)
             if cached is not None:
                 results[index] = cached
@@ -259,7 +267,7 @@ def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, cl
     n_workers = min(n_workers, len(todo))
     where = (f"{n_workers} single-threaded worker processes" if n_workers
              else f"this process, {threads} threads" if todo else "the cache")
-    with progress.stage("downstream classifiers", len(jobs), "classifiers", start=len(results),
+    with progress.stage(f"downstream classifiers ({name})", len(jobs), "classifiers", start=len(results),
                         info=f"in {where}") as bar:
 
         def done(index: int, result: ClassificationResult) -> None:
@@ -275,10 +283,10 @@ def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, cl
                             "confusion": result.confusion.tolist()})
             bar.advance(info=f"{source} seed {seed}: accuracy {result.accuracy:.3f}")
             if log is not None:
-                log(f"  downstream {source} seed {seed}: accuracy {result.accuracy:.4f}")
+                log(f"  downstream {name} on {source} seed {seed}: accuracy {result.accuracy:.4f}")
 
         sets = {**trains, "<test>": test}
-        _run_jobs([jobs[index] for index in todo], sets, "<test>", class_names, options, n_workers,
+        _run_jobs([jobs[index] for index in todo], sets, "<test>", class_names, kind, settings, n_workers,
                   lambda i, result: done(todo[i], result))
     out = {}
     for source, train in trains.items():
@@ -286,7 +294,7 @@ def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, cl
         accuracies = [results[i].accuracy for i in indices]
         mean, low, high = confidence_interval(accuracies, confidence)
         out[source] = DownstreamResult(source, seeds, accuracies, [results[i].per_class_accuracy for i in indices],
-                                       mean, low, high, confidence, len(train), results[indices[0]])
+                                       mean, low, high, confidence, len(train), results[indices[0]], kind)
     return out
 
 

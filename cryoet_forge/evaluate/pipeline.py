@@ -32,9 +32,10 @@ from cryoet_forge.classify import (
 )
 from cryoet_forge.errors import ForgeError, InputError
 from cryoet_forge.evaluate import figures
-from cryoet_forge.evaluate.config import EvaluationConfig
+from cryoet_forge.evaluate.config import EvaluationConfig, traditional_acquisition
 from cryoet_forge.evaluate.datasets import EvaluationData, prepare_data, write_labelled_folder
 from cryoet_forge.evaluate.downstream import (
+    CB3D_KIND,
     DownstreamResult,
     resolve_workers,
     score_sources,
@@ -126,6 +127,8 @@ def _data_inputs(config: EvaluationConfig) -> dict[str, Any]:
         read += [Path(d.real_train).parent, Path(d.real_test).parent]
     if d.source == "copick" and d.copick.get("config"):
         read.append(Path(str(d.copick["config"])))
+    if d.source == "picks":
+        read += [resolve_maps_dir(d.picks), resolve_maps_dir(d.tomograms)]
     return {"data": dataclasses.asdict(d), "experimental": dataclasses.asdict(config.experimental),
             "traditional": dataclasses.asdict(config.traditional), "gan.input": config.gan.input,
             "downstream.n_per_class": config.downstream.n_per_class, "files": _stamps(*read)}
@@ -148,8 +151,8 @@ def _gan_inputs(config: EvaluationConfig, data: EvaluationData, variant: dict[st
 
 
 #: the stages of one evaluation, in order (``results.json`` "timings_s" names them the same way)
-STAGES = ("data", "inception", "gan", "generation", "metrics", "downstream", "verdict", "curves", "ablations",
-          "uncertainty", "report")
+STAGES = ("data", "inception", "gan", "generation", "metrics", "downstream", "classifiers", "verdict", "curves",
+          "ablations", "uncertainty", "report")
 
 
 #: the folders ``run_evaluation`` makes in OUT before the first stage
@@ -301,20 +304,49 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
     downstream = stages.run("downstream", {"generation": stages.key("generation"), **classifier,
                                            "downstream": downstream_inputs(config)}, downstream_stage)
 
+    # -- the other classifier kinds: each on the real training split, traditional and GAN data --
+    others = [kind for kind in config.downstream.classifiers if kind != CB3D_KIND]
+
+    def classifiers_stage() -> dict[str, dict[str, DownstreamResult]]:
+        by_kind = {}
+        for kind in others:
+            log(f"downstream: {kind} on the real training split, traditional and GAN data (seeds {seeds})")
+            by_kind[kind] = score_sources(
+                {"real": data.real_train, "traditional": data.traditional, "cryoetgan": gan}, data.real_test,
+                class_names, options, seeds, config.downstream.confidence, log, cache_dir=cache_dir,
+                workers=config.downstream.workers, kind=kind,
+                kind_options=config.downstream.classifier_options.get(kind, {}))
+        return by_kind
+
+    by_kind = stages.run("classifiers", {"generation": stages.key("generation"), "classifiers": others,
+                                         "options": config.downstream.classifier_options,
+                                         "downstream": downstream_inputs(config)}, classifiers_stage)
+
     # -- what the evaluation can say: chance, the real ceiling, a simple baseline, paired seeds --
     def verdict_stage() -> dict[str, Any]:
         from cryoet_forge.evaluate.baseline import radial_baseline
-        from cryoet_forge.evaluate.verdict import assess, chance_level, paired_difference
+        from cryoet_forge.evaluate.verdict import assess, assess_classifier, chance_level, paired_difference
 
         chance = chance_level(data.real_test.labels, len(class_names))
         baseline = radial_baseline(data.real_train, data.real_test, seed=config.data.seed)
+        margin = config.metrics.reliability_margin
         paired = paired_difference(downstream["cryoetgan"].accuracies, downstream["traditional"].accuracies,
                                    seeds, config.downstream.confidence)
-        verdict = assess(inception_on_test.accuracy, chance, config.metrics.reliability_margin, paired,
-                         baseline.accuracy)
+        verdict = assess(inception_on_test.accuracy, chance, margin, paired, baseline.accuracy)
+        # one answer per classifier kind; cb3d's real ceiling is the inception network (one seed)
+        verdict["by_classifier"] = {CB3D_KIND: assess_classifier(
+            CB3D_KIND, inception_on_test.accuracy, chance, margin, paired, baseline.accuracy,
+            (downstream["traditional"].mean, downstream["cryoetgan"].mean))}
+        for kind, scores in by_kind.items():
+            kind_paired = paired_difference(scores["cryoetgan"].accuracies, scores["traditional"].accuracies,
+                                            seeds, config.downstream.confidence)
+            verdict["by_classifier"][kind] = assess_classifier(
+                kind, scores["real"].mean, chance, margin, kind_paired, baseline.accuracy,
+                (scores["traditional"].mean, scores["cryoetgan"].mean))
         return {"chance": chance, "baseline": baseline.to_dict(), "paired": paired, "verdict": verdict}
 
     stage = stages.run("verdict", {"inception": stages.key("inception"), "downstream": stages.key("downstream"),
+                                   "classifiers": stages.key("classifiers"),
                                    "reliability_margin": config.metrics.reliability_margin}, verdict_stage)
     chance, baseline, paired, verdict = stage["chance"], stage["baseline"], stage["paired"], stage["verdict"]
     for note in verdict["notes"]:
@@ -355,12 +387,14 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
     tic = time.perf_counter()
     quality = {key: {**scores, "reliable": reliable, "reliability": quality_reliability(scores, margin)}
                for key, scores in quality.items()}
-    save_figures(config, out, data, gan, inception_on_test, downstream, curves, quality, seeds)
+    save_figures(config, out, data, gan, inception_on_test, downstream, curves, quality, seeds, gan_info=summary)
     from cryoet_forge.evaluate.verdict import class_counts
 
     results: dict[str, Any] = {
         "title": config.report.title,
         "config": config.to_dict(),
+        # the traditional simulation's acquisition, each value with its source (config, STAR, default)
+        "traditional_acquisition": traditional_acquisition(config.traditional)[1],
         "data": {"description": data.description, "class_names": class_names, "box": data.box,
                  "voxel_size": data.voxel_size, "n_real_train": len(data.real_train),
                  "n_real_test": len(data.real_test), "n_density_train": len(data.density_train),
@@ -375,6 +409,10 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
         # CryoETGAN minus traditional mean accuracy, the "mean difference" of the report
         "downstream_difference": downstream["cryoetgan"].mean - downstream["traditional"].mean,
         "downstream_paired": paired,
+        # every other classifier kind: {kind: {"real"|"traditional"|"cryoetgan": scores}}; its
+        # paired difference and verdict are in verdict["by_classifier"]
+        "downstream_by_classifier": {kind: {k: v.to_dict() for k, v in scores.items()}
+                                     for kind, scores in by_kind.items()},
         "chance": chance,
         "baseline": baseline,
         "verdict": verdict,
@@ -413,35 +451,67 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
 
 def save_figures(config: EvaluationConfig, out: Path, data: EvaluationData, gan: LabelledVolumes,
                  inception_on_test: ClassificationResult, downstream: dict[str, DownstreamResult],
-                 curves: dict[str, list], quality: dict[str, dict[str, Any]], seeds: list[int]) -> None:
-    """The report's PNGs: slice montage, confusion matrices, downstream bars, metric curves."""
+                 curves: dict[str, list], quality: dict[str, dict[str, Any]], seeds: list[int],
+                 gan_info: dict[str, Any] | None = None) -> None:
+    """The report's PNGs: slice montage (XY and XZ), the same particles as GAN input and output,
+    power spectra, intensity histograms, confusion matrices, downstream bars (overall and per class),
+    metric curves. Sets are named by role (``report.set_names``; ``gan_info``: the run's ``gan_summary``)."""
+    from cryoet_forge.evaluate.report import set_names
+    from cryoet_forge.viz import central_slice
+
+    names = set_names(config.to_dict(), gan_info)
     class_names = data.class_names
     n_show = config.report.montage_per_class
-    column_labels = [name for name in class_names for _ in range(n_show)]
-    save_slice_montage(
-        out / "figures" / "montage.png",
-        [_per_class_rows(data.density_generate, n_show), _per_class_rows(data.real_test, n_show),
-         _per_class_rows(data.traditional, n_show), _per_class_rows(gan, n_show)],
-        ["traditional as GAN input (D)" if config.gan.input == "traditional" else "density map (D)",
-         "real (test)", "traditional", "CryoETGAN"], column_labels,
-        title="central slices per class")
+    column_labels = [f"{name} {plane}" for name in class_names for _ in range(n_show) for plane in ("XY", "XZ")]
+
+    def planes(row: list[np.ndarray]) -> list[np.ndarray]:  # each volume as its central XY and XZ slices
+        return [central_slice(volume, axis) for volume in row for axis in (0, 1)]
+
+    refine = config.gan.input == "traditional"  # the GAN's input is the traditional set: one row for both
+    rows = [] if refine else [(data.density_generate, f"GAN input: {names.gan_input}")]
+    rows += [(data.real_test, f"{names.experimental} test"),
+             (data.traditional, f"{names.traditional}" + (" = GAN input" if refine else "")), (gan, "GAN output")]
+    save_slice_montage(out / "figures" / "montage.png",
+                       [planes(_per_class_rows(volumes, n_show)) for volumes, _ in rows],
+                       [figures.wrap(label, 16) for _, label in rows], column_labels,
+                       title="central slices per class (XY: central z; XZ: central y, z downwards)")
+    # the same particle in and out of the generator: generated volume i is G(density_generate volume i)
+    picks = [int(np.where(gan.labels == label)[0][0]) for label in range(len(class_names))
+             if np.any(gan.labels == label)]
+    figures.save_particle_pairs(out / "figures" / "particle_pairs.png",
+                                [data.density_generate.volumes[i] for i in picks], [gan.volumes[i] for i in picks],
+                                [class_names[int(gan.labels[i])] for i in picks], f"input: {names.gan_input}")
+    spectra_sets = {f"{names.experimental} test": data.real_test.volumes, names.traditional: data.traditional.volumes,
+                    names.gan: gan.volumes}
+    figures.save_power_spectra(out / "figures" / "power_spectra.png", spectra_sets, data.voxel_size,
+                               title="radially averaged power spectra (mean over volumes)")
+    figures.save_intensity_histograms(out / "figures" / "intensity_histograms.png", spectra_sets,
+                                      title="voxel intensities (each volume z-scored)")
     figures.save_confusion_png(out / "figures" / "confusion_inception.png", inception_on_test.confusion,
-                               class_names, f"real -> real (inception net): {inception_on_test.accuracy:.3f}")
-    for key, label in (("traditional", "traditional"), ("cryoetgan", "CryoETGAN")):
+                               class_names, f"experimental -> experimental (inception net): "
+                                            f"{inception_on_test.accuracy:.3f}")
+    for key, label in (("traditional", names.traditional), ("cryoetgan", "GAN")):
         first = downstream[key].first
         assert first is not None  # a downstream result always holds its first seed's scores
         figures.save_confusion_png(out / "figures" / f"confusion_{key}.png", first.confusion, class_names,
-                                   f"trained on {label}, tested on real (seed {seeds[0]}): {first.accuracy:.3f}")
+                                   f"trained on {label}, tested on experimental\n(seed {seeds[0]}): "
+                                   f"{first.accuracy:.3f}")
     figures.save_accuracy_bars(out / "figures" / "downstream_accuracy.png", {
-        "real": (inception_on_test.accuracy, inception_on_test.accuracy, inception_on_test.accuracy),
-        "traditional": (downstream["traditional"].mean, downstream["traditional"].low, downstream["traditional"].high),
-        "CryoETGAN": (downstream["cryoetgan"].mean, downstream["cryoetgan"].low, downstream["cryoetgan"].high),
-    }, title="train on X, test on real")
+        names.experimental: (inception_on_test.accuracy, inception_on_test.accuracy, inception_on_test.accuracy),
+        names.traditional: (downstream["traditional"].mean, downstream["traditional"].low,
+                            downstream["traditional"].high),
+        names.gan: (downstream["cryoetgan"].mean, downstream["cryoetgan"].low, downstream["cryoetgan"].high),
+    }, title="train on X, test on experimental")
+    figures.save_per_class_accuracy(out / "figures" / "per_class_accuracy.png", class_names, {
+        f"train on {names.experimental}": [dict(inception_on_test.per_class_accuracy)],
+        f"train on {names.traditional}": downstream["traditional"].per_class,
+        f"train on {names.gan}": downstream["cryoetgan"].per_class,
+    }, config.downstream.confidence, title="per-class accuracy on the experimental test split")
     if curves["steps"]:
         figures.save_metric_curves(out / "figures" / "curves.png", curves["steps"],
                                    {"FID": curves["fid"], "IS": curves["is_mean"], "coverage": curves["coverage"],
                                     "density": curves["density"]},
-                                   title="CryoETGAN over training checkpoints",
+                                   title=f"{names.gan} over training checkpoints",
                                    reference={"FID": quality["traditional"]["fid"],
                                               "IS": quality["traditional"]["is_mean"],
                                               "coverage": quality["traditional"]["coverage"],
@@ -491,6 +561,7 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
 
 def gan_summary(run_dir: Path) -> dict[str, Any]:
     """The settings of a trained run that a reader of the report needs (from its saved config)."""
+    from cryoet_forge.evaluate.report import extra_loss_terms
     from cryoet_forge.train import resume_config
 
     cfg = resume_config(run_dir)
@@ -498,6 +569,7 @@ def gan_summary(run_dir: Path) -> dict[str, Any]:
     return {"steps": steps[-1] if steps else 0, "batch_size": cfg.train.batch_size, "loss": cfg.loss.adversarial,
             "critic": cfg.model.critic, "generator": cfg.model.generator,
             "generator_options": dict(cfg.model.generator_options), "critic_options": dict(cfg.model.critic_options),
+            "extra_losses": extra_loss_terms(cfg.loss),
             "density_noise_std": cfg.data.density_noise_std, "n_critic": cfg.train.n_critic}
 
 

@@ -1,4 +1,5 @@
-"""Built-in evaluation components: the ``cb3d`` feature extractor and the classify/evaluate/quickstart commands."""
+"""Built-in evaluation components: the ``cb3d`` feature extractor, the ``cb3d`` and ``radial``
+downstream classifiers, and the classify/evaluate/quickstart commands."""
 
 from __future__ import annotations
 
@@ -17,6 +18,36 @@ def _cb3d_extractor(**options):
 @hookimpl
 def forge_register_feature_extractors(register):
     register("cb3d", _cb3d_extractor)
+
+
+def _cb3d_classifier(**options):
+    """CB3D, the paper's 3D CNN; options: the [classifier] table (defaults: the validated rule)."""
+    from cryoet_forge.evaluate.classifiers import CB3DClassifier, RuleOptions
+    from cryoet_forge.options import check_options
+
+    check_options("classifier", "cb3d", RuleOptions, options)
+    return CB3DClassifier(**options)
+
+
+_cb3d_classifier.options_from = "cryoet_forge.evaluate.classifiers:RuleOptions"  # type: ignore[attr-defined]
+
+
+def _radial_classifier(**options):
+    """Rotation-invariant radial profiles + logistic regression (no pose, no GPU; seconds)."""
+    from cryoet_forge.evaluate.classifiers import RadialClassifier
+    from cryoet_forge.options import check_options
+
+    check_options("classifier", "radial", RadialClassifier, options)
+    return RadialClassifier(**options)
+
+
+_radial_classifier.options_from = "cryoet_forge.evaluate.classifiers:RadialClassifier"  # type: ignore[attr-defined]
+
+
+@hookimpl
+def forge_register_classifiers(register):
+    register("cb3d", _cb3d_classifier)
+    register("radial", _radial_classifier)
 
 
 @hookimpl

@@ -13,9 +13,9 @@ verdict; per method the number of domains it wins.
 A cell whose ``results.json`` already holds the same configuration is read, not run again, so
 an interrupted suite continues where it stopped; downstream scores are kept in ``OUT/.cache`` by
 a digest of their data, options and seed, so the traditional classifiers of a domain are
-trained once for all its methods. A domain whose maps come from the shared data
-folder (``data.maps_dir = "shared:..."``) is skipped, with the reason in the table, when that
-folder is absent.
+trained once for all its methods. A domain whose maps, picks or tomograms come from the shared data
+folder (``data.maps_dir = "shared:..."``, ``data.picks``, ``data.tomograms``) is skipped, with
+the reason in the table, when that folder is absent.
 """
 
 from __future__ import annotations
@@ -136,14 +136,17 @@ def cell_config(suite: Suite, domain: Cell, method: Cell):
 
 
 def missing_shared_data(config) -> str | None:
-    """Why a cell cannot run on this machine (its maps live in an absent shared folder), else None."""
+    """Why a cell cannot run on this machine (its maps, picks or tomograms live in an absent shared
+    folder), else None."""
     from cryoet_forge.evaluate.datasets import SHARED_PREFIX, resolve_maps_dir
 
-    text = config.data.maps_dir
-    if text.startswith(SHARED_PREFIX):
-        folder = resolve_maps_dir(text)
-        if folder is None or not folder.is_dir():
-            return f"needs {text} ({folder}), which is not on this machine"
+    d = config.data
+    texts = [d.maps_dir] + ([d.picks, d.tomograms] if d.source == "picks" else [])
+    for text in texts:
+        if text.startswith(SHARED_PREFIX):
+            path = resolve_maps_dir(text)
+            if path is None or not path.exists():
+                return f"needs {text} ({path}), which is not on this machine"
     return None
 
 

@@ -87,6 +87,46 @@ def assess(inception_accuracy: float, chance: float, margin: float, paired: dict
             "notes": notes}
 
 
+def assess_classifier(kind: str, real_accuracy: float, chance: float, margin: float, paired: dict[str, Any],
+                      baseline_accuracy: float | None,
+                      synthetic: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The GAN-vs-traditional answer of one classifier kind: it counts only where the kind learns
+    the real data (trained on the real training split, ``real_accuracy`` on the real test split
+    at least ``margin`` above chance) and where at least one synthetic set teaches it something
+    (``synthetic``: the mean accuracies of the kind trained on traditional and on GAN data; when
+    both are within ``margin`` of chance the difference is between two failures, and the outcome
+    says so); ``beats_baseline``: above the radial-profile baseline."""
+    from cryoet_forge.metrics.reliability import near_chance
+
+    learns = near_chance(real_accuracy, chance, margin) is None
+    transfers = synthetic is None or max(synthetic) >= chance + margin
+    n, low, high, mean = paired["n"], paired["ci_low"], paired["ci_high"], paired["mean"]
+    interval = f"paired {round(100 * paired['confidence'])}% interval [{number(low)}, {number(high)}] over {n} seeds"
+    if not learns:
+        outcome = "does-not-learn"
+        sentence = (f"{kind} does not learn the real data (trained on the real split: {number(real_accuracy)}, "
+                    f"chance {number(chance)}); its GAN minus traditional {number(mean)} says nothing.")
+    elif not transfers:
+        assert synthetic is not None
+        outcome = "neither-transfers"
+        sentence = (f"{kind} learns the real data ({number(real_accuracy)}), but neither traditional "
+                    f"({number(synthetic[0])}) nor GAN data ({number(synthetic[1])}) teach it more than chance "
+                    f"({number(chance)}, margin {number(margin)}) on the real test split: GAN minus traditional "
+                    f"{number(mean)} ({interval}) is a difference between two failures.")
+    elif n < 2:
+        outcome, sentence = "inconclusive", f"{kind}: one seed gives no interval (GAN minus traditional {number(mean)})."
+    elif low > 0:
+        outcome, sentence = "gan-ahead", f"{kind}: GAN data beat traditional simulation, {number(mean)} ({interval})."
+    elif high < 0:
+        outcome, sentence = "traditional-ahead", f"{kind}: traditional simulation beats GAN data, {number(mean)} ({interval})."
+    else:
+        outcome, sentence = "no-clear-difference", f"{kind}: no clear difference, {number(mean)} ({interval} contains zero)."
+    beats = None if baseline_accuracy is None else bool(real_accuracy > baseline_accuracy)
+    return {"classifier": kind, "real_accuracy": real_accuracy, "learns": learns, "transfers": transfers,
+            "beats_baseline": beats,
+            "outcome": outcome, "sentence": sentence, "paired": paired}
+
+
 def quality_reliability(scores: dict[str, Any], margin: float) -> dict[str, list[str]]:
     """The per-metric reliability rules (``cryoet_forge.metrics.reliability``) on one row of
     quality scores: {"fid": [...], "precision": [...], ..., "inception_score": [...]}. Rows

@@ -301,8 +301,12 @@ def read_csv_picks(path: str | os.PathLike, unit: str | None, class_column: str 
                    default_class: str | None = None) -> Picks:
     """CSV or TSV with a header: ``tomogram,x,y,z[,class]``; ``unit`` "px" or "angstrom"."""
     path = Path(path)
+    if unit is None:
+        raise InputError(f"{path}: a coordinate list needs the unit of its x, y, z stated; give --unit "
+                         f"{' or --unit '.join(UNITS)}")
     if unit not in UNITS:
-        raise InputError(f"--unit {unit!r}: a coordinate list needs its unit stated, one of {', '.join(UNITS)}")
+        raise InputError(f"--unit {unit!r}: expected one of {', '.join(UNITS)} (the unit of the coordinate list's "
+                         "x, y, z)")
     if not path.is_file():
         raise InputError(f"{path}: no such coordinate file")
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from cryoet_forge.devices import NonEmptyPath
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.progress import quiet_option
 
@@ -18,16 +19,16 @@ _PROGRESS_WORK = 2e10
 
 @click.command("metrics")
 @quiet_option
-@click.option("--real", "real_path", required=True, type=click.Path(path_type=Path),
+@click.option("--real", "real_path", required=True, type=NonEmptyPath(path_type=Path),
               help="Real features (N x D): .npy, .npz or .safetensors; with --features, real volumes.")
-@click.option("--fake", "fake_path", required=True, type=click.Path(path_type=Path),
+@click.option("--fake", "fake_path", required=True, type=NonEmptyPath(path_type=Path),
               help="Fake (generated) features (M x D), same formats; with --features, fake volumes.")
 @click.option("--features", "extractor_name", metavar="NAME", default=None,
               help="Feature extractor (forge list feature-extractor), e.g. cb3d: --real and --fake are then "
                    "volumes (a STAR file or a folder with one, a folder of .mrc files, an .npz bundle, one .mrc).")
 @click.option("--feature-option", "feature_options", multiple=True, metavar="KEY=VALUE",
               help="Option for the extractor (repeatable; values read as TOML), e.g. checkpoint=runs/cb3d.")
-@click.option("--save-features", "save_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--save-features", "save_dir", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
               help="With --features: write real/fake.features.npy (and .probabilities.npy) to this folder.")
 @click.option("--is-splits", "is_splits", type=int, default=None,
               help="With --features and an extractor giving class probabilities: Inception Score splits "
@@ -43,7 +44,7 @@ _PROGRESS_WORK = 2e10
 @click.option("--bootstrap", default=0, show_default=True, type=int,
               help="Bootstrap resamples (0: none, else 50 to 100000) for the bias-corrected FID and its "
                    "95% confidence interval (basic bootstrap); the raw FID gets no interval.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--json", "json_path", type=NonEmptyPath(dir_okay=False, path_type=Path),
               help="Also write all values and diagnostics to this JSON file.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: on long runs in a terminal).")
@@ -68,6 +69,8 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
     from cryoet_forge.metrics.prdc import validate_pair
 
     _check_bootstrap(bootstrap)
+    if k < 1:
+        raise ConfigError(f"--k {k}: expected an integer >= 1 (neighbours for the PRDC radii)")
     _check_outputs(real_path, fake_path, json_path, save_dir)
     from cryoet_forge.metrics import sharded
 
@@ -260,13 +263,16 @@ def _check_bootstrap(bootstrap: int) -> None:
 
 
 def _check_outputs(real_path: Path, fake_path: Path, json_path: Path | None, save_dir: Path | None) -> None:
-    """No output (``--json``, the files ``--save-features`` writes) may be one of the inputs."""
-    from cryoet_forge.io.files import check_not_an_input
+    """No output (``--json``, the files ``--save-features`` writes) may be one of the inputs, and
+    each can be written (not a folder where a file goes, nothing under a file)."""
+    from cryoet_forge.io.files import check_not_an_input, check_output_target
 
     inputs = [real_path, fake_path]
     if json_path is not None:
+        check_output_target(json_path, folder=False, option="--json")
         check_not_an_input(json_path, inputs, "--json")
     if save_dir is not None:
+        check_output_target(save_dir, folder=True, option="--save-features")
         for which in ("real", "fake"):
             for kind in ("features", "probabilities"):
                 check_not_an_input(save_dir / f"{which}.{kind}.npy", inputs, "--save-features")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cryoet_forge.devices import SEED, device_callback
+from cryoet_forge.devices import SEED, NonEmptyPath, device_callback
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.simulate.acquisition import PHANTOM_VOXEL_SIZE
 
@@ -175,6 +175,21 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     return summary
 
 
+def _check_flags(voxel_size: float | None, snr: float | None, resolution: float | None,
+                 assembly: int | None) -> None:
+    """The numeric flags of ``forge simulate`` and ``forge density``, each refused by name before
+    any work (even where the chosen classes do not use it, such as --resolution with --phantoms)."""
+    from cryoet_forge.io.mrc import check_voxel_size
+    from cryoet_forge.simulate.acquisition import positive_flag
+
+    if voxel_size is not None:
+        check_voxel_size(voxel_size, "--voxel-size")
+    positive_flag(snr, "--snr", "var(signal)/var(noise)")
+    positive_flag(resolution, "--resolution", "Angstrom")
+    if assembly is not None and assembly < 1:
+        raise ConfigError(f"--assembly {assembly}: expected a biological assembly number >= 1")
+
+
 @click.command("simulate")
 @click.option("--phantoms", "use_phantoms", is_flag=True, help="Use the procedural phantom classes (offline).")
 @click.option("--structures", "structures", metavar="IDS_OR_DIR",
@@ -186,7 +201,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
 @click.option("--voxel-size", type=float, default=None,
               help="Angstrom per voxel. Default: from --acquisition, else from the MRC maps of --structures; "
                    f"required with PDB structures; {PHANTOM_VOXEL_SIZE:g} for --phantoms.")
-@click.option("--acquisition", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--acquisition", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               metavar="TOMOGRAMS.STAR",
               help="A RELION 5 tomograms STAR: voxel size (pixel size x binning), voltage, Cs, amplitude contrast, "
                    "and from its tilt-series STARs the tilt range and step, dose and defocus. Flags win.")
@@ -200,7 +215,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
               help="Defocus in micrometres, underfocus positive as in Warp and RELION: 4, or a range 2,6 drawn "
                    "per particle (fourier, tilt-series).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", "out", type=NonEmptyPath(file_okay=False, path_type=Path), required=True)
 @click.option("--snr", type=float, default=None, help="Target SNR (fourier), var(signal)/var(noise).")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="Another simulator option, e.g. --option bfactor=150 (repeatable; the simulator's own names, "
@@ -223,10 +238,14 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
     """
     from cryoet_forge import registry
     from cryoet_forge.simulate import acquisition as acq
-    from cryoet_forge.simulate.templates import expand_specs
+    from cryoet_forge.simulate.templates import check_specs, expand_specs
 
+    if structures is not None and not structures.strip(" ,"):
+        raise ConfigError(f"--structures {structures!r} names no structure; expected PDB ids, structure or map "
+                          "files, or a folder of them")
     if use_phantoms == bool(structures):
         raise ConfigError("give exactly one of --phantoms or --structures IDS_OR_DIR")
+    _check_flags(voxel_size, snr, resolution, assembly)
     options = _parse_options(option_pairs)
     if snr is not None:
         if "snr" in options:
@@ -250,6 +269,8 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
     options, used, more = acq.apply_acquisition(simulator_name, factory, flags, options, star)
     notes += more
     specs = None if use_phantoms else expand_specs(structures)
+    if specs is not None:
+        check_specs(specs)
     voxel_size, voxel_source = acq.resolve_voxel_size(voxel_size, specs, star)
     used = {"voxel_size": voxel_size, **used}
     used["sources"] = {"voxel_size": voxel_source, **used["sources"]}
@@ -272,7 +293,7 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
 
 @click.command("fetch-structures")
 @click.argument("pdb_ids", nargs=-1, required=True)
-@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--cache", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
               help="Cache folder (default $FORGE_CACHE_DIR or ~/.cache/cryoet-forge).")
 @click.option("--base-url", default=None, help="Archive URL (default $FORGE_PDB_URL or RCSB).")
 def fetch_structures_command(pdb_ids, cache, base_url):
@@ -284,6 +305,9 @@ def fetch_structures_command(pdb_ids, cache, base_url):
     )
 
     ids = [check_pdb_id(i) for raw in pdb_ids for i in raw.split(",") if i.strip()]
+    if not ids:
+        raise ConfigError(f"PDB_IDS {' '.join(map(repr, pdb_ids))} names no PDB id; expected ids such as 3j9i "
+                          "(separated by spaces or commas)")
     for pdb_id in ids:
         cached = cached_structure_path(pdb_id, cache)
         was_cached = cached.is_file() and cached.stat().st_size > 0  # as fetch_structure decides
@@ -292,8 +316,8 @@ def fetch_structures_command(pdb_ids, cache, base_url):
 
 
 @click.command("density")
-@click.argument("structure", type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .mrc")
+@click.argument("structure", type=NonEmptyPath(path_type=Path))
+@click.option("--out", "out", type=NonEmptyPath(dir_okay=False, path_type=Path), required=True, help="Output .mrc")
 @click.option("--voxel-size", type=float, default=9.4, show_default=True, help="Angstrom per voxel.")
 @click.option("--box", type=int, default=40, show_default=True, help="Box edge in voxels.")
 @click.option("--resolution", type=float, default=None, help="Low-pass in A (default 2 x voxel size).")
@@ -301,9 +325,17 @@ def fetch_structures_command(pdb_ids, cache, base_url):
 @click.option("--crop", is_flag=True, help="Crop a structure larger than the box (with a warning).")
 def density_command(structure, out, voxel_size, box, resolution, assembly, crop):
     """Compute the density map of a PDB/mmCIF file (or a cached PDB id) as MRC."""
+    from cryoet_forge.io.files import check_output_target
     from cryoet_forge.io.structures import PDB_ID, fetch_structure
+    from cryoet_forge.limits import check_allocation
     from cryoet_forge.simulate.density import write_structure_map
 
+    _check_flags(voxel_size, None, resolution, assembly)
+    if box < 4:
+        raise ConfigError(f"--box {box}: expected an integer >= 4 voxels")
+    check_allocation(12 * box**3, f"--box {box} (a density grid of at least {box}^3 voxels)", "a smaller --box",
+                     error=ConfigError)
+    check_output_target(out, folder=False)
     if not structure.exists() and PDB_ID.match(str(structure)):
         structure = fetch_structure(str(structure))
     with warnings.catch_warnings(record=True) as caught:

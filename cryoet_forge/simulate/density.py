@@ -26,6 +26,7 @@ import numpy as np
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.mrc import check_voxel_size, write_mrc
 from cryoet_forge.io.structures import read_structure
+from cryoet_forge.limits import check_allocation
 
 MOLMAP_SIGMA_FACTOR = 0.225
 
@@ -73,6 +74,9 @@ def density_from_structure(path: str | os.PathLike | gemmi.Structure, voxel_size
     # an extra blur-width margin so the periodic cell does not wrap the map's tails
     margin = int(math.ceil(2.0 * MOLMAP_SIGMA_FACTOR * resolution / voxel_size)) + 2
     n = calc_box + 2 * margin
+    # gemmi's grid, its NumPy copy and the cut-out box, float32
+    check_allocation(12 * n**3, f"{source}: a density grid of {n}^3 voxels (box {box} at {voxel_size:g} A)",
+                     "a smaller box")
     length = n * voxel_size
     centre = (n // 2) * voxel_size
     shift = gemmi.Position(centre - com.x, centre - com.y, centre - com.z)

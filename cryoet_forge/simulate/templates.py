@@ -106,6 +106,30 @@ def expand_specs(specs: str | Iterable[str]) -> list[str]:
     return specs
 
 
+def check_specs(specs: Iterable[str], option: str = "--structures") -> None:
+    """Before any work: each class spec is a phantom class, a PDB id, or an existing map (.mrc) or
+    structure (.pdb/.cif[.gz]) file; else an InputError naming ``option`` and the spec."""
+    from cryoet_forge.io.structures import PDB_ID
+
+    for spec in specs:
+        if not spec.strip():
+            raise InputError(f"{option} {spec!r} is empty; expected a phantom class, a map or structure file, "
+                             "or a PDB id")
+        path = Path(spec)
+        known = path.suffix.lower() in MAP_SUFFIXES or is_structure_file(path)
+        if spec in PHANTOM_CLASSES or (not known and not path.exists() and PDB_ID.match(spec)):
+            continue
+        if not path.exists() and not known:
+            raise InputError(f"{option} {spec!r} is neither a phantom class ({', '.join(PHANTOM_CLASSES)}), "
+                             f"an existing map/structure file, nor a PDB id")
+        if not path.is_file():
+            raise InputError(f"{option} {spec}: {'a folder' if path.is_dir() else 'no such file'}; expected a map "
+                             f"({', '.join(MAP_SUFFIXES)}) or structure ({', '.join(STRUCTURE_SUFFIXES)}) file")
+        if not known:
+            raise InputError(f"{option} {spec}: not a map ({', '.join(MAP_SUFFIXES)}) or structure "
+                             f"({', '.join(STRUCTURE_SUFFIXES)}) file name")
+
+
 def load_templates(specs: str | Iterable[str] | None, box: int, voxel_size: float, seed: int = 0,
                    resolution: float | None = None, crop: bool = False,
                    assembly: int | None = None) -> tuple[list[str], np.ndarray]:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from cryoet_forge.devices import SEED
+from cryoet_forge.devices import SEED, NonEmptyPath
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.limits import INT64_MAX
 from cryoet_forge.progress import quiet_option
 
 
@@ -37,11 +38,11 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 @click.command("train")
 @quiet_option
 @strict_option
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--config", "config_path", type=NonEmptyPath(dir_okay=False, path_type=Path),
               help="TOML run configuration (defaults apply to keys it leaves out).")
-@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "run_dir", type=NonEmptyPath(file_okay=False, path_type=Path),
               help="Run folder to create (default: runs/<config name>).")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--resume", "resume_dir", type=NonEmptyPath(file_okay=False, path_type=Path),
               help="Continue the run in this folder from its newest checkpoint.")
 @click.option("--generator", help="Generator name (forge list generator).")
 @click.option("--critic", help="Critic name (forge list critic).")
@@ -53,10 +54,10 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 @click.option("--compile/--no-compile", "compile_", default=None, help="Use torch.compile.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.batch_size=4 (repeatable).")
-@click.option("--real", type=click.Path(path_type=Path),
+@click.option("--real", type=NonEmptyPath(path_type=Path),
               help="Your particles as domain S: a labelled STAR table, a folder, an .npz bundle (forge extract's "
                    "output) or a copick project .json; needs --maps or --structures.")
-@click.option("--maps", type=click.Path(path_type=Path),
+@click.option("--maps", type=NonEmptyPath(path_type=Path),
               help="With --real: a folder of clean maps, one per class (class = file stem), as domain D.")
 @click.option("--structures", multiple=True, metavar="SPEC",
               help="With --real: a structure/map file, PDB id or phantom per class, as domain D (repeatable).")
@@ -73,6 +74,8 @@ def train_command(config_path, run_dir, resume_dir, generator, critic, loss, pre
 
     if resume_dir is not None and (real is not None or maps is not None or structures):
         raise ConfigError("--resume uses the run folder's own data; drop --real/--maps/--structures")
+    if steps is not None and not 0 <= steps <= INT64_MAX:
+        raise ConfigError(f"--steps {steps}: expected a number of generator steps in [0, {INT64_MAX}]")
     overrides = {**real_data_overrides(real, maps, tuple(structures), gan_input), **_overrides(sets)}
     for key, value in (("model.generator", generator), ("model.critic", critic),
                        ("loss.adversarial", loss), ("train.precision", precision),
@@ -101,6 +104,9 @@ def train_command(config_path, run_dir, resume_dir, generator, critic, loss, pre
         if run_dir is None:
             name = config_path.stem if config_path is not None else "default"
             run_dir = Path("runs") / name
+        from cryoet_forge.io.files import check_output_target
+
+        check_output_target(run_dir, folder=True)
         out = train(cfg, run_dir)
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"run folder: {out}")
@@ -120,9 +126,9 @@ def _check_components(cfg) -> None:
 @click.command("generate")
 @quiet_option
 @strict_option
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--run", "run_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path),
               help="Training run folder (its newest checkpoint is used).")
-@click.option("--maps", "maps", type=click.Path(path_type=Path),
+@click.option("--maps", "maps", type=NonEmptyPath(path_type=Path),
               help="Density maps: a STAR file (or a folder with one; classes and poses from its rows), or a "
                    "folder of class maps (.mrc; class = file stem, a random pose per sample).")
 @click.option("--structures", "structures", multiple=True, metavar="SPEC",
@@ -130,7 +136,7 @@ def _check_components(cfg) -> None:
                    "the run's box and voxel size and given a random pose per sample (repeatable).")
 @click.option("--n-per-map", "n_per_map", default=1, show_default=True, type=click.IntRange(1),
               help="Subtomograms generated per map (different noise draws).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--overwrite", is_flag=True, help="Replace an earlier generation in OUT (as a whole).")
@@ -140,6 +146,10 @@ def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_
 
     if (maps is None) == (not structures):
         raise InputError("give exactly one of --maps DIR|STAR or --structures FILE...")
+    if structures:
+        from cryoet_forge.simulate.templates import check_specs
+
+        check_specs(structures)
     star = generate_to_folder(run_dir, out_dir, maps=maps, structures=list(structures),
                               n_per_map=n_per_map, seed=seed, batch_size=batch_size, overwrite=overwrite)
     click.echo(f"wrote {star}")
@@ -148,20 +158,22 @@ def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_
 @click.command("uncertainty")
 @quiet_option
 @strict_option
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--map", "map_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--run", "run_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path))
+@click.option("--map", "map_path", required=True, type=NonEmptyPath(dir_okay=False, path_type=Path),
               help="Density map (MRC) at the run's box size.")
 @click.option("--samples", default=20, show_default=True, type=click.IntRange(2))
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
               help="Dropout probability to use when the run trained without dropout.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", type=NonEmptyPath(file_okay=False, path_type=Path),
               help="Output folder (default: beside the map, <map>-uncertainty/).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier result in OUT.")
 def uncertainty_command(run_dir, map_path, samples, dropout, seed, out_dir, overwrite):
     """Monte-Carlo-dropout uncertainty: per-voxel mean and std of generated subtomograms."""
     from cryoet_forge.uncertainty import uncertainty_to_folder
 
+    if dropout is not None and not 0 <= dropout < 1:  # click's FloatRange lets NaN through
+        raise ConfigError(f"--dropout {dropout}: expected a probability in [0, 1)")
     out_dir = out_dir or map_path.with_name(map_path.stem + "-uncertainty")
     paths = uncertainty_to_folder(run_dir, map_path, out_dir, samples=samples, seed=seed, dropout=dropout,
                                   overwrite=overwrite)

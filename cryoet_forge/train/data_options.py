@@ -36,6 +36,10 @@ def real_data_overrides(real: Path | None, maps: Path | None, structures: tuple[
                           "SPEC (repeatable), not both")
     if gan_input not in GAN_INPUTS:
         raise ConfigError(f"--gan-input {gan_input!r}; choose from: {', '.join(GAN_INPUTS)}")
+    if structures:
+        from cryoet_forge.simulate.templates import check_specs
+
+        check_specs(structures)
     from cryoet_forge import registry
 
     if real.suffix.lower() == ".json":

@@ -159,9 +159,17 @@ def build_losses(cfg: TrainConfig) -> tuple[AdversarialLoss, CycleL1Loss]:
 
 
 def build_datasets(cfg: TrainConfig):
-    density = registry.create("dataset", cfg.data.density.dataset, **cfg.data.density.options)
-    subtomograms = registry.create("dataset", cfg.data.subtomograms.dataset, **cfg.data.subtomograms.options)
-    return density, subtomograms
+    """Domain D and domain S; an error in a dataset's options names its config key."""
+    built = []
+    for key, section in (("data.density", cfg.data.density), ("data.subtomograms", cfg.data.subtomograms)):
+        try:
+            built.append(registry.create("dataset", section.dataset, **section.options))
+        except (ConfigError, InputError) as exc:
+            if str(exc).startswith(key):
+                raise
+            named = str(exc).startswith(f"dataset {section.dataset!r}")
+            raise type(exc)(f"{key}.options{'' if named else f' (dataset {section.dataset!r})'}: {exc}") from None
+    return built[0], built[1]
 
 
 def volume_shape(dataset, what: str) -> tuple[int, ...]:
