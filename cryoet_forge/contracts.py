@@ -156,6 +156,8 @@ class Classifier(Protocol):
     ``fit(train, seed)`` learns a ``cryoet_forge.classify.LabelledVolumes`` (volumes (N, S, S, S)
     float32, ``labels`` 0..C-1, ``class_names``); the same data and seed give the same model.
     ``probabilities(volumes)`` returns (N, C) class probabilities in ``train.class_names`` order.
+    Optional: ``features(volumes) -> (N, D)``, which lets ``metrics.inception`` choose the
+    classifier as the network of FID, PRDC and IS.
     """
 
     def fit(self, train: Any, seed: int) -> None: ...

@@ -131,7 +131,8 @@ def forge_register_classifiers(register: Register) -> None:
     """Register downstream classifiers (``cb3d``, ``radial``, ...) for ``forge evaluate``.
 
     Factory contract: ``factory(**options)`` returns a ``contracts.Classifier``: ``fit(train,
-    seed)`` on labelled volumes, ``probabilities(volumes) -> (N, C)``. ``[downstream] classifiers``
+    seed)`` on labelled volumes, ``probabilities(volumes) -> (N, C)``; optional ``features(volumes)
+    -> (N, D)`` (then ``metrics.inception`` may choose it). ``[downstream] classifiers``
     names the kinds an evaluation trains; each is trained on the real training split, the
     traditional set and the GAN set, and scored on the real test split. Called when the registry
     is built; returns nothing.

@@ -199,3 +199,40 @@ def test_a_gain_between_two_synthetic_sets_at_chance_is_not_a_win():
     # one synthetic set clear of chance: the interval is an answer again
     answer = assess_classifier("radial", 0.468, 0.268, 0.1, _paired(0.001, 0.041, n=5), 0.47, synthetic=(0.30, 0.40))
     assert answer["outcome"] == "gan-ahead"
+
+
+def test_metrics_inception_names_best_or_a_listed_kind():
+    from cryoet_forge.evaluate.config import config_from_dict
+
+    assert config_from_dict({}).metrics.inception == "best"
+    assert config_from_dict({"metrics": {"inception": "radial"}}).metrics.inception == "radial"
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"metrics": {"inception": "svm"}})
+    assert str(info.value).startswith('metrics.inception \'svm\': expected "best" or one of downstream.classifiers '
+                                      "(cb3d, radial)")
+
+
+def test_radial_features_are_its_standardised_profiles():
+    from cryoet_forge.evaluate.baseline import radial_profiles
+
+    train, test = toy_shapes(6, seed=0), toy_shapes(3, seed=1)
+    radial = registry.create("classifier", "radial", bootstrap=False)
+    radial.fit(train, 0)
+    features = radial.features(train.volumes)
+    assert features.shape == radial_profiles(train.volumes).shape
+    np.testing.assert_allclose(features.mean(0), 0, atol=1e-9)  # standardised on the training set
+    assert radial.features(test.volumes).shape == (len(test), features.shape[1])
+
+
+def test_metric_reliability_follows_the_network_the_metrics_use():
+    from cryoet_forge.evaluate.verdict import assess
+
+    paired = _paired(-0.1, 0.1)
+    # CB3D near chance, radial chosen for the metrics and clear of chance: metrics reliable,
+    # the headline (CB3D's downstream) still inconclusive, and a note says why
+    verdict = assess(0.27, 0.25, 0.1, paired, 0.47, metrics_accuracy=0.47, metrics_network="radial")
+    assert verdict["metrics_reliable"] is True and verdict["outcome"] == "inconclusive"
+    assert any("FID, PRDC and IS use radial" in note for note in verdict["notes"])
+    verdict = assess(0.27, 0.25, 0.1, paired, 0.47, metrics_accuracy=0.30, metrics_network="radial")
+    assert verdict["metrics_reliable"] is False
+    assert verdict["notes"][0].startswith("near chance: the inception network (radial trained on the real")

@@ -57,3 +57,20 @@ def test_bad_acquisition_values_are_one_line_naming_the_key(acquisition, simulat
 def test_a_missing_star_is_one_line(tmp_path):
     with pytest.raises(InputError, match=r"traditional.acquisition.star .*nowhere.star: no such file"):
         traditional({"star": str(tmp_path / "nowhere.star")})
+
+
+def test_a_gan_run_trained_on_another_domain_d_than_gan_input_is_one_line(tmp_path):
+    """forge train --real trains on the traditional fourier simulation; an evaluation left at
+    gan.input = "density" would feed that GAN clean maps without a word."""
+    run = tmp_path / "runs" / "gan"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text('[data.density]\ndataset = "simulated"\n'
+                                     '[data.density.options]\nsimulator = "fourier"\nbox = 16\n')
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"gan": {"run": str(run)}})
+    assert str(info.value).startswith(f"gan.run {run} was trained on the traditional fourier simulation")
+    assert str(info.value).endswith('but gan.input = \'density\'; set gan.input = "traditional"')
+    assert config_from_dict({"gan": {"run": str(run), "input": "traditional"}}).gan.input == "traditional"
+    (run / "config.toml").write_text('[data.density]\ndataset = "simulated"\n[data.density.options]\nsimulator = "posed-map"\n')
+    with pytest.raises(ConfigError, match="was trained on clean posed maps .* set gan.input = \"density\""):
+        config_from_dict({"gan": {"run": str(run), "input": "traditional"}})

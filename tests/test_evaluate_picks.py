@@ -57,7 +57,7 @@ def test_a_tomogram_name_without_picks_names_the_key(tmp_path):
     config = picks_config(picks, tomos, test_tomograms=["TS_09"])
     with pytest.raises(InputError) as info:
         load_picks_splits(config.data, lambda line: None)
-    assert str(info.value).startswith("data.test_tomograms TS_09: no pick in")
+    assert str(info.value).startswith("data.test_tomograms 'TS_09': no pick in")
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -100,6 +100,7 @@ def test_an_evaluation_on_picks_runs_end_to_end(tmp_path):
                              "box": 16, "train_tomograms": ["TS_01", "TS_02"], "test_tomograms": ["TS_03"],
                              "real_train_per_class": 4, "n_density_per_class": 4},
              "ablations": {}, "uncertainty": {"enabled": False},
+             "metrics": {"k": 3, "is_splits": 2, "inception": "radial"},
              "downstream": {"n_per_class": 4, "seeds": [0, 1], "workers": 0}}
     out = tmp_path / "evaluation"
     run_evaluation(config_from_dict(table, origin="picks"), out, log=lambda line: None)
@@ -109,6 +110,24 @@ def test_an_evaluation_on_picks_runs_end_to_end(tmp_path):
     assert "boxes cut from" in results["data"]["description"]
     assert set(results["verdict"]["by_classifier"]) == {"cb3d", "radial"}
     assert (out / "data" / "real_train" / "particles.star").is_file()  # domain S of the GAN
+    # metrics.inception = "radial": FID, PRDC and IS on the radial classifier's features, refitted the same
+    from cryoet_forge.classify import load_labelled
+    from cryoet_forge.io.embeddings import load_features
+    from cryoet_forge.metrics import compute_fid
+    from cryoet_forge.registry import create
+
+    assert results["metrics_network"]["kind"] == "radial"
+    train = load_labelled(out / "data" / "real_train" / "particles.star")
+    test = load_labelled(out / "data" / "real_test" / "particles.star").relabelled(train.class_names)
+    radial = create("classifier", "radial")
+    radial.fit(train, 0)
+    saved = load_features(out / "features" / "real_test.features.npy")
+    assert saved.shape == (6, radial.features(test.volumes).shape[1])
+    np.testing.assert_allclose(saved, radial.features(test.volumes), rtol=1e-5, atol=1e-5)
+    traditional = load_labelled(out / "data" / "traditional" / "particles.star")
+    fid = float(compute_fid(saved, radial.features(traditional.volumes).astype(np.float32)))
+    assert results["quality"]["traditional"]["fid"] == pytest.approx(fid, rel=1e-4)
+    assert "features and class probabilities of the radial classifier" in (out / "report.md").read_text()
 
 
 def test_a_suite_cell_on_absent_shared_picks_is_skipped_with_the_reason(tmp_path):

@@ -133,8 +133,9 @@ def test_resume_does_not_train_the_gan_again(resumed):
     # only the ablation's GAN (a stage the killed run never reached) is trained
     assert trained == ["ablation-1"]
     assert _mtimes(out / "runs" / "cryoetgan") == killed["gan_files"]
-    # the downstream stage (killed) runs again: both sources, then the ablation variant
-    assert scored == ["traditional", "cryoetgan", "without Wasserstein (lsgan)"]
+    # the downstream stage (killed) runs again: both sources, then the other classifier kind
+    # (radial: the real split too), then the ablation variant
+    assert scored == ["traditional", "cryoetgan", "real", "traditional", "cryoetgan", "without Wasserstein (lsgan)"]
     assert snapshot["results"]["stages_reused"] == ["data", "inception", "gan", "generation", "metrics"]
     assert any("stage gan: finished before" in line for line in lines)
 
@@ -160,7 +161,8 @@ def test_a_changed_setting_recomputes_from_the_stage_that_reads_it(resumed):
                             log=lines.append, resume=True)
     results = json.loads((out / "results.json").read_text())
     # metrics.k is read by the metrics, curves and ablation stages; uncertainty.samples by uncertainty
-    assert results["stages_reused"] == ["data", "inception", "gan", "generation", "downstream", "verdict"]
+    assert results["stages_reused"] == ["data", "inception", "gan", "generation", "downstream", "classifiers",
+                                        "verdict"]
     assert results["uncertainty"]["samples"] == 2
     # the ablation's GAN run is kept and continued (it is complete), not trained again
     assert any("continuing the GAN run" in line and "ablation-1" in line for line in lines)

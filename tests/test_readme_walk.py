@@ -148,6 +148,6 @@ def test_tomo_name_keeps_those_tomograms_and_names_a_missing_one(tmp_path, capsy
     capsys.readouterr()
     assert forge(["-q", "extract", *picks, "--tomo-name", "TS_09", "--out", "none"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("forge: error: --tomo-name TS_09: no pick in Refine3D/job040/run_data.star names this tomogram "
+    assert err == ("forge: error: --tomo-name 'TS_09': no pick in Refine3D/job040/run_data.star names this tomogram "
                    "(tomograms of the picks: TS_01, TS_02, TS_03)")
     assert not (project / "none").exists()

@@ -89,6 +89,15 @@ class RadialClassifier:
         self.model = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=5000))
         self.model.fit(radial_profiles(train.volumes[index], self.sigma), train.labels[index])
 
+    def features(self, volumes: np.ndarray) -> np.ndarray:
+        """The radial profiles, standardised as the training set's (what the regression reads):
+        (N, 2 R) features for FID and PRDC when ``metrics.inception`` chooses this classifier."""
+        from cryoet_forge.evaluate.baseline import radial_profiles
+
+        if self.model is None:
+            raise ConfigError("classifier 'radial': features() before fit()")
+        return self.model[0].transform(radial_profiles(np.asarray(volumes), self.sigma))
+
     def probabilities(self, volumes: np.ndarray) -> np.ndarray:
         from cryoet_forge.evaluate.baseline import radial_profiles
 

@@ -169,6 +169,11 @@ class MetricsSection:
     #: FID, PRDC and IS are marked unreliable when the inception network's accuracy on the real
     #: test split is less than this far above chance (absolute accuracy)
     reliability_margin: float = 0.1
+    #: the network whose features and probabilities FID, PRDC and IS use: "best" = of cb3d and
+    #: the ``[downstream] classifiers`` that give features, the one most accurate on the real
+    #: validation part (the held-out ``classifier.validation_fraction`` of the real training
+    #: split that CB3D's early stopping uses; CB3D wins ties); or one kind by name
+    inception: str = "best"
 
 
 @dataclass
@@ -286,6 +291,9 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
 
     config.downstream.workers = check_workers(config.downstream.workers)
     check_classifiers(config.downstream.classifiers, config.downstream.classifier_options)
+    if config.metrics.inception != "best" and config.metrics.inception not in config.downstream.classifiers:
+        raise ConfigError(f"metrics.inception {config.metrics.inception!r}: expected \"best\" or one of "
+                          f"downstream.classifiers ({', '.join(config.downstream.classifiers)})")
     if config.traditional.acquisition:
         traditional_acquisition(config.traditional)  # every value checked before any work
     if not 0 < config.downstream.confidence < 1:
@@ -299,8 +307,31 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
             raise ConfigError(f"ablations.noise_std values must be numbers >= 0, got {value!r}")
     check_choice("gan.select_checkpoint", config.gan.select_checkpoint, ("last", "best-fid-train"))
     check_choice("gan.input", config.gan.input, ("density", "traditional"))
+    check_gan_run_input(config.gan)
     check_at_least([("gan.curve_points", config.gan.curve_points, 1)])
     return config
+
+
+def check_gan_run_input(gan: GanSection) -> None:
+    """ConfigError when ``gan.run`` names a run trained on another domain D than ``gan.input``
+    says (``forge train --real`` trains on the traditional ``fourier`` simulation by default; the
+    evaluation would feed it clean maps). Runs whose domain D cannot be told are not checked."""
+    if not gan.run:
+        return
+    path = Path(gan.run) / "config.toml"
+    try:
+        density = read_toml(path).get("data", {}).get("density", {})
+    except (OSError, ConfigError, AttributeError):
+        return  # no readable run config here: the GAN stage reports it
+    options = density.get("options", {}) if isinstance(density, dict) else {}
+    if density.get("dataset") != "simulated" or not isinstance(options, dict) or "simulator" not in options:
+        return
+    simulator = str(options["simulator"])
+    trained = "density" if simulator in ("posed-map", "none") else "traditional"
+    if trained != gan.input:
+        raise ConfigError(f"gan.run {gan.run} was trained on {'clean posed maps' if trained == 'density' else f'the traditional {simulator} simulation'} "
+                          f"(data.density simulator {simulator!r} in {path}), but gan.input = {gan.input!r}; "
+                          f"set gan.input = \"{trained}\"")
 
 
 def traditional_acquisition(section: TraditionalSection) -> tuple[dict, dict[str, Any], list[str]]:

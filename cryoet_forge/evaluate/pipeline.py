@@ -59,17 +59,59 @@ def classifier_options(config: EvaluationConfig) -> ClassifierOptions:
 class InceptionNet:
     """The CB3D trained on real data, used to embed every set the same way (features + probabilities)."""
 
+    kind = CB3D_KIND
+
     def __init__(self, model: CB3D, class_names: list[str], normalize: str, device: str, feature_dir: Path):
         self.model, self.class_names, self.normalize, self.device = model, class_names, normalize, device
         self.feature_dir = feature_dir
 
+    def infer(self, volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(features (N, D), class probabilities (N, C))."""
+        return run_inference(self.model, volumes, self.normalize, device=self.device)
+
     def embed(self, name: str, data: LabelledVolumes) -> tuple[np.ndarray, np.ndarray]:
         from cryoet_forge.io.embeddings import save_features
 
-        features, probs = run_inference(self.model, data.volumes, self.normalize, device=self.device)
+        features, probs = self.infer(data.volumes)
         save_features(self.feature_dir / f"{name}.features.npy", features)  # atomic, like every output
         save_features(self.feature_dir / f"{name}.probabilities.npy", probs)
         return features, probs
+
+
+class ClassifierInception(InceptionNet):
+    """Another classifier kind as the inception network: one with ``features(volumes)``, fitted on
+    the real training split with the data seed (refitted, not stored: the same data and seed give
+    the same model, the ``Classifier`` contract)."""
+
+    def __init__(self, kind: str, classifier: Any, class_names: list[str], feature_dir: Path):
+        self.kind, self.classifier, self.class_names, self.feature_dir = kind, classifier, class_names, feature_dir
+
+    def infer(self, volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(self.classifier.features(volumes), dtype=np.float32),
+                np.asarray(self.classifier.probabilities(volumes), dtype=np.float32))
+
+
+def inception_candidates(config: EvaluationConfig) -> list[str]:
+    """The kinds ``metrics.inception`` may choose: cb3d and each downstream kind with ``features``."""
+    from cryoet_forge.registry import create
+
+    if config.metrics.inception != "best":
+        return [config.metrics.inception]
+    kinds = [CB3D_KIND]
+    for kind in config.downstream.classifiers:
+        if kind != CB3D_KIND and callable(getattr(create("classifier", kind, **config.downstream.classifier_options.get(
+                kind, {})), "features", None)):
+            kinds.append(kind)
+    return kinds
+
+
+def fitted_classifier(config: EvaluationConfig, kind: str, train: LabelledVolumes) -> Any:
+    """Classifier ``kind`` (its ``[downstream] classifier_options``) fitted on ``train`` with the data seed."""
+    from cryoet_forge.registry import create
+
+    classifier = create("classifier", kind, **config.downstream.classifier_options.get(kind, {}))
+    classifier.fit(train, config.data.seed)
+    return classifier
 
 
 def quality_metrics(real_features: np.ndarray, features: np.ndarray, probs: np.ndarray,
@@ -234,15 +276,51 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
         net = InceptionNet(load_cb3d(folder, device=options.device)[0], class_names, options.normalize,
                            options.device, out / "features")
         on_test = evaluate_cb3d(net.model, data.real_test, class_names, options.normalize, device=options.device)
-        real_features, real_probs = net.embed("real_test", data.real_test)
-        train_features, _ = run_inference(net.model, data.real_train.volumes, net.normalize, device=net.device)
-        return {"model": folder, "on_test": on_test, "real_features": real_features, "real_probs": real_probs,
-                "train_features": train_features}
+        # which network embeds every set for FID, PRDC and IS: the best on the real validation part
+        validation: dict[str, float] = {}
+        if history.best_epoch:
+            validation[CB3D_KIND] = float(history.val_accuracy[history.best_epoch - 1])
+        kinds = inception_candidates(config)
+        if len(kinds) > 1 or kinds != [CB3D_KIND]:
+            from cryoet_forge.classify import score_probabilities, validation_split
 
-    stage = stages.run("inception", {"data": stages.key("data"), **classifier}, inception_stage)
-    inception = InceptionNet(load_cb3d(stage["model"], device=options.device)[0], class_names, options.normalize,
-                             options.device, out / "features")
-    inception_on_test = stage["on_test"]
+            fit_index, val_index = validation_split(data.real_train.labels, options.validation_fraction,
+                                                    config.data.seed)
+            if len(val_index):
+                part, held_out = data.real_train.subset(fit_index), data.real_train.subset(val_index)
+                for kind in kinds:
+                    if kind != CB3D_KIND:
+                        probs = fitted_classifier(config, kind, part).probabilities(held_out.volumes)
+                        validation[kind] = score_probabilities(probs, held_out, class_names).accuracy
+        chosen = (kinds[0] if len(kinds) == 1 else
+                  max(kinds, key=lambda k: (validation.get(k, -1.0), k == CB3D_KIND)))
+        if chosen != CB3D_KIND:
+            net = ClassifierInception(chosen, fitted_classifier(config, chosen, data.real_train), class_names,
+                                      out / "features")
+            log(f"inception network: {chosen} (real validation part: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in validation.items()) + ")")
+        real_features, real_probs = net.embed("real_test", data.real_test)
+        train_features, _ = net.infer(data.real_train.volumes)
+        from cryoet_forge.classify import score_probabilities
+
+        chosen_on_test = score_probabilities(real_probs, data.real_test, class_names)
+        return {"model": folder, "on_test": on_test, "real_features": real_features, "real_probs": real_probs,
+                "train_features": train_features, "chosen": chosen, "validation": validation,
+                "chosen_on_test": chosen_on_test}
+
+    stage = stages.run("inception", {"data": stages.key("data"), **classifier,
+                                     "inception": config.metrics.inception,
+                                     "candidates": {k: config.downstream.classifier_options.get(k, {})
+                                                    for k in config.downstream.classifiers}}, inception_stage)
+    if stage["chosen"] == CB3D_KIND:
+        inception: InceptionNet = InceptionNet(load_cb3d(stage["model"], device=options.device)[0], class_names,
+                                               options.normalize, options.device, out / "features")
+    else:
+        inception = ClassifierInception(stage["chosen"], fitted_classifier(config, stage["chosen"], data.real_train),
+                                        class_names, out / "features")
+    inception_on_test = stage["on_test"]  # CB3D trained on the real split: cb3d's ceiling
+    metric_network = {"kind": stage["chosen"], "validation_accuracy": stage["validation"],
+                      "real_test": stage["chosen_on_test"].summary()}
     real_features, real_probs, train_features = stage["real_features"], stage["real_probs"], stage["train_features"]
 
     # -- main GAN -----------------------------------------------------------------------------
@@ -332,7 +410,8 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
         margin = config.metrics.reliability_margin
         paired = paired_difference(downstream["cryoetgan"].accuracies, downstream["traditional"].accuracies,
                                    seeds, config.downstream.confidence)
-        verdict = assess(inception_on_test.accuracy, chance, margin, paired, baseline.accuracy)
+        verdict = assess(inception_on_test.accuracy, chance, margin, paired, baseline.accuracy,
+                         metric_network["real_test"]["accuracy"], metric_network["kind"])
         # one answer per classifier kind; cb3d's real ceiling is the inception network (one seed)
         verdict["by_classifier"] = {CB3D_KIND: assess_classifier(
             CB3D_KIND, inception_on_test.accuracy, chance, margin, paired, baseline.accuracy,
@@ -346,6 +425,7 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
         return {"chance": chance, "baseline": baseline.to_dict(), "paired": paired, "verdict": verdict}
 
     stage = stages.run("verdict", {"inception": stages.key("inception"), "downstream": stages.key("downstream"),
+                                   "metrics_network": metric_network["kind"],
                                    "classifiers": stages.key("classifiers"),
                                    "reliability_margin": config.metrics.reliability_margin}, verdict_stage)
     chance, baseline, paired, verdict = stage["chance"], stage["baseline"], stage["paired"], stage["verdict"]
@@ -402,6 +482,8 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
         "gan_run": str(run_dir),
         "gan": summary,
         "gan_checkpoint": gan_checkpoint,
+        # the network whose features and probabilities FID, PRDC and IS use (metrics.inception)
+        "metrics_network": metric_network,
         "inception": {"real_test": inception_on_test.summary(),
                       "is_mean": float(real_is[0]), "is_std": float(real_is[1])},
         "quality": quality,
@@ -544,8 +626,7 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
         for step, path in checkpoints:
             generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source,
                                           checkpoint=path)
-            features, probs = run_inference(inception.model, generated.volumes, inception.normalize,
-                                            device=inception.device)
+            features, probs = inception.infer(generated.volumes)
             if curve_cache is not None and path in on_curves:
                 curve_cache[path] = (features, probs)
             with warnings.catch_warnings():
@@ -598,8 +679,7 @@ def metric_curves(config: EvaluationConfig, run_dir: Path, data: EvaluationData,
         else:
             generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed,
                                           source=f"step {step}", checkpoint=path)
-            features, probs = run_inference(inception.model, generated.volumes, inception.normalize,
-                                            device=inception.device)
+            features, probs = inception.infer(generated.volumes)
         scores = quality_metrics(real_features, features, probs, config)
         curves["steps"].append(step)
         for key in ("is_mean", "fid", "precision", "recall", "density", "coverage"):

@@ -202,6 +202,20 @@ def _verdict_section(results: dict[str, Any], names: SetNames) -> list[str]:
     return lines + [""]
 
 
+def _metrics_network_line(results: dict[str, Any]) -> str:
+    """Which network's features and probabilities FID, PRDC and IS use, and why."""
+    network = results.get("metrics_network") or {"kind": "cb3d"}
+    chosen = ""
+    if network.get("validation_accuracy"):
+        chosen = (" (the most accurate on the real validation part: "
+                  + ", ".join(f"{kind} {number(value)}" for kind, value in network["validation_accuracy"].items())
+                  + ")")
+    what = ("the features (fc7, the last dense layer) and class probabilities of a CB3D" if network["kind"] == "cb3d"
+            else f"the features and class probabilities of the {network['kind']} classifier")
+    return (f"All metrics use {what} trained on the experimental training split (the \"Inception network\")"
+            f"{chosen}; FID and PRDC compare each set with the experimental test split.")
+
+
 #: simulation.json-style acquisition keys -> (label, unit) in the report
 ACQUISITION_LABELS = {"tilt_range_deg": ("tilt range", "°"), "tilt_step_deg": ("tilt step", "°"),
                       "dose_e_per_A2": ("dose", " e/Å²"), "voltage_kv": ("voltage", " kV"),
@@ -299,9 +313,7 @@ def render_report(results: dict[str, Any]) -> str:
         + f"{data['n_density_train']}; "
         f"traditional and GAN sets: {data['n_traditional']} and {data['n_generated']} volumes.",
         "",
-        "All metrics use the features (fc7, the last dense layer) and class probabilities of a CB3D "
-        "trained on the experimental training split (the \"Inception network\"); FID and PRDC compare each "
-        "set with the experimental test split.",
+        _metrics_network_line(results),
         "",
     ]
     lines += _verdict_section(results, names)

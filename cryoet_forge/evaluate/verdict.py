@@ -47,24 +47,37 @@ def paired_difference(gan: Sequence[float], traditional: Sequence[float], seeds:
 
 
 def assess(inception_accuracy: float, chance: float, margin: float, paired: dict[str, Any],
-           baseline_accuracy: float | None) -> dict[str, Any]:
+           baseline_accuracy: float | None, metrics_accuracy: float | None = None,
+           metrics_network: str = "cb3d") -> dict[str, Any]:
     """The verdict of one evaluation and the sentences the report and the terminal print.
 
     ``inception_accuracy``: CB3D trained on the real training split, on the real test split (the
     ceiling); ``baseline_accuracy``: the radial-profile baseline trained on the same split.
+    ``metrics_accuracy``: the test accuracy of the network FID, PRDC and IS use
+    (``metrics_network``, ``metrics.inception``) when it is not CB3D; their reliability follows it.
     """
     from cryoet_forge.metrics.reliability import near_chance
 
-    unreliable = near_chance(inception_accuracy, chance, margin)
-    reliable = unreliable is None
-    notes = [] if unreliable is None else [unreliable]
+    if metrics_accuracy is None or metrics_network == "cb3d":
+        unreliable = near_chance(inception_accuracy, chance, margin)
+        reliable = unreliable is None
+        notes = [] if unreliable is None else [unreliable]
+    else:
+        metrics_note = near_chance(metrics_accuracy, chance, margin, network=metrics_network)
+        reliable = metrics_note is None
+        notes = [] if metrics_note is None else [metrics_note]
+        if near_chance(inception_accuracy, chance, margin) is not None:
+            notes.append(f"near chance: CB3D trained on the real training split scores {number(inception_accuracy)} "
+                         f"on the real test split (chance {number(chance)}): its downstream accuracies say nothing; "
+                         f"FID, PRDC and IS use {metrics_network}, which the real validation part chose")
+    cb3d_learns = near_chance(inception_accuracy, chance, margin) is None
     if baseline_accuracy is not None and inception_accuracy <= baseline_accuracy:
         notes.append(f"CB3D trained on the real training split ({number(inception_accuracy)}) does not beat the "
                      f"radial-profile baseline ({number(baseline_accuracy)}) on the same split: the classifier, "
                      f"not the data, limits every accuracy here")
     n, low, high = paired["n"], paired["ci_low"], paired["ci_high"]
     interval = f"paired {round(100 * paired['confidence'])}% interval [{number(low)}, {number(high)}] over {n} seeds"
-    if not reliable:
+    if not cb3d_learns:
         outcome = "inconclusive"
         sentence = (f"Inconclusive: the real data's own classifier is near chance, so this evaluation cannot "
                     f"tell GAN data from traditional simulation (GAN minus traditional {number(paired['mean'])}, "

@@ -29,11 +29,12 @@ DEFAULT_MARGIN = 0.1
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
 
 
-def near_chance(accuracy: float, chance: float, margin: float = DEFAULT_MARGIN) -> str | None:
+def near_chance(accuracy: float, chance: float, margin: float = DEFAULT_MARGIN,
+                network: str = "CB3D") -> str | None:
     """The near-chance rule: a sentence when ``accuracy`` is less than ``margin`` above ``chance``."""
     if accuracy >= chance + margin:
         return None
-    return (f"near chance: the inception network (CB3D trained on the real training split) scores "
+    return (f"near chance: the inception network ({network} trained on the real training split) scores "
             f"{_number(accuracy)} on the real test split, within {margin:g} of chance ({_number(chance)}): "
             "FID, PRDC and IS on its features are unreliable")
 
