@@ -239,7 +239,6 @@ def test_generation_into_a_used_folder_needs_overwrite_and_replaces_it_whole(run
     args = ["generate", "--run", str(run_dir), "--maps", str(maps_star), "--out", str(out)]
     assert forge(args + ["--n-per-map", "3"]) == 0
     assert len(list((out / "subtomograms").glob("*.mrc"))) == 6
-    (out / "notes.txt").write_text("mine")  # not ours: stays
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert forge(args) != 0
@@ -249,6 +248,10 @@ def test_generation_into_a_used_folder_needs_overwrite_and_replaces_it_whole(run
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written
     assert forge(args + ["--overwrite"]) == 0
     assert len(list((out / "subtomograms").glob("*.mrc"))) == 2 == len(read_particles(out / "particles.star"))
+    (out / "notes.txt").write_text("mine")  # not ours: nothing is written beside it (issue 31)
+    capsys.readouterr()
+    assert forge(args + ["--overwrite"]) != 0
+    assert "holds files that are not a generation (notes.txt)" in _one_error_line(capsys)
     assert (out / "notes.txt").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gen.")]  # no work folder left
     # uncertainty: the same rule

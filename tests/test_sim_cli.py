@@ -172,12 +172,20 @@ def test_simulate_tilt_series_with_options(tmp_path, capsys):
 def test_existing_output_needs_overwrite(tmp_path, capsys):
     args = ["simulate", "--phantoms", "--n-per-class", 1, "--box", 16, "--out", tmp_path / "o", "--quiet"]
     assert forge(capsys, *args)[0] == 0
-    (tmp_path / "o" / "notes.txt").write_text("mine")
     code, _, err = forge(capsys, *args)
     assert code != 0 and "already holds a simulation" in err and "--overwrite" in err
     code, _, err = forge(capsys, *args, "--overwrite", "--structures", "ring", "--phantoms")
     assert code != 0  # still exactly one source
     assert forge(capsys, *args, "--overwrite")[0] == 0
+    # a file forge did not make: nothing is written into that folder, --overwrite or not (issue 31)
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in (tmp_path / "o").iterdir())
+    for extra in ((), ("--overwrite",)):
+        code, _, err = forge(capsys, *args, *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert f"{tmp_path / 'o'} holds files that are not a simulation (notes.txt); forge writes only into a new " \
+               "or empty folder or one holding its own earlier output: choose another --out" in err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == before
     assert (tmp_path / "o" / "notes.txt").read_text() == "mine"
 
 
@@ -224,7 +232,6 @@ def test_failure_midway_leaves_no_output_folder(tmp_path, capsys, monkeypatch):
 def test_failure_midway_keeps_the_previous_simulation(tmp_path, capsys, monkeypatch):
     out = tmp_path / "o"
     assert simulate(capsys, out, "--bundle")[0] == 0
-    (out / "notes.txt").write_text("mine")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     calls = fail_on_third_batch(monkeypatch, out)
     code, _, err = simulate(capsys, out, "--batch-size", 2, "--seed", 4, "--overwrite")
@@ -242,10 +249,8 @@ def test_overwrite_replaces_only_the_simulation_outputs(tmp_path, capsys):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's 0700
-    (out / "notes.txt").write_text("mine")
     old_star = (out / "particles.star").read_bytes()
     assert simulate(capsys, out, "--seed", 4, "--overwrite")[0] == 0
-    assert (out / "notes.txt").read_text() == "mine"
     assert (out / "particles.star").read_bytes() != old_star
     assert not (out / "density.npz").exists() and not (out / "particles.npz").exists()  # stale bundle gone
     assert len(list((out / "subtomograms").glob("*.mrc"))) == 10

@@ -234,6 +234,14 @@ def check_output_folder(out: str | os.PathLike, names: tuple[str, ...], what: st
 
     out = check_output_target(out, folder=True)
     lock_output(out)
+    # never write into a folder that holds files this writer did not make (hidden entries are
+    # forge's own work and lock files, or the user's dotfiles, which nothing here replaces)
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in names
+                     and not entry.name.startswith(".")) if out.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(f"{out} holds files that are not {what} ({shown}); forge writes only into a new or "
+                          "empty folder or one holding its own earlier output: choose another --out")
     existing = [name for name in names if (out / name).exists() or (out / name).is_symlink()]
     if existing and not overwrite:
         raise ConfigError(f"{out} already holds {what} ({', '.join(existing)}); "
