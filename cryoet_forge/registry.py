@@ -321,6 +321,9 @@ class Registry:
 
     def _make_register(self, kind: str) -> hookspecs.Register:
         table = self._components[kind]
+        #: name -> the report of the plugin module that registered it (a distribution with several
+        #: entry-point modules has one report per module: a clash is shown under the module's own)
+        owners: dict[str, PluginReport | None] = {}
 
         def register(name: str, factory: Callable[..., Any], description: str | None = None) -> None:
             report = _calling.get()
@@ -343,16 +346,17 @@ class Registry:
                 # built-ins win whatever order pluggy called in; between plugins, the first called
                 if origin == BUILTIN_ORIGIN and held.origin != BUILTIN_ORIGIN:
                     table[name] = component
-                    loser, winner = held.origin, origin
+                    loser, winner, losing = held.origin, origin, owners.get(name)
+                    owners[name] = report
                 else:
-                    loser, winner = origin, held.origin
+                    loser, winner, losing = origin, held.origin, report
                 problem = f"{kind} {name!r} from {loser} is already registered by {winner}"
-                losing = next((r for r in self._reports if r.name == loser), None)
                 if losing is None:
                     raise PluginError(problem)
                 losing.add_error(problem)
                 return
             table[name] = component
+            owners[name] = report
 
         return register
 

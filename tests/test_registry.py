@@ -485,3 +485,53 @@ def test_builtins_win_a_clash_even_when_pluggy_calls_the_plugin_first(plugin_pat
     assert reg.get("critic", "sn-wgan").origin == "cryoet-forge"
     report = next(r for r in reg.plugin_reports() if r.name == "forge-first")
     assert report.error == "critic 'sn-wgan' from forge-first is already registered by cryoet-forge"
+
+
+def test_a_clash_is_shown_under_the_module_that_caused_it(plugin_path):
+    """A distribution with two entry-point modules: the second one's clash with a built-in name is
+    its own error, not the first module's (issue 31, finding 9: it was shown under the first)."""
+    a = '''
+        import torch
+        from cryoet_forge import hookimpl
+
+        class Net(torch.nn.Module):
+            """A throwaway generator."""
+
+            def __init__(self, in_channels=1, out_channels=1):
+                super().__init__()
+
+            def forward(self, x):
+                return x
+
+        @hookimpl
+        def forge_register_generators(register):
+            register("two-modules-net", Net)
+    '''
+    b = '''
+        import torch
+        from cryoet_forge import hookimpl
+
+        class Critic(torch.nn.Module):
+            """A throwaway critic under a built-in's name."""
+
+            def __init__(self, in_channels=1):
+                super().__init__()
+
+            def forward(self, x):
+                return x
+
+        @hookimpl
+        def forge_register_critics(register):
+            register("sn-wgan", Critic)
+    '''
+    (plugin_path / "forge_two_a.py").write_text(textwrap.dedent(a))
+    (plugin_path / "forge_two_b.py").write_text(textwrap.dedent(b))
+    info = plugin_path / "forge_two-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: forge-two\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text("[cryoet_forge]\nforge_two_a = forge_two_a\nforge_two_b = forge_two_b\n")
+    reports = {r.module: r for r in registry.get_registry().plugin_reports() if r.name == "forge-two"}
+    assert set(reports) == {"forge_two_a", "forge_two_b"}
+    assert reports["forge_two_a"].error is None
+    assert reports["forge_two_b"].error == "critic 'sn-wgan' from forge-two is already registered by cryoet-forge"
+    assert registry.get("generator", "two-modules-net").origin == "forge-two"
