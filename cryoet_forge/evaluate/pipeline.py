@@ -265,7 +265,11 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
     class_names = data.class_names
 
     # -- inception network ------------------------------------------------------------------
+    built: dict[str, InceptionNet] = {}  # the network the stage built, when it ran here
+
     def inception_stage() -> dict[str, Any]:
+        from cryoet_forge.classify import score_probabilities, validation_split
+
         log(f"training the inception CB3D on the real training split ({len(data.real_train)} volumes)")
         trained, history = train_cb3d(data.real_train, options, seed=config.data.seed,
                                       label="inception CB3D (real training split)")
@@ -281,9 +285,7 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
         if history.best_epoch:
             validation[CB3D_KIND] = float(history.val_accuracy[history.best_epoch - 1])
         kinds = inception_candidates(config)
-        if len(kinds) > 1 or kinds != [CB3D_KIND]:
-            from cryoet_forge.classify import score_probabilities, validation_split
-
+        if kinds != [CB3D_KIND]:
             fit_index, val_index = validation_split(data.real_train.labels, options.validation_fraction,
                                                     config.data.seed)
             if len(val_index):
@@ -301,8 +303,7 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
                 + ", ".join(f"{k} {v:.3f}" for k, v in validation.items()) + ")")
         real_features, real_probs = net.embed("real_test", data.real_test)
         train_features, _ = net.infer(data.real_train.volumes)
-        from cryoet_forge.classify import score_probabilities
-
+        built["net"] = net
         chosen_on_test = score_probabilities(real_probs, data.real_test, class_names)
         return {"model": folder, "on_test": on_test, "real_features": real_features, "real_probs": real_probs,
                 "train_features": train_features, "chosen": chosen, "validation": validation,
@@ -312,8 +313,10 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
                                      "inception": config.metrics.inception,
                                      "candidates": {k: config.downstream.classifier_options.get(k, {})
                                                     for k in config.downstream.classifiers}}, inception_stage)
-    if stage["chosen"] == CB3D_KIND:
-        inception: InceptionNet = InceptionNet(load_cb3d(stage["model"], device=options.device)[0], class_names,
+    if "net" in built:  # computed just now: no second fit
+        inception = built["net"]
+    elif stage["chosen"] == CB3D_KIND:
+        inception = InceptionNet(load_cb3d(stage["model"], device=options.device)[0], class_names,
                                                options.normalize, options.device, out / "features")
     else:
         inception = ClassifierInception(stage["chosen"], fitted_classifier(config, stage["chosen"], data.real_train),

@@ -58,46 +58,50 @@ def assess(inception_accuracy: float, chance: float, margin: float, paired: dict
     """
     from cryoet_forge.metrics.reliability import near_chance
 
-    if metrics_accuracy is None or metrics_network == "cb3d":
-        unreliable = near_chance(inception_accuracy, chance, margin)
-        reliable = unreliable is None
-        notes = [] if unreliable is None else [unreliable]
-    else:
-        metrics_note = near_chance(metrics_accuracy, chance, margin, network=metrics_network)
-        reliable = metrics_note is None
-        notes = [] if metrics_note is None else [metrics_note]
-        if near_chance(inception_accuracy, chance, margin) is not None:
-            notes.append(f"near chance: CB3D trained on the real training split scores {number(inception_accuracy)} "
-                         f"on the real test split (chance {number(chance)}): its downstream accuracies say nothing; "
-                         f"FID, PRDC and IS use {metrics_network}, which the real validation part chose")
-    cb3d_learns = near_chance(inception_accuracy, chance, margin) is None
+    cb3d_note = near_chance(inception_accuracy, chance, margin)
+    own = metrics_accuracy is None or metrics_network == "cb3d"  # the metrics use CB3D's features
+    metrics_note = (cb3d_note if metrics_accuracy is None or own
+                    else near_chance(metrics_accuracy, chance, margin, network=metrics_network))
+    notes = [] if metrics_note is None else [metrics_note]
+    if not own and cb3d_note is not None:
+        notes.append(f"near chance: CB3D trained on the real training split scores {number(inception_accuracy)} "
+                     f"on the real test split (chance {number(chance)}): its downstream accuracies say nothing; "
+                     f"FID, PRDC and IS use {metrics_network}, which the real validation part chose")
     if baseline_accuracy is not None and inception_accuracy <= baseline_accuracy:
         notes.append(f"CB3D trained on the real training split ({number(inception_accuracy)}) does not beat the "
                      f"radial-profile baseline ({number(baseline_accuracy)}) on the same split: the classifier, "
                      f"not the data, limits every accuracy here")
-    n, low, high = paired["n"], paired["ci_low"], paired["ci_high"]
-    interval = f"paired {round(100 * paired['confidence'])}% interval [{number(low)}, {number(high)}] over {n} seeds"
-    if not cb3d_learns:
+    mean, interval = number(paired["mean"]), _interval_text(paired)
+    if cb3d_note is not None:
         outcome = "inconclusive"
         sentence = (f"Inconclusive: the real data's own classifier is near chance, so this evaluation cannot "
-                    f"tell GAN data from traditional simulation (GAN minus traditional {number(paired['mean'])}, "
-                    f"{interval}).")
-    elif n < 2:
-        outcome = "inconclusive"
-        sentence = (f"Inconclusive: one seed gives no interval (GAN minus traditional {number(paired['mean'])}).")
-    elif low > 0:
-        outcome = "gan-ahead"
-        sentence = f"GAN data beat traditional simulation: GAN minus traditional {number(paired['mean'])} ({interval})."
-    elif high < 0:
-        outcome = "traditional-ahead"
-        sentence = (f"Traditional simulation beats GAN data: GAN minus traditional {number(paired['mean'])} "
-                    f"({interval}).")
+                    f"tell GAN data from traditional simulation (GAN minus traditional {mean}, {interval}).")
     else:
-        outcome = "no-clear-difference"
-        sentence = (f"No clear difference: GAN minus traditional {number(paired['mean'])}, and the {interval} "
-                    f"contains zero.")
-    return {"outcome": outcome, "sentence": sentence, "metrics_reliable": reliable, "margin": margin,
+        outcome = interval_outcome(paired)
+        sentence = {
+            "inconclusive": f"Inconclusive: one seed gives no interval (GAN minus traditional {mean}).",
+            "gan-ahead": f"GAN data beat traditional simulation: GAN minus traditional {mean} ({interval}).",
+            "traditional-ahead": f"Traditional simulation beats GAN data: GAN minus traditional {mean} ({interval}).",
+            "no-clear-difference": f"No clear difference: GAN minus traditional {mean}, and the {interval} "
+                                   "contains zero.",
+        }[outcome]
+    return {"outcome": outcome, "sentence": sentence, "metrics_reliable": metrics_note is None, "margin": margin,
             "notes": notes}
+
+
+def interval_outcome(paired: dict[str, Any]) -> str:
+    """What a paired GAN-minus-traditional interval says: "inconclusive" (one seed), "gan-ahead"
+    (above zero), "traditional-ahead" (below) or "no-clear-difference"."""
+    if paired["n"] < 2:
+        return "inconclusive"
+    if paired["ci_low"] > 0:
+        return "gan-ahead"
+    return "traditional-ahead" if paired["ci_high"] < 0 else "no-clear-difference"
+
+
+def _interval_text(paired: dict[str, Any]) -> str:
+    return (f"paired {round(100 * paired['confidence'])}% interval [{number(paired['ci_low'])}, "
+            f"{number(paired['ci_high'])}] over {paired['n']} seeds")
 
 
 def assess_classifier(kind: str, real_accuracy: float, chance: float, margin: float, paired: dict[str, Any],
@@ -113,27 +117,26 @@ def assess_classifier(kind: str, real_accuracy: float, chance: float, margin: fl
 
     learns = near_chance(real_accuracy, chance, margin) is None
     transfers = synthetic is None or max(synthetic) >= chance + margin
-    n, low, high, mean = paired["n"], paired["ci_low"], paired["ci_high"], paired["mean"]
-    interval = f"paired {round(100 * paired['confidence'])}% interval [{number(low)}, {number(high)}] over {n} seeds"
+    mean, interval = number(paired["mean"]), _interval_text(paired)
     if not learns:
         outcome = "does-not-learn"
         sentence = (f"{kind} does not learn the real data (trained on the real split: {number(real_accuracy)}, "
-                    f"chance {number(chance)}); its GAN minus traditional {number(mean)} says nothing.")
+                    f"chance {number(chance)}); its GAN minus traditional {mean} says nothing.")
     elif not transfers:
         assert synthetic is not None
         outcome = "neither-transfers"
         sentence = (f"{kind} learns the real data ({number(real_accuracy)}), but neither traditional "
                     f"({number(synthetic[0])}) nor GAN data ({number(synthetic[1])}) teach it more than chance "
                     f"({number(chance)}, margin {number(margin)}) on the real test split: GAN minus traditional "
-                    f"{number(mean)} ({interval}) is a difference between two failures.")
-    elif n < 2:
-        outcome, sentence = "inconclusive", f"{kind}: one seed gives no interval (GAN minus traditional {number(mean)})."
-    elif low > 0:
-        outcome, sentence = "gan-ahead", f"{kind}: GAN data beat traditional simulation, {number(mean)} ({interval})."
-    elif high < 0:
-        outcome, sentence = "traditional-ahead", f"{kind}: traditional simulation beats GAN data, {number(mean)} ({interval})."
+                    f"{mean} ({interval}) is a difference between two failures.")
     else:
-        outcome, sentence = "no-clear-difference", f"{kind}: no clear difference, {number(mean)} ({interval} contains zero)."
+        outcome = interval_outcome(paired)
+        sentence = {
+            "inconclusive": f"{kind}: one seed gives no interval (GAN minus traditional {mean}).",
+            "gan-ahead": f"{kind}: GAN data beat traditional simulation, {mean} ({interval}).",
+            "traditional-ahead": f"{kind}: traditional simulation beats GAN data, {mean} ({interval}).",
+            "no-clear-difference": f"{kind}: no clear difference, {mean} ({interval} contains zero).",
+        }[outcome]
     beats = None if baseline_accuracy is None else bool(real_accuracy > baseline_accuracy)
     return {"classifier": kind, "real_accuracy": real_accuracy, "learns": learns, "transfers": transfers,
             "beats_baseline": beats,
