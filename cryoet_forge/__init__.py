@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import pluggy
 
-__version__ = "0.1.0"
+try:  # the version of the installed distribution (pyproject.toml's), read at run time
+    __version__ = metadata.version("cryoet-forge")
+except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 #: decorator for plugin hook implementations (``@cryoet_forge.hookimpl``)
 hookimpl = pluggy.HookimplMarker("cryoet_forge")

@@ -3,12 +3,60 @@
 Distances follow ``prdc`` 0.2: the exact float64 squared distance rounded to float32, then
 a float32 square root. Errors are ValueError (bad shape, NaN/Inf, k out of range);
 Ctrl-C during a long call raises KeyboardInterrupt.
+
+The functions that return several values return plain dicts; their keys and value types are the
+TypedDicts below (``_PrdcCounts`` ...). Those exist only in this stub: name them in annotations
+under ``TYPE_CHECKING``.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+
+class _PrdcCounts(TypedDict):
+    """What ``prdc_counts`` returns."""
+
+    n_real: int
+    n_fake: int
+    k: int
+    precision_count: int
+    recall_count: int
+    density_count: int
+    coverage_count: int
+    #: distance pairs settled by the exact float64 route, and rows that needed it
+    exact_pairs: int
+    exact_rows: int
+    real_radii: npt.NDArray[np.float32]
+    fake_radii: npt.NDArray[np.float32]
+
+class _RadiiCandidates(TypedDict):
+    """What ``radii_candidates`` returns: per row of ``x`` up to ``cap`` candidates, flat."""
+
+    cap: int
+    max_norm: float
+    #: (N * cap,) candidate squared distances and row indices; (N,) list lengths and floors
+    vals: npt.NDArray[np.float64]
+    idx: npt.NDArray[np.uint32]
+    len: npt.NDArray[np.uint32]
+    floor: npt.NDArray[np.float64]
+
+class _RadiiFinish(TypedDict):
+    """What ``radii_finish`` returns for its R rows."""
+
+    radii: npt.NDArray[np.float32]
+    exact_pairs: int
+    exact_rows: int
+
+class _BallCounts(TypedDict):
+    """What ``ball_counts`` returns for its shard."""
+
+    #: (M,) real balls holding each fake row (shards add)
+    ball_count: npt.NDArray[np.uint32]
+    #: (N,) whether a fake row lies in the real row's ball / the real row is in a fake ball (shards OR)
+    recalled: npt.NDArray[np.bool_]
+    covered: npt.NDArray[np.bool_]
+    exact_pairs: int
 
 __version__: str
 CRATE_EXTRA_ROUNDINGS: float
@@ -31,7 +79,7 @@ def prdc_counts(
     k: int,
     inclusive: bool = False,
     progress: Callable[[int, int], Any] | None = None,
-) -> dict[str, Any]:
+) -> _PrdcCounts:
     """Exact PRDC of C-contiguous float32 ``real`` (N, D) and ``fake`` (M, D).
 
     Keys: n_real, n_fake, k, precision_count, recall_count, density_count, coverage_count,
@@ -65,7 +113,7 @@ def radii_candidates(
     rank: int = 0,
     world: int = 1,
     progress: Callable[[int, int], Any] | None = None,
-) -> dict[str, Any]:
+) -> _RadiiCandidates:
     """First phase of the radii over tile shard ``rank`` of ``world``: per row the closest
     candidates by the float32 GEMM. Keys: cap, max_norm, and flat arrays vals (float64, N*cap),
     idx (uint32, N*cap), len (uint32, N), floor (float64, N: at or below every candidate dropped)."""
@@ -81,7 +129,7 @@ def radii_finish(
     max_norm: float,
     cap: int,
     row_start: int,
-) -> dict[str, Any]:
+) -> _RadiiFinish:
     """Exact radii of rows ``row_start .. row_start + R`` from every shard's candidate lists of
     those rows (vals, idx: (P, R*cap); len, floor: (P, R)). Keys: radii, exact_pairs, exact_rows."""
 
@@ -95,6 +143,6 @@ def ball_counts(
     rank: int = 0,
     world: int = 1,
     progress: Callable[[int, int], Any] | None = None,
-) -> dict[str, Any]:
+) -> _BallCounts:
     """Ball membership over tile shard ``rank`` of ``world`` of real x fake: ball_count (uint32 per
     fake; shards add), recalled and covered (bool per real; shards OR), exact_pairs."""

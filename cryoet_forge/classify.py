@@ -246,6 +246,10 @@ class ClassifierOptions:
     #: per-volume random flips of each axis (and so 180-degree rotations about each axis): they
     #: keep a missing wedge about y where it is, unlike 90-degree turns that move it
     augment: bool = True
+    #: per-volume random permutations of the three axes (with ``augment``: all 48 symmetries of the
+    #: cube). Unlike flips they move the missing wedge, so the network meets it from every side;
+    #: they give a classifier of randomly oriented particles 6x the orientations to learn from
+    permute_axes: bool = False
     #: per-volume random circular shifts of up to this many voxels along each axis (0 = none):
     #: picks are rarely centred to the voxel, and a shift keeps the wedge too
     max_shift: int = 0
@@ -256,7 +260,7 @@ class ClassifierOptions:
     validation_fraction: float = 0.0
     patience: int = 10
     #: train in the channels_last_3d memory format (the same products, another summation order;
-    #: measured 1.2x faster for the narrow CPU networks, README "How the classifiers are trained")
+    #: measured 1.2x faster for the narrow CPU networks, docs/results.md, "The classifier training rule")
     channels_last: bool = True
     device: str = "cpu"
     #: a fixed Gaussian low-pass of every input volume, part of the network (so training, inference
@@ -341,9 +345,19 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, flips: bool, max_shift: int) -> torch.Tensor:
-    """Per-volume random axis flips and circular shifts of a (B, 1, S, S, S) batch (wedge-preserving)."""
+#: the six orders of the spatial axes of a (B, C, Z, Y, X) batch
+AXIS_PERMUTATIONS: tuple[tuple[int, int, int], ...] = ((2, 3, 4), (2, 4, 3), (3, 2, 4), (3, 4, 2), (4, 2, 3),
+                                                       (4, 3, 2))
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, flips: bool, max_shift: int,
+                  permute: bool = False) -> torch.Tensor:
+    """Per-volume random axis flips and circular shifts of a (B, 1, S, S, S) batch (wedge-preserving)
+    and, with ``permute``, random axis permutations (which move the wedge)."""
     b = x.shape[0]
+    if permute:
+        choice = torch.randint(len(AXIS_PERMUTATIONS), (b,), generator=generator)
+        x = torch.stack([x[i:i + 1].permute(0, 1, *AXIS_PERMUTATIONS[int(c)])[0] for i, c in enumerate(choice)])
     if flips:
         masks = torch.rand(b, 3, generator=generator) < 0.5
         for axis in range(3):
@@ -438,8 +452,8 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
                 if len(index) < 2 and len(order) > 1:
                     continue  # a lone sample gives BatchNorm nothing to normalise over
                 x = fit_volumes[index]
-                if options.augment or options.max_shift:
-                    x = augment_batch(x, generator, options.augment, options.max_shift)
+                if options.augment or options.max_shift or options.permute_axes:
+                    x = augment_batch(x, generator, options.augment, options.max_shift, options.permute_axes)
                 y = fit_labels[index]
                 if options.mixup > 0:
                     x, y_mix, lam = mixup_batch(x, y, options.mixup, mix_rng, generator)

@@ -30,14 +30,17 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("cryoet_forge.simulate.commands", "simulate_command"),
     "fetch-structures": ("cryoet_forge.simulate.commands", "fetch_structures_command"),
     "density": ("cryoet_forge.simulate.commands", "density_command"),
+    "simulate-tomogram": ("cryoet_forge.simulate.tomogram_command", "simulate_tomogram_command"),
     "extract": ("cryoet_forge.data.extract_command", "extract_command"),
     "metrics": ("cryoet_forge.metrics.command", "metrics_command"),
     "train": ("cryoet_forge.train.commands", "train_command"),
     "generate": ("cryoet_forge.train.commands", "generate_command"),
     "uncertainty": ("cryoet_forge.train.commands", "uncertainty_command"),
+    "refine-tomogram": ("cryoet_forge.train.commands", "refine_tomogram_command"),
     "classify": ("cryoet_forge.evaluate.commands", "classify_group"),
     "evaluate": ("cryoet_forge.evaluate.commands", "evaluate_command"),
     "quickstart": ("cryoet_forge.evaluate.commands", "quickstart_command"),
+    "evaluate-picking": ("cryoet_forge.evaluate.commands", "evaluate_picking_command"),
 }
 
 

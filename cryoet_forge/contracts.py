@@ -1,23 +1,13 @@
 """The contract of each component kind, as typed protocols, and the checks the registry runs.
 
-One protocol per kind (``hookspecs`` names them in each hook's documentation):
-
-=====================  =========================================================================
-kind                   what ``registry.create(kind, name, **options)`` must return
-=====================  =========================================================================
-``generator``          :class:`Generator`: a ``torch.nn.Module`` built by
-                       ``factory(in_channels=1, out_channels=1, **options)`` mapping (B, 1, S, S, S)
-                       to (B, 1, S, S, S) in [-1, 1]; the optional noise contract below
-``critic``             :class:`Critic`: a ``torch.nn.Module`` built by ``factory(in_channels=1, ...)``
-                       mapping (B, 1, S, S, S) to a patch of scores (B, 1, s, s, s)
-``loss``               :class:`AdversarialLoss` (``loss.adversarial``) or
-                       :class:`GeneratorRegularizer` (``[loss.regularizers.NAME]``)
-``simulator``          :class:`Simulator`: ``simulate(maps, voxel_size, generator)``
-``dataset``            :class:`Dataset`: ``__len__`` and ``__getitem__`` (a ``torch`` dataset)
-``feature-extractor``  :class:`FeatureExtractor`: ``extract(volumes) -> (N, D)``
-``knn-backend``        :class:`KnnBackend`: radii and PRDC counts
-``classifier``         :class:`Classifier`: ``fit(train, seed)``, ``probabilities(volumes) -> (N, C)``
-=====================  =========================================================================
+Every component kind is declared once, in :data:`KINDS`: its name, the hook that registers it,
+its protocol (or the roles of a kind whose components play different parts: a ``loss`` is an
+:class:`AdversarialLoss` for ``loss.adversarial`` or a :class:`GeneratorRegularizer` for
+``[loss.regularizers.NAME]``) and the hook's documentation. ``registry.KIND_HOOKS``, the hook
+specifications of ``hookspecs`` and the contract tests are derived from it. Every runtime check of
+a component is made against these protocols (:func:`check_factory`, :func:`check_instance`,
+:func:`check_role`), never against a class of cryoet-forge: a third-party component needs no
+base class of this package.
 
 **Noise contract of generators.** A generator with an explicit noise input sets the attribute
 ``noise = True`` and has ``noise_shape(input_shape) -> shape`` and ``forward(x, noise=None)``;
@@ -40,6 +30,7 @@ import contextlib
 import functools
 import inspect
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # the contracts module imports nothing heavy at run time
@@ -165,24 +156,161 @@ class Classifier(Protocol):
     def probabilities(self, volumes: np.ndarray) -> np.ndarray: ...
 
 
+@runtime_checkable
+class Picker(Protocol):
+    """A particle picker of whole tomograms (``forge evaluate-picking`` trains one per source and seed).
+
+    ``fit(tomograms, seed)`` learns a list of ``cryoet_forge.picking.tomograms.LabelledTomogram``
+    (a (Z, Y, X) volume, picks per class as (N, 3) (x, y, z) voxel centres, radii in Angstrom)
+    and returns the picker; the same data and seed give the same picker.
+    ``pick(volume, voxel_size)`` returns class name -> (N, 3) (x, y, z) voxel centres found in a
+    (Z, Y, X) tomogram. Tomograms show protein dark (the project's contrast convention).
+    """
+
+    def fit(self, tomograms: Any, seed: int) -> Any: ...
+
+    def pick(self, volume: np.ndarray, voxel_size: float) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Role:
+    """A part the components of one kind play in a run, each with its own protocol and config key
+    (a ``loss`` is an adversarial loss or a generator regulariser). A config that puts a component
+    in another role's place is a one-line ConfigError naming the key (:func:`check_role`)."""
+
+    name: str
+    protocol: type
+    #: how an error names what was expected: "an adversarial loss"
+    noun: str
+    #: the config key that selects it; ``{name}`` is the component's name
+    config_key: str
+    #: instances must be torch modules (trained with the generators, saved in checkpoints)
+    module: bool = False
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One component kind, declared once: ``registry.KIND_HOOKS``, the hook specifications of
+    ``hookspecs`` (name and documentation) and the contract tests are derived from :data:`KINDS`."""
+
+    #: the kind's name (``forge list KIND``, ``registry.create(KIND, ...)``)
+    name: str
+    #: the hook that registers components of this kind (``forge_register_*``; its one argument is
+    #: ``register``)
+    hook: str
+    #: the documentation of the hook (what a factory must return)
+    doc: str
+    #: the protocol every instance satisfies; None when the kind has ``roles``
+    protocol: type | None = None
+    #: the roles of a kind whose components play different parts (an instance satisfies one of them)
+    roles: tuple[Role, ...] = ()
+    #: instances must be torch modules (trained, moved to a device, saved)
+    module: bool = False
+    #: keyword options the factory must accept (the trainer passes them)
+    factory_options: tuple[str, ...] = ()
+
+    @property
+    def protocols(self) -> tuple[type, ...]:
+        """The protocols an instance may satisfy (any one of them)."""
+        if self.roles:
+            return tuple(role.protocol for role in self.roles)
+        return (self.protocol,) if self.protocol is not None else ()
+
+    def role(self, name: str) -> Role:
+        return next(role for role in self.roles if role.name == name)
+
+
+_BUILT = "Called when the registry is built; returns nothing."
+
+#: every component kind, in the order ``forge list`` shows them
+KINDS: tuple[Kind, ...] = (
+    Kind("generator", "forge_register_generators", protocol=Generator, module=True,
+         factory_options=("in_channels", "out_channels"), doc=f"""Register generators (volume-to-volume networks).
+
+    Factory contract: ``factory(in_channels=1, out_channels=1, **options)`` returns a
+    ``torch.nn.Module`` mapping (B, 1, S, S, S) to (B, 1, S, S, S) with values in
+    [-1, 1]: ``contracts.Generator``, and ``contracts.NoiseGenerator`` for the noise contract
+    (``noise = True``, ``noise_shape``, ``forward(x, noise=None)``). {_BUILT}
+    """),
+    Kind("critic", "forge_register_critics", protocol=Critic, module=True, factory_options=("in_channels",),
+         doc=f"""Register critics (discriminators) for adversarial training.
+
+    Factory contract: ``factory(in_channels=1, **options)`` returns a
+    ``torch.nn.Module`` mapping (B, 1, S, S, S) to a patch of scores (B, 1, s, s, s)
+    (``contracts.Critic``). {_BUILT}
+    """),
+    Kind("loss", "forge_register_losses", roles=(
+        Role("adversarial", AdversarialLoss, "an adversarial loss", "loss.adversarial"),
+        Role("regularizer", GeneratorRegularizer, "a generator regulariser", "loss.regularizers.{name}",
+             module=True),
+    ), doc=f"""Register adversarial losses (``wgan-clip``, ``lsgan``, ...) and generator regularisers.
+
+    Factory contract: ``factory(**options)`` returns a ``contracts.AdversarialLoss`` (selected
+    by ``loss.adversarial``; see ``cryoet_forge.losses``) or a ``contracts.GeneratorRegularizer``,
+    a ``torch.nn.Module`` (switched on in ``[loss.regularizers.NAME]``; see
+    ``cryoet_forge.contrastive``). Neither needs a base class of cryoet-forge. A config that names
+    one where the other is expected is a one-line error naming the key. The cycle term is not a
+    registered loss: it is ``loss.cycle_weight``. {_BUILT}
+    """),
+    Kind("simulator", "forge_register_simulators", protocol=Simulator,
+         doc=f"""Register subtomogram simulators (``fourier``, ``tilt-series``, ...).
+
+    Factory contract: ``factory(**options)`` returns an object that turns a batch of
+    density maps into simulated subtomograms and records every random parameter
+    (``contracts.Simulator``). A simulator that poses the maps itself takes the options ``rotate``
+    and ``max_shift``: ``forge simulate``, which poses them first, then passes ``rotate=False,
+    max_shift=0``; to one without these options it passes neither. {_BUILT}
+    """),
+    Kind("dataset", "forge_register_datasets", protocol=Dataset,
+         doc=f"""Register dataset kinds (volume folders, labelled folders, on-the-fly simulation).
+
+    Factory contract: ``factory(**options)`` returns a ``torch.utils.data.Dataset``
+    (``contracts.Dataset``). {_BUILT}
+    """),
+    Kind("feature-extractor", "forge_register_feature_extractors", protocol=FeatureExtractor,
+         doc=f"""Register feature extractors (volumes -> embedding vectors, e.g. ``cb3d``).
+
+    Factory contract: ``factory(**options)`` returns a ``contracts.FeatureExtractor``:
+    ``extract(volumes) -> numpy.ndarray`` of shape (N, D). Optional: ``probabilities(volumes)``
+    -> (N, C) class probabilities (``forge metrics --features`` then reports the Inception
+    Score), ``extract_with_probabilities(volumes)`` for both in one pass, ``box`` (the one edge
+    length it takes) and ``metadata["voxel_size"]`` (checked against the volumes). {_BUILT}
+    """),
+    Kind("knn-backend", "forge_register_knn_backends", protocol=KnnBackend,
+         doc=f"""Register k-nearest-neighbour backends used by the metrics engine.
+
+    Factory contract: ``factory(**options)`` returns a ``contracts.KnnBackend``. {_BUILT}
+    """),
+    Kind("classifier", "forge_register_classifiers", protocol=Classifier,
+         doc=f"""Register downstream classifiers (``cb3d``, ``radial``, ...) for ``forge evaluate``.
+
+    Factory contract: ``factory(**options)`` returns a ``contracts.Classifier``: ``fit(train,
+    seed)`` on labelled volumes, ``probabilities(volumes) -> (N, C)``; optional ``features(volumes)
+    -> (N, D)`` (then ``metrics.inception`` may choose it). ``[downstream] classifiers``
+    names the kinds an evaluation trains; each is trained on the real training split, the
+    traditional set and the GAN set, and scored on the real test split. {_BUILT}
+    """),
+    Kind("picker", "forge_register_pickers", protocol=Picker,
+         doc=f"""Register particle pickers of whole tomograms (``unet-segmentation``, ...).
+
+    Factory contract: ``factory(**options)`` returns a ``contracts.Picker``: ``fit(tomograms,
+    seed)`` on labelled tomograms (returns the picker), ``pick(volume, voxel_size)`` -> class name
+    -> (N, 3) (x, y, z) voxel centres. {_BUILT}
+    """),
+)
+
+#: kind name -> its declaration
+KIND: dict[str, Kind] = {kind.name: kind for kind in KINDS}
+
 #: kind -> the protocols an instance may satisfy (any one of them)
-PROTOCOLS: dict[str, tuple[type, ...]] = {
-    "generator": (Generator,),
-    "critic": (Critic,),
-    "loss": (AdversarialLoss, GeneratorRegularizer),
-    "simulator": (Simulator,),
-    "dataset": (Dataset,),
-    "feature-extractor": (FeatureExtractor,),
-    "knn-backend": (KnnBackend,),
-    "classifier": (Classifier,),
-}
+PROTOCOLS: dict[str, tuple[type, ...]] = {kind.name: kind.protocols for kind in KINDS}
 
 #: kinds whose instances must be torch modules (trained, moved to a device, saved)
-MODULE_KINDS = ("generator", "critic")
+MODULE_KINDS: tuple[str, ...] = tuple(kind.name for kind in KINDS if kind.module)
 
 #: kind -> keyword options the factory must accept (the trainer passes them)
-FACTORY_OPTIONS: dict[str, tuple[str, ...]] = {"generator": ("in_channels", "out_channels"),
-                                               "critic": ("in_channels",)}
+FACTORY_OPTIONS: dict[str, tuple[str, ...]] = {kind.name: kind.factory_options for kind in KINDS
+                                               if kind.factory_options}
 
 
 class ContractError(Exception):
@@ -259,14 +387,48 @@ def check_instance(kind: str, obj: Any) -> None:
         raise ContractError("sets noise=True but has no noise_shape(input_shape) (the noise contract)")
     shortfalls = []
     for protocol in protocols:
-        missing = [m for m in _methods(protocol) if not callable(getattr(obj, m, None))]
-        missing += [a for a in _attributes(protocol) if not hasattr(obj, a)]
+        missing = _missing(protocol, obj)
         if not missing:
             return
         shortfalls.append(missing)
     missing = min(shortfalls, key=len)
     raise ContractError(f"built a {type(obj).__name__} that lacks {', '.join(missing)} "
                         f"(the {kind} protocol: {_describe(protocols)})")
+
+
+def _missing(protocol: type, obj: Any) -> list[str]:
+    """The methods (not callable) and attributes (absent) of ``protocol`` that ``obj`` lacks."""
+    missing = [m for m in _methods(protocol) if not callable(getattr(obj, m, None))]
+    return missing + [a for a in _attributes(protocol) if not hasattr(obj, a)]
+
+
+def check_role(kind: str, role: str, obj: Any, name: str) -> None:
+    """ConfigError (one line) when ``obj``, built from component ``name`` of ``kind``, cannot play
+    ``role`` (``Kind.roles``): the line names the config key, what it expects (the role's protocol
+    and what ``obj`` lacks of it) and where the component belongs instead. Checked against the
+    protocol, so any object that satisfies it plays the role, whatever its class."""
+    from cryoet_forge.errors import ConfigError
+
+    spec = KIND[kind]
+    wanted = spec.role(role)
+    key = wanted.config_key.format(name=name)
+    missing = _missing(wanted.protocol, obj)
+    if missing:
+        problem = f"it lacks {', '.join(missing)}"
+    elif wanted.module and not _is_module(obj):
+        problem = f"it is a {type(obj).__name__}, not a torch.nn.Module"
+    else:
+        return
+    fits = [r for r in spec.roles if r is not wanted and not _missing(r.protocol, obj)]
+    hint = f"; {fits[0].noun} goes in {fits[0].config_key.format(name=name)}" if fits else ""
+    raise ConfigError(f"{key}: {kind} {name!r} is not {wanted.noun} (contracts.{wanted.protocol.__name__}: "
+                      f"{problem}){hint}")
+
+
+def _is_module(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
 
 
 def takes_noise(generator: Any) -> bool:

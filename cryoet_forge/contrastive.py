@@ -34,6 +34,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from cryoet_forge.contracts import check_role
 from cryoet_forge.errors import ConfigError
 
 
@@ -50,7 +51,9 @@ class RegularizerInputs:
 
 
 class GeneratorRegularizer(nn.Module):
-    """Base class: ``setup`` once (may create parameters), ``forward(inputs)`` -> weighted term."""
+    """A convenience base class: ``setup`` once (may create parameters), ``forward(inputs)`` ->
+    weighted term. The contract is ``contracts.GeneratorRegularizer`` (a ``torch.nn.Module`` with
+    ``setup`` and ``forward``); a plugin's regulariser need not derive from this class."""
 
     def setup(self, g_ds: nn.Module, g_sd: nn.Module, example: torch.Tensor) -> None:
         return None
@@ -216,17 +219,17 @@ class PatchNCELoss(GeneratorRegularizer):
         return self.weight * loss
 
 
-def build_regularizers(table: dict[str, Any]) -> dict[str, GeneratorRegularizer]:
-    """The regularisers of ``[loss.regularizers]`` (name -> options), created from the registry."""
+def build_regularizers(table: dict[str, Any]) -> dict[str, Any]:
+    """The regularisers of ``[loss.regularizers]`` (name -> options), created from the registry:
+    each a ``torch.nn.Module`` satisfying ``contracts.GeneratorRegularizer``, whatever its class (an
+    adversarial loss there is a one-line ConfigError naming the key, ``contracts.check_role``)."""
     from cryoet_forge import registry
 
-    out: dict[str, GeneratorRegularizer] = {}
+    out: dict[str, Any] = {}
     for name, options in table.items():
         if not isinstance(options, dict):
             raise ConfigError(f"loss.regularizers.{name} must be a table of options, got {options!r}")
         reg = registry.create("loss", name, **options)
-        if not isinstance(reg, GeneratorRegularizer):
-            raise ConfigError(f"loss.regularizers.{name}: loss {name!r} is not a generator regulariser "
-                              "(an adversarial loss goes in loss.adversarial)")
+        check_role("loss", "regularizer", reg, name)
         out[name] = reg
     return out

@@ -94,27 +94,45 @@ def _as_batch(maps: np.ndarray, box: int, normalize: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+def run_seeded(model: nn.Module, inputs: torch.Tensor, seed: int, batch_size: int = 8,
+               noise: torch.Tensor | None = None, label: str = "generate", unit: str = "volumes") -> torch.Tensor:
+    """A generator on (B, 1, S, S, S) ``inputs`` in batches, the same for the same ``seed``: torch's
+    global generator is seeded inside and restored after (generators that draw their own noise),
+    and a noise-taking generator gets its noise drawn per batch from a generator seeded with
+    ``seed``, or ``noise`` (one draw, (1, ...)) for every row when given. Returns (B, S, S, S)."""
+    from cryoet_forge import progress
+
+    noise_gen = torch.Generator().manual_seed(int(seed))
+    outputs = []
+    with torch.random.fork_rng(devices=[]), progress.stage(label, len(inputs), unit) as bar:
+        torch.manual_seed(int(seed))
+        for start in range(0, len(inputs), batch_size):
+            x = inputs[start:start + batch_size]
+            z = None
+            if noise is not None:
+                z = noise.expand(len(x), *noise.shape[1:]).contiguous()
+            elif takes_noise(model):
+                z = torch.randn(noise_shape(model, tuple(x.shape)), generator=noise_gen)
+            outputs.append(run_generator(model, x, z)[:, 0])
+            bar.advance(x.shape[0])
+    return torch.cat(outputs)
+
+
+@torch.no_grad()
 def generate_from_maps(run_dir: str | os.PathLike, maps: np.ndarray, n_per_map: int, seed: int,
-                       batch_size: int = 8, normalize: str | None = None) -> np.ndarray:
-    """(B, S, S, S) density maps -> (B * n_per_map, S, S, S) subtomograms; sample j of map i at i*n+j."""
+                       batch_size: int = 8, normalize: str | None = None,
+                       checkpoint: str | os.PathLike | None = None) -> np.ndarray:
+    """(B, S, S, S) density maps -> (B * n_per_map, S, S, S) subtomograms; sample j of map i at i*n+j.
+
+    ``checkpoint``: a checkpoint folder of the run (default: its newest intact one).
+    """
     if n_per_map < 1:
         raise InputError(f"n_per_map must be >= 1, got {n_per_map}")
-    model, cfg = load_generator(run_dir)
+    model, cfg = load_generator(run_dir, checkpoint=checkpoint)
     box = int(run_metadata(Path(run_dir))["box"])
     inputs = _as_batch(maps, box, normalize or density_normalization(cfg))
     inputs = inputs.repeat_interleave(n_per_map, dim=0)
-    noise_gen = torch.Generator().manual_seed(int(seed))
-    outputs = []
-    from cryoet_forge import progress
-
-    with torch.random.fork_rng(devices=[]), progress.stage("generate", len(inputs), "volumes") as bar:
-        torch.manual_seed(int(seed))  # generators that draw their own noise
-        for start in range(0, len(inputs), batch_size):
-            x = inputs[start:start + batch_size]
-            z = torch.randn(noise_shape(model, tuple(x.shape)), generator=noise_gen) if takes_noise(model) else None
-            outputs.append(run_generator(model, x, z)[:, 0])
-            bar.advance(x.shape[0])
-    return torch.cat(outputs).numpy().astype(np.float32)
+    return run_seeded(model, inputs, seed, batch_size).numpy().astype(np.float32)
 
 
 def check_run_voxel_size(run_dir: Path, voxel: float, source: str) -> None:

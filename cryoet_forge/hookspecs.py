@@ -18,7 +18,10 @@ Built-in components win every name clash whatever the order; between two plugins
 called first keeps the name. The other plugin's ``register`` call is recorded as its error
 (``forge plugins``), as is a component that does not satisfy its kind's protocol.
 
-The protocol of each kind is in ``cryoet_forge.contracts`` (named in each hook below).
+The ``forge_register_*`` hooks are made here from ``cryoet_forge.contracts.KINDS``, where each
+component kind is declared once (its name, hook, protocol and the hook's documentation); each
+hook is a module-level function carrying that documentation, as ``pm.add_hookspecs`` and
+``inspect.getdoc`` see it (documentation tools read them by importing the module).
 """
 
 from __future__ import annotations
@@ -27,18 +30,7 @@ from typing import Any, Callable, Protocol
 
 import pluggy
 
-from cryoet_forge.contracts import (  # noqa: F401  (the protocols each hook names)
-    AdversarialLoss,
-    Classifier,
-    Critic,
-    Dataset,
-    FeatureExtractor,
-    Generator,
-    GeneratorRegularizer,
-    KnnBackend,
-    NoiseGenerator,
-    Simulator,
-)
+from cryoet_forge.contracts import KINDS, Kind
 
 PROJECT = "cryoet_forge"
 
@@ -52,91 +44,20 @@ class Register(Protocol):
     def __call__(self, name: str, factory: Callable[..., Any], description: str | None = None) -> None: ...
 
 
-@hookspec
-def forge_register_generators(register: Register) -> None:
-    """Register generators (volume-to-volume networks).
+def _register_hook(kind: Kind) -> Callable[[Register], None]:
+    """The hook specification of ``kind``: ``kind.hook(register)``, documented by ``kind.doc``."""
 
-    Factory contract: ``factory(in_channels=1, out_channels=1, **options)`` returns a
-    ``torch.nn.Module`` mapping (B, 1, S, S, S) to (B, 1, S, S, S) with values in
-    [-1, 1]: ``contracts.Generator``, and ``contracts.NoiseGenerator`` for the noise contract
-    (``noise = True``, ``noise_shape``, ``forward(x, noise=None)``). Called when the registry is
-    built; returns nothing.
-    """
+    def hook(register: Register) -> None:
+        pass
 
-
-@hookspec
-def forge_register_critics(register: Register) -> None:
-    """Register critics (discriminators) for adversarial training.
-
-    Factory contract: ``factory(in_channels=1, **options)`` returns a
-    ``torch.nn.Module`` mapping (B, 1, S, S, S) to a patch of scores (B, 1, s, s, s)
-    (``contracts.Critic``). Called when the registry is built; returns nothing.
-    """
+    hook.__name__ = hook.__qualname__ = kind.hook
+    hook.__doc__ = kind.doc
+    return hookspec(hook)
 
 
-@hookspec
-def forge_register_losses(register: Register) -> None:
-    """Register adversarial losses (``wgan-clip``, ``lsgan``, ...) and generator regularisers.
-
-    Factory contract: ``factory(**options)`` returns a ``contracts.AdversarialLoss`` (selected
-    by ``loss.adversarial``; see ``cryoet_forge.losses``) or a ``contracts.GeneratorRegularizer``
-    (switched on in ``[loss.regularizers.NAME]``; see ``cryoet_forge.contrastive``). The cycle
-    term is not a registered loss: it is ``loss.cycle_weight``. Called when the registry is built.
-    """
-
-
-@hookspec
-def forge_register_simulators(register: Register) -> None:
-    """Register subtomogram simulators (``fourier``, ``tilt-series``, ...).
-
-    Factory contract: ``factory(**options)`` returns an object that turns a batch of
-    density maps into simulated subtomograms and records every random parameter
-    (``contracts.Simulator``). Called when the registry is built; returns nothing.
-    """
-
-
-@hookspec
-def forge_register_datasets(register: Register) -> None:
-    """Register dataset kinds (volume folders, labelled folders, on-the-fly simulation).
-
-    Factory contract: ``factory(**options)`` returns a ``torch.utils.data.Dataset``
-    (``contracts.Dataset``).
-    Called when the registry is built; returns nothing.
-    """
-
-
-@hookspec
-def forge_register_feature_extractors(register: Register) -> None:
-    """Register feature extractors (volumes -> embedding vectors, e.g. ``cb3d``).
-
-    Factory contract: ``factory(**options)`` returns a ``contracts.FeatureExtractor``:
-    ``extract(volumes) -> numpy.ndarray`` of shape (N, D). Optional: ``probabilities(volumes)``
-    -> (N, C) class probabilities (``forge metrics --features`` then reports the Inception
-    Score), ``extract_with_probabilities(volumes)`` for both in one pass, ``box`` (the one edge
-    length it takes) and ``metadata["voxel_size"]`` (checked against the volumes). Called when
-    the registry is built; returns nothing.
-    """
-
-
-@hookspec
-def forge_register_knn_backends(register: Register) -> None:
-    """Register k-nearest-neighbour backends used by the metrics engine.
-
-    Factory contract: ``factory(**options)`` returns a ``contracts.KnnBackend``. Called when the registry is built.
-    """
-
-
-@hookspec
-def forge_register_classifiers(register: Register) -> None:
-    """Register downstream classifiers (``cb3d``, ``radial``, ...) for ``forge evaluate``.
-
-    Factory contract: ``factory(**options)`` returns a ``contracts.Classifier``: ``fit(train,
-    seed)`` on labelled volumes, ``probabilities(volumes) -> (N, C)``; optional ``features(volumes)
-    -> (N, D)`` (then ``metrics.inception`` may choose it). ``[downstream] classifiers``
-    names the kinds an evaluation trains; each is trained on the real training split, the
-    traditional set and the GAN set, and scored on the real test split. Called when the registry
-    is built; returns nothing.
-    """
+for _kind in KINDS:  # forge_register_generators, forge_register_critics, ... (contracts.KINDS)
+    globals()[_kind.hook] = _register_hook(_kind)
+del _kind
 
 
 @hookspec
@@ -146,4 +67,20 @@ def forge_register_commands(cli: Any) -> None:
     ``cli`` is the ``click.Group``; implementations call ``cli.add_command(...)``.
     Called once when the ``forge`` command starts, after the component registries
     are built; returns nothing.
+    """
+
+
+@hookspec
+def forge_register_evaluation_stages(register: Callable[[Any], None]) -> None:
+    """Add stages to ``forge evaluate`` (another downstream task, another score).
+
+    Unlike the component hooks, ``register`` takes one argument: a
+    ``cryoet_forge.evaluate.stages.EvaluationStage``, the stage's ``name`` (its record folder
+    ``OUT/stages/<name>``), the names of the values it reads (``inputs``: the evaluation's base
+    values, ``cryoet_forge.evaluate.pipeline.BASE_VALUES``, and the outputs of earlier stages)
+    and adds (``outputs``), its ``function(view)``, and ``after``, the stage it follows (default:
+    the last one before the report). Its result is stored and read back by ``--resume`` like a
+    built-in stage's, and its outputs are written to ``results.json`` under ``plugin_stages``.
+    A stage that reads a value no stage before it produces stops the evaluation before its first
+    stage (``PluginError``). Called at the start of every evaluation; returns nothing.
     """

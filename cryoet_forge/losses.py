@@ -23,7 +23,9 @@ from cryoet_forge.errors import ConfigError
 
 
 class AdversarialLoss:
-    """Base class; see the module docstring for the interface."""
+    """A convenience base class (defaults for ``penalty``, ``after_critic_step`` and ``gap``); see the
+    module docstring for the interface. The contract is ``contracts.AdversarialLoss``: a plugin's
+    loss need not derive from this class."""
 
     needs_interpolates = False
 

@@ -160,7 +160,7 @@ def check_at_least(items: Iterable[tuple[str, Any, float]]) -> None:
 #: the validated training rule of every CB3D the product trains by default (``forge classify
 #: train``, the ``[classifier]`` of forge evaluate's embedded setting): narrow widths, one 64-wide
 #: dense layer without dropout, 20% of each class held out to keep the best epoch, at most 40
-#: epochs, patience 20 (README, "How the classifiers are trained", says how it was chosen on a
+#: epochs, patience 20 (docs/results.md, "The classifier training rule", says how it was chosen on a
 #: held-out part of the real training split). ``cryoet_forge.classify.ClassifierOptions``' own defaults are the
 #: paper's. Here, free of torch, so that command-line defaults can show it.
 VALIDATED_RULE: dict[str, Any] = {"channels": [8, 16, 32, 32], "convs_per_block": [1, 1, 2, 2], "fc_width": 64,

@@ -18,9 +18,8 @@ import importlib.metadata as metadata
 import inspect
 import signal
 import threading
-import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 import pluggy
 
@@ -31,17 +30,8 @@ from cryoet_forge.options import check_options
 ENTRY_POINT_GROUP = "cryoet_forge"
 BUILTIN_ORIGIN = "cryoet-forge"
 
-#: kind name -> the hook that registers components of that kind
-KIND_HOOKS: dict[str, str] = {
-    "generator": "forge_register_generators",
-    "critic": "forge_register_critics",
-    "loss": "forge_register_losses",
-    "simulator": "forge_register_simulators",
-    "dataset": "forge_register_datasets",
-    "feature-extractor": "forge_register_feature_extractors",
-    "knn-backend": "forge_register_knn_backends",
-    "classifier": "forge_register_classifiers",
-}
+#: kind name -> the hook that registers components of that kind (from ``contracts.KINDS``)
+KIND_HOOKS: dict[str, str] = {kind.name: kind.hook for kind in contracts.KINDS}
 
 #: kind -> {old or short name: registered name}; ``get`` and ``create`` accept both
 ALIASES: dict[str, dict[str, str]] = {"simulator": {"none": "posed-map"}}
@@ -53,6 +43,7 @@ BUILTIN_PLUGIN_MODULES: tuple[str, ...] = (
     "cryoet_forge.evaluate.plugin",
     "cryoet_forge.simulate.plugin",
     "cryoet_forge.data.plugin",
+    "cryoet_forge.picking.plugin",
 )
 
 
@@ -130,6 +121,18 @@ class Component:
     description: str
     origin: str
 
+    def accepts(self, option: str) -> bool:
+        """Whether the factory takes keyword ``option`` (a factory taking ``**options``, or one whose
+        signature cannot be read, is taken to accept it)."""
+        try:
+            parameters = inspect.signature(self.factory).parameters
+        except (TypeError, ValueError):
+            return True
+        p = parameters.get(option)
+        if p is not None:
+            return p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        return any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
     def create(self, **options: Any) -> Any:
         """Build the component; options it does not take, or of the wrong type, are a ConfigError,
         and an object that does not satisfy its kind's protocol (``contracts``) a PluginError.
@@ -192,7 +195,10 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self._components: dict[str, dict[str, Component]] = {k: {} for k in KIND_HOOKS}
         self._reports: list[PluginReport] = []
+        #: id(the object registered with pluggy: a ``_ContainedPlugin``) -> its plugin's report
         self._origins: dict[int, PluginReport] = {}
+        #: id(a plugin module or object) -> (the name it is registered under, the plugin)
+        self._registered: dict[int, tuple[str, Any]] = {}
         self._cli: Any = None
         with _watch_sigint():
             self._load(load_entry_points, builtin_modules)
@@ -218,14 +224,19 @@ class Registry:
 
     def _add_plugin(self, plugin: Any, plugin_name: str, report: PluginReport) -> None:
         try:
-            self.pm.register(plugin, name=plugin_name)
+            if id(plugin) in self._registered:  # one module named by two entry points
+                raise ValueError(f"plugin {plugin_name!r} is already registered as "
+                                 f"{self._registered[id(plugin)][0]!r}")
+            contained = _ContainedPlugin(self, plugin, report)
+            self.pm.register(contained, name=plugin_name)
         except BaseException as exc:  # pluggy validates hook names and signatures here
             if not _contain(exc):
                 raise
             report.error = _exception_text(exc)
             self._reports.append(report)
             return
-        callers = self.pm.get_hookcallers(plugin) or []
+        self._registered[id(plugin)] = (plugin_name, plugin)
+        callers = self.pm.get_hookcallers(contained) or []
         report.hooks = sorted(caller.name for caller in callers)
         unknown = sorted(caller.name for caller in callers if caller.spec is None)
         if unknown:  # most likely a misspelled hook name, which would silently do nothing
@@ -235,38 +246,83 @@ class Registry:
                 close = difflib.get_close_matches(name, known, n=1)
                 hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
             report.error = f"implements unknown hook(s): {', '.join(hints)}"
-        for caller in callers:
-            for impl in caller.get_hookimpls():
-                if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
-                    # pluggy declares it Final; wrapping it in place is how a plugin's errors stay its own
-                    impl.function = self._contained(impl.function, caller.name, report)  # type: ignore[misc]
-        self._origins[id(plugin)] = report
+        self._origins[id(contained)] = report
         self._reports.append(report)
 
     def _contained(self, function: Callable[..., Any], hook_name: str,
                    report: PluginReport) -> Callable[..., Any]:
         """``function`` (one plugin's implementation of ``hook_name``) as pluggy will call it:
         with the plugin known to ``register`` and its errors recorded on its report instead of
-        ending the hook call for every other plugin."""
+        ending the hook call for every other plugin (its result then is None)."""
 
         @functools.wraps(function)
-        def call(*args: Any) -> Any:
-            token = _calling.set(report)
+        def call(*args: Any, **kwargs: Any) -> Any:
             before = (dict(self._cli.commands)
                       if hook_name == "forge_register_commands" and self._cli is not None else None)
             try:
-                function(*args)
+                with _reporting(report):
+                    return function(*args, **kwargs)
             except BaseException as exc:
                 if not _contain(exc):
                     raise
                 report.add_error(_exception_text(exc))
+                return None
             finally:
-                _calling.reset(token)
                 if before is not None:
                     self._check_commands(before, report)
-            return None
 
         return call
+
+    @staticmethod
+    def _contained_wrapper(function: Callable[..., Any], hook_name: str,
+                           report: PluginReport) -> Callable[..., Any]:
+        """A hook wrapper's generator ``function`` (``wrapper=True`` or ``hookwrapper=True``) as
+        pluggy will drive it: each step runs with the plugin known to ``register``, and an error the
+        plugin's own code raises (before or after its ``yield``) is recorded on its report; the hook
+        call then goes on as if the wrapper were not there. What the inner implementations raise
+        passes through unchanged."""
+
+        @functools.wraps(function)
+        def drive(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            steps = function(*args, **kwargs)  # a generator: no plugin code has run yet
+            try:
+                with _reporting(report):
+                    next(steps)
+            except StopIteration:
+                report.add_error(f"hook wrapper {hook_name} did not yield")
+                return (yield)
+            except BaseException as exc:
+                if not _contain(exc):
+                    raise
+                report.add_error(_exception_text(exc))
+                return (yield)
+            inner: BaseException | None = None
+            received = None
+            try:
+                received = yield
+            except BaseException as exc:  # raised by the implementations inside this wrapper
+                inner = exc
+            try:
+                with _reporting(report):
+                    if inner is not None:
+                        steps.throw(inner)
+                    else:
+                        steps.send(received)
+            except StopIteration as stop:
+                return stop.value
+            except BaseException as exc:
+                if exc is inner or not _contain(exc):
+                    raise
+                report.add_error(_exception_text(exc))
+            else:
+                report.add_error(f"hook wrapper {hook_name} has a second yield")
+                with contextlib.suppress(*CONTAINED):
+                    steps.close()
+            if inner is not None:
+                raise inner
+            return received
+
+        return drive
 
     def _load_entry_points(self) -> None:
         eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
@@ -291,26 +347,16 @@ class Registry:
 
     def _call_hook(self, hook_name: str, **kwargs: Any) -> None:
         """Call a hook through pluggy (``tryfirst``/``trylast``, wrappers and tracing apply). Each
-        plain implementation contains its own errors; one raised past them (by a hook wrapper)
-        is recorded on the plugin whose code raised it."""
+        implementation contains its own errors (``_ContainedPlugin``); an error raised past them
+        (by pluggy itself) is recorded on an "(unknown plugin)" report."""
         try:
             getattr(self.pm.hook, hook_name)(**kwargs)
         except BaseException as exc:
             if not _contain(exc):
                 raise
-            self._blame(exc).add_error(_exception_text(exc))
+            self._unattributed().add_error(_exception_text(exc))
 
-    def _blame(self, exc: BaseException) -> PluginReport:
-        codes = {}
-        for plugin in self.pm.get_plugins():
-            report = self._origins.get(id(plugin))
-            for caller in self.pm.get_hookcallers(plugin) or []:
-                for impl in caller.get_hookimpls():
-                    if impl.plugin is plugin and report is not None:
-                        codes[getattr(impl.function, "__code__", None)] = report
-        for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
-            if frame.f_code in codes:
-                return codes[frame.f_code]
+    def _unattributed(self) -> PluginReport:
         unknown = PluginReport(name="(unknown plugin)", version="?", module="?")
         self._reports.append(unknown)
         return unknown
@@ -404,7 +450,7 @@ class Registry:
         except BaseException as exc:
             if not _contain(exc):
                 raise
-            self._blame(exc).add_error(_exception_text(exc))
+            self._unattributed().add_error(_exception_text(exc))
 
     def _check_commands(self, before: dict[str, Any], report: PluginReport) -> None:
         """Put back any command of another owner that the plugin of ``report`` replaced or removed."""
@@ -431,6 +477,45 @@ class Registry:
 
 #: the plugin whose hook implementation is running (``register`` names it as the origin)
 _calling: contextvars.ContextVar[PluginReport | None] = contextvars.ContextVar("forge_calling", default=None)
+
+
+@contextlib.contextmanager
+def _reporting(report: PluginReport) -> Iterator[None]:
+    """While a plugin's hook code runs: ``register`` names that plugin as the origin."""
+    token = _calling.set(report)
+    try:
+        yield
+    finally:
+        _calling.reset(token)
+
+
+class _ContainedPlugin:
+    """A plugin as the registry registers it with pluggy: an object exposing the same hook
+    implementations as the plugin (same attribute names, ``@hookimpl`` options and signatures),
+    each wrapped so that the plugin's errors are recorded on its report instead of ending the hook
+    call for every other plugin. Found through pluggy's own discovery
+    (``PluginManager.parse_hookimpl_opts``); a wrapper that is not a generator function is handed
+    over as it is, for pluggy to refuse at registration."""
+
+    def __init__(self, registry: Registry, plugin: Any, report: PluginReport) -> None:
+        self._forge_plugin = plugin
+        for attr in dir(plugin):
+            opts = registry.pm.parse_hookimpl_opts(plugin, attr)
+            if opts is None:
+                continue
+            function = getattr(plugin, attr)
+            hook_name = opts.get("specname") or attr
+            if opts.get("wrapper") or opts.get("hookwrapper"):
+                if not inspect.isgeneratorfunction(function):
+                    setattr(self, attr, function)
+                    continue
+                contained = registry._contained_wrapper(function, hook_name, report)
+            else:
+                contained = registry._contained(function, hook_name, report)
+            setattr(self, attr, hookspecs.hookimpl(contained, **opts))
+
+    def __repr__(self) -> str:
+        return f"<contained {self._forge_plugin!r}>"
 
 
 _lock = threading.Lock()

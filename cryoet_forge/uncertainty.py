@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
+from cryoet_forge.contracts import noise_shape, takes_noise
 from cryoet_forge.errors import InputError
 from cryoet_forge.generate import (
     _as_batch,
@@ -25,6 +25,7 @@ from cryoet_forge.generate import (
     density_normalization,
     load_generator,
     run_metadata,
+    run_seeded,
 )
 
 
@@ -64,17 +65,8 @@ def mc_dropout(run_dir: str | os.PathLike, volume: np.ndarray, samples: int = 20
     noise = None
     if takes_noise(model):
         noise = torch.randn(noise_shape(model, tuple(x.shape)), generator=torch.Generator().manual_seed(seed))
-    outputs = []
-    from cryoet_forge import progress
-
-    with torch.random.fork_rng(devices=[]), progress.stage("MC dropout", samples, "samples") as bar:
-        torch.manual_seed(int(seed))
-        for start in range(0, samples, batch_size):
-            n = min(batch_size, samples - start)
-            z = None if noise is None else noise.expand(n, *noise.shape[1:]).contiguous()
-            outputs.append(run_generator(model, x.expand(n, *x.shape[1:]).contiguous(), z)[:, 0])
-            bar.advance(n)
-    stack = torch.cat(outputs).double()
+    inputs = x.expand(samples, *x.shape[1:]).contiguous()
+    stack = run_seeded(model, inputs, seed, batch_size, noise=noise, label="MC dropout", unit="samples").double()
     return (stack.mean(0).float().numpy(), stack.std(0, unbiased=True).float().numpy())
 
 

@@ -66,6 +66,16 @@ CHANGES: dict[str, dict[str, Any]] = {
     "tta": {"tta": True},
     "smooth0.1": {"label_smoothing": 0.1},
     "cosine80": {"epochs": 80, "patience": 40},
+    # rotation-invariant pooling (a learnt radial profile) on two blocks (8^3 maps of a 32^3 box) and
+    # axis permutations (the 48 cube symmetries with the flips): run with --only, after the above
+    "permute": {"permute_axes": True},
+    "radial2": {"pool": "radial", "channels": [16, 32], "convs_per_block": [1, 1]},
+    "radial2-lp60": {"pool": "radial", "channels": [16, 32], "convs_per_block": [1, 1], "lowpass_A": 60.0},
+    "radial2-perm": {"pool": "radial", "channels": [16, 32], "convs_per_block": [1, 1], "permute_axes": True},
+    "radial2-perm-lp60": {"pool": "radial", "channels": [16, 32], "convs_per_block": [1, 1],
+                          "permute_axes": True, "lowpass_A": 60.0},
+    "radial3-perm-lp60": {"pool": "radial", "channels": [8, 16, 32], "convs_per_block": [1, 1, 1],
+                          "permute_axes": True, "lowpass_A": 60.0},
 }
 #: groups of alternatives: ``combined`` takes at most one of each (the best that beat the rule)
 GROUPS = ({"lp40", "lp60", "lp90"}, {"global", "global-small"})

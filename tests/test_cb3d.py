@@ -132,3 +132,33 @@ def test_feature_extractor_plugin_matches_the_model(tmp_path):
     np.testing.assert_array_equal(extractor.extract(x), expected_features)
     np.testing.assert_array_equal(extractor.probabilities(x[:, None]), expected_probs)
     assert extractor.dim == 32 and extractor.class_names == ["a", "b"]
+
+
+def test_radial_pooling_is_a_profile_of_shells():
+    from cryoet_forge.models.cb3d import RadialPool, shell_index
+
+    index = shell_index(8)
+    assert torch.bincount(index.flatten()).tolist() == [8, 24, 104, 144, 232]
+    assert index[3, 3, 3] == 0 and index[0, 0, 0] == 4  # centre voxels and the corners beyond the sphere
+    h = torch.randn(2, 3, 8, 8, 8)
+    pooled = RadialPool(8)(h)
+    assert pooled.shape == (2, 3 * 5)
+    # each value is the mean of one channel over one shell
+    expected = torch.stack([h[:, :, index == s].mean(-1) for s in range(5)], dim=-1).flatten(1)
+    torch.testing.assert_close(pooled, expected)
+    # unchanged by the cube's symmetries about the centre
+    torch.testing.assert_close(RadialPool(8)(h.permute(0, 1, 3, 4, 2)), pooled)
+    torch.testing.assert_close(RadialPool(8)(torch.flip(h, [2, 4])), pooled)
+
+
+def test_radial_pool_network_shapes_and_checkpoint(tmp_path):
+    model = CB3D(num_classes=3, box=16, channels=(4, 8), convs_per_block=(1, 1), fc_width=8, dropout=0.0,
+                 pool="radial")
+    assert model.config.pooled_features() == 8 * 3  # 4^3 maps: shells 0, 1, 2
+    x = torch.randn(2, 1, 16, 16, 16)
+    model.eval()
+    assert model(x).shape == (2, 3)
+    save_cb3d(model, tmp_path / "radial", ["a", "b", "c"])
+    loaded, meta = load_cb3d(tmp_path / "radial")
+    assert loaded.config.pool == "radial"
+    torch.testing.assert_close(loaded(x), model(x))

@@ -161,6 +161,23 @@ def test_augmentation_flips_and_shifts_each_volume_separately():
     assert not torch.equal(shifted, x)
 
 
+def test_axis_permutations_reorder_each_volume_separately():
+    from cryoet_forge.classify import AXIS_PERMUTATIONS, augment_batch
+
+    x = torch.randn(12, 1, 4, 5, 6)[:, :, :4, :4, :4].contiguous()
+    out = augment_batch(x, torch.Generator().manual_seed(3), flips=False, max_shift=0, permute=True)
+    seen = set()
+    for i in range(12):
+        matches = [p for p in AXIS_PERMUTATIONS if torch.equal(out[i:i + 1], x[i:i + 1].permute(0, 1, *p))]
+        assert matches, i
+        seen.add(matches[0])
+    assert len(seen) > 2  # drawn per volume, not once per batch
+    # without permute the draws (and so the defaults' training) are unchanged
+    a = augment_batch(x, torch.Generator().manual_seed(0), flips=True, max_shift=1)
+    b = augment_batch(x, torch.Generator().manual_seed(0), flips=True, max_shift=1, permute=False)
+    assert torch.equal(a, b)
+
+
 def test_early_stopping_keeps_the_best_validation_epoch():
     data = toy_shapes(10, seed=2, noise=1.5)
     options = ClassifierOptions(**{**TOY_OPTIONS, "epochs": 25, "validation_fraction": 0.3, "patience": 3})

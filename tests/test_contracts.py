@@ -17,7 +17,8 @@ import torch
 from cryoet_forge import contracts, registry
 from cryoet_forge.errors import ConfigError
 
-EVERY = [(kind, name) for kind in registry.KIND_HOOKS for name in registry.names(kind)]
+#: every registered component of every kind declared in ``contracts.KINDS``
+EVERY = [(kind.name, name) for kind in contracts.KINDS for name in registry.names(kind.name)]
 
 
 def build(kind: str, name: str, folder):
@@ -45,6 +46,25 @@ def test_every_kind_has_registered_components():
     assert set(contracts.PROTOCOLS) == set(registry.KIND_HOOKS)
 
 
+def test_kinds_are_declared_once_and_the_registry_and_hooks_derive_from_them():
+    import pluggy
+
+    from cryoet_forge import hookspecs
+
+    assert list(registry.KIND_HOOKS.items()) == [(kind.name, kind.hook) for kind in contracts.KINDS]
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for kind in contracts.KINDS:
+        assert contracts.PROTOCOLS[kind.name] == kind.protocols and kind.protocols
+        assert pm.hook.__dict__[kind.hook].spec.argnames == ("register",)
+        function = getattr(hookspecs, kind.hook)
+        assert function.__name__ == kind.hook and function.__module__ == "cryoet_forge.hookspecs"
+        assert inspect.getdoc(function) == inspect.cleandoc(kind.doc)
+        assert f"contracts.{kind.protocols[0].__name__}" in kind.doc
+    assert [k.name for k in contracts.KINDS if k.module] == ["generator", "critic"]
+    assert contracts.FACTORY_OPTIONS == {"generator": ("in_channels", "out_channels"), "critic": ("in_channels",)}
+
+
 @pytest.mark.parametrize(("kind", "name"), EVERY)
 def test_factory_and_instance_satisfy_the_protocol(kind, name, tmp_path):
     component = registry.get(kind, name)
@@ -58,6 +78,28 @@ def test_factory_and_instance_satisfy_the_protocol(kind, name, tmp_path):
 ADVERSARIAL = [n for k, n in EVERY if k == "loss"
                and isinstance(registry.create("loss", n), contracts.AdversarialLoss)]
 REGULARIZERS = [n for k, n in EVERY if k == "loss" and n not in ADVERSARIAL]
+
+
+@pytest.mark.parametrize("name", [n for k, n in EVERY if k == "loss"])
+def test_a_loss_in_the_other_roles_place_is_a_one_line_config_error(name):
+    """A loss plays the role whose protocol it satisfies (``contracts.check_role``); named under the
+    other role's config key it is one line naming that key, what it expects and where it belongs."""
+    loss = registry.create("loss", name)
+    roles = contracts.KIND["loss"].roles
+    plays = [role for role in roles if isinstance(loss, role.protocol)]
+    assert len(plays) == 1
+    contracts.check_role("loss", plays[0].name, loss, name)
+    for role in roles:
+        if role is plays[0]:
+            continue
+        with pytest.raises(ConfigError) as info:
+            contracts.check_role("loss", role.name, loss, name)
+        message = str(info.value)
+        assert message.startswith(f"{role.config_key.format(name=name)}: loss {name!r} is not {role.noun} "
+                                  f"(contracts.{role.protocol.__name__}: it lacks ")
+        assert message.endswith(f"; {plays[0].noun} goes in {plays[0].config_key.format(name=name)}")
+        assert "\n" not in message
+    assert (name in ADVERSARIAL) == (plays[0].name == "adversarial")
 
 
 @pytest.mark.parametrize("name", ADVERSARIAL)
@@ -164,3 +206,17 @@ def test_contract_examples_take_only_a_folder():
         example = getattr(registry.get(kind, name).factory, "contract_example", None)
         if example is not None:
             assert list(inspect.signature(example).parameters) == ["folder"], (kind, name)
+
+
+def test_a_generator_regulariser_must_be_a_torch_module():
+    class Plain:
+        def setup(self, g_ds, g_sd, example):
+            return None
+
+        def forward(self, inputs):
+            return torch.zeros(())
+
+    with pytest.raises(ConfigError, match=r"^loss\.regularizers\.plain: loss 'plain' is not a generator regulariser "
+                                          r"\(contracts\.GeneratorRegularizer: it is a Plain, not a "
+                                          r"torch\.nn\.Module\)$"):
+        contracts.check_role("loss", "regularizer", Plain(), "plain")

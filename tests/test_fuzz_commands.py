@@ -165,9 +165,15 @@ POSITIONAL = {"STRUCTURE": "{in}/tiny.pdb", "PDB_IDS": "1abc", "KIND": "generato
 SWITCHES = {"--phantoms", "--approximate"}
 
 SIMULATE = ["simulate", "--phantoms", "--n-per-class", "1", "--box", "8", "--out", "{out}/sim"]
+SIMULATE_TOMOGRAM = ["simulate-tomogram", "--structures", "globule", "--voxel-size", "40", "--size", "16",
+                     "--n-per-class", "1", "--tilt-step", "30", "--out", "{out}/st"]
 EXTRACT = ["extract", "--picks", "{in}/picks.csv", "--unit", "px", "--tomograms", "{in}/TS_01.mrc", "--box", "8",
            "--out", "{out}/x"]
 METRICS = ["metrics", "--real", "{in}/a.npy", "--fake", "{in}/b.npy"]
+EVALUATE_PICKING = ["evaluate-picking", "--picks", "{in}/picks2.csv", "--unit", "px", "--tomograms", "{in}",
+                    "--train", "TS_01", "--test", "TS_02", "--radius", "picks2=40", "--seeds", "0",
+                    "--option", "channels=[4,8]", "--option", "patch=16", "--option", "steps=1",
+                    "--option", "tile=16", "--option", "overlap=4", "--out", "{out}/ep"]
 TINY_MODEL = ("--set", "model.generator_options={base=2, n_residual=1, dropout=0.2}",
               "--set", "model.critic_options={base=2}",
               "--set", "train.batch_size=1", "--set", "train.n_critic=1", "--set", "train.device='cpu'",
@@ -221,6 +227,40 @@ COMMANDS: dict[str, tuple[list[str], dict[str, Opt]]] = {
         "--resolution": Opt(positive_floats()),
         "--assembly": Opt(ints_below(1)),
         "--out": Opt(st.sampled_from(["{in}/folder", "{in}/afile/d.mrc", ""])),
+    }),
+    "simulate-tomogram": (SIMULATE_TOMOGRAM, {
+        "--structures": Opt(bad_file()),
+        "--size": Opt(st.one_of(ints_below(8), huge_ints(16385), st.sampled_from(["16,16", "16,16,16,16", "0,16,16"]))),
+        "--voxel-size": Opt(voxel_sizes()),
+        "--n-per-class": Opt(st.one_of(st.sampled_from(["0", "-1", "1,2", "", "x", "1.5", "0,0"]), huge_ints(10**4))),
+        "--volume-fraction": Opt(floats_outside(0.0, 0.6, hi_valid=True), drop=("--n-per-class",)),
+        "--gap": Opt(st.one_of(floats_outside(0.0, lo_valid=True), st.just("inf"))),
+        "--ice-thickness": Opt(st.one_of(positive_floats(), st.sampled_from(["1e6", "10"]))),
+        "--membranes": Opt(ints_below(0)),
+        "--membrane-radius": Opt(st.one_of(NOT_NUMBERS, st.sampled_from(["0", "-5", "nan", "inf", "1,2,3", "1e5"])),
+                                 extra=("--membranes", "1")),
+        "--membrane-thickness": Opt(positive_floats()),
+        "--label-threshold": Opt(floats_outside(0.0, 1.0)),
+        "--template-box": Opt(st.one_of(ints_below(8), huge_ints(1025))),
+        "--n-tomograms": Opt(st.one_of(ints_below(1), huge_ints(10000))),
+        "--name": Opt(st.sampled_from(["", " ", "a b", "../x", "_x", "x/y", "é"])),
+        "--acquisition": Opt(bad_file()),
+        "--tilt-range": Opt(st.one_of(NOT_NUMBERS, st.sampled_from(
+            ["60,-60", "-100,100", "nan,60", "1,2,3", "-inf,inf", "-60", "0,91", "-90,90"]))),
+        "--tilt-step": Opt(positive_floats()),
+        "--dose": Opt(positive_floats()),
+        "--voltage": Opt(positive_floats()),
+        "--defocus": Opt(st.one_of(NOT_NUMBERS, st.sampled_from(
+            ["nan", "inf", "6,2,1", "nan,2", "1e400", "-inf", "0", "-2,3"]))),
+        "--option": Opt(st.one_of(NOT_A_NUMBER.filter(lambda s: "=" not in s), st.sampled_from(
+            ["snr=-1", "bfactor=-5", "nosuch=1", "dose=abc", "shot_noise=5", "defocus_step_A=0", "ice=-1", "=3"])),
+            multiple=True),
+        "--resolution": Opt(positive_floats()),
+        "--assembly": Opt(ints_below(1)),
+        "--seed": SEED,
+        "--batch-size": Opt(ints_below(1)),
+        "--device": Opt(words("cpu")),
+        "--out": Opt(BAD_OUT),
     }),
     "extract": (EXTRACT, {
         "--picks": Opt(bad_file()),
@@ -300,6 +340,18 @@ COMMANDS: dict[str, tuple[list[str], dict[str, Opt]]] = {
         "--seed": SEED,
         "--out": Opt(BAD_OUT),
     }),
+    "refine-tomogram": (["refine-tomogram", "--run", "{run}", "--tomogram", "{in}/TS_01.mrc", "--out", "{out}/r",
+                         "--tile", "16", "--overlap", "4"], {
+        "--run": Opt(st.sampled_from(["{in}/absent", "{in}/afile", "{in}/folder", "{in}/lab", ""])),
+        "--tomogram": Opt(st.one_of(bad_file(), st.just("{in}/tiny.pdb")), multiple=True),
+        "--out": Opt(BAD_OUT),
+        "--tile": Opt(st.one_of(ints_below(2), huge_ints(10**5), st.just("4"))),
+        "--overlap": Opt(st.one_of(ints_below(0), st.sampled_from(["16", "100"]))),
+        "--checkpoint": Opt(bad_file()),
+        "--seed": SEED,
+        "--batch-size": Opt(st.one_of(ints_below(1), huge_ints(10**9))),
+        "--device": Opt(words("cpu")),
+    }),
     "classify train": (CLASSIFY_TRAIN, {
         "--data": Opt(bad_file()),
         "--test": Opt(bad_file()),
@@ -349,8 +401,28 @@ COMMANDS: dict[str, tuple[list[str], dict[str, Opt]]] = {
         "--seed": SEED,
         "--budget-minutes": Opt(positive_floats()),
     }),
+    "evaluate-picking": (EVALUATE_PICKING, {
+        "--picks": Opt(bad_file()),
+        "--tomograms": Opt(bad_file()),
+        "--train": Opt(st.sampled_from(["", "TS_09", "ts_01", "TS_02"])),
+        "--test": Opt(st.sampled_from(["", "TS_09", "TS_01"])),
+        "--unit": Opt(words("px", "angstrom")),
+        "--class-column": Opt(st.sampled_from(["nosuch", "x", "TS_01"])),
+        "--radius": Opt(st.one_of(NOT_A_NUMBER, st.sampled_from(["picks=0", "picks=-1", "picks=nan", "picks=inf",
+                                                                  "=40", "picks", "picks=x"])), multiple=True,
+                        drop=("--radius",)),
+        "--radius-column": Opt(st.sampled_from(["nosuch", "tomogram", ""]), drop=("--radius",)),
+        "--synthetic": Opt(st.one_of(bad_file(), st.just("{in}/folder"))),
+        "--refined": Opt(st.one_of(bad_file(), st.just("{in}/folder"))),
+        "--picker": Opt(words("unet-segmentation")),
+        "--option": Opt(st.one_of(NOT_A_NUMBER.filter(lambda s: "=" not in s), st.sampled_from(
+            ["patch=15", "steps=0", "nosuch=1", "lr=-1", "threshold=2", "channels=x", "=3"])), multiple=True),
+        "--seeds": Opt(st.sampled_from(["", "x", "-1", "1,1", "0,,x", "99999999999"])),
+        "--margin": Opt(floats_outside(0.0, 1.0, lo_valid=True, hi_valid=True)),
+        "--out": Opt(BAD_OUT),
+    }),
     "list": (["list", "<KIND>"], {"KIND": Opt(words("generator", "critic", "loss", "dataset", "simulator",
-                                                    "knn-backend", "feature-extractor", "classifier"))}),
+                                                    "knn-backend", "feature-extractor", "classifier", "picker"))}),
     "plugins": (["plugins"], {"--nosuch": Opt(st.sampled_from(["1", ""]))}),
 }
 
@@ -366,12 +438,13 @@ NOT_FUZZED = {
 #: line names the kind of component
 COMPONENTS = {("simulate", "--simulator"): "simulator", ("metrics", "--features"): "feature-extractor",
               ("metrics", "--backend"): "knn-backend", ("train", "--generator"): "generator",
-              ("train", "--critic"): "critic", ("train", "--loss"): "loss", ("list", "KIND"): "kind"}
+              ("train", "--critic"): "critic", ("train", "--loss"): "loss", ("list", "KIND"): "kind",
+              ("evaluate-picking", "--picker"): "picker"}
 #: what an error line may name instead of the option itself
 ALSO_NAMED = {"--set": ("override",), "PDB_IDS": ("PDB id",), "STRUCTURE": ("structure",),
               "--nosuch": ("No such option",), "--option": ("option",), "--class-column": ("class column",),
               "--feature-option": ("feature-extractor",), "--k": ("k=",), "--domain": ("domain",),
-              "--method": ("method",)}
+              "--method": ("method",), "--radius-column": ("radius column",)}
 
 
 class TookTooLong(BaseException):
@@ -397,6 +470,8 @@ def inputs(tmp_path_factory):
     np.save(root / "b.npy", rng.normal(size=(40, 4)).astype(np.float32) + 0.5)
     write_mrc(root / "TS_01.mrc", rng.normal(size=(32, 32, 32)).astype(np.float32), 10.0)
     write_mrc(root / "map8.mrc", rng.random((8, 8, 8), dtype=np.float32), 10.0)
+    write_mrc(root / "TS_02.mrc", rng.normal(size=(32, 32, 32)).astype(np.float32), 10.0)
+    (root / "picks2.csv").write_text("tomogram,x,y,z\nTS_01,16,16,16\nTS_02,12,14,15\n")
     (root / "tiny.pdb").write_text("ATOM      1  CA  ALA A   1       0.000   0.000   0.000  1.00 20.00           C\n"
                                    "ATOM      2  CA  ALA A   2       3.000   0.000   0.000  1.00 20.00           C\nEND\n")
     (root / "picks.csv").write_text("tomogram,x,y,z\nTS_01,16,16,16\nTS_01,12,14,15\n")
@@ -502,7 +577,7 @@ def test_every_command_and_option_is_fuzzed():
 
 
 CASES = [(c, o) for c, (_, options) in COMMANDS.items() for o in options]
-NEEDS_TRAINED = {"generate", "uncertainty", "classify eval", "classify features"}
+NEEDS_TRAINED = {"generate", "uncertainty", "refine-tomogram", "classify eval", "classify features"}
 
 
 def _run_one(command, option, data, inputs, request, capsys):

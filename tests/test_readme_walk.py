@@ -1,4 +1,4 @@
-"""The README's walk "From a RELION 5 project to an evaluation", run as written.
+"""The README's walk "Your own data in five commands", run as written.
 
 The commands and the evaluation config are read from that section of README.md (so this test fails
 when the README drifts), made tiny by the explicit substitutions below (a smaller box, a few GAN
@@ -26,11 +26,11 @@ from cryoet_forge.simulate.phantoms import make_phantom
 from tests_support import forge_executable
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTION = "### From a RELION 5 project to an evaluation"
+SECTION = "## Your own data in five commands"
 
 # -- the only changes made to the README's commands: sizes, and where the classifiers train --------
 #: (forge subcommand, text in the command, its replacement): every one must match
-REPLACE = [("extract", "--box 32", "--box 16")]
+REPLACE = [("extract", "--box 32", "--box 16"), ("generate", "--n-per-map 100", "--n-per-map 3")]
 #: arguments appended to a forge subcommand: sizes (steps, batch, widths, epochs, counts, seeds)
 APPEND = {
     "train": ["--steps", "2", "--set", "train.batch_size=2", "--set", "train.n_critic=1",
@@ -108,7 +108,7 @@ def relion5_project(root: Path) -> Path:
 
 def test_readme_walk_from_a_relion5_project_to_an_evaluation(tmp_path):
     commands, config_name, config_text = readme_walk()
-    assert [shlex.split(c)[1] for c in commands] == ["extract", "extract", "train", "evaluate"]
+    assert [shlex.split(c)[1] for c in commands] == ["extract", "extract", "train", "generate", "evaluate"]
     project = relion5_project(tmp_path / "project")
     (project / config_name).write_text(config_text)
     outputs = []
@@ -129,8 +129,13 @@ def test_readme_walk_from_a_relion5_project_to_an_evaluation(tmp_path):
     assert list((project / "runs/gan/checkpoints").glob("step-*/weights.safetensors"))
     run_data = json.loads((project / "runs/gan/data.json").read_text())
     assert set(run_data["class_names"]) == names and run_data["box"] == BOX
+    # forge generate: labelled synthetic particles of the named classes at the particles' box
+    generated = starfile.read(project / "generated/particles.star")
+    assert len(generated) == 3 * len(CLASSES)
+    assert (generated["forgeClassName"].value_counts().to_dict() == {name: 3 for name in names})
+    assert len(list((project / "generated").rglob("*.mrc"))) == len(generated)
     # forge evaluate: the user's particles as the real splits, protein dark, the GAN trained above
-    assert "protein dark" in outputs[3]
+    assert "protein dark" in outputs[4]
     assert (project / "evaluation/report.md").is_file()
     results = json.loads((project / "evaluation/results.json").read_text())
     for key in ("config", "gan_run", "inception", "quality", "downstream", "chance", "baseline", "verdict"):

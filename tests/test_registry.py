@@ -256,12 +256,12 @@ def test_plugin_with_a_misspelled_hook_is_reported(tmp_path):
 
 
 def test_readme_plugin_example_works(plugin_path):
-    """The 'Writing a plugin' example in the README, run as written."""
+    """The plugin tutorial's example (docs/plugins/tutorial.md), run as written."""
     import re
 
     import torch
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs/plugins/tutorial.md").read_text()
     source = re.search(r"```python\n# forge_tiny_generator.py\n(.*?)```", readme, re.S).group(1)
     entry = re.search(r"\[project.entry-points.cryoet_forge\]\n(\w+) = \"(\w+)\"", readme)
     assert entry.groups() == ("tiny", "forge_tiny_generator")
@@ -489,7 +489,7 @@ def test_builtins_win_a_clash_even_when_pluggy_calls_the_plugin_first(plugin_pat
 
 def test_a_clash_is_shown_under_the_module_that_caused_it(plugin_path):
     """A distribution with two entry-point modules: the second one's clash with a built-in name is
-    its own error, not the first module's (issue 31, finding 9: it was shown under the first)."""
+    its own error, not the first module's (it was once shown under the first)."""
     a = '''
         import torch
         from cryoet_forge import hookimpl
@@ -535,3 +535,57 @@ def test_a_clash_is_shown_under_the_module_that_caused_it(plugin_path):
     assert reports["forge_two_a"].error is None
     assert reports["forge_two_b"].error == "critic 'sn-wgan' from forge-two is already registered by cryoet-forge"
     assert registry.get("generator", "two-modules-net").origin == "forge-two"
+
+
+def test_an_error_in_a_hook_wrapper_is_its_plugins_and_the_hook_goes_on(plugin_path):
+    """Before its yield or after it, a hook wrapper's error is recorded on its own plugin; the other
+    plugins' components of that kind are registered all the same, and what it registers is its."""
+    make_distribution(plugin_path, "forge-wrap-raises", "forge_wrap_raises", '''
+        import torch
+        from cryoet_forge import hookimpl
+
+        @hookimpl(wrapper=True)
+        def forge_register_generators(register):
+            register("from-a-wrapper", torch.nn.Identity)
+            raise RuntimeError("before the yield")
+            yield
+
+        @hookimpl(hookwrapper=True)
+        def forge_register_critics(register):
+            yield
+            raise ValueError("after the yield")
+    ''')
+    reg = registry.get_registry()
+    assert {"cryoetgan", "unet3d", "from-a-wrapper"} <= set(reg.names("generator"))
+    assert reg.get("generator", "from-a-wrapper").origin == "forge-wrap-raises"
+    assert {"sn-wgan", "patchgan"} <= set(reg.names("critic"))
+    report = next(r for r in reg.plugin_reports() if r.name == "forge-wrap-raises")
+    assert report.hooks == ["forge_register_critics", "forge_register_generators"]
+    assert report.error == "RuntimeError: before the yield; ValueError: after the yield"
+    assert not [r for r in reg.plugin_reports() if r.name == "(unknown plugin)"]
+
+
+def test_plugins_are_registered_through_wrappers_with_their_own_hooks(plugin_path):
+    """pluggy sees an object per plugin holding the plugin's hook implementations, each wrapped (its
+    errors are its own); the plugin's module and functions are left as they are."""
+    make_distribution(plugin_path, "forge-plain", "forge_plain", GOOD_PLUGIN)
+    reg = registry.get_registry()
+    import forge_plain
+
+    registered = reg.pm.get_plugin("forge-plain:forge_plain")
+    assert registered is not forge_plain
+    wrapped = registered.forge_register_generators
+    assert wrapped is not forge_plain.forge_register_generators
+    assert wrapped.__wrapped__ is forge_plain.forge_register_generators
+    assert not hasattr(forge_plain.forge_register_generators, "__wrapped__")
+    names: list[str] = []
+    wrapped(lambda name, factory, description=None: names.append(name))
+    assert names == ["throwaway-doubler"]
+
+
+def test_a_component_says_which_options_its_factory_takes(factories):
+    strict = factories.get("dataset", "strict")
+    assert strict.accepts("size") and strict.accepts("name") and not strict.accepts("rotate")
+    assert factories.get("dataset", "anything").accepts("rotate")  # **options: the factory judges
+    assert not factories.get("dataset", "positional").accepts("size")  # positional-only
+    assert factories.get("dataset", "builtin").accepts("rotate")  # no signature to read

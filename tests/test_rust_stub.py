@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,53 @@ def test_stub_lists_exactly_the_extension_and_its_signatures():
         signature = inspect.signature(getattr(_metrics_rs, name))
         built = [(p.name, p.default is not inspect.Parameter.empty) for p in signature.parameters.values()]
         assert built == params, name
+
+
+def _stub_results() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The stub's TypedDicts (name -> {key: annotation}) and each function's return annotation."""
+    tree = ast.parse(STUB.read_text())
+    typed, returns = {}, {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(b) == "TypedDict" for b in node.bases):
+            typed[node.name] = {item.target.id: ast.unparse(item.annotation) for item in node.body
+                                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)}
+        elif isinstance(node, ast.FunctionDef) and node.returns is not None:
+            returns[node.name] = ast.unparse(node.returns)
+    return typed, returns
+
+
+def _fits(value, annotation: str) -> bool:
+    if annotation in ("int", "float"):
+        return type(value) is {"int": int, "float": float}[annotation]
+    dtype = re.fullmatch(r"npt\.NDArray\[np\.(\w+)\]", annotation)
+    assert dtype is not None, f"the test reads int, float and npt.NDArray[np.X] only, not {annotation}"
+    return isinstance(value, np.ndarray) and value.dtype == np.dtype(getattr(np, dtype.group(1)))
+
+
+def _results_of_the_extension() -> dict[str, dict]:
+    """One call of each function that returns several values, on tiny inputs."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 4)).astype(np.float32)
+    y = rng.normal(size=(10, 4)).astype(np.float32)
+    counts = _metrics_rs.prdc_counts(x, y, 3)
+    lists = _metrics_rs.radii_candidates(x, 3)
+    finish = _metrics_rs.radii_finish(x, 3, None, lists["vals"][None], lists["idx"][None], lists["len"][None],
+                                      lists["floor"][None], lists["max_norm"], lists["cap"], 0)
+    balls = _metrics_rs.ball_counts(x, y, counts["real_radii"], counts["fake_radii"])
+    return {"prdc_counts": counts, "radii_candidates": lists, "radii_finish": finish, "ball_counts": balls}
+
+
+def test_every_dict_the_extension_returns_has_its_typed_dict_in_the_stub():
+    typed, returns = _stub_results()
+    assert not [name for name, r in returns.items() if r.startswith("dict")], "an untyped dict result"
+    results = _results_of_the_extension()
+    assert set(results) == {name for name, r in returns.items() if r in typed}
+    for name, result in results.items():
+        fields = typed[returns[name]]
+        assert set(result) == set(fields), name
+        wrong = {key: (type(value).__name__, getattr(value, "dtype", None), fields[key])
+                 for key, value in result.items() if not _fits(value, fields[key])}
+        assert not wrong, name
 
 
 def test_python_backends_use_the_rust_bound():

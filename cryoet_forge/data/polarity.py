@@ -34,7 +34,7 @@ MODES = ("check", "auto", "off")
 #: boxes the check looks at (evenly spaced through the set)
 MAX_BOXES = 256
 CONVENTION = ("forge's convention is protein dark in subtomograms and tomograms, as reconstructed "
-              "from underfocused images (README, 'Contrast')")
+              "from underfocused images (docs: guides/your-data, 'Contrast')")
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ def measure_costs(config: EvaluationConfig) -> Costs:
     """Time each kind of work once at the configured sizes (see the module docstring)."""
     from cryoet_forge.classify import train_cb3d
     from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
+    from cryoet_forge.evaluate.config import classifier_options
     from cryoet_forge.evaluate.datasets import (
         _particle_variants,
         class_templates,
@@ -83,7 +84,6 @@ def measure_costs(config: EvaluationConfig) -> Costs:
         simulate_labelled,
     )
     from cryoet_forge.evaluate.gan import InMemoryVolumes, train_config_for
-    from cryoet_forge.evaluate.pipeline import classifier_options
     from cryoet_forge.models.cb3d import CB3D, run_inference
     from cryoet_forge.train.distributed import DistContext, resolve_device
     from cryoet_forge.train.loop import Trainer
@@ -198,8 +198,8 @@ def predict(config: EvaluationConfig, costs: Costs) -> dict[str, float]:
 
 def _downstream_s(config: EvaluationConfig, costs: Costs, n_classifiers: int) -> float:
     """Predicted seconds of one pool of ``n_classifiers`` downstream classifiers (or of them in this process)."""
+    from cryoet_forge.evaluate.config import classifier_options
     from cryoet_forge.evaluate.downstream import resolve_workers
-    from cryoet_forge.evaluate.pipeline import classifier_options
 
     volume_epochs = config.classifier.epochs * config.downstream.n_per_class * len(config.data.classes)
     workers = resolve_workers(config.downstream.workers, n_classifiers, classifier_options(config).device)

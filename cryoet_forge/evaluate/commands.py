@@ -1,4 +1,4 @@
-"""``forge classify train|eval|features``, ``forge evaluate`` and ``forge quickstart``."""
+"""``forge classify train|eval|features``, ``forge evaluate``, ``forge evaluate-picking`` and ``forge quickstart``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cryoet_forge.devices import SEED, NonEmptyPath, device_callback
-from cryoet_forge.errors import ConfigError
+from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.options import VALIDATED_RULE
 from cryoet_forge.progress import quiet_option
 
@@ -370,3 +370,84 @@ def quickstart_command(out_dir, seed, budget_minutes, resume) -> None:
     _check_budget(budget_minutes)
     check_output_target(out_dir, folder=True)
     _run(quickstart_config(seed=seed, log=log), out_dir, budget_minutes, resume)
+
+
+def _radii(pairs: tuple[str, ...]) -> dict[str, float]:
+    radii = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            radius = float(value)
+        except ValueError:
+            radius = float("nan")
+        if not name.strip() or not radius > 0 or radius == float("inf"):
+            raise InputError(f"--radius {pair!r}: expected CLASS=RADIUS with a radius > 0 in Angstrom, e.g. 3cf3=87.8")
+        radii[name.strip()] = radius
+    return radii
+
+
+@click.command("evaluate-picking")
+@quiet_option
+@click.option("--picks", "picks_path", required=True, type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
+              help="The real tomograms' picks (RELION 5/4, Warp/M STAR or a CSV/TSV list).")
+@click.option("--tomograms", "tomograms", required=True, type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
+              help="The folder of the real tomograms (NAME.mrc, .rec or .zarr, as the picks name them).")
+@click.option("--train", "train", required=True, multiple=True, help="A real tomogram to train on (repeatable): the ceiling.")
+@click.option("--test", "test", required=True, multiple=True, help="A held-out real tomogram to score on (repeatable).")
+@click.option("--unit", type=click.Choice(["px", "angstrom"]), help="Unit of CSV pick coordinates.")
+@click.option("--class-column", help="The picks' class column (default: as forge extract reads it).")
+@click.option("--radius", "radius_pairs", multiple=True, metavar="CLASS=A",
+              help="A class's particle radius in Angstrom (repeatable); or --radius-column.")
+@click.option("--radius-column", help="A per-particle radius column (Angstrom) of --picks, e.g. radius_A.")
+@click.option("--synthetic", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
+              help="A forge simulate-tomogram folder: the traditional source.")
+@click.option("--refined", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
+              help="Its tomograms refined by forge refine-tomogram: the GAN source (picks from --synthetic).")
+@click.option("--picker", default="unet-segmentation", show_default=True, help="A picker kind (forge list picker).")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help="A picker option (repeatable).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds: one picker per source and seed.")
+@click.option("--margin", default=0.1, show_default=True, type=click.FloatRange(0, 1),
+              help="Below this F-beta of the real-trained pickers the data cannot tell sources apart.")
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace an earlier picking evaluation in OUT.")
+def evaluate_picking_command(picks_path, tomograms, train, test, unit, class_column, radius_pairs, radius_column,
+                             synthetic, refined, picker, option_pairs, seeds, margin, out_dir, overwrite) -> None:
+    """Pickers trained on traditional, GAN-refined and real tomograms, scored on held-out real ones."""
+    from cryoet_forge.evaluate.picking import run_picking_evaluation
+    from cryoet_forge.io.picks import read_picks
+    from cryoet_forge.picking.tomograms import read_radii, tomogram_names
+    from cryoet_forge.simulate.commands import _parse_options
+
+    try:
+        seed_list = [int(v) for v in seeds.split(",") if v.strip()]
+    except ValueError:
+        seed_list = []
+    if not seed_list or min(seed_list) < 0 or max(seed_list) >= 2 ** 32 or len(set(seed_list)) < len(seed_list):
+        raise InputError(f"--seeds {seeds!r}: expected distinct comma-separated integers in [0, 2^32), e.g. 0,1,2")
+    if bool(radius_pairs) == bool(radius_column):
+        raise InputError("give the particle radii by --radius CLASS=A (per class) or --radius-column NAME, one of them")
+    if not 0 <= margin <= 1:  # click's FloatRange lets NaN through
+        raise InputError(f"--margin {margin}: expected an F-beta in [0, 1]")
+    overlap = sorted(set(train) & set(test))
+    if overlap:
+        raise InputError(f"--train and --test share tomogram(s) {', '.join(overlap)}; test on held-out tomograms")
+    known = tomogram_names(picks_path, unit, class_column)
+    for flag, names in (("--train", train), ("--test", test)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InputError(f"{flag} {unknown[0]!r}: no picks of that tomogram in {picks_path} "
+                             f"(its tomograms: {', '.join(known[:10])})")
+    radii = _radii(radius_pairs) if radius_pairs else read_radii(picks_path, radius_column, class_column)
+    classes = sorted(set(read_picks(picks_path, unit=unit, class_column=class_column).table["class_name"].astype(str)))
+    missing = [c for c in classes if c not in radii]
+    if missing:
+        by = f"its class column {class_column!r}" if class_column else "its classes as forge extract reads them"
+        raise InputError(f"--radius: no particle radius for class(es) {', '.join(missing[:5])} of {picks_path} ({by}); "
+                         "give --radius CLASS=A for each class or --radius-column")
+    real = {"picks": picks_path, "tomograms": tomograms, "train": list(train), "test": list(test), "radii_A": radii,
+            "unit": unit, "class_column": class_column}
+    options = {key.replace("-", "_"): value for key, value in _parse_options(option_pairs).items()}
+    results = run_picking_evaluation(out_dir, real, synthetic, refined, picker, options, seed_list, margin,
+                                     overwrite, log=click.echo)
+    outcome = results["verdict"].get("outcome") or "no comparison"
+    click.echo(f"verdict: {outcome}; wrote {Path(out_dir) / 'report.md'}")

@@ -15,12 +15,15 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryoet_forge.config import apply_overrides, parse_override, read_toml
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.evaluate.classifiers import RuleOptions
 from cryoet_forge.options import VALIDATED_RULE, build_dataclass, check_at_least, check_choice
+
+if TYPE_CHECKING:
+    from cryoet_forge.classify import ClassifierOptions
 
 
 @dataclass
@@ -132,8 +135,8 @@ class ClassifierSection(RuleOptions):
 
     The evaluation's training rule for every CB3D (the inception network and each downstream
     classifier): 20% of each class of its own training set is held out, training keeps the
-    epoch with the best accuracy on that part and stops 20 epochs after it (README, "How the
-    classifiers are trained"). A downstream classifier's held-out part is synthetic, like the
+    epoch with the best accuracy on that part and stops 20 epochs after it (docs/results.md, "The
+    classifier training rule"). A downstream classifier's held-out part is synthetic, like the
     rest of its training set: no real label enters it.
     """
 
@@ -150,7 +153,7 @@ class DownstreamSection:
     #: processes that train the downstream classifiers side by side on a CPU, each with one
     #: thread: "auto" = one per usable core; 0 = one after the other in this process with torch's
     #: threads (the scores then differ in the last bits, another summation order). The scores do
-    #: not depend on the number when it is >= 1 (README, "How the classifiers are trained")
+    #: not depend on the number when it is >= 1 (docs/results.md, "The classifier training rule")
     workers: Any = "auto"
     #: the classifier kinds (``forge list classifier``) trained on the real training split, the
     #: traditional set and the GAN set and scored on the real test split, each with its own
@@ -218,6 +221,37 @@ class EvaluationConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def classifier_options(config: EvaluationConfig) -> ClassifierOptions:
+    """The ``[classifier]`` section as ``ClassifierOptions``, its ``device = "auto"`` resolved here."""
+    import torch
+
+    from cryoet_forge.classify import ClassifierOptions
+
+    c = config.classifier
+    device = c.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return ClassifierOptions(**{**dataclasses.asdict(c), "device": device})
+
+
+#: a path that starts with this is a path in the shared data folder (``shared_data_folder``)
+SHARED_PREFIX = "shared:"
+
+
+def shared_data_folder() -> Path:
+    """../shared/data beside the repository root (where reference structures and maps live)."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def resolve_maps_dir(text: str) -> Path | None:
+    """A path of the configuration: ``shared:NAME`` in the shared data folder, nothing for ""."""
+    if not text:
+        return None
+    if text.startswith(SHARED_PREFIX):
+        return shared_data_folder() / text[len(SHARED_PREFIX):]
+    return Path(text)
 
 
 def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
@@ -372,8 +406,6 @@ def traditional_acquisition(section: TraditionalSection) -> tuple[dict, dict[str
             flags[option] = float(values[0])
     star = None
     if table.get("star"):
-        from cryoet_forge.evaluate.datasets import resolve_maps_dir
-
         path = resolve_maps_dir(str(table["star"]))
         if path is None or not path.is_file():
             raise InputError(f"traditional.acquisition.star {table['star']}: no such file (a RELION 5 tomograms STAR)")
@@ -533,16 +565,16 @@ def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = 
         raise ConfigError(f"{path}: {exc}") from None
 
 
-#: the small CPU setting of ``forge quickstart`` (5 min 53 s on 2 Xeon cores, README "Two commands"). The generator is the
+#: the small CPU setting of ``forge quickstart`` (docs/results.md, "How long it takes"). The generator is the
 #: U-Net of the ``cryoet-forge-unet3d`` plugin distribution (installed by the README's commands):
 #: at this scale the paper's ResNet generator hides its input map from the critic and its output
-#: carries no class (README, evaluation section); ``quickstart_config`` falls back to
+#: carries no class (docs/results.md, "How the default was reached"); ``quickstart_config`` falls back to
 #: ``cryoetgan`` with skip connections when the plugin is not installed.
 QUICKSTART: dict[str, Any] = {
     "data": {"classes": ["barrel", "two-lobe", "ring", "membrane"], "box": 24, "voxel_size": 10.0,
              "n_train_per_class": 48, "n_test_per_class": 24, "n_density_per_class": 48},
     # refinement (D = the traditional simulation) with CycleGAN's identity loss (weight 5): it won the
-    # most domains of configs/suite.toml (README, "The domain suite"); the paper's clean-map input is
+    # most domains of configs/suite.toml (docs/results.md, "The domain suite"); the paper's clean-map input is
     # gan.input = "density" with loss.identity_weight = 0
     "gan": {"curve_points": 4, "select_checkpoint": "best-fid-train", "input": "traditional", "overrides": {
         "train.steps": 400, "train.batch_size": 4, "train.n_critic": 1, "train.device": "cpu",
@@ -556,11 +588,11 @@ QUICKSTART: dict[str, Any] = {
         "data.density_noise_std": 0.05,
         "log.every": 20, "log.checkpoint_every": 100, "log.image_every": 100}},
     # the training rule (held-out 20%, best epoch, patience 20) with at most 40 epochs; a 64-wide
-    # dense layer without dropout (README, "How the classifiers are trained", says how it was chosen)
+    # dense layer without dropout (docs/results.md, "The classifier training rule", says how it was chosen)
     "classifier": {key: value for key, value in VALIDATED_RULE.items()
                    if key not in ("convs_per_block", "validation_fraction", "patience")},
     # five downstream seeds: a paired t-interval over three (2 degrees of freedom, t = 4.30) stayed
-    # wide even where all three differences were positive; issue goal and README ask for >= 5
+    # wide even where all three differences were positive
     "downstream": {"n_per_class": 48, "seeds": [0, 1, 2, 3, 4]},
     "uncertainty": {"samples": 8},
     "report": {"title": "cryoet-forge quickstart (CPU, small)"},

@@ -22,24 +22,15 @@ import torch
 from cryoet_forge.classify import LabelledVolumes, check_splits, load_labelled
 from cryoet_forge.data.polarity import apply_polarity
 from cryoet_forge.errors import ConfigError, InputError
-from cryoet_forge.evaluate.config import EvaluationConfig
+from cryoet_forge.evaluate.config import (  # noqa: F401  (the shared-folder paths, also read from here)
+    SHARED_PREFIX,
+    EvaluationConfig,
+    resolve_maps_dir,
+    shared_data_folder,
+)
 
-SHARED_PREFIX = "shared:"
 #: particles simulated per simulator call (bounds memory at large boxes)
 SIMULATION_CHUNK = 32
-
-
-def shared_data_folder() -> Path:
-    """../shared/data beside the repository root (where reference structures and maps live)."""
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def resolve_maps_dir(text: str) -> Path | None:
-    if not text:
-        return None
-    if text.startswith(SHARED_PREFIX):
-        return shared_data_folder() / text[len(SHARED_PREFIX):]
-    return Path(text)
 
 
 def fit_map(volume: np.ndarray, source_voxel: float, voxel_size: float, box: int) -> np.ndarray:

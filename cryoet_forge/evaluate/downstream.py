@@ -128,7 +128,7 @@ def resolve_workers(setting: int | str, n_jobs: int, device: str) -> int:
 
     On a CPU each classifier is trained in a worker process with one thread: on the 2-core
     machines two single-threaded trainings side by side finish 1.6x sooner than one after the
-    other with two threads each (README, "Training speed"), and since every classifier runs
+    other with two threads each (docs/results.md, "Training speed on a CPU"), and since every classifier runs
     single-threaded whatever the count, the scores do not depend on the number of workers.
     A CUDA classifier is trained in this process (one device, one queue).
     """

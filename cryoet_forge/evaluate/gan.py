@@ -1,7 +1,9 @@
-"""Training CryoETGAN variants for the evaluation and generating labelled volumes from them."""
+"""The GAN runs of the evaluation: training CryoETGAN variants, generating labelled volumes from
+them, picking a checkpoint and scoring the GAN over its checkpoints."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,6 +13,8 @@ import torch
 from cryoet_forge.classify import LabelledVolumes
 from cryoet_forge.errors import ForgeError
 from cryoet_forge.evaluate.config import EvaluationConfig
+from cryoet_forge.evaluate.datasets import EvaluationData
+from cryoet_forge.evaluate.inception import InceptionNet, quality_metrics
 from cryoet_forge.models.cb3d import normalize_volumes
 
 
@@ -111,7 +115,7 @@ def domain_classifier(config: EvaluationConfig, density: LabelledVolumes, folder
     import json
 
     from cryoet_forge.classify import train_cb3d
-    from cryoet_forge.evaluate.pipeline import classifier_options
+    from cryoet_forge.evaluate.config import classifier_options
     from cryoet_forge.models.cb3d import METADATA_NAME, save_cb3d
 
     options = classifier_options(config)
@@ -135,9 +139,10 @@ def domain_classifier(config: EvaluationConfig, density: LabelledVolumes, folder
 
 
 def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    from cryoet_forge.train.checkpoint import STEP_DIR, list_checkpoints
+    """(step, folder) of each checkpoint of a GAN run, oldest first."""
+    from cryoet_forge.train.checkpoint import checkpoint_steps
 
-    return [(int(m.group(1)), p) for p in list_checkpoints(Path(run_dir)) if (m := STEP_DIR.match(p.name))]
+    return checkpoint_steps(Path(run_dir))
 
 
 def generate_labelled(run_dir: Path, maps: LabelledVolumes, seed: int, source: str,
@@ -158,26 +163,99 @@ def generate_labelled(run_dir: Path, maps: LabelledVolumes, seed: int, source: s
                            maps.voxel_size, source)
 
 
-@torch.no_grad()
 def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, seed: int,
                              batch_size: int = 8) -> np.ndarray:
-    """D -> S generator of one checkpoint folder applied to (B, S, S, S) maps in [-1, 1]."""
-    from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
-    from cryoet_forge.generate import load_generator
+    """D -> S generator of one checkpoint folder applied to (B, S, S, S) maps in [-1, 1] (taken as
+    they are), with the noise draws of ``generate_from_maps``: the last checkpoint reproduces the
+    final scores."""
+    from cryoet_forge.generate import generate_from_maps
 
-    generator, _ = load_generator(run_dir, checkpoint=checkpoint)
-    # the same noise draws as generate_from_maps, so the last checkpoint reproduces the final scores
-    noise_gen = torch.Generator().manual_seed(int(seed))
-    out = []
+    return generate_from_maps(run_dir, maps, n_per_map=1, seed=seed, batch_size=batch_size, normalize="none",
+                              checkpoint=checkpoint)
+
+
+def select_and_generate(config: EvaluationConfig, run_dir: Path, data: EvaluationData, inception: InceptionNet,
+                        train_features: np.ndarray, source: str,
+                        curve_cache: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None,
+                        ) -> tuple[LabelledVolumes, dict[str, Any]]:
+    """Generated volumes from the checkpoint the config's rule picks, and a record of the choice.
+
+    ``curve_cache``, when given, receives (features, probabilities) of the checkpoints that
+    ``metric_curves`` scores, keyed by checkpoint folder.
+    """
+    from cryoet_forge.metrics import compute_fid
+
+    checkpoints = run_checkpoints(run_dir)
+    if config.gan.select_checkpoint == "last" or len(checkpoints) < 2:
+        step, path = checkpoints[-1] if checkpoints else (None, None)
+        generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source)
+        return generated, {"rule": "last", "step": step, "checkpoint": None if path is None else str(path)}
     from cryoet_forge import progress
 
-    with torch.random.fork_rng(devices=[]), progress.stage("generate", maps.shape[0], "volumes") as bar:
-        torch.manual_seed(int(seed))
-        for begin in range(0, maps.shape[0], batch_size):
-            x = torch.from_numpy(maps[begin:begin + batch_size])[:, None].float()
-            noise = None
-            if takes_noise(generator):
-                noise = torch.randn(noise_shape(generator, tuple(x.shape)), generator=noise_gen)
-            out.append(run_generator(generator, x, noise)[:, 0].float().numpy())
-            bar.advance(x.shape[0])
-    return np.concatenate(out)
+    fid_train: dict[str, float] = {}
+    best: tuple[float, int, LabelledVolumes, Path] | None = None
+    on_curves = {checkpoints[i][1] for i in curve_picks(config, len(checkpoints))}
+    with progress.stage(f"{source}: checkpoint selection (FID to the real training split)", len(checkpoints),
+                        "checkpoints") as bar:
+        for step, path in checkpoints:
+            generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source,
+                                          checkpoint=path)
+            features, probs = inception.infer(generated.volumes)
+            if curve_cache is not None and path in on_curves:
+                curve_cache[path] = (features, probs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fid = float(compute_fid(train_features, features))
+            fid_train[str(step)] = fid
+            if best is None or fid < best[0]:
+                best = (fid, step, generated, path)
+            bar.advance(info=f"step {step}: FID {fid:.3g}")
+    assert best is not None  # at least two checkpoints here
+    return best[2], {"rule": "best-fid-train", "step": best[1], "checkpoint": str(best[3]), "fid_train": fid_train}
+
+
+def gan_summary(run_dir: Path) -> dict[str, Any]:
+    """The settings of a trained run that a reader of the report needs (from its saved config)."""
+    from cryoet_forge.evaluate.report import extra_loss_terms
+    from cryoet_forge.train import resume_config
+
+    cfg = resume_config(run_dir)
+    steps = [step for step, _ in run_checkpoints(run_dir)]
+    return {"steps": steps[-1] if steps else 0, "batch_size": cfg.train.batch_size, "loss": cfg.loss.adversarial,
+            "critic": cfg.model.critic, "generator": cfg.model.generator,
+            "generator_options": dict(cfg.model.generator_options), "critic_options": dict(cfg.model.critic_options),
+            "extra_losses": extra_loss_terms(cfg.loss),
+            "density_noise_std": cfg.data.density_noise_std, "n_critic": cfg.train.n_critic}
+
+
+def curve_picks(config: EvaluationConfig, n_checkpoints: int) -> list[int]:
+    """Indices of the ``gan.curve_points`` evenly spaced checkpoints (the first and last included)."""
+    n = min(config.gan.curve_points, n_checkpoints)
+    return sorted({int(round(i)) for i in np.linspace(0, n_checkpoints - 1, n)})
+
+
+def metric_curves(config: EvaluationConfig, run_dir: Path, data: EvaluationData, inception: InceptionNet,
+                  real_features: np.ndarray,
+                  cache: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, list]:
+    """IS/FID/PRDC of the GAN at evenly spaced checkpoints of its run (the last included).
+
+    ``cache``: (features, probabilities) already computed for some checkpoint folders.
+    """
+    checkpoints = run_checkpoints(run_dir)
+    curves: dict[str, list] = {"steps": [], "is_mean": [], "fid": [], "precision": [], "recall": [],
+                               "density": [], "coverage": []}
+    if not checkpoints:
+        return curves
+    for index in curve_picks(config, len(checkpoints)):
+        step, path = checkpoints[index]
+        if cache is not None and path in cache:
+            features, probs = cache[path]
+        else:
+            generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed,
+                                          source=f"step {step}", checkpoint=path)
+            features, probs = inception.infer(generated.volumes)
+        scores = quality_metrics(real_features, features, probs, config)
+        curves["steps"].append(step)
+        for key in ("is_mean", "fid", "precision", "recall", "density", "coverage"):
+            curves[key].append(scores[key])
+    return curves

@@ -7,6 +7,11 @@
    tested on the real test split; mean accuracy with a t-interval over seeds.
 4. Ablations from the config: density-map noise std values, lsgan, patchgan critic.
 5. report.md, results.json, PNG figures; the features behind every metric under features/.
+
+The protocol is a table of stages (``BUILTIN_STAGES``), each declaring the values it reads and
+adds; ``cryoet_forge.evaluate.stages.StageTable`` runs it over the base values ``run_evaluation``
+provides (``BASE_VALUES``), storing and resuming each stage. Plugins add stages through the
+``forge_register_evaluation_stages`` hook (``plugin_stages``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import dataclasses
 import json
 import platform
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,9 +34,9 @@ from cryoet_forge.classify import (
     train_cb3d,
     write_json,
 )
-from cryoet_forge.errors import ForgeError, InputError
+from cryoet_forge.errors import ForgeError, InputError, PluginError
 from cryoet_forge.evaluate import figures
-from cryoet_forge.evaluate.config import EvaluationConfig, traditional_acquisition
+from cryoet_forge.evaluate.config import EvaluationConfig, classifier_options, traditional_acquisition
 from cryoet_forge.evaluate.datasets import EvaluationData, prepare_data, write_labelled_folder
 from cryoet_forge.evaluate.downstream import (
     CB3D_KIND,
@@ -41,94 +45,27 @@ from cryoet_forge.evaluate.downstream import (
     score_sources,
     train_on_synthetic_test_on_real,
 )
-from cryoet_forge.evaluate.gan import generate_labelled, run_checkpoints, train_gan
-from cryoet_forge.models.cb3d import CB3D, normalize_volumes, run_inference, save_cb3d
+from cryoet_forge.evaluate.gan import gan_summary, metric_curves, select_and_generate, train_gan
+from cryoet_forge.evaluate.inception import (
+    ClassifierInception,
+    InceptionNet,
+    choose_inception,
+    fitted_classifier,
+    quality_metrics,
+)
+from cryoet_forge.evaluate.stages import (
+    EvaluationStage,
+    Stages,
+    StageTable,
+    StageView,
+    check_stage,
+    insert_stages,
+    jsonable,
+)
+from cryoet_forge.models.cb3d import normalize_volumes, save_cb3d
 from cryoet_forge.viz import save_slice_montage
 
 Log = Callable[[str], None]
-
-
-def classifier_options(config: EvaluationConfig) -> ClassifierOptions:
-    c = config.classifier
-    device = c.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return ClassifierOptions(**{**dataclasses.asdict(c), "device": device})
-
-
-class InceptionNet:
-    """The CB3D trained on real data, used to embed every set the same way (features + probabilities)."""
-
-    kind = CB3D_KIND
-
-    def __init__(self, model: CB3D, class_names: list[str], normalize: str, device: str, feature_dir: Path):
-        self.model, self.class_names, self.normalize, self.device = model, class_names, normalize, device
-        self.feature_dir = feature_dir
-
-    def infer(self, volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(features (N, D), class probabilities (N, C))."""
-        return run_inference(self.model, volumes, self.normalize, device=self.device)
-
-    def embed(self, name: str, data: LabelledVolumes) -> tuple[np.ndarray, np.ndarray]:
-        from cryoet_forge.io.embeddings import save_features
-
-        features, probs = self.infer(data.volumes)
-        save_features(self.feature_dir / f"{name}.features.npy", features)  # atomic, like every output
-        save_features(self.feature_dir / f"{name}.probabilities.npy", probs)
-        return features, probs
-
-
-class ClassifierInception(InceptionNet):
-    """Another classifier kind as the inception network: one with ``features(volumes)``, fitted on
-    the real training split with the data seed (refitted, not stored: the same data and seed give
-    the same model, the ``Classifier`` contract)."""
-
-    def __init__(self, kind: str, classifier: Any, class_names: list[str], feature_dir: Path):
-        self.kind, self.classifier, self.class_names, self.feature_dir = kind, classifier, class_names, feature_dir
-
-    def infer(self, volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (np.asarray(self.classifier.features(volumes), dtype=np.float32),
-                np.asarray(self.classifier.probabilities(volumes), dtype=np.float32))
-
-
-def inception_candidates(config: EvaluationConfig) -> list[str]:
-    """The kinds ``metrics.inception`` may choose: cb3d and each downstream kind with ``features``."""
-    from cryoet_forge.registry import create
-
-    if config.metrics.inception != "best":
-        return [config.metrics.inception]
-    kinds = [CB3D_KIND]
-    for kind in config.downstream.classifiers:
-        if kind != CB3D_KIND and callable(getattr(create("classifier", kind, **config.downstream.classifier_options.get(
-                kind, {})), "features", None)):
-            kinds.append(kind)
-    return kinds
-
-
-def fitted_classifier(config: EvaluationConfig, kind: str, train: LabelledVolumes) -> Any:
-    """Classifier ``kind`` (its ``[downstream] classifier_options``) fitted on ``train`` with the data seed."""
-    from cryoet_forge.registry import create
-
-    classifier = create("classifier", kind, **config.downstream.classifier_options.get(kind, {}))
-    classifier.fit(train, config.data.seed)
-    return classifier
-
-
-def quality_metrics(real_features: np.ndarray, features: np.ndarray, probs: np.ndarray,
-                    config: EvaluationConfig) -> dict[str, Any]:
-    """IS of ``probs``; FID and PRDC of ``features`` against the real test features (the metric
-    bundle of ``forge metrics``, with the [metrics] settings)."""
-    from cryoet_forge.metrics.bundle import PRDC_NAMES, compute_bundle
-
-    m = config.metrics
-    bundle = compute_bundle(real_features, features, k=m.k, backend=m.backend, probabilities={"fake": probs},
-                            is_splits=m.is_splits)
-    # small sets have singular covariances (N < D): the engine notes it; keep its notes with the number
-    assert bundle.fid is not None
-    return {"is_mean": bundle.inception["fake"]["mean"], "is_std": bundle.inception["fake"]["std"],
-            "fid": float(bundle.fid.fid), **{key: float(bundle.prdc[key]) for key in PRDC_NAMES},
-            "fid_notes": sorted({message.split(" (")[0] for message in bundle.fid.warnings}),
-            "n_real": bundle.n_real, "n_fake": bundle.n_fake, "dim": bundle.dim}
 
 
 def downstream_inputs(config: EvaluationConfig) -> dict[str, Any]:
@@ -192,13 +129,14 @@ def _gan_inputs(config: EvaluationConfig, data: EvaluationData, variant: dict[st
     return inputs
 
 
-#: the stages of one evaluation, in order (``results.json`` "timings_s" names them the same way)
-STAGES = ("data", "inception", "gan", "generation", "metrics", "downstream", "classifiers", "verdict", "curves",
-          "ablations", "uncertainty", "report")
-
-
 #: the folders ``run_evaluation`` makes in OUT before the first stage
 SKELETON = ("data", "features", "figures", "runs", "models")
+
+#: the base values every stage may read (``EvaluationStage.inputs``), besides earlier stages' outputs
+BASE_VALUES = ("config", "out", "resume", "cache_dir", "budget", "started", "options", "seeds", "classifier",
+               "main_run")
+#: the base values that say what is computed (a stage without its own fingerprint depends on them)
+DESCRIBED = ("config", "options", "seeds", "classifier")
 
 
 def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print,
@@ -226,7 +164,8 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
 def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = print,
                     budget: dict[str, Any] | None = None, cache_dir: Path | None = None,
                     resume: bool = False) -> Path:
-    """Run the whole protocol, stage by stage (``STAGES``); returns the path of report.md.
+    """Run the whole protocol, stage by stage (``STAGES``, then the stages plugins add); returns
+    the path of report.md.
 
     Each stage stores its result under ``OUT/stages`` (``cryoet_forge.evaluate.stages``). With
     ``resume``, stages whose inputs and configuration are unchanged are read back and the rest
@@ -234,246 +173,303 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
     ``budget``: the record of ``budget.fit_to_budget`` that scaled ``config`` (kept in the results).
     ``cache_dir``: where downstream scores are kept by content digest and read back (the suite).
     """
-    from cryoet_forge.evaluate.stages import Stages
-    from cryoet_forge.models.cb3d import load_cb3d
-
     out = Path(out_dir)
+    options = classifier_options(config)
+    main_run = Path(config.gan.run) if config.gan.run else out / "runs" / "cryoetgan"
+    values = {"config": config, "out": out, "resume": resume, "cache_dir": cache_dir, "budget": budget,
+              "started": time.perf_counter(), "options": options,
+              "seeds": [int(s) for s in config.downstream.seeds],
+              "classifier": {"classifier": dataclasses.asdict(config.classifier), "device": options.device,
+                             "seed": config.data.seed},
+              "main_run": main_run}
+    table = StageTable(insert_stages(BUILTIN_STAGES, plugin_stages()), values, Stages(out, resume, log),
+                       described=DESCRIBED)  # checked here: a stage reading what nobody makes stops it now
     out.mkdir(parents=True, exist_ok=True)
     for sub in SKELETON:
         (out / sub).mkdir(exist_ok=True)
-    started = time.perf_counter()
-    stages = Stages(out, resume, log)
-    options = classifier_options(config)
-    seeds = [int(s) for s in config.downstream.seeds]
-    classifier = {"classifier": dataclasses.asdict(config.classifier), "device": options.device,
-                  "seed": config.data.seed}
-    main_run = Path(config.gan.run) if config.gan.run else out / "runs" / "cryoetgan"
     if not resume and not config.gan.run:
         from cryoet_forge.train.checkpoint import list_checkpoints
 
         if list_checkpoints(main_run):  # say so now, not after the data and the inception network
             raise InputError(f"{out}: holds an earlier evaluation ({main_run} has checkpoints); rerun with "
                              "--resume to reuse its finished stages, or pick a new --out")
+    return table.run()["report"]
 
-    # -- data ---------------------------------------------------------------------------
-    def data_stage() -> EvaluationData:
-        data = prepare_data(config, out / "data", log)
-        write_labelled_folder(out / "data" / "real_test", data.real_test)
-        return data
 
-    data = stages.run("data", _data_inputs(config), data_stage)
+def plugin_stages() -> list[EvaluationStage]:
+    """The stages plugins add through ``forge_register_evaluation_stages``, each checked; a plugin
+    whose registration fails stops the evaluation (PluginError) rather than leave its stage out."""
+    from cryoet_forge.registry import get_registry
+
+    registry = get_registry()
+    found: list[EvaluationStage] = []
+    problems: list[str] = []
+
+    def register(stage: Any) -> None:
+        try:
+            found.append(check_stage(stage))
+        except PluginError as exc:
+            problems.append(str(exc))  # the registry records a plugin's errors: raised again below
+            raise
+
+    before = {id(report): report.error for report in registry.plugin_reports()}
+    registry.pm.hook.forge_register_evaluation_stages(register=register)
+    if problems:
+        raise PluginError(problems[0])
+    for report in registry.plugin_reports():
+        earlier = before.get(id(report))
+        if report.error != earlier and report.error:
+            new = report.error[len(earlier) + 2:] if earlier else report.error
+            raise PluginError(f"plugin {report.name} ({report.module}): forge_register_evaluation_stages: {new}")
+    return found
+
+
+def _metric_config(config: EvaluationConfig) -> dict[str, Any]:
+    """The [metrics] settings the scores depend on (the reliability margin is applied in the report)."""
+    return {"metrics": {k: v for k, v in dataclasses.asdict(config.metrics).items() if k != "reliability_margin"}}
+
+
+# -- the stages -------------------------------------------------------------------------------------
+
+def _data_stage(view: StageView) -> EvaluationData:
+    out = view["out"]
+    data = prepare_data(view["config"], out / "data", view.log)
+    write_labelled_folder(out / "data" / "real_test", data.real_test)
+    return data
+
+
+def _inception_stage(view: StageView) -> dict[str, Any]:
+    """The inception CB3D trained on the real training split, the network chosen to embed every set
+    (``metrics.inception``), and the real sets' features."""
+    from cryoet_forge.classify import score_probabilities
+    from cryoet_forge.models.cb3d import load_cb3d
+
+    config, data, options, out = view["config"], view["data"], view["options"], view["out"]
     class_names = data.class_names
+    view.log(f"training the inception CB3D on the real training split ({len(data.real_train)} volumes)")
+    trained, history = train_cb3d(data.real_train, options, seed=config.data.seed,
+                                  label="inception CB3D (real training split)")
+    folder = out / "models" / "inception"
+    save_cb3d(trained, folder, class_names, normalize=options.normalize,
+              extra={"voxel_size": data.voxel_size, "training": {"data": "real train split", "loss": history.loss}})
+    net = InceptionNet(load_cb3d(folder, device=options.device)[0], class_names, options.normalize,
+                       options.device, out / "features")
+    on_test = evaluate_cb3d(net.model, data.real_test, class_names, options.normalize, device=options.device)
+    # which network embeds every set for FID, PRDC and IS: the best on the real validation part
+    validation: dict[str, float] = {}
+    if history.best_epoch:
+        validation[CB3D_KIND] = float(history.val_accuracy[history.best_epoch - 1])
+    net, chosen = choose_inception(config, data.real_train, options.validation_fraction, net, validation,
+                                   view.log)
+    real_features, real_probs = net.embed("real_test", data.real_test)
+    train_features, _ = net.infer(data.real_train.volumes)
+    view.scratch["net"] = net  # computed just now: no second fit in _inception_outputs
+    chosen_on_test = score_probabilities(real_probs, data.real_test, class_names)
+    return {"model": folder, "on_test": on_test, "real_features": real_features, "real_probs": real_probs,
+            "train_features": train_features, "chosen": chosen, "validation": validation,
+            "chosen_on_test": chosen_on_test}
 
-    # -- inception network ------------------------------------------------------------------
-    built: dict[str, InceptionNet] = {}  # the network the stage built, when it ran here
 
-    def inception_stage() -> dict[str, Any]:
-        from cryoet_forge.classify import score_probabilities, validation_split
+def _inception_outputs(view: StageView, stage: dict[str, Any]) -> dict[str, Any]:
+    from cryoet_forge.models.cb3d import load_cb3d
 
-        log(f"training the inception CB3D on the real training split ({len(data.real_train)} volumes)")
-        trained, history = train_cb3d(data.real_train, options, seed=config.data.seed,
-                                      label="inception CB3D (real training split)")
-        folder = out / "models" / "inception"
-        save_cb3d(trained, folder, class_names, normalize=options.normalize,
-                  extra={"voxel_size": data.voxel_size, "training": {"data": "real train split",
-                                                                     "loss": history.loss}})
-        net = InceptionNet(load_cb3d(folder, device=options.device)[0], class_names, options.normalize,
-                           options.device, out / "features")
-        on_test = evaluate_cb3d(net.model, data.real_test, class_names, options.normalize, device=options.device)
-        # which network embeds every set for FID, PRDC and IS: the best on the real validation part
-        validation: dict[str, float] = {}
-        if history.best_epoch:
-            validation[CB3D_KIND] = float(history.val_accuracy[history.best_epoch - 1])
-        kinds = inception_candidates(config)
-        if kinds != [CB3D_KIND]:
-            fit_index, val_index = validation_split(data.real_train.labels, options.validation_fraction,
-                                                    config.data.seed)
-            if len(val_index):
-                part, held_out = data.real_train.subset(fit_index), data.real_train.subset(val_index)
-                for kind in kinds:
-                    if kind != CB3D_KIND:
-                        probs = fitted_classifier(config, kind, part).probabilities(held_out.volumes)
-                        validation[kind] = score_probabilities(probs, held_out, class_names).accuracy
-        chosen = (kinds[0] if len(kinds) == 1 else
-                  max(kinds, key=lambda k: (validation.get(k, -1.0), k == CB3D_KIND)))
-        if chosen != CB3D_KIND:
-            net = ClassifierInception(chosen, fitted_classifier(config, chosen, data.real_train), class_names,
-                                      out / "features")
-            log(f"inception network: {chosen} (real validation part: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in validation.items()) + ")")
-        real_features, real_probs = net.embed("real_test", data.real_test)
-        train_features, _ = net.infer(data.real_train.volumes)
-        built["net"] = net
-        chosen_on_test = score_probabilities(real_probs, data.real_test, class_names)
-        return {"model": folder, "on_test": on_test, "real_features": real_features, "real_probs": real_probs,
-                "train_features": train_features, "chosen": chosen, "validation": validation,
-                "chosen_on_test": chosen_on_test}
+    config, data, options = view["config"], view["data"], view["options"]
+    net = view.scratch.get("net")
+    if net is None and stage["chosen"] == CB3D_KIND:
+        net = InceptionNet(load_cb3d(stage["model"], device=options.device)[0], data.class_names,
+                           options.normalize, options.device, view["out"] / "features")
+    elif net is None:
+        net = ClassifierInception(stage["chosen"], fitted_classifier(config, stage["chosen"], data.real_train),
+                                  data.class_names, view["out"] / "features")
+    return {"inception_net": net,
+            "inception_on_test": stage["on_test"],  # CB3D trained on the real split: cb3d's ceiling
+            "metric_network": {"kind": stage["chosen"], "validation_accuracy": stage["validation"],
+                               "real_test": stage["chosen_on_test"].summary()},
+            "real_features": stage["real_features"], "real_probs": stage["real_probs"],
+            "train_features": stage["train_features"]}
 
-    stage = stages.run("inception", {"data": stages.key("data"), **classifier,
-                                     "inception": config.metrics.inception,
-                                     "candidates": {k: config.downstream.classifier_options.get(k, {})
-                                                    for k in config.downstream.classifiers}}, inception_stage)
-    if "net" in built:  # computed just now: no second fit
-        inception = built["net"]
-    elif stage["chosen"] == CB3D_KIND:
-        inception = InceptionNet(load_cb3d(stage["model"], device=options.device)[0], class_names,
-                                               options.normalize, options.device, out / "features")
+
+def _inception_fingerprint(view: StageView) -> dict[str, Any]:
+    config = view["config"]
+    return {"data": view.key("data"), **view["classifier"], "inception": config.metrics.inception,
+            "candidates": {k: config.downstream.classifier_options.get(k, {}) for k in config.downstream.classifiers}}
+
+
+def _gan_stage(view: StageView) -> dict[str, Any]:
+    """The main GAN: trained into OUT/runs/cryoetgan, or the trained run ``gan.run`` names."""
+    config, data, run = view["config"], view["data"], view["main_run"]
+    if config.gan.run:
+        view.log(f"using the trained GAN run {run}")
     else:
-        inception = ClassifierInception(stage["chosen"], fitted_classifier(config, stage["chosen"], data.real_train),
-                                        class_names, out / "features")
-    inception_on_test = stage["on_test"]  # CB3D trained on the real split: cb3d's ceiling
-    metric_network = {"kind": stage["chosen"], "validation_accuracy": stage["validation"],
-                      "real_test": stage["chosen_on_test"].summary()}
-    real_features, real_probs, train_features = stage["real_features"], stage["real_probs"], stage["train_features"]
+        run = train_gan(config, run, data.density_train, data.real_train, data.density_star,
+                        data.real_train_star, log=view.log, resume=view["resume"])
+    return {"run": run, "summary": gan_summary(run)}
 
-    # -- main GAN -----------------------------------------------------------------------------
-    def gan_stage() -> dict[str, Any]:
-        if config.gan.run:
-            log(f"using the trained GAN run {main_run}")
-            run = main_run
-        else:
-            run = train_gan(config, main_run, data.density_train, data.real_train, data.density_star,
-                            data.real_train_star, log=log, resume=resume)
-        return {"run": run, "summary": gan_summary(run)}
 
-    stage = stages.run("gan", {"data": stages.key("data"), **_gan_inputs(config, data)}, gan_stage)
-    run_dir, summary = stage["run"], stage["summary"]
+def _generation_stage(view: StageView) -> dict[str, Any]:
+    """The GAN's volumes from the checkpoint the rule picks; both synthetic sets on disk."""
+    data, out = view["data"], view["out"]
+    # inception outputs of the curve checkpoints already generated during the selection, so
+    # the curves stage does not generate and embed them a second time
+    cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+    volumes, chosen = select_and_generate(view["config"], view["gan_run"], data, view["inception_net"],
+                                          view["train_features"], "CryoETGAN", curve_cache=cache)
+    # both synthetic sets on disk in the labelled-folder format, for `forge classify` / inspection
+    write_labelled_folder(out / "data" / "traditional", data.traditional)
+    write_labelled_folder(out / "data" / "cryoetgan", volumes)
+    return {"volumes": volumes, "checkpoint": chosen,
+            "curve_cache": [[path, features, probs] for path, (features, probs) in cache.items()]}
 
-    # -- generation (the checkpoint the rule picks) -------------------------------------------
-    def generation_stage() -> dict[str, Any]:
-        # inception outputs of the curve checkpoints already generated during the selection, so
-        # the curves stage does not generate and embed them a second time
-        cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
-        volumes, chosen = select_and_generate(config, run_dir, data, inception, train_features, "CryoETGAN",
-                                              curve_cache=cache)
-        # both synthetic sets on disk in the labelled-folder format, for `forge classify` / inspection
-        write_labelled_folder(out / "data" / "traditional", data.traditional)
-        write_labelled_folder(out / "data" / "cryoetgan", volumes)
-        return {"volumes": volumes, "checkpoint": chosen,
-                "curve_cache": [[path, features, probs] for path, (features, probs) in cache.items()]}
 
-    stage = stages.run("generation", {"gan": stages.key("gan"), "inception": stages.key("inception"),
-                                      "select_checkpoint": config.gan.select_checkpoint,
-                                      "curve_points": config.gan.curve_points}, generation_stage)
-    gan, gan_checkpoint = stage["volumes"], stage["checkpoint"]
-    curve_cache = {Path(path): (features, probs) for path, features, probs in stage["curve_cache"]}
-    metric_config = {"metrics": {k: v for k, v in dataclasses.asdict(config.metrics).items()
-                                 if k != "reliability_margin"}}
+def _metrics_stage(view: StageView) -> dict[str, Any]:
+    """IS, FID and PRDC of the traditional and GAN sets (and the real test split's IS)."""
+    from cryoet_forge.metrics.bundle import inception_scores
 
-    # -- metrics ---------------------------------------------------------------------------------
-    def metrics_stage() -> dict[str, Any]:
-        from cryoet_forge.metrics.bundle import inception_scores
+    config, data, inception, real_features = view["config"], view["data"], view["inception_net"], view["real_features"]
+    traditional_features, traditional_probs = inception.embed("traditional", data.traditional)
+    gan_features, gan_probs = inception.embed("cryoetgan", view["gan_volumes"])
+    real_is = inception_scores({"real": view["real_probs"]}, config.metrics.is_splits)["real"]
+    return {"real_is": [real_is["mean"], real_is["std"]], "quality": {
+        "traditional": quality_metrics(real_features, traditional_features, traditional_probs, config),
+        "cryoetgan": quality_metrics(real_features, gan_features, gan_probs, config)}}
 
-        traditional_features, traditional_probs = inception.embed("traditional", data.traditional)
-        gan_features, gan_probs = inception.embed("cryoetgan", gan)
-        real_is = inception_scores({"real": real_probs}, config.metrics.is_splits)["real"]
-        return {"real_is": [real_is["mean"], real_is["std"]], "quality": {
-            "traditional": quality_metrics(real_features, traditional_features, traditional_probs, config),
-            "cryoetgan": quality_metrics(real_features, gan_features, gan_probs, config)}}
 
-    stage = stages.run("metrics", {"generation": stages.key("generation"), **metric_config}, metrics_stage)
-    quality, real_is = stage["quality"], stage["real_is"]
+def _downstream_stage(view: StageView) -> dict[str, DownstreamResult]:
+    """CB3D trained on the traditional and GAN sets per seed, tested on the real test split."""
+    config, data, seeds = view["config"], view["data"], view["seeds"]
+    view.log(f"downstream: CB3D on traditional vs GAN data ({config.downstream.n_per_class} per class, "
+             f"seeds {seeds})")
+    return score_sources({"traditional": data.traditional, "cryoetgan": view["gan_volumes"]}, data.real_test,
+                         data.class_names, view["options"], seeds, config.downstream.confidence, view.log,
+                         cache_dir=view["cache_dir"], workers=config.downstream.workers)
 
-    # -- downstream ------------------------------------------------------------------------------
-    def downstream_stage() -> dict[str, DownstreamResult]:
-        log(f"downstream: CB3D on traditional vs GAN data ({config.downstream.n_per_class} per class, "
-            f"seeds {seeds})")
-        return score_sources({"traditional": data.traditional, "cryoetgan": gan}, data.real_test, class_names,
-                             options, seeds, config.downstream.confidence, log, cache_dir=cache_dir,
-                             workers=config.downstream.workers)
 
-    downstream = stages.run("downstream", {"generation": stages.key("generation"), **classifier,
-                                           "downstream": downstream_inputs(config)}, downstream_stage)
+def _other_kinds(config: EvaluationConfig) -> list[str]:
+    return [kind for kind in config.downstream.classifiers if kind != CB3D_KIND]
 
-    # -- the other classifier kinds: each on the real training split, traditional and GAN data --
-    others = [kind for kind in config.downstream.classifiers if kind != CB3D_KIND]
 
-    def classifiers_stage() -> dict[str, dict[str, DownstreamResult]]:
-        by_kind = {}
-        for kind in others:
-            log(f"downstream: {kind} on the real training split, traditional and GAN data (seeds {seeds})")
-            by_kind[kind] = score_sources(
-                {"real": data.real_train, "traditional": data.traditional, "cryoetgan": gan}, data.real_test,
-                class_names, options, seeds, config.downstream.confidence, log, cache_dir=cache_dir,
-                workers=config.downstream.workers, kind=kind,
-                kind_options=config.downstream.classifier_options.get(kind, {}))
-        return by_kind
+def _classifiers_stage(view: StageView) -> dict[str, dict[str, DownstreamResult]]:
+    """Each other classifier kind on the real training split, traditional and GAN data."""
+    config, data, seeds = view["config"], view["data"], view["seeds"]
+    by_kind = {}
+    for kind in _other_kinds(config):
+        view.log(f"downstream: {kind} on the real training split, traditional and GAN data (seeds {seeds})")
+        by_kind[kind] = score_sources(
+            {"real": data.real_train, "traditional": data.traditional, "cryoetgan": view["gan_volumes"]},
+            data.real_test, data.class_names, view["options"], seeds, config.downstream.confidence, view.log,
+            cache_dir=view["cache_dir"], workers=config.downstream.workers, kind=kind,
+            kind_options=config.downstream.classifier_options.get(kind, {}))
+    return by_kind
 
-    by_kind = stages.run("classifiers", {"generation": stages.key("generation"), "classifiers": others,
-                                         "options": config.downstream.classifier_options,
-                                         "downstream": downstream_inputs(config)}, classifiers_stage)
 
-    # -- what the evaluation can say: chance, the real ceiling, a simple baseline, paired seeds --
-    def verdict_stage() -> dict[str, Any]:
-        from cryoet_forge.evaluate.baseline import radial_baseline
-        from cryoet_forge.evaluate.verdict import assess, assess_classifier, chance_level, paired_difference
+def _verdict_stage(view: StageView) -> dict[str, Any]:
+    """What the evaluation can say: chance, the real ceiling, a simple baseline, paired seeds."""
+    from cryoet_forge.evaluate.baseline import radial_baseline
+    from cryoet_forge.evaluate.verdict import assess, assess_classifier, chance_level, paired_difference
 
-        chance = chance_level(data.real_test.labels, len(class_names))
-        baseline = radial_baseline(data.real_train, data.real_test, seed=config.data.seed)
-        margin = config.metrics.reliability_margin
-        paired = paired_difference(downstream["cryoetgan"].accuracies, downstream["traditional"].accuracies,
-                                   seeds, config.downstream.confidence)
-        verdict = assess(inception_on_test.accuracy, chance, margin, paired, baseline.accuracy,
-                         metric_network["real_test"]["accuracy"], metric_network["kind"])
-        # one answer per classifier kind; cb3d's real ceiling is the inception network (one seed)
-        verdict["by_classifier"] = {CB3D_KIND: assess_classifier(
-            CB3D_KIND, inception_on_test.accuracy, chance, margin, paired, baseline.accuracy,
-            (downstream["traditional"].mean, downstream["cryoetgan"].mean))}
-        for kind, scores in by_kind.items():
-            kind_paired = paired_difference(scores["cryoetgan"].accuracies, scores["traditional"].accuracies,
-                                            seeds, config.downstream.confidence)
-            verdict["by_classifier"][kind] = assess_classifier(
-                kind, scores["real"].mean, chance, margin, kind_paired, baseline.accuracy,
-                (scores["traditional"].mean, scores["cryoetgan"].mean))
-        return {"chance": chance, "baseline": baseline.to_dict(), "paired": paired, "verdict": verdict}
+    config, data, seeds = view["config"], view["data"], view["seeds"]
+    downstream, inception_on_test, network = view["downstream"], view["inception_on_test"], view["metric_network"]
+    confidence = config.downstream.confidence
+    chance = chance_level(data.real_test.labels, len(data.class_names))
+    baseline = radial_baseline(data.real_train, data.real_test, seed=config.data.seed)
+    margin = config.metrics.reliability_margin
+    paired = paired_difference(downstream["cryoetgan"].accuracies, downstream["traditional"].accuracies,
+                               seeds, confidence)
+    verdict = assess(inception_on_test.accuracy, chance, margin, paired, baseline.accuracy,
+                     network["real_test"]["accuracy"], network["kind"])
+    # one answer per classifier kind; cb3d's real ceiling is the inception network (one seed)
+    verdict["by_classifier"] = {CB3D_KIND: assess_classifier(
+        CB3D_KIND, inception_on_test.accuracy, chance, margin, paired, baseline.accuracy,
+        (downstream["traditional"].mean, downstream["cryoetgan"].mean))}
+    for kind, scores in view["downstream_by_classifier"].items():
+        kind_paired = paired_difference(scores["cryoetgan"].accuracies, scores["traditional"].accuracies,
+                                        seeds, confidence)
+        verdict["by_classifier"][kind] = assess_classifier(
+            kind, scores["real"].mean, chance, margin, kind_paired, baseline.accuracy,
+            (scores["traditional"].mean, scores["cryoetgan"].mean))
+    return {"chance": chance, "baseline": baseline.to_dict(), "paired": paired, "verdict": verdict}
 
-    stage = stages.run("verdict", {"inception": stages.key("inception"), "downstream": stages.key("downstream"),
-                                   "metrics_network": metric_network["kind"],
-                                   "classifiers": stages.key("classifiers"),
-                                   "reliability_margin": config.metrics.reliability_margin}, verdict_stage)
-    chance, baseline, paired, verdict = stage["chance"], stage["baseline"], stage["paired"], stage["verdict"]
-    for note in verdict["notes"]:
-        log(f"warning: {note}")
-    reliable = verdict["metrics_reliable"]
 
-    # -- curves over checkpoints -------------------------------------------------------------
-    curves = stages.run("curves", {"generation": stages.key("generation"), **metric_config},
-                        lambda: metric_curves(config, run_dir, data, inception, real_features, cache=curve_cache))
+def _verdict_outputs(view: StageView, stage: dict[str, Any]) -> dict[str, Any]:
+    for note in stage["verdict"]["notes"]:
+        view.log(f"warning: {note}")
+    return stage
 
-    # -- ablations, one stage per variant ---------------------------------------------------------
-    ablations = []
-    variants = ablation_variants(config)
+
+def _ablations_stage(view: StageView) -> list[dict[str, Any]]:
+    """Each ablation variant, a stored stage of its own (``ablation-N``)."""
     from cryoet_forge import progress
 
+    config, data = view["config"], view["data"]
+    rows = []
+    variants = ablation_variants(config)
     with progress.stage("ablations", len(variants), "variants", enabled=bool(variants)) as bar:
         for index, variant in enumerate(variants):
             slug = f"ablation-{index + 1}"
-            inputs = {"inception": stages.key("inception"), "variant": list(variant), **classifier,
-                      **_gan_inputs(config, data, variant[2]), **metric_config,
+            inputs = {"inception": view.key("inception"), "variant": list(variant), **view["classifier"],
+                      **_gan_inputs(config, data, variant[2]), **_metric_config(config),
                       "select_checkpoint": config.gan.select_checkpoint, "seeds": list(config.ablations.seeds),
                       "confidence": config.downstream.confidence}
-            ablations.append(stages.run(slug, inputs, lambda: run_ablation(
-                config, out, slug, variant, data, inception, real_features, train_features, options, log, resume)))
+            rows.append(view.store.run(slug, inputs, lambda: run_ablation(
+                config, view["out"], slug, variant, data, view["inception_net"], view["real_features"],
+                view["train_features"], view["options"], view.log, view["resume"])))
             bar.advance(info=variant[1])
+    return rows
+
+
+def _uncertainty_stage(view: StageView) -> dict[str, Any]:
+    return uncertainty_overlay(view["config"], view["gan_run"], view["data"],
+                               view["out"] / "figures" / "uncertainty.png", view.log,
+                               checkpoint=view["gan_checkpoint"].get("checkpoint"))
+
+
+def _report_stage(view: StageView) -> Path:
+    """Figures, results.json and report.md (always rendered, never stored)."""
+    from cryoet_forge.evaluate.report import render_report
     from cryoet_forge.evaluate.verdict import quality_reliability
+    from cryoet_forge.io.atomic import write_bytes_atomic
 
-    margin = config.metrics.reliability_margin
-    ablations = [{**row, "reliable": reliable, "reliability": quality_reliability(row, margin)} for row in ablations]
-
-    # -- uncertainty -----------------------------------------------------------------------------
-    uncertainty = stages.run("uncertainty", {"generation": stages.key("generation"),
-                                             "uncertainty": dataclasses.asdict(config.uncertainty)},
-                             lambda: uncertainty_overlay(config, run_dir, data, out / "figures" / "uncertainty.png",
-                                                         log, checkpoint=gan_checkpoint.get("checkpoint")))
-
-    # -- report: figures, results.json, report.md (always rendered) -------------------------------
     tic = time.perf_counter()
+    config, out = view["config"], view["out"]
+    margin, reliable = config.metrics.reliability_margin, view["verdict"]["metrics_reliable"]
     quality = {key: {**scores, "reliable": reliable, "reliability": quality_reliability(scores, margin)}
-               for key, scores in quality.items()}
-    save_figures(config, out, data, gan, inception_on_test, downstream, curves, quality, seeds, gan_info=summary)
+               for key, scores in view["quality"].items()}
+    ablations = [{**row, "reliable": reliable, "reliability": quality_reliability(row, margin)}
+                 for row in view["ablations"]]
+    save_figures(config, out, view["data"], view["gan_volumes"], view["inception_on_test"], view["downstream"],
+                 view["curves"], quality, view["seeds"], gan_info=view["gan_summary"])
+    results = _results(view, quality, ablations)
+    extra = _plugin_results(view)
+    if extra:
+        results["plugin_stages"] = extra
+    # how this run went (not what it found): seconds each stage took when it was computed, and
+    # which stages were read back from an earlier run of the same command (--resume)
+    timings: dict[str, float] = {}
+    for name, record in view.store.done.items():
+        key = "ablations" if name.startswith("ablation-") else name
+        timings[key] = round(timings.get(key, 0.0) + record["seconds"], 2)
+    timings["report"] = round(time.perf_counter() - tic, 2)
+    timings["total"] = round(time.perf_counter() - view["started"], 2)
+    results["timings_s"] = timings
+    results["stages_reused"] = [name for name, record in view.store.done.items() if record["status"] == "reused"]
+    if view["budget"] is not None:
+        results["budget"] = view["budget"]
+    write_json(out / "results.json", results)
+    report = out / "report.md"
+    write_bytes_atomic(report, render_report(results).encode())
+    view.log(f"done in {timings['total']:.0f} s")
+    return report
+
+
+def _results(view: StageView, quality: dict[str, Any], ablations: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the evaluation found, as results.json holds it (the run's timings added by the report)."""
     from cryoet_forge.evaluate.verdict import class_counts
 
-    results: dict[str, Any] = {
+    config, data, gan = view["config"], view["data"], view["gan_volumes"]
+    downstream, by_kind, inception_on_test = view["downstream"], view["downstream_by_classifier"], \
+        view["inception_on_test"]
+    class_names, real_is = data.class_names, view["real_is"]
+    return {
         "title": config.report.title,
         "config": config.to_dict(),
         # the traditional simulation's acquisition, each value with its source (config, STAR, default)
@@ -482,56 +478,107 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
                  "voxel_size": data.voxel_size, "n_real_train": len(data.real_train),
                  "n_real_test": len(data.real_test), "n_density_train": len(data.density_train),
                  "n_generated": len(gan), "n_traditional": len(data.traditional)},
-        "gan_run": str(run_dir),
-        "gan": summary,
-        "gan_checkpoint": gan_checkpoint,
+        "gan_run": str(view["gan_run"]),
+        "gan": view["gan_summary"],
+        "gan_checkpoint": view["gan_checkpoint"],
         # the network whose features and probabilities FID, PRDC and IS use (metrics.inception)
-        "metrics_network": metric_network,
+        "metrics_network": view["metric_network"],
         "inception": {"real_test": inception_on_test.summary(),
                       "is_mean": float(real_is[0]), "is_std": float(real_is[1])},
         "quality": quality,
         "downstream": {k: v.to_dict() for k, v in downstream.items()},
         # CryoETGAN minus traditional mean accuracy, the "mean difference" of the report
         "downstream_difference": downstream["cryoetgan"].mean - downstream["traditional"].mean,
-        "downstream_paired": paired,
+        "downstream_paired": view["paired"],
         # every other classifier kind: {kind: {"real"|"traditional"|"cryoetgan": scores}}; its
         # paired difference and verdict are in verdict["by_classifier"]
         "downstream_by_classifier": {kind: {k: v.to_dict() for k, v in scores.items()}
                                      for kind, scores in by_kind.items()},
-        "chance": chance,
-        "baseline": baseline,
-        "verdict": verdict,
+        "chance": view["chance"],
+        "baseline": view["baseline"],
+        "verdict": view["verdict"],
         "counts": {"real_train": class_counts(data.real_train.labels, class_names),
                    "real_test": class_counts(data.real_test.labels, class_names),
                    "traditional": class_counts(data.traditional.labels, class_names),
                    "cryoetgan": class_counts(gan.labels, class_names)},
-        "curves": curves,
+        "curves": view["curves"],
         "ablations": ablations,
-        "uncertainty": uncertainty,
+        "uncertainty": view["uncertainty"],
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "threads": torch.get_num_threads(),
-                        "device": options.device},
+                        "device": view["options"].device},
     }
-    # how this run went (not what it found): seconds each stage took when it was computed, and
-    # which stages were read back from an earlier run of the same command (--resume)
-    timings: dict[str, float] = {}
-    for name, record in stages.done.items():
-        key = "ablations" if name.startswith("ablation-") else name
-        timings[key] = round(timings.get(key, 0.0) + record["seconds"], 2)
-    timings["report"] = round(time.perf_counter() - tic, 2)
-    timings["total"] = round(time.perf_counter() - started, 2)
-    results["timings_s"] = timings
-    results["stages_reused"] = [name for name, record in stages.done.items() if record["status"] == "reused"]
-    if budget is not None:
-        results["budget"] = budget
-    write_json(out / "results.json", results)
-    from cryoet_forge.evaluate.report import render_report
-    from cryoet_forge.io.atomic import write_bytes_atomic
 
-    report = out / "report.md"
-    write_bytes_atomic(report, render_report(results).encode())
-    log(f"done in {timings['total']:.0f} s")
-    return report
+
+def _plugin_results(view: StageView) -> dict[str, dict[str, Any]]:
+    """The outputs of the stages plugins added (those that ran), as JSON, by stage name."""
+    table = view.table
+    return {stage.name: {name: jsonable(table.values[name]) for name in stage.outputs}
+            for stage in table.stages if stage.name not in STAGES and stage.name in table.ran}
+
+
+def _declare(name: str, function: Callable[[StageView], Any], inputs: str, outputs: str = "",
+             fingerprint: Callable[[StageView], Any] | None = None,
+             unpack: Callable[[StageView, Any], dict[str, Any]] | None = None, stored: bool = True
+             ) -> EvaluationStage:
+    return EvaluationStage(name, function, tuple(inputs.split()), tuple(outputs.split()), fingerprint, unpack,
+                           stored=stored)
+
+
+def _unpacked(**names: str) -> Callable[[StageView, dict[str, Any]], dict[str, Any]]:
+    """``unpack`` that renames the stored value's keys: output name = stored key."""
+    return lambda view, value: {output: value[key] for output, key in names.items()}
+
+
+#: the stages of one evaluation, in order, each with the values it reads and adds
+BUILTIN_STAGES: tuple[EvaluationStage, ...] = (
+    _declare("data", _data_stage, "config out", fingerprint=lambda v: _data_inputs(v["config"])),
+    _declare("inception", _inception_stage, "config data options out classifier",
+             "inception_net inception_on_test metric_network real_features real_probs train_features",
+             _inception_fingerprint, _inception_outputs),
+    _declare("gan", _gan_stage, "config data main_run resume", "gan_run gan_summary",
+             lambda v: {"data": v.key("data"), **_gan_inputs(v["config"], v["data"])},
+             _unpacked(gan_run="run", gan_summary="summary")),
+    _declare("generation", _generation_stage, "config data out gan_run inception_net train_features",
+             "gan_volumes gan_checkpoint curve_cache",
+             lambda v: {"gan": v.key("gan"), "inception": v.key("inception"),
+                        "select_checkpoint": v["config"].gan.select_checkpoint,
+                        "curve_points": v["config"].gan.curve_points},
+             lambda v, stage: {"gan_volumes": stage["volumes"], "gan_checkpoint": stage["checkpoint"],
+                               "curve_cache": {Path(path): (features, probs)
+                                               for path, features, probs in stage["curve_cache"]}}),
+    _declare("metrics", _metrics_stage, "config data gan_volumes inception_net real_features real_probs",
+             "quality real_is", lambda v: {"generation": v.key("generation"), **_metric_config(v["config"])}),
+    _declare("downstream", _downstream_stage, "config data gan_volumes options seeds cache_dir classifier",
+             "downstream",
+             lambda v: {"generation": v.key("generation"), **v["classifier"],
+                        "downstream": downstream_inputs(v["config"])}),
+    _declare("classifiers", _classifiers_stage, "config data gan_volumes options seeds cache_dir",
+             "downstream_by_classifier",
+             lambda v: {"generation": v.key("generation"), "classifiers": _other_kinds(v["config"]),
+                        "options": v["config"].downstream.classifier_options,
+                        "downstream": downstream_inputs(v["config"])}),
+    _declare("verdict", _verdict_stage, "config data seeds downstream downstream_by_classifier inception_on_test "
+             "metric_network", "chance baseline paired verdict",
+             lambda v: {"inception": v.key("inception"), "downstream": v.key("downstream"),
+                        "metrics_network": v["metric_network"]["kind"], "classifiers": v.key("classifiers"),
+                        "reliability_margin": v["config"].metrics.reliability_margin}, _verdict_outputs),
+    _declare("curves", lambda v: metric_curves(v["config"], v["gan_run"], v["data"], v["inception_net"],
+                                               v["real_features"], cache=v["curve_cache"]),
+             "config data gan_run inception_net real_features curve_cache", "curves",
+             lambda v: {"generation": v.key("generation"), **_metric_config(v["config"])}),
+    _declare("ablations", _ablations_stage, "config data out options classifier resume inception_net "
+             "real_features train_features", "ablations", stored=False),
+    _declare("uncertainty", _uncertainty_stage, "config data out gan_run gan_checkpoint", "uncertainty",
+             lambda v: {"generation": v.key("generation"), "uncertainty": dataclasses.asdict(v["config"].uncertainty)}),
+    _declare("report", _report_stage, "config out budget started options seeds data inception_on_test "
+             "metric_network real_is gan_run gan_summary gan_volumes gan_checkpoint quality downstream "
+             "downstream_by_classifier chance baseline paired verdict curves ablations uncertainty", "report",
+             stored=False),
+)
+
+#: the stages of one evaluation, in order (``results.json`` "timings_s" names them the same way)
+STAGES = tuple(stage.name for stage in BUILTIN_STAGES)
 
 
 def save_figures(config: EvaluationConfig, out: Path, data: EvaluationData, gan: LabelledVolumes,
@@ -601,93 +648,6 @@ def save_figures(config: EvaluationConfig, out: Path, data: EvaluationData, gan:
                                               "IS": quality["traditional"]["is_mean"],
                                               "coverage": quality["traditional"]["coverage"],
                                               "density": quality["traditional"]["density"]})
-
-
-def select_and_generate(config: EvaluationConfig, run_dir: Path, data: EvaluationData, inception: InceptionNet,
-                        train_features: np.ndarray, source: str,
-                        curve_cache: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None,
-                        ) -> tuple[LabelledVolumes, dict[str, Any]]:
-    """Generated volumes from the checkpoint the config's rule picks, and a record of the choice.
-
-    ``curve_cache``, when given, receives (features, probabilities) of the checkpoints that
-    ``metric_curves`` scores, keyed by checkpoint folder.
-    """
-    from cryoet_forge.metrics import compute_fid
-
-    checkpoints = run_checkpoints(run_dir)
-    if config.gan.select_checkpoint == "last" or len(checkpoints) < 2:
-        step, path = checkpoints[-1] if checkpoints else (None, None)
-        generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source)
-        return generated, {"rule": "last", "step": step, "checkpoint": None if path is None else str(path)}
-    from cryoet_forge import progress
-
-    fid_train: dict[str, float] = {}
-    best: tuple[float, int, LabelledVolumes, Path] | None = None
-    on_curves = {checkpoints[i][1] for i in curve_picks(config, len(checkpoints))}
-    with progress.stage(f"{source}: checkpoint selection (FID to the real training split)", len(checkpoints),
-                        "checkpoints") as bar:
-        for step, path in checkpoints:
-            generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source,
-                                          checkpoint=path)
-            features, probs = inception.infer(generated.volumes)
-            if curve_cache is not None and path in on_curves:
-                curve_cache[path] = (features, probs)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fid = float(compute_fid(train_features, features))
-            fid_train[str(step)] = fid
-            if best is None or fid < best[0]:
-                best = (fid, step, generated, path)
-            bar.advance(info=f"step {step}: FID {fid:.3g}")
-    assert best is not None  # at least two checkpoints here
-    return best[2], {"rule": "best-fid-train", "step": best[1], "checkpoint": str(best[3]), "fid_train": fid_train}
-
-
-def gan_summary(run_dir: Path) -> dict[str, Any]:
-    """The settings of a trained run that a reader of the report needs (from its saved config)."""
-    from cryoet_forge.evaluate.report import extra_loss_terms
-    from cryoet_forge.train import resume_config
-
-    cfg = resume_config(run_dir)
-    steps = [step for step, _ in run_checkpoints(run_dir)]
-    return {"steps": steps[-1] if steps else 0, "batch_size": cfg.train.batch_size, "loss": cfg.loss.adversarial,
-            "critic": cfg.model.critic, "generator": cfg.model.generator,
-            "generator_options": dict(cfg.model.generator_options), "critic_options": dict(cfg.model.critic_options),
-            "extra_losses": extra_loss_terms(cfg.loss),
-            "density_noise_std": cfg.data.density_noise_std, "n_critic": cfg.train.n_critic}
-
-
-def curve_picks(config: EvaluationConfig, n_checkpoints: int) -> list[int]:
-    """Indices of the ``gan.curve_points`` evenly spaced checkpoints (the first and last included)."""
-    n = min(config.gan.curve_points, n_checkpoints)
-    return sorted({int(round(i)) for i in np.linspace(0, n_checkpoints - 1, n)})
-
-
-def metric_curves(config: EvaluationConfig, run_dir: Path, data: EvaluationData, inception: InceptionNet,
-                  real_features: np.ndarray,
-                  cache: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, list]:
-    """IS/FID/PRDC of the GAN at evenly spaced checkpoints of its run (the last included).
-
-    ``cache``: (features, probabilities) already computed for some checkpoint folders.
-    """
-    checkpoints = run_checkpoints(run_dir)
-    curves: dict[str, list] = {"steps": [], "is_mean": [], "fid": [], "precision": [], "recall": [],
-                               "density": [], "coverage": []}
-    if not checkpoints:
-        return curves
-    for index in curve_picks(config, len(checkpoints)):
-        step, path = checkpoints[index]
-        if cache is not None and path in cache:
-            features, probs = cache[path]
-        else:
-            generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed,
-                                          source=f"step {step}", checkpoint=path)
-            features, probs = inception.infer(generated.volumes)
-        scores = quality_metrics(real_features, features, probs, config)
-        curves["steps"].append(step)
-        for key in ("is_mean", "fid", "precision", "recall", "density", "coverage"):
-            curves[key].append(scores[key])
-    return curves
 
 
 def ablation_variants(config: EvaluationConfig) -> list[tuple[str, str, dict[str, Any]]]:

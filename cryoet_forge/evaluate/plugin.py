@@ -52,8 +52,14 @@ def forge_register_classifiers(register):
 
 @hookimpl
 def forge_register_commands(cli):
-    from cryoet_forge.evaluate.commands import classify_group, evaluate_command, quickstart_command
+    from cryoet_forge.evaluate.commands import (
+        classify_group,
+        evaluate_command,
+        evaluate_picking_command,
+        quickstart_command,
+    )
 
     cli.add_command(classify_group)
     cli.add_command(evaluate_command)
     cli.add_command(quickstart_command)
+    cli.add_command(evaluate_picking_command)

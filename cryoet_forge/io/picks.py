@@ -169,6 +169,8 @@ def _classes(df: pd.DataFrame, source: str, class_column: str | None, default: s
             raise InputError(f"{source}: no class column {class_column!r}; its columns are "
                              f"{', '.join(map(str, df.columns))}")
         values = df[class_column]
+    elif star and "forgeClassName" in df.columns:  # forge's own tables name their classes
+        values = df["forgeClassName"]
     elif star and "rlnClassNumber" in df.columns:
         return "class" + class_numbers(df["rlnClassNumber"], source).astype(str)
     elif not star and "class" in df.columns:

@@ -47,7 +47,7 @@ from cryoet_forge.io.atomic import write_bytes_atomic
 WEIGHTS_NAME = "cb3d.safetensors"
 METADATA_NAME = "cb3d.json"
 FORMAT_VERSION = 1
-POOLS = ("flatten", "global")
+POOLS = ("flatten", "global", "radial")
 #: the Gaussian kernel reaches this many standard deviations (as scipy.ndimage.gaussian_filter)
 LOWPASS_TRUNCATE = 4.0
 #: the flips averaged by test-time augmentation: every subset of the three spatial axes
@@ -105,7 +105,9 @@ class CB3DConfig:
     fc_width: int = 4096
     dropout: float = 0.5
     in_channels: int = 1
-    #: "flatten" the last block's output into fc6 (the paper) or average it over space ("global")
+    #: "flatten" the last block's output into fc6 (the paper), average it over space ("global") or
+    #: over spherical shells about the box centre ("radial": one mean per channel and shell, a
+    #: learnt radial profile; see :func:`shell_index`)
     pool: str = "flatten"
     #: standard deviation (voxels) of a fixed Gaussian low-pass applied to the input; 0 = none
     lowpass_sigma: float = 0.0
@@ -148,6 +150,43 @@ class CB3DConfig:
             size = -(-size // 2)  # ceil_mode pooling
         return size
 
+    def pooled_features(self) -> int:
+        """The width of the pooled last block, the input of fc6."""
+        size = self.pooled_size()
+        per_channel = {"flatten": size ** 3, "global": 1, "radial": int(shell_index(size).max()) + 1}
+        return self.channels[-1] * per_channel[self.pool]
+
+
+def shell_index(size: int) -> torch.Tensor:
+    """(size, size, size) shell numbers of a cubic grid: ``floor`` of each voxel's distance from the
+    grid centre, those beyond the inscribed sphere (radius ``size // 2``) in the outermost shell.
+
+    ``pool = "radial"`` averages each channel within each shell: pooling that a rotation about the
+    centre leaves unchanged (up to the grid), so the head sees a radial profile of learnt features
+    instead of positions it would have to learn every orientation of from few particles.
+    """
+    centre = (size - 1) / 2.0
+    axis = torch.arange(size, dtype=torch.float64) - centre
+    radius = torch.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2)
+    return torch.clamp(torch.floor(radius), max=size // 2).to(torch.long)
+
+
+class RadialPool(nn.Module):
+    """Mean of each channel over each spherical shell of :func:`shell_index`: (B, C, S, S, S) ->
+    (B, C * shells), shell-major within each channel."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        index = shell_index(size).flatten()
+        shells = int(index.max()) + 1
+        weights = torch.zeros(index.numel(), shells, dtype=torch.float32)
+        weights[torch.arange(index.numel()), index] = 1.0
+        self.weights: torch.Tensor
+        self.register_buffer("weights", weights / weights.sum(0, keepdim=True), persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h.flatten(2) @ self.weights.to(h.dtype)).flatten(1)
+
 
 class CB3D(nn.Module):
     """CB3D 3D-CNN classifier (Che et al. 2018): conv+BN+ReLU blocks, two dense layers, softmax."""
@@ -172,8 +211,8 @@ class CB3D(nn.Module):
                 previous = width
             layers.append(nn.MaxPool3d(kernel_size=2, stride=2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
-        flat = previous * (self.config.pooled_size() ** 3 if self.config.pool == "flatten" else 1)
-        self.fc6 = nn.Sequential(nn.Linear(flat, fc_width), nn.ReLU(inplace=True))
+        self.radial_pool = RadialPool(self.config.pooled_size()) if self.config.pool == "radial" else None
+        self.fc6 = nn.Sequential(nn.Linear(self.config.pooled_features(), fc_width), nn.ReLU(inplace=True))
         self.fc7 = nn.Sequential(nn.Linear(fc_width, fc_width), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(fc_width, num_classes)
@@ -194,7 +233,10 @@ class CB3D(nn.Module):
         if self.lowpass is not None:
             x = self.lowpass(x)
         h = self.features(x)
-        h = h.mean(dim=(2, 3, 4)) if self.config.pool == "global" else h.flatten(1)
+        if self.radial_pool is not None:
+            h = self.radial_pool(h)
+        else:
+            h = h.mean(dim=(2, 3, 4)) if self.config.pool == "global" else h.flatten(1)
         h = self.dropout(self.fc6(h))
         return self.fc7(h)
 

@@ -104,7 +104,7 @@ class CryoETGANGenerator(nn.Module):
     map in low-amplitude patterns that the S -> D generator decodes (cycle loss satisfied) while
     the generated subtomograms show no particle (CycleGAN "steganography"). Full-resolution
     skip paths let the generator apply the imaging model (CTF, missing wedge) to the map
-    directly, and its output keeps the class: see the README's evaluation section.
+    directly, and its output keeps the class: see docs/results.md, "How the default was reached".
     """
 
     min_size = 8

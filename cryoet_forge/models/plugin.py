@@ -31,8 +31,14 @@ def forge_register_losses(register):
 
 @hookimpl
 def forge_register_commands(cli):
-    from cryoet_forge.train.commands import generate_command, train_command, uncertainty_command
+    from cryoet_forge.train.commands import (
+        generate_command,
+        refine_tomogram_command,
+        train_command,
+        uncertainty_command,
+    )
 
     cli.add_command(train_command)
     cli.add_command(generate_command)
     cli.add_command(uncertainty_command)
+    cli.add_command(refine_tomogram_command)

@@ -104,7 +104,13 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     _check_memory(box, batch_size, n_per_class, bundle)
     options = dict(options)  # the caller's dict stays as it was
     shift = options.pop("max_shift", 2.0)
-    simulator = make_simulator(simulator_name, {**options, "rotate": False, "max_shift": 0.0})
+    # the maps are posed below: a simulator that poses maps itself (rotate, max_shift) must not pose
+    # them again; one without these options (a plugin's, say) does not pose them at all
+    from cryoet_forge import registry
+
+    component = registry.get("simulator", simulator_name)
+    posing = {k: v for k, v in {"rotate": False, "max_shift": 0.0}.items() if component.accepts(k)}
+    simulator = make_simulator(simulator_name, {**options, **posing})
     poser = PoseSimulator(max_shift=shift)
     check_max_shift(poser.max_shift, box)
     class_names, templates = load_templates(specs, box, voxel_size, seed, resolution, crop, assembly)

@@ -23,3 +23,7 @@ def forge_register_commands(cli):
     cli.add_command(simulate_command)
     cli.add_command(fetch_structures_command)
     cli.add_command(density_command)
+
+    from cryoet_forge.simulate.tomogram_command import simulate_tomogram_command
+
+    cli.add_command(simulate_tomogram_command)

@@ -61,14 +61,17 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first."""
+def checkpoint_steps(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of each checkpoint folder of a run, oldest first."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if p.is_dir() and (m := STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name)))
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    return [p for _, p in checkpoint_steps(run_dir)]
 
 
 def latest_checkpoint(run_dir: Path) -> Path:

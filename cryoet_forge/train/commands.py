@@ -179,3 +179,48 @@ def uncertainty_command(run_dir, map_path, samples, dropout, seed, out_dir, over
                                   overwrite=overwrite)
     for p in paths:
         click.echo(f"wrote {p}")
+
+
+@click.command("refine-tomogram")
+@quiet_option
+@strict_option
+@click.option("--run", "run_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path),
+              help="Training run folder (its newest intact checkpoint unless --checkpoint).")
+@click.option("--tomogram", "tomograms", required=True, multiple=True,
+              type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
+              help="A tomogram MRC (protein dark) at the run's voxel size (repeatable).")
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path),
+              help="Output folder: one refined NAME.mrc per input, the input's voxel size.")
+@click.option("--tile", type=click.IntRange(2), help="Tile edge in voxels (default: twice the run's box).")
+@click.option("--overlap", type=click.IntRange(0), help="Tile overlap in voxels (default: half the run's box).")
+@click.option("--checkpoint", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
+              help="A checkpoint folder of the run instead of its newest.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1), help="Tiles per pass.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Replace refined tomograms of the same names in OUT.")
+def refine_tomogram_command(run_dir, tomograms, out_dir, tile, overlap, checkpoint, seed, batch_size, device,
+                            overwrite):
+    """Refine whole tomograms with a run's generator by overlapping, blended tiles (no seams)."""
+    from cryoet_forge.devices import check_device
+    from cryoet_forge.generate import check_run_voxel_size
+    from cryoet_forge.io.atomic import check_output_folder
+    from cryoet_forge.io.mrc import read_mrc, write_mrc
+    from cryoet_forge.refine import refine_tomogram
+
+    check_device(device, "--device")
+    names = [f"{Path(t).stem}.mrc" for t in tomograms]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"--tomogram: two inputs would both be written as {', '.join(twice)}; rename one")
+    if tile is not None and overlap is not None and overlap >= tile:
+        raise InputError(f"--overlap {overlap} must be below --tile {tile}")
+    for path in tomograms:  # every input checked before anything is written
+        check_run_voxel_size(run_dir, read_mrc(path)[1], str(path))
+    check_output_folder(out_dir, tuple(names), "refined tomograms", overwrite)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for path, name in zip(tomograms, names):
+        volume, voxel = read_mrc(path)
+        refined = refine_tomogram(run_dir, volume, seed=seed, tile=tile, overlap=overlap, batch_size=batch_size,
+                                  checkpoint=checkpoint, device=device)
+        click.echo(f"wrote {write_mrc(Path(out_dir) / name, refined, voxel)}")

@@ -35,10 +35,17 @@ from torch import nn
 
 from cryoet_forge import progress, registry
 from cryoet_forge.config import TrainConfig, load_config, save_config
-from cryoet_forge.contracts import check_generator_output, noise_shape, run_generator, takes_noise
+from cryoet_forge.contracts import (
+    AdversarialLoss,
+    check_generator_output,
+    check_role,
+    noise_shape,
+    run_generator,
+    takes_noise,
+)
 from cryoet_forge.contrastive import RegularizerInputs, build_regularizers
 from cryoet_forge.errors import ConfigError, InputError, TrainingError
-from cryoet_forge.losses import AdversarialLoss, CycleL1Loss
+from cryoet_forge.losses import CycleL1Loss
 from cryoet_forge.train import checkpoint as ckpt
 from cryoet_forge.train.distributed import (
     DistContext,
@@ -144,8 +151,7 @@ def check_networks(nets: dict[str, nn.Module], box: int, names: dict[str, str],
 
 def build_losses(cfg: TrainConfig) -> tuple[AdversarialLoss, CycleL1Loss]:
     adversarial = registry.create("loss", cfg.loss.adversarial, **cfg.loss.options)
-    if not isinstance(adversarial, AdversarialLoss):
-        raise ConfigError(f"loss {cfg.loss.adversarial!r} is not an adversarial loss")
+    check_role("loss", "adversarial", adversarial, cfg.loss.adversarial)
     if not cfg.loss.cycle_noise_std >= 0:
         raise ConfigError(f"loss.cycle_noise_std must be >= 0, got {cfg.loss.cycle_noise_std}")
     if not cfg.loss.identity_weight >= 0:

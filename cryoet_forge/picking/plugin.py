@@ -1,0 +1,22 @@
+"""Built-in picking components: the ``unet-segmentation`` picker."""
+
+from __future__ import annotations
+
+from cryoet_forge import hookimpl
+
+
+def _segmentation_picker(**options):
+    """A 3-D U-Net of per-voxel classes, then class peaks (DeepFinder's recipe); options: PickerOptions."""
+    from cryoet_forge.options import check_options
+    from cryoet_forge.picking.segmentation import PickerOptions, SegmentationPicker
+
+    check_options("picker", "unet-segmentation", PickerOptions, options)
+    return SegmentationPicker(PickerOptions(**options))
+
+
+_segmentation_picker.options_from = "cryoet_forge.picking.segmentation:PickerOptions"  # type: ignore[attr-defined]
+
+
+@hookimpl
+def forge_register_pickers(register):
+    register("unet-segmentation", _segmentation_picker)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Picking on parakeet_dev (train TS_01, test TS_02): pickers trained on the real training
+# tomogram (the ceiling) and on traditional synthetic tomograms of the same four structures
+# (forge simulate-tomogram at the domain's acquisition), scored by F-beta (beta 4).
+#
+#   bash experiments/picking_parakeet.sh high_snr     # the 3000 e/A^2 tomograms
+#   bash experiments/picking_parakeet.sh low_dose     # the 200 e/A^2 ones
+#
+# Work in experiments/work/picking/DOMAIN (not committed); the summary is appended to
+# experiments/results/picking_parakeet.jsonl. SEEDS and STEPS may be set in the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DOMAIN=${1:?usage: picking_parakeet.sh high_snr|low_dose}
+DATA=${DATA:-../shared/data/parakeet_dev}
+SEEDS=${SEEDS:-0,1,2}
+STEPS=${STEPS:-300}
+case "$DOMAIN" in
+  high_snr) TOMOGRAMS="$DATA/high_snr"; DOSE=3000 ;;
+  low_dose) TOMOGRAMS="$DATA"; DOSE=200 ;;
+  *) echo "unknown domain $DOMAIN" >&2; exit 2 ;;
+esac
+WORK=experiments/work/picking/$DOMAIN
+mkdir -p "$WORK"
+S=$DATA/../structures
+if [ ! -f "$WORK/synthetic/particles.star" ]; then
+  .venv/bin/forge simulate-tomogram --structures "$S/3cf3.pdb.gz,$S/2cg9.pdb.gz,$S/1u6g.pdb.gz,$S/3d2f.pdb.gz" \
+    --voxel-size 10 --size 110,280,280 --ice-thickness 600 --n-per-class 50 --dose "$DOSE" --defocus 4 \
+    --voltage 300 --tilt-range -60,60 --tilt-step 3 --n-tomograms 2 --seed 0 --out "$WORK/synthetic"
+fi
+start=$(date +%s)
+.venv/bin/forge evaluate-picking --picks "$DATA/particles.csv" --unit px --tomograms "$TOMOGRAMS" \
+  --train TS_01 --test TS_02 --radius-column radius_A --synthetic "$WORK/synthetic" \
+  --option steps="$STEPS" --seeds "$SEEDS" --out "$WORK/evaluation" --overwrite
+.venv/bin/python - "$WORK/evaluation/results.json" "$DOMAIN" "$(( $(date +%s) - start ))" <<'PY' >> experiments/results/picking_parakeet.jsonl
+import json, subprocess, sys
+r = json.load(open(sys.argv[1]))
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+print(json.dumps({"domain": sys.argv[2], "commit": commit, "seconds": int(sys.argv[3]), "seeds": r["seeds"],
+                  "picker": r["picker"], "picker_options": r["picker_options"], "verdict": r["verdict"],
+                  "sources": {k: {"mean": v["mean"], "ci": [v["ci_low"], v["ci_high"]], "fbeta": v["fbeta"],
+                                  "classes": v["runs"][0]["classes"]} for k, v in r["sources"].items()}}))
+PY
+tail -1 experiments/results/picking_parakeet.jsonl

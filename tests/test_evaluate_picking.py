@@ -1,0 +1,182 @@
+"""The picking protocol's plumbing: sources x seeds, scores on held-out tomograms, paired
+difference and verdict (with a stand-in picker whose quality is known)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cryoet_forge.errors import InputError
+from cryoet_forge.evaluate.picking import picking_protocol
+from cryoet_forge.picking.tomograms import LabelledTomogram
+
+TRUE = np.array([[10.0, 10.0, 10.0], [30.0, 10.0, 10.0], [10.0, 30.0, 10.0], [30.0, 30.0, 10.0]])
+
+
+def tomogram(name: str, quality: float) -> LabelledTomogram:
+    """The volume's constant value carries how well a picker trained on it finds particles."""
+    return LabelledTomogram(name, np.full((20, 40, 40), quality, np.float32), 10.0, {"a": TRUE}, {"a": 40.0})
+
+
+class StandIn:
+    """Finds round(quality x 4) of the four particles (plus one false pick per seed parity)."""
+
+    def fit(self, tomograms, seed):
+        self.quality = float(np.mean([t.volume.mean() for t in tomograms]))
+        self.seed = seed
+        return self
+
+    def pick(self, volume, voxel_size):
+        found = TRUE[:int(round(self.quality * 4))]
+        false = np.array([[1.0, 1.0, 1.0]]) if self.seed % 2 else np.zeros((0, 3))
+        return {"a": np.concatenate([found, false])}
+
+
+def test_sources_are_scored_paired_and_judged():
+    test = [tomogram("test", 0.0)]
+    sources = {"real": [tomogram("r", 1.0)], "traditional": [tomogram("t", 0.25)], "gan": [tomogram("g", 0.75)]}
+    result = picking_protocol(sources, test, StandIn, seeds=[0, 1, 2])
+    real = result["sources"]["real"]
+    assert real["fbeta"][0] == pytest.approx(1.0)
+    # seed 1: 4 found, 1 false: precision 0.8, recall 1
+    assert real["fbeta"][1] == pytest.approx(17 * 0.8 / (16 * 0.8 + 1))
+    trad = result["sources"]["traditional"]["runs"][0]["classes"]["a"]
+    assert (trad["tp"], trad["fp"], trad["fn"]) == (1, 0, 3)
+    paired = result["paired"]
+    assert paired["n"] == 3 and paired["gan_wins"] == 3 and paired["ci_low"] > 0
+    assert result["verdict"]["outcome"] == "gan-ahead"
+    share = result["verdict"]["gan_share_of_ceiling"]
+    assert share == pytest.approx(result["sources"]["gan"]["mean"] / real["mean"])
+
+
+def test_a_ceiling_near_zero_cannot_tell():
+    sources = {"real": [tomogram("r", 0.0)], "traditional": [tomogram("t", 0.25)], "gan": [tomogram("g", 0.5)]}
+    result = picking_protocol(sources, [tomogram("test", 0.0)], StandIn, seeds=[0, 2])
+    assert result["verdict"]["outcome"] == "cannot-tell"
+    assert "below 0.1" in result["verdict"]["reason"]
+
+
+def test_the_protocol_needs_test_tomograms_and_mappings():
+    with pytest.raises(InputError, match="at least one held-out real tomogram"):
+        picking_protocol({"real": [tomogram("r", 1.0)]}, [], StandIn, seeds=[0])
+
+    class Bad(StandIn):
+        def pick(self, volume, voxel_size):
+            return [1, 2, 3]
+
+    with pytest.raises(InputError, match="picker Bad returned list; expected a mapping"):
+        picking_protocol({"real": [tomogram("r", 1.0)]}, [tomogram("t", 0.0)], Bad, seeds=[0])
+
+
+#: a third party's picker: picks the brightest voxel of the volume as class "a" (no base class)
+BRIGHTEST_PLUGIN = '''
+import numpy as np
+from cryoet_forge import hookimpl
+
+
+class Brightest:
+    def __init__(self, count=1):
+        self.count = count
+
+    def fit(self, tomograms, seed):
+        self.names = sorted({c for t in tomograms for c in t.picks})
+        return self
+
+    def pick(self, volume, voxel_size):
+        order = np.argsort(volume.ravel())[::-1][:self.count]
+        zyx = np.stack(np.unravel_index(order, volume.shape), axis=1)
+        return {self.names[0]: zyx[:, ::-1].astype(float)}
+
+
+@hookimpl
+def forge_register_pickers(register):
+    register("brightest", Brightest)
+'''
+
+
+def test_the_builtin_and_a_third_party_picker_register_with_their_protocol(plugin_path):
+    from test_registry import make_distribution
+
+    from cryoet_forge import contracts, registry
+
+    make_distribution(plugin_path, "forge-brightest", "forge_brightest", BRIGHTEST_PLUGIN)
+    assert isinstance(registry.create("picker", "unet-segmentation", steps=1), contracts.Picker)
+    assert registry.get("picker", "brightest").origin == "forge-brightest"
+    volume = np.zeros((20, 40, 40), np.float32)
+    volume[10, 10, 30] = 5.0  # the particle at (x, y, z) = (30, 10, 10)
+    test = [LabelledTomogram("t", volume, 10.0, {"a": np.array([[30.0, 10.0, 10.0]])}, {"a": 40.0})]
+    result = picking_protocol({"real": test}, test, lambda: registry.create("picker", "brightest"), seeds=[0, 1])
+    assert result["sources"]["real"]["fbeta"] == [1.0, 1.0]
+
+
+SIMULATE = ["simulate-tomogram", "--structures", "globule,two-lobe", "--size", "32,48,48", "--voxel-size", "20",
+            "--n-per-class", "3", "--tilt-step", "10", "--n-tomograms", "2", "--quiet"]
+TINY_PICKER = ["--option", "channels=[4,8]", "--option", "patch=16", "--option", "steps=3", "--option", "batch_size=2",
+               "--option", "tile=16", "--option", "overlap=4"]
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """Two tiny simulate-tomogram outputs: one stands in for the real tomograms, one for the
+    traditional synthetic ones (its tomograms copied as the "refined" ones)."""
+    import shutil
+
+    from cryoet_forge.cli import main
+
+    root = tmp_path_factory.mktemp("picking")
+    for name, seed in (("real", 1), ("synthetic", 2)):
+        assert main([*SIMULATE, "--seed", str(seed), "--out", str(root / name)]) == 0
+    shutil.copytree(root / "synthetic" / "tomograms", root / "refined")
+    return root
+
+
+def test_evaluate_picking_end_to_end(simulated, tmp_path, capsys):
+    import json
+
+    from cryoet_forge.cli import main
+
+    base = ["evaluate-picking", "--picks", str(simulated / "real" / "particles.star"),
+            "--tomograms", str(simulated / "real" / "tomograms"), "--train", "TS_01", "--test", "TS_02",
+            "--radius-column", "forgeRadiusAngst", "--synthetic", str(simulated / "synthetic"),
+            "--refined", str(simulated / "refined"), *TINY_PICKER, "--seeds", "0,1"]
+    out = tmp_path / "eval"
+    assert main([*base, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["sources"]) == ["real", "traditional", "gan"]
+    for source in results["sources"].values():
+        assert len(source["fbeta"]) == 2 and all(0.0 <= f <= 1.0 for f in source["fbeta"])
+        assert set(source["runs"][0]["classes"]) == {"globule", "two-lobe"}
+    assert results["paired"]["n"] == 2 and results["test_tomograms"] == ["TS_02"]
+    assert results["verdict"]["outcome"] in {"cannot-tell", "gan-ahead", "traditional-ahead", "no-clear-difference"}
+    report = (out / "report.md").read_text()
+    assert "**Verdict:" in report and "| gan |" in report
+    assert (out / "picks.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main([*base, "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a picking evaluation" in err[0]
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--radius", "globule=0"], "--radius 'globule=0': expected CLASS=RADIUS"),
+    (["--radius-column", "nosuch"], "no radius column 'nosuch'"),
+    (["--test", "TS_01"], "--train and --test share tomogram(s) TS_01"),
+    (["--seeds", "1,1"], "--seeds '1,1': expected distinct"),
+    (["--option", "patch=15"], "picker patch must be a positive multiple of 2"),
+    (["--picker", "nosuch"], "unknown picker 'nosuch'"),
+])
+def test_evaluate_picking_bad_input_is_one_line(simulated, tmp_path, capsys, change, message):
+    from cryoet_forge.cli import main
+
+    args = ["evaluate-picking", "--picks", str(simulated / "real" / "particles.star"),
+            "--tomograms", str(simulated / "real" / "tomograms"), "--train", "TS_01", "--test", "TS_02",
+            "--out", str(tmp_path / "e"), *TINY_PICKER]
+    if "--radius" not in change and "--radius-column" not in change:
+        args += ["--radius-column", "forgeRadiusAngst"]
+    if change[0] == "--test":
+        args = [a for a in args if a != "TS_02"]
+        args.remove("--test")
+    capsys.readouterr()
+    assert main([*args, *change]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
