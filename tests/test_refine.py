@@ -5,19 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_generate_uncertainty import TINY_RUN  # the same tiny run (its dropout is off in eval mode)
 
 from cryoet_forge.cli import main as forge
 from cryoet_forge.config import load_config
 from cryoet_forge.io.mrc import read_mrc, write_mrc
-
-TINY_RUN = {
-    "model.generator_options": {"base": 4, "n_residual": 1},
-    "model.critic_options": {"base": 4},
-    "data.density.options": {"simulator": "none", "box": 16, "length": 8, "seed": 1},
-    "data.subtomograms.options": {"simulator": "fourier", "box": 16, "length": 8, "seed": 2},
-    "train.steps": 2, "train.batch_size": 2, "train.n_critic": 1, "train.device": "cpu",
-    "log.every": 1, "log.image_every": 2, "log.checkpoint_every": 1, "log.progress": False,
-}
 
 
 @pytest.fixture(scope="module")

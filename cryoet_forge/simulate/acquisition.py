@@ -364,3 +364,23 @@ def _missing_key(line: str) -> str | None:
     """The option a 'missing' line is about, when it is about one option only."""
     found = [key for key, what in WHAT.items() if f"the {what} is not read" in line]
     return found[0] if len(found) == 1 else None
+
+
+def acquisition_flags(tilt_range: str | None, tilt_step: float | None, dose: float | None, voltage: float | None,
+                      defocus: str | None) -> tuple[dict[str, Any], list[str]]:
+    """The acquisition flags of ``forge simulate`` and ``forge simulate-tomogram`` as simulator
+    options (each checked, one line naming the flag), and the notes their parsing gave."""
+    flags: dict[str, Any] = {}
+    notes: list[str] = []
+    if tilt_range is not None:
+        flags["tilt_range"] = parse_tilt_range(tilt_range)
+    if tilt_step is not None:
+        flags["tilt_step"] = positive_flag(tilt_step, "--tilt-step", "degrees")
+    if dose is not None:
+        flags["dose"] = positive_flag(dose, "--dose", "e/A^2")
+    if voltage is not None:
+        flags["voltage_kv"] = positive_flag(voltage, "--voltage", "kV")
+    if defocus is not None:
+        flags["defocus_um"], note = parse_defocus(defocus)
+        notes += [note] if note else []
+    return flags, notes

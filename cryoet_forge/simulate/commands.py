@@ -257,19 +257,7 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
         if "snr" in options:
             raise ConfigError(f"--snr {snr:g} and --option snr={options['snr']} both set the SNR; give one")
         options["snr"] = snr
-    flags = {}
-    notes = []
-    if tilt_range is not None:
-        flags["tilt_range"] = acq.parse_tilt_range(tilt_range)
-    if tilt_step is not None:
-        flags["tilt_step"] = acq.positive_flag(tilt_step, "--tilt-step", "degrees")
-    if dose is not None:
-        flags["dose"] = acq.positive_flag(dose, "--dose", "e/A^2")
-    if voltage is not None:
-        flags["voltage_kv"] = acq.positive_flag(voltage, "--voltage", "kV")
-    if defocus is not None:
-        flags["defocus_um"], note = acq.parse_defocus(defocus)
-        notes += [note] if note else []
+    flags, notes = acq.acquisition_flags(tilt_range, tilt_step, dose, voltage, defocus)
     star = acq.read_star_acquisition(acquisition) if acquisition is not None else None
     factory = registry.get("simulator", simulator_name).factory
     options, used, more = acq.apply_acquisition(simulator_name, factory, flags, options, star)

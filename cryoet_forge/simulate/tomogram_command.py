@@ -338,21 +338,9 @@ def simulate_tomogram_command(use_phantoms, structures, size, voxel_size, n_per_
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: expected >= 1")
     options = _parse_options(option_pairs)
-    flags = {}
-    notes = []
-    if tilt_range is not None:
-        flags["tilt_range"] = acq.parse_tilt_range(tilt_range)
-        if not (-90 < flags["tilt_range"][0] and flags["tilt_range"][1] < 90):
-            raise ConfigError(f"--tilt-range {tilt_range!r}: expected angles strictly within -90..90 degrees")
-    if tilt_step is not None:
-        flags["tilt_step"] = acq.positive_flag(tilt_step, "--tilt-step", "degrees")
-    if dose is not None:
-        flags["dose"] = acq.positive_flag(dose, "--dose", "e/A^2")
-    if voltage is not None:
-        flags["voltage_kv"] = acq.positive_flag(voltage, "--voltage", "kV")
-    if defocus is not None:
-        flags["defocus_um"], note = acq.parse_defocus(defocus)
-        notes += [note] if note else []
+    flags, notes = acq.acquisition_flags(tilt_range, tilt_step, dose, voltage, defocus)
+    if "tilt_range" in flags and not (-90 < flags["tilt_range"][0] and flags["tilt_range"][1] < 90):
+        raise ConfigError(f"--tilt-range {tilt_range!r}: expected angles strictly within -90..90 degrees")
     star = acq.read_star_acquisition(acquisition) if acquisition is not None else None
     from cryoet_forge.simulate.tomogram import MembraneSpec, TomogramPhysics
 
