@@ -111,3 +111,17 @@ def test_the_installed_package_is_marked_typed():
     from importlib.resources import files
 
     assert (files("cryoet_forge") / "py.typed").is_file()
+
+
+def test_the_shipped_plugin_accepts_this_version_of_cryoet_forge():
+    """The install commands install the example plugin beside the package from this folder; its
+    requirement on cryoet-forge must admit this version, or pip refuses the pair."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[1]
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    plugin = tomllib.loads((root / "plugins/cryoet-forge-unet3d/pyproject.toml").read_text())["project"]
+    requirement = next(Requirement(r) for r in plugin["dependencies"] if Requirement(r).name == "cryoet-forge")
+    assert requirement.specifier.contains(version), f"{requirement} excludes cryoet-forge {version}"
