@@ -117,7 +117,6 @@ def test_the_shipped_plugin_accepts_this_version_of_cryoet_forge():
     """The install commands install the example plugin beside the package from this folder; its
     requirement on cryoet-forge must admit this version, or pip refuses the pair."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     root = Path(__file__).resolve().parents[1]

@@ -14,8 +14,26 @@ def forge_register_datasets(register):
     register("volume-folder", VolumeFolderDataset)
     register("labelled-folder", LabelledFolderDataset)
     register("simulated", SimulatedDataset)
+    register("tomogram-crops", _tomogram_crops, "random crops of unlabelled tomograms (MRC, OME-Zarr, a folder of "
+             "them): a GAN domain without picks")
     register("copick", _copick_dataset, "subtomograms around the picks of a copick project, cut on access "
              "(needs cryoet-forge[copick])")
+
+
+def _tomogram_crops(root: str, **options):
+    from cryoet_forge.data.tomogram_crops import TomogramCropDataset
+
+    return TomogramCropDataset(root, **options)
+
+
+def _tomogram_crops_example(folder: Path) -> dict:
+    from cryoet_forge.data.tomogram_crops import TomogramCropDataset
+
+    return TomogramCropDataset.contract_example(folder)
+
+
+_tomogram_crops.options_from = "cryoet_forge.data.tomogram_crops:TomogramCropDataset"  # type: ignore[attr-defined]
+_tomogram_crops.contract_example = _tomogram_crops_example  # type: ignore[attr-defined]
 
 
 def _copick_dataset(config: str, **options):
