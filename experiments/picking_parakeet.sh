@@ -6,8 +6,13 @@
 #   bash experiments/picking_parakeet.sh high_snr     # the 3000 e/A^2 tomograms
 #   bash experiments/picking_parakeet.sh low_dose     # the 200 e/A^2 ones
 #
+# With GAN=1 a GAN is trained first from random crops of the synthetic tomograms (domain D) to
+# random crops of the real training tomogram (domain S: no picks used), the synthetic tomograms are
+# refined by it (forge refine-tomogram) and the refined ones are a third source.
+#
 # Work in experiments/work/picking/DOMAIN (not committed); the summary is appended to
-# experiments/results/picking_parakeet.jsonl. SEEDS and STEPS may be set in the environment.
+# experiments/results/picking_parakeet.jsonl. SEEDS, STEPS (picker) and GAN_STEPS may be set in
+# the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOMAIN=${1:?usage: picking_parakeet.sh high_snr|low_dose}
@@ -28,14 +33,28 @@ if [ ! -f "$WORK/synthetic/particles.star" ]; then
     --voltage 300 --tilt-range -60,60 --tilt-step 3 --n-tomograms 2 --seed 0 --out "$WORK/synthetic"
 fi
 start=$(date +%s)
+REFINED=()
+if [ "${GAN:-0}" = 1 ]; then
+  if [ ! -d "$WORK/gan/checkpoints" ]; then
+    .venv/bin/forge train --config experiments/picking_gan.toml --out "$WORK/gan" \
+      --set "data.density.options={root='$WORK/synthetic/tomograms', box=32, length=4000, seed=1, z_margin=25}" \
+      --set "data.subtomograms.options={root='$TOMOGRAMS/TS_01.mrc', box=32, length=4000, seed=2}" \
+      --set "train.steps=${GAN_STEPS:-600}"
+  fi
+  if [ ! -f "$WORK/refined/TS_02.mrc" ]; then
+    .venv/bin/forge refine-tomogram --run "$WORK/gan" --tomogram "$WORK/synthetic/tomograms/TS_01.mrc" \
+      --tomogram "$WORK/synthetic/tomograms/TS_02.mrc" --tile 64 --overlap 16 --out "$WORK/refined" --overwrite
+  fi
+  REFINED=(--refined "$WORK/refined")
+fi
 .venv/bin/forge evaluate-picking --picks "$DATA/particles.csv" --unit px --tomograms "$TOMOGRAMS" \
-  --train TS_01 --test TS_02 --radius-column radius_A --synthetic "$WORK/synthetic" \
+  --train TS_01 --test TS_02 --radius-column radius_A --synthetic "$WORK/synthetic" "${REFINED[@]}" \
   --option steps="$STEPS" --seeds "$SEEDS" --out "$WORK/evaluation" --overwrite
 .venv/bin/python - "$WORK/evaluation/results.json" "$DOMAIN" "$(( $(date +%s) - start ))" <<'PY' >> experiments/results/picking_parakeet.jsonl
 import json, subprocess, sys
 r = json.load(open(sys.argv[1]))
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-print(json.dumps({"domain": sys.argv[2], "commit": commit, "seconds": int(sys.argv[3]), "seeds": r["seeds"],
+print(json.dumps({"domain": sys.argv[2], "commit": commit, "gan": "gan" in r["sources"], "seconds": int(sys.argv[3]), "seeds": r["seeds"],
                   "picker": r["picker"], "picker_options": r["picker_options"], "verdict": r["verdict"],
                   "sources": {k: {"mean": v["mean"], "ci": [v["ci_low"], v["ci_high"]], "fbeta": v["fbeta"],
                                   "classes": v["runs"][0]["classes"]} for k, v in r["sources"].items()}}))
