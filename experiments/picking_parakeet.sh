@@ -35,11 +35,16 @@ fi
 start=$(date +%s)
 REFINED=()
 if [ "${GAN:-0}" = 1 ]; then
-  if [ ! -d "$WORK/gan/checkpoints" ]; then
-    .venv/bin/forge train --config experiments/picking_gan.toml --out "$WORK/gan" \
-      --set "data.density.options={root='$WORK/synthetic/tomograms', box=32, length=4000, seed=1, z_margin=25}" \
-      --set "data.subtomograms.options={root='$TOMOGRAMS/TS_01.mrc', box=32, length=4000, seed=2}" \
-      --set "train.steps=${GAN_STEPS:-600}"
+  GAN_STEPS=${GAN_STEPS:-600}
+  if [ ! -d "$WORK/gan/checkpoints/step-$(printf %08d "$GAN_STEPS")" ]; then
+    if [ -d "$WORK/gan/checkpoints" ]; then  # an interrupted run continues
+      .venv/bin/forge train --resume "$WORK/gan" --steps "$GAN_STEPS"
+    else
+      .venv/bin/forge train --config experiments/picking_gan.toml --out "$WORK/gan" \
+        --set "data.density.options={root='$WORK/synthetic/tomograms', box=32, length=4000, seed=1, z_margin=25}" \
+        --set "data.subtomograms.options={root='$TOMOGRAMS/TS_01.mrc', box=32, length=4000, seed=2}" \
+        --set "train.steps=$GAN_STEPS"
+    fi
   fi
   if [ ! -f "$WORK/refined/TS_02.mrc" ]; then
     .venv/bin/forge refine-tomogram --run "$WORK/gan" --tomogram "$WORK/synthetic/tomograms/TS_01.mrc" \
