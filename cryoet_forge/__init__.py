@@ -18,6 +18,9 @@ from cryoet_forge.errors import ForgeError  # noqa: E402
 
 __all__ = ["__version__", "hookimpl", "ForgeError", "create", "list_components"]
 
+# `create` and `list_components` import the registry when called: `import cryoet_forge` (which every
+# plugin module does, for `hookimpl`) stays light (start-up time).
+
 
 def create(kind: str, name: str, **options):
     """Build a registered component, e.g. ``create("generator", "unet3d", base=8)``."""

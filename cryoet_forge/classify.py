@@ -7,7 +7,6 @@ voxel size), so the evaluation pipeline can feed simulated or generated arrays d
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from cryoet_forge import progress as display
+from cryoet_forge import registry
+from cryoet_forge.data.folders import UNLABELLED
+from cryoet_forge.devices import check_device
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.mrc import read_mrc
+from cryoet_forge.io.star import read_particles
 from cryoet_forge.models.cb3d import (
     CB3D,
     NORMALIZATIONS,
@@ -103,8 +108,6 @@ def _star_path(root: Path) -> Path | None:
 
 def _check_star_labels(star: Path) -> None:
     """Labels must be present and consistent: every class number maps to one class name and back."""
-    from cryoet_forge.io.star import read_particles
-
     table = read_particles(star)
     missing = [c for c in ("rlnImageName", "rlnClassNumber", "forgeClassName") if c not in table.columns]
     if missing:
@@ -125,8 +128,6 @@ def _check_star_labels(star: Path) -> None:
 
 def load_labelled(root: str | Path) -> LabelledVolumes:
     """Read a labelled folder (STAR file, or a folder holding exactly one) into memory, unnormalised."""
-    from cryoet_forge import registry
-
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: no such file or folder")
@@ -150,10 +151,6 @@ def load_volumes(root: str | Path) -> LabelledVolumes:
     (one class, ``unlabelled``), an ``.npz`` bundle, or a single ``.mrc``/``.map`` file holding
     one volume.
     """
-    from cryoet_forge import registry
-    from cryoet_forge.data.folders import UNLABELLED
-    from cryoet_forge.io.mrc import read_mrc
-
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: no such file or folder")
@@ -417,7 +414,6 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
     if len(data.present_classes()) < 2:
         raise InputError(f"{data.source}: need at least 2 classes to train a classifier, "
                          f"got only {', '.join(data.present_classes())}")
-    from cryoet_forge.devices import check_device
 
     device = check_device(options.device, "classifier device")
     model = build_cb3d(options, len(data.class_names), data.box, seed, data.voxel_size).to(device)
@@ -440,7 +436,6 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
     best_state: dict[str, torch.Tensor] | None = None
     start = time.perf_counter()
     model.train()
-    from cryoet_forge import progress as display
 
     with torch.random.fork_rng(devices=[]), display.stage(label, options.epochs, "epochs") as bar:
         torch.manual_seed(seed + 1)  # dropout draws
@@ -579,10 +574,3 @@ def score_probabilities(probabilities: np.ndarray, data: LabelledVolumes, class_
                                 probabilities, np.zeros((len(data), 0)) if features is None else features)
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
-    """Atomic JSON write (sorted keys off, two-space indent, trailing newline)."""
-    from cryoet_forge.io.atomic import write_bytes_atomic
-
-    path = Path(path)
-    write_bytes_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
-    return path

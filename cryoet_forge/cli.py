@@ -13,7 +13,9 @@ So ``forge --help`` and ``forge NAME --help`` stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import os
 import sys
 
@@ -22,6 +24,7 @@ import click
 from cryoet_forge import __version__, progress
 from cryoet_forge.errors import ForgeError
 from cryoet_forge.io import files as input_files
+from cryoet_forge.io.atomic import release_output_locks
 from cryoet_forge.registry import KIND_HOOKS, get_registry, normalize_kind
 
 #: the commands of cryoet-forge's own plugin modules (their ``forge_register_commands``): name ->
@@ -93,8 +96,6 @@ def cli(quiet: bool, allow_outside_paths: bool) -> None:
 def option_lines(factory) -> list[str]:
     """The keyword options of a component's factory, read from its signature: ``name = default
     (type)``; the options a config passes in ``options = {...}`` (``[data.*]``, ``--option``...)."""
-    import inspect
-
     target = getattr(factory, "options_from", None)  # a lazy factory names the class it builds
     if isinstance(target, str):
         module, _, attribute = target.partition(":")
@@ -103,7 +104,6 @@ def option_lines(factory) -> list[str]:
         parameters = [p for p in inspect.signature(factory).parameters.values() if p.name != "self"]
     except (TypeError, ValueError):
         return ["(options not introspectable)"]
-    import dataclasses
 
     made = {f.name: f.default_factory() for f in dataclasses.fields(factory)
             if f.default_factory is not dataclasses.MISSING} if dataclasses.is_dataclass(factory) else {}
@@ -170,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, debug)
     finally:
-        from cryoet_forge.io.atomic import release_output_locks
-
         release_output_locks()
 
 

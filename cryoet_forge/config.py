@@ -14,6 +14,10 @@ import dataclasses
 import os
 import sys
 
+from cryoet_forge.devices import check_seed
+from cryoet_forge.io.files import check_input_file
+from cryoet_forge.limits import INT64_MAX, check_allocation, check_int_range
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, published as tomli
@@ -159,8 +163,11 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check values that have a fixed set of choices or a range; raise ConfigError."""
+def validate(cfg: TrainConfig, *, for_training: bool = False) -> TrainConfig:
+    """The one validator of a training configuration: every value with a fixed set of choices or a
+    range; ConfigError naming the key. ``for_training`` adds what only the trainer needs and a
+    caller may fill in after reading the file (``loss.semantic_classifier`` when
+    ``loss.semantic_weight > 0``: ``forge evaluate`` trains that classifier itself)."""
     t = cfg.train
     if not (isinstance(t.channels_last, bool) or t.channels_last == "auto"):
         raise ConfigError(f"train.channels_last {t.channels_last!r}; choose from: true, false, \"auto\"")
@@ -174,7 +181,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                     ("log.keep_checkpoints", cfg.log.keep_checkpoints, 1),
                     ("data.num_workers", cfg.data.num_workers, 0)))
     _check_batch_size(cfg)
-    from cryoet_forge.limits import INT64_MAX, check_int_range
 
     check_int_range(t.steps, "train.steps", 0, INT64_MAX)  # torch counts steps in int64
     if not cfg.optim.lr > 0:
@@ -193,7 +199,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
     if not cfg.data.density_noise_std >= 0:  # NaN fails too
         raise ConfigError(f"data.density_noise_std must be a number >= 0, got {cfg.data.density_noise_std}")
-    from cryoet_forge.devices import check_seed
+    loss = cfg.loss
+    for key, value in (("cycle_noise_std", loss.cycle_noise_std), ("identity_weight", loss.identity_weight),
+                       ("semantic_weight", loss.semantic_weight)):
+        if not value >= 0:  # NaN fails too
+            raise ConfigError(f"loss.{key} must be >= 0, got {value}")
+    if for_training and loss.semantic_weight > 0 and not loss.semantic_classifier:
+        raise ConfigError("loss.semantic_weight > 0 needs loss.semantic_classifier (a CB3D checkpoint "
+                          "trained on domain D)")
 
     check_seed(t.seed, "train.seed")
     if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
@@ -209,8 +222,6 @@ _VOLUMES_PER_ITEM = 8
 def _check_batch_size(cfg: TrainConfig) -> None:
     """``train.batch_size`` an integer torch can take, and (where both domains name their box) its
     batch of volumes no more than the available memory; checked before any tensor is made."""
-    from cryoet_forge.limits import INT64_MAX, check_allocation, check_int_range
-
     size = check_int_range(cfg.train.batch_size, "train.batch_size", 1, INT64_MAX)
     boxes = [domain.options.get("box") for domain in (cfg.data.density, cfg.data.subtomograms)]
     box = max((b for b in boxes if isinstance(b, int) and not isinstance(b, bool) and b > 0), default=None)
@@ -259,8 +270,6 @@ def _deep_copy(table: dict) -> dict:
 
 def read_toml(path: str | os.PathLike) -> dict:
     """The table of a TOML config file, or a ConfigError naming the file."""
-    from cryoet_forge.io.files import check_input_file
-
     path = Path(path)
     try:
         check_input_file(path, "config file")

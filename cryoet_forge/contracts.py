@@ -30,14 +30,16 @@ import contextlib
 import functools
 import inspect
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # the contracts module imports nothing heavy at run time
+from cryoet_forge.errors import ConfigError, PluginError
+
+# `forge --help` imports this module: torch and numpy are imported inside the checks that use them
+# (start-up time), and here only for type checking
+if TYPE_CHECKING:
     import numpy as np
     import torch
-
-    from cryoet_forge.metrics.knn import PrdcCounts, ProgressCallback
 
 
 @runtime_checkable
@@ -117,6 +119,39 @@ class FeatureExtractor(Protocol):
     ``box`` and ``metadata["voxel_size"]`` (see ``hookspecs.forge_register_feature_extractors``)."""
 
     def extract(self, volumes: Any) -> np.ndarray: ...
+
+
+#: Called as ``progress(done, total)`` with work units (distance tiles) while a kNN backend runs.
+ProgressCallback = Callable[[int, int], Any]
+
+
+@dataclass
+class PrdcCounts:
+    """What a kNN backend computes for PRDC: counts, radii and how the result was obtained."""
+
+    n_real: int
+    n_fake: int
+    k: int
+    precision_count: int
+    recall_count: int
+    density_count: int
+    coverage_count: int
+    real_radii: np.ndarray
+    fake_radii: np.ndarray
+    exact: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """The four values, with the same float64 operations as ``prdc.compute_prdc``."""
+        import numpy as np
+
+        n, m = float(self.n_real), float(self.n_fake)
+        return {
+            "precision": float(np.float64(self.precision_count) / m),
+            "recall": float(np.float64(self.recall_count) / n),
+            "density": float((1.0 / float(self.k)) * (np.float64(self.density_count) / m)),
+            "coverage": float(np.float64(self.coverage_count) / n),
+        }
 
 
 @runtime_checkable
@@ -407,8 +442,6 @@ def check_role(kind: str, role: str, obj: Any, name: str) -> None:
     ``role`` (``Kind.roles``): the line names the config key, what it expects (the role's protocol
     and what ``obj`` lacks of it) and where the component belongs instead. Checked against the
     protocol, so any object that satisfies it plays the role, whatever its class."""
-    from cryoet_forge.errors import ConfigError
-
     spec = KIND[kind]
     wanted = spec.role(role)
     key = wanted.config_key.format(name=name)
@@ -460,8 +493,6 @@ def check_generator_output(generator: Any, x: Any, y: Any) -> None:
     the generator contract: a tensor of the input's shape (N, 1, S, S, S), a floating dtype, finite
     values."""
     import torch
-
-    from cryoet_forge.errors import PluginError
 
     name = describe(generator)
     shape = tuple(x.shape)

@@ -34,6 +34,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from cryoet_forge import registry
 from cryoet_forge.contracts import check_role
 from cryoet_forge.errors import ConfigError
 
@@ -223,8 +224,6 @@ def build_regularizers(table: dict[str, Any]) -> dict[str, Any]:
     """The regularisers of ``[loss.regularizers]`` (name -> options), created from the registry:
     each a ``torch.nn.Module`` satisfying ``contracts.GeneratorRegularizer``, whatever its class (an
     adversarial loss there is a one-line ConfigError naming the key, ``contracts.check_role``)."""
-    from cryoet_forge import registry
-
     out: dict[str, Any] = {}
     for name, options in table.items():
         if not isinstance(options, dict):

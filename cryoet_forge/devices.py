@@ -11,6 +11,8 @@ import click
 
 from cryoet_forge.errors import ConfigError, InputError
 
+# `forge --help` imports this module: torch is imported inside the function that needs it (start-up time)
+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 #: seeds numpy and torch both accept
 SEED_MAX = 2**32 - 1

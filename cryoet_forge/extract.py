@@ -28,13 +28,19 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import fft as sfft
+from scipy.fft import next_fast_len
+from scipy.spatial import cKDTree
 
+from cryoet_forge import progress
 from cryoet_forge.errors import InputError
+from cryoet_forge.io.mrc import check_voxel_size
 from cryoet_forge.io.picks import ANGLE_COLUMNS
 from cryoet_forge.io.tomograms import Tomogram
 
@@ -63,8 +69,6 @@ class ExtractOptions:
         if self.voxel_size is not None and not (math.isfinite(self.voxel_size) and self.voxel_size > 0):
             raise InputError(f"--voxel-size {self.voxel_size}: expected Angstrom > 0")
         if self.voxel_size is not None:
-            from cryoet_forge.io.mrc import check_voxel_size
-
             check_voxel_size(self.voxel_size, "--voxel-size")
         if self.normalize not in NORMALIZATIONS:
             raise InputError(f"--normalize {self.normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
@@ -151,8 +155,6 @@ def _centred_resize(spectrum: np.ndarray, size: int, axes: tuple[int, ...]) -> n
 def _resample_shift(region: np.ndarray, size: int, shift: np.ndarray) -> np.ndarray:
     """Fourier-resample a cube from its size to ``size`` and move its content by ``-shift``
     output voxels (out[k] = in at k + shift), in one pass of real FFTs (single precision)."""
-    from scipy import fft as sfft
-
     m = region.shape[0]
     spectrum = sfft.rfftn(region.astype(np.float32, copy=False))
     if size != m:
@@ -191,7 +193,6 @@ class Extractor:
                              f"{tomogram.source} (x, y, z size {x}, {y}, {z}); expected a box that fits in it")
         self.same = abs(self.voxel - tomogram.voxel_size) <= 1e-6 * self.voxel
         if self.same:  # a fast FFT length (2^a 3^b 5^c) for the sub-voxel shift
-            from scipy.fft import next_fast_len
 
             self.m = self.ell = next_fast_len(options.box + 2 * MARGIN, real=True)
         else:
@@ -246,8 +247,6 @@ def to_voxels(picks: pd.DataFrame, unit: str, tomo_voxel: float) -> np.ndarray:
 def sample_background(tomogram: Tomogram, extractor: Extractor, picks_vox: np.ndarray, n: int,
                       min_distance: float, rng: np.random.Generator) -> np.ndarray:
     """Up to ``n`` centres (z, y, x voxels) inside the tomogram, >= ``min_distance`` A from every pick."""
-    from scipy.spatial import cKDTree
-
     half = extractor.opt.box / 2 * extractor.voxel / tomogram.voxel_size
     shape = np.asarray(tomogram.shape, dtype=float)
     lo, hi = np.full(3, half - 0.5), shape - 0.5 - half
@@ -364,8 +363,6 @@ def iter_boxes(plan: ExtractPlan, threads: int | None = None, chunk: int = 16):
     """(index, box) for every box of ``plan`` in order, cut ``chunk`` at a time on ``threads``
     threads (default: every core; the FFTs and copies release the GIL). At most two chunks per
     thread are held at once, so memory stays bounded however many boxes there are."""
-    from concurrent.futures import ThreadPoolExecutor
-
     workers = max(1, min(threads or (os.cpu_count() or 1), 32))
     starts = list(range(0, len(plan.items), chunk))
 
@@ -386,8 +383,6 @@ def iter_boxes(plan: ExtractPlan, threads: int | None = None, chunk: int = 16):
 def extract(jobs: list[tuple[Tomogram, pd.DataFrame, str]], options: ExtractOptions,
             progress_label: str = "extract", quiet: bool = True, threads: int | None = None) -> ExtractResult:
     """Plan and cut every box of ``jobs`` into one array (see ``plan_extraction``, ``iter_boxes``)."""
-    from cryoet_forge import progress
-
     plan = plan_extraction(jobs, options)
     volumes = np.empty((len(plan.items),) + (options.box,) * 3, dtype=np.float32)
     with progress.stage(progress_label, len(plan.items), "particles", enabled=not quiet) as bar:
@@ -395,44 +390,3 @@ def extract(jobs: list[tuple[Tomogram, pd.DataFrame, str]], options: ExtractOpti
             volumes[i] = box
             bar.advance(1)
     return ExtractResult(volumes, plan.table, plan.class_names, plan.voxel_size, plan.counts, plan.notes)
-
-
-def write_plan(plan: ExtractPlan, out, bundle: bool = False, quiet: bool = True, threads: int | None = None):
-    """Cut and write every box of ``plan``: a labelled folder (volumes/*.mrc + particles.star +
-    summary.json, each MRC written as its box is cut, so memory stays small) or an .npz bundle
-    (all boxes in memory); atomically either way. Returns the STAR table or the bundle path."""
-    import json
-    from pathlib import Path
-
-    from cryoet_forge import progress
-    from cryoet_forge.data.bundle import save_bundle
-    from cryoet_forge.io.atomic import atomic_folder, write_bytes_atomic
-    from cryoet_forge.io.mrc import write_mrc
-    from cryoet_forge.io.star import write_particles
-
-    out = Path(out)
-    table = plan.table.copy()
-    table["rlnImagePixelSize"] = plan.voxel_size
-    box = plan.extractors[0].opt.box
-    summary = {"classes": plan.class_names, "voxel_size": plan.voxel_size, "box": box,
-               "counts": plan.counts, "notes": plan.notes}
-    label = f"extract {box}^3"
-    if bundle:
-        volumes = np.empty((len(plan.items),) + (box,) * 3, dtype=np.float32)
-        with progress.stage(label, len(plan.items), "particles", enabled=not quiet) as bar:
-            for i, volume in iter_boxes(plan, threads):
-                volumes[i] = volume
-                bar.advance(1)
-        save_bundle(out, volumes, (table["rlnClassNumber"] - 1).to_numpy(), plan.class_names, plan.voxel_size, table)
-        return out
-    # forge extract refuses an earlier result unless --overwrite (checked before any work)
-    with atomic_folder(out, stale=("volumes", "particles.star", "summary.json")) as work:
-        names = [f"volumes/{i + 1:06d}.mrc" for i in range(len(table))]
-        with progress.stage(label, len(plan.items), "particles", enabled=not quiet) as bar:
-            for i, volume in iter_boxes(plan, threads):
-                write_mrc(work / names[i], volume, plan.voxel_size)
-                bar.advance(1)
-        table.insert(0, "rlnImageName", names)
-        write_particles(work / "particles.star", table)
-        write_bytes_atomic(work / "summary.json", json.dumps(summary, indent=1).encode())
-    return out / "particles.star"

@@ -15,12 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from cryoet_forge import progress
 from cryoet_forge.config import TrainConfig
 from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
+from cryoet_forge.data.folders import VolumeFolderDataset
+from cryoet_forge.data.normalization import normalize_volume
 from cryoet_forge.errors import InputError, PluginError
+from cryoet_forge.io.atomic import atomic_folder, check_output_folder
+from cryoet_forge.io.mrc import write_mrc
+from cryoet_forge.io.star import write_particles
+from cryoet_forge.simulate.poses import PoseSimulator
+from cryoet_forge.simulate.templates import MAP_SUFFIXES, load_templates
 from cryoet_forge.train import checkpoint as ckpt
 from cryoet_forge.train.loop import (
     RUN_DATA,
@@ -28,6 +37,7 @@ from cryoet_forge.train.loop import (
     factory_parameters,
     resume_config,
 )
+from cryoet_forge.viz import save_slice_montage
 
 
 def run_metadata(run_dir: Path) -> dict[str, Any]:
@@ -78,8 +88,6 @@ def load_generator(run_dir: str | os.PathLike, network: str = "g_ds", checkpoint
 
 
 def _as_batch(maps: np.ndarray, box: int, normalize: str) -> torch.Tensor:
-    from cryoet_forge.data.normalization import normalize_volume
-
     array = np.asarray(maps, dtype=np.float32)
     if array.ndim == 3:
         array = array[None]
@@ -100,8 +108,6 @@ def run_seeded(model: nn.Module, inputs: torch.Tensor, seed: int, batch_size: in
     global generator is seeded inside and restored after (generators that draw their own noise),
     and a noise-taking generator gets its noise drawn per batch from a generator seeded with
     ``seed``, or ``noise`` (one draw, (1, ...)) for every row when given. Returns (B, S, S, S)."""
-    from cryoet_forge import progress
-
     noise_gen = torch.Generator().manual_seed(int(seed))
     outputs = []
     with torch.random.fork_rng(devices=[]), progress.stage(label, len(inputs), unit) as bar:
@@ -150,8 +156,6 @@ def _maps_from_source(run_dir: Path, maps: Path | None, structures: list[Path]):
     meta = run_metadata(run_dir)
     box, voxel = int(meta["box"]), float(meta.get("voxel_size") or 0.0)
     if maps is not None:
-        from cryoet_forge.data.folders import VolumeFolderDataset
-
         dataset = VolumeFolderDataset(maps, normalize="none")
         items = [dataset[i] for i in range(len(dataset))]
         volumes = np.stack([it["volume"][0].numpy() for it in items])
@@ -160,7 +164,6 @@ def _maps_from_source(run_dir: Path, maps: Path | None, structures: list[Path]):
         sources = [str(files[i]) if files else f"{maps}[{i}]" for i in range(len(dataset))]
         check_run_voxel_size(run_dir, float(dataset.voxel_size), str(maps))
         return volumes, classes, sources, float(dataset.voxel_size), [_carried(dataset, i) for i in range(len(dataset))]
-    from cryoet_forge.simulate.templates import load_templates
 
     if voxel <= 0:
         raise InputError(f"{run_dir}: the run records no voxel size; use --maps instead of --structures")
@@ -185,7 +188,6 @@ def template_maps(maps: Path | None) -> list[Path]:
     whose rows say class and pose)."""
     if maps is None or not maps.is_dir() or any(p.suffix.lower() == ".star" for p in maps.iterdir()):
         return []
-    from cryoet_forge.simulate.templates import MAP_SUFFIXES
 
     return sorted(p for p in maps.iterdir() if p.is_file() and p.suffix.lower() in MAP_SUFFIXES)
 
@@ -201,12 +203,6 @@ def generate_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     bundle's classes and poses, or the file stems of a folder of class maps) and OUT/montage.png;
     return the STAR path. The three appear together once all are written, replacing (with
     ``overwrite``) an earlier generation's as a whole, so no old volume stays beside a new table."""
-    import pandas as pd
-
-    from cryoet_forge.io.atomic import atomic_folder, check_output_folder
-    from cryoet_forge.io.mrc import write_mrc
-    from cryoet_forge.io.star import write_particles
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     existing = check_output_folder(out_dir, OUTPUT_NAMES, "a generation", overwrite)
     templates = template_maps(Path(maps) if maps else None)
@@ -217,7 +213,6 @@ def generate_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     poses = [carried[k // n_per_map] for k in range(len(volumes) * n_per_map)]
     if structures:
         # centred templates: give every sample its own random pose, as domain D had in training
-        from cryoet_forge.simulate.poses import PoseSimulator
 
         repeated = torch.from_numpy(np.repeat(volumes, n_per_map, axis=0))
         posed, poses = PoseSimulator().simulate(repeated, voxel, torch.Generator().manual_seed(int(seed) + 1))
@@ -225,7 +220,6 @@ def generate_to_folder(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *
         volumes = posed.numpy()[::n_per_map]  # what the first sample of each map was made from
     else:
         generated = generate_from_maps(run_dir, volumes, n_per_map, seed, batch_size=batch_size)
-    from cryoet_forge.viz import save_slice_montage
 
     with atomic_folder(out_dir, stale=tuple(existing)) as work:
         rows = []

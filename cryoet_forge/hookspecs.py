@@ -84,3 +84,20 @@ def forge_register_evaluation_stages(register: Callable[[Any], None]) -> None:
     A stage that reads a value no stage before it produces stops the evaluation before its first
     stage (``PluginError``). Called at the start of every evaluation; returns nothing.
     """
+
+
+@hookspec
+def forge_register_train_callbacks(register: Callable[[Any], None]) -> None:
+    """Add callbacks to ``forge train`` (a metric, a logger, an early stop).
+
+    Like ``forge_register_evaluation_stages``, ``register`` takes one argument: a callback object
+    with one or more of the hooks of ``cryoet_forge.train.callbacks.Callback``:
+    ``on_train_start(state)``, ``on_step_end(state)``, ``on_checkpoint(state)`` and
+    ``on_train_end(state)``. ``state`` (``cryoet_forge.train.callbacks.TrainState``) holds the
+    trainer, the step just done, its losses (``state.losses``, detached tensors) and, at a log
+    step, their means over the log interval (``state.logged``); ``state.stop(reason)`` ends
+    training after that step, with a checkpoint of it. Every installed plugin's callbacks run, on
+    every process of a torchrun, after the built-in ones (losses checked finite, logging,
+    TensorBoard, progress, montages). Called at the start of every training run, so each run gets
+    fresh callbacks; returns nothing.
+    """

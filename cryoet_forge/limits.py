@@ -26,7 +26,7 @@ def available_memory() -> int | None:
     """Bytes of memory available to a new allocation (psutil's estimate when installed, else the
     free physical pages); None where neither can tell."""
     try:
-        import psutil
+        import psutil  # optional: installed with some environments, never required
     except ImportError:
         psutil = None
     if psutil is not None:

@@ -32,6 +32,10 @@ import sys
 import time
 from typing import Any
 
+import click
+
+# rich is imported when the first progress bar opens: `forge --help` imports this module (start-up time)
+
 MODES = ("bar", "lines", "off")
 
 _settings: dict[str, Any] = {"quiet": False}
@@ -206,8 +210,6 @@ def stage(label: str, total: int, unit: str = "", start: int = 0, info: str = ""
 
 def quiet_option(command):
     """The ``--quiet/-q`` option of a long-running command: no progress output at all."""
-    import click
-
     def callback(ctx, param, value):
         if value:
             configure(quiet=True)

@@ -22,8 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryoet_forge import progress
 from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
+from cryoet_forge.data.normalization import normalize_volume
+from cryoet_forge.devices import check_device
 from cryoet_forge.errors import InputError
+from cryoet_forge.generate import density_normalization, load_generator, run_metadata
+from cryoet_forge.limits import check_allocation
+from cryoet_forge.models.tiling import apply_tiled, check_tiling, tiles_of
 
 
 def _noise_plan(model: torch.nn.Module, tile: int) -> tuple[int, int] | None:
@@ -49,9 +55,6 @@ def refine_volume(model: torch.nn.Module, volume: np.ndarray, seed: int, tile: i
     padded (by reflection) to whole multiples of f, the overlap rounded down to one, and every
     tile cut from one noise volume, so overlapping tiles see the same noise where they overlap.
     """
-    from cryoet_forge import progress
-    from cryoet_forge.models.tiling import apply_tiled, check_tiling, tiles_of
-
     check_tiling(tile, overlap)
     original = tuple(int(n) for n in volume.shape)
     plan = _noise_plan(model, tile) if takes_noise(model) else None
@@ -94,17 +97,11 @@ def refine_tomogram(run_dir: str | os.PathLike, volume: np.ndarray, seed: int = 
     ``tile`` defaults to twice the run's box, ``overlap`` to half the box; ``normalize`` to the
     normalisation of the run's domain D.
     """
-    from cryoet_forge.data.normalization import normalize_volume
-    from cryoet_forge.devices import check_device
-    from cryoet_forge.generate import density_normalization, load_generator, run_metadata
-
     array = np.asarray(volume, dtype=np.float32)
     if array.ndim != 3:
         raise InputError(f"a tomogram must be 3-D (Z, Y, X), got shape {array.shape}")
     if not np.isfinite(array).all():
         raise InputError("the tomogram contains NaN or infinite voxels")
-    from cryoet_forge.limits import check_allocation
-    from cryoet_forge.models.tiling import check_tiling
 
     box = int(run_metadata(Path(run_dir))["box"])
     tile = 2 * box if tile is None else int(tile)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator
 
 import pluggy
 
-from cryoet_forge import contracts, hookspecs
+from cryoet_forge import __version__, contracts, hookspecs
 from cryoet_forge.errors import ConfigError, PluginError, UnknownComponentError
 from cryoet_forge.options import check_options
 
@@ -205,8 +205,6 @@ class Registry:
 
     # -- loading ---------------------------------------------------------------------
     def _load(self, load_entry_points: bool, builtin_modules: Iterable[str]) -> None:
-        from cryoet_forge import __version__
-
         for module_name in builtin_modules:
             report = PluginReport(name=BUILTIN_ORIGIN, version=__version__, module=module_name)
             try:

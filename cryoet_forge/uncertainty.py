@@ -27,6 +27,11 @@ from cryoet_forge.generate import (
     run_metadata,
     run_seeded,
 )
+from cryoet_forge.io.atomic import atomic_folder, atomic_path, check_output_folder
+from cryoet_forge.io.mrc import read_mrc, write_mrc
+from cryoet_forge.limits import check_allocation
+
+# matplotlib is imported when the overlay is drawn (start-up time).
 
 
 def _dropout_layers(model: nn.Module) -> list[nn.Module]:
@@ -54,7 +59,6 @@ def mc_dropout(run_dir: str | os.PathLike, volume: np.ndarray, samples: int = 20
     for layer in layers:
         layer.train()
     box = int(run_metadata(Path(run_dir))["box"])
-    from cryoet_forge.limits import check_allocation
 
     # every draw is kept (float32) and stacked in float64 for the mean and std
     check_allocation(12 * samples * box**3, f"--samples {samples} ({samples} generated volumes of {box}^3 voxels "
@@ -76,8 +80,6 @@ def save_overlay(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, tit
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-
-    from cryoet_forge.io.atomic import atomic_path
 
     fig = Figure(figsize=(10, 3.6))
     axes = fig.subplots(1, 3)
@@ -108,9 +110,6 @@ def uncertainty_to_folder(run_dir, map_path, out_dir, samples: int = 20, seed: i
                           dropout: float | None = None, overwrite: bool = False) -> list[Path]:
     """Write OUT/mean.mrc, OUT/std.mrc and OUT/overlay.png for one density map, together (an
     earlier result in OUT is replaced as a whole only with ``overwrite``)."""
-    from cryoet_forge.io.atomic import atomic_folder, check_output_folder
-    from cryoet_forge.io.mrc import read_mrc, write_mrc
-
     out_dir = Path(out_dir)
     existing = check_output_folder(out_dir, OUTPUT_NAMES, "an uncertainty map", overwrite)
     volume, voxel = read_mrc(map_path)

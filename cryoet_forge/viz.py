@@ -10,6 +10,8 @@ import numpy as np
 
 from cryoet_forge.io.atomic import atomic_path
 
+# matplotlib is imported when a montage is drawn (start-up time).
+
 
 def central_slice(volume: np.ndarray, axis: int = 0) -> np.ndarray:
     """The central 2D slice of a 3D volume along ``axis`` (a 2D array is returned as is)."""

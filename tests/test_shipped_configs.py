@@ -62,3 +62,15 @@ def test_the_quickstart_classifier_is_the_rule():
 
     classifier = quickstart_config().classifier
     assert {k: getattr(classifier, k) for k in VALIDATED_RULE} == VALIDATED_RULE
+
+
+def test_the_quickstart_config_is_a_copy_of_the_packaged_file():
+    """``forge quickstart`` reads the packaged quickstart.toml; configs/evaluate-quickstart.toml is its copy."""
+    from importlib import resources
+
+    from cryoet_forge.config import read_toml
+    from cryoet_forge.evaluate.config import QUICKSTART, QUICKSTART_FILE
+
+    packaged = resources.files("cryoet_forge.evaluate") / QUICKSTART_FILE
+    assert (CONFIGS / "evaluate-quickstart.toml").read_bytes() == packaged.read_bytes()
+    assert QUICKSTART == read_toml(CONFIGS / "evaluate-quickstart.toml")

@@ -123,3 +123,24 @@ def test_newest_intact_checkpoint_is_used_and_the_skip_is_said(tmp_path, capsys)
     _garble(root / "step-00000001" / "weights.safetensors")
     with pytest.raises(InputError, match=r"no intact checkpoint \(3 tried; newest: .*step-00000003"):
         load_newest_intact(tmp_path, load_checkpoint)
+
+
+def test_the_checkpoint_manager_saves_keeps_and_resumes_from_the_newest_intact(tmp_path, capsys):
+    from cryoet_forge.train.checkpoint import CheckpointManager
+
+    model, state = _state()
+    manager = CheckpointManager(tmp_path, keep=2)
+    assert manager.paths() == [] and manager.last_good is None
+    for step in (1, 2, 3):
+        path = manager.save(step, {"w": torch.full((2,), float(step))}, {**state, "step": step})
+        assert manager.last_good == path and path.name == f"step-{step:08d}"
+    assert [p.name for p in manager.paths()] == ["step-00000002", "step-00000003"]
+    # the format save_checkpoint writes, checksums included
+    assert sorted(p.name for p in path.iterdir()) == ["checksums.json", "state.json", "state.safetensors",
+                                                      "weights.safetensors"]
+    _garble(path / "state.safetensors")
+    resumed = CheckpointManager(tmp_path, keep=2)
+    checkpoint = resumed.load_newest_intact()
+    assert checkpoint.path.name == "step-00000002" and checkpoint.step == 2 and resumed.last_good == checkpoint.path
+    assert torch.equal(checkpoint.weights["w"], torch.full((2,), 2.0)) and checkpoint.state["step"] == 2
+    assert "skipped checkpoint step-00000003" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import pandas as pd
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.atomic import atomic_path
+from cryoet_forge.io.files import check_input_file
 from cryoet_forge.io.mrc import check_voxel_size
 
 PARAM_PREFIX = "param:"
@@ -49,8 +50,6 @@ def save_bundle(path: str | os.PathLike, volumes: np.ndarray, labels: Sequence[i
 
 def load_bundle(path: str | os.PathLike) -> dict[str, Any]:
     """Read a bundle -> dict(volumes, labels, class_names (list), voxel_size (float), parameters (DataFrame))."""
-    from cryoet_forge.io.files import check_input_file
-
     path = check_input_file(path, ".npz bundle")
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:

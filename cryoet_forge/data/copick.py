@@ -33,7 +33,7 @@ from cryoet_forge.io.tomograms import open_zarr_tomogram
 
 def _copick():
     try:
-        import copick
+        import copick  # optional dependency (the copick extra)
     except ImportError:
         raise ConfigError("the copick dataset needs the copick library: pip install 'cryoet-forge[copick]'") from None
     return copick

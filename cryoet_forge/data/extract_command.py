@@ -7,9 +7,15 @@ from pathlib import Path
 
 import click
 
+from cryoet_forge import progress
 from cryoet_forge.devices import SEED, NonEmptyPath
-from cryoet_forge.errors import InputError
+from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.atomic import check_output_folder, lock_output
+from cryoet_forge.io.files import check_output_target
 from cryoet_forge.progress import quiet_option
+
+# `forge --help` imports this module: what only a command's work needs (numpy, torch, pandas and the
+# modules built on them) is imported inside the functions that use it (start-up time).
 
 #: what forge extract writes into --out (a folder)
 OUTPUT_NAMES = ("volumes", "particles.star", "summary.json")
@@ -174,10 +180,6 @@ def check_flags(tomogram_voxel_size: float | None, copick_voxel_spacing: float |
 
 def check_extract_target(out: Path, bundle: bool, overwrite: bool) -> None:
     """Before any work: an earlier result at ``out`` is replaced only with ``--overwrite``."""
-    from cryoet_forge.errors import ConfigError
-    from cryoet_forge.io.atomic import check_output_folder, lock_output
-    from cryoet_forge.io.files import check_output_target
-
     if not bundle:
         check_output_folder(out, OUTPUT_NAMES, "extracted particles", overwrite)
         return
@@ -232,13 +234,8 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_s
                     copick_voxel_spacing, tomo_type, runs, scale, tomogram_voxel_size, box, voxel_size, invert,
                     normalize, pad_edge, background, min_distance, seed, bundle, overwrite, class_names, out) -> None:
     """Cut labelled subtomograms out of tomograms around particle picks."""
-    from cryoet_forge import progress
-    from cryoet_forge.extract import (
-        ExtractOptions,
-        plan_extraction,
-        summary_lines,
-        write_plan,
-    )
+    from cryoet_forge.data.extracted import write_plan
+    from cryoet_forge.extract import ExtractOptions, plan_extraction, summary_lines
 
     if bundle and out.suffix != ".npz":
         raise click.UsageError("--bundle writes an .npz file: give --out NAME.npz")

@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryoet_forge import hookimpl
+from cryoet_forge.data.extract_command import extract_command
 from cryoet_forge.data.folders import LabelledFolderDataset, VolumeFolderDataset
 from cryoet_forge.data.simulated import SimulatedDataset
+
+# The registry imports every plugin module (`forge list`, every command that builds a component):
+# a component's module is imported inside its factory, so that a command loads only the components
+# it uses (start-up time).
 
 
 @hookimpl
@@ -49,7 +54,7 @@ _copick_dataset.options_from = "cryoet_forge.data.copick:CopickDataset"  # type:
 def _copick_example(folder: Path) -> dict:
     """Options of a tiny instance for the contract tests: a copick project (copick's own API) with
     one run, a 40^3 tomogram and four picks of one object. Needs copick (ImportError otherwise)."""
-    import copick
+    import copick  # optional dependency (the copick extra)
     import numpy as np
     from copick.models import PickableObject
 
@@ -70,6 +75,4 @@ _copick_dataset.contract_example = _copick_example  # type: ignore[attr-defined]
 
 @hookimpl
 def forge_register_commands(cli):
-    from cryoet_forge.data.extract_command import extract_command
-
     cli.add_command(extract_command)

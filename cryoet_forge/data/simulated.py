@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cryoet_forge import registry
 from cryoet_forge.data.normalization import check_normalization, normalize_volume
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.io.mrc import check_voxel_size
@@ -16,8 +17,6 @@ from cryoet_forge.simulate.templates import load_templates
 
 def make_simulator(name: str, options: dict | None = None):
     """The registered simulator ``name`` built with ``options`` (``none`` is ``posed-map``)."""
-    from cryoet_forge import registry
-
     return registry.create("simulator", name, **dict(options or {}))
 
 

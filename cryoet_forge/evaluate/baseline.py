@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from cryoet_forge.classify import LabelledVolumes
+
+# scikit-learn is imported inside the function that fits with it (start-up time).
 
 #: the Gaussian low-pass (voxels) applied before the profiles
 SIGMA = 1.0
@@ -27,8 +30,6 @@ SIGMA = 1.0
 def radial_profiles(volumes: np.ndarray, sigma: float = SIGMA) -> np.ndarray:
     """(N, S, S, S) -> (N, 2 R) radial mean and mean-square profiles over the R non-empty shells
     of integer radius below S / 2."""
-    from scipy.ndimage import gaussian_filter
-
     volumes = np.asarray(volumes, dtype=np.float64)
     n, size = volumes.shape[0], volumes.shape[-1]
     centre = (size - 1) / 2.0

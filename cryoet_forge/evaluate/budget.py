@@ -33,8 +33,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from cryoet_forge.classify import LabelledVolumes, train_cb3d
+from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
 from cryoet_forge.errors import ConfigError
-from cryoet_forge.evaluate.config import EvaluationConfig
+from cryoet_forge.evaluate.config import EvaluationConfig, classifier_options, traditional_acquisition
+from cryoet_forge.evaluate.datasets import _particle_variants, class_templates, resolve_maps_dir, simulate_labelled
+from cryoet_forge.evaluate.downstream import resolve_workers
+from cryoet_forge.evaluate.gan import InMemoryVolumes, train_config_for
+from cryoet_forge.models.cb3d import CB3D, run_inference
+from cryoet_forge.train.distributed import DistContext, resolve_device
+from cryoet_forge.train.loop import Trainer
 
 MIN_GAN_STEPS = 50
 MIN_EPOCHS = 4
@@ -64,8 +72,6 @@ class Costs:
 
 
 def _random_set(n: int, box: int, n_classes: int, voxel_size: float, seed: int):
-    from cryoet_forge.classify import LabelledVolumes
-
     rng = np.random.default_rng(seed)
     volumes = rng.standard_normal((n, box, box, box)).astype(np.float32)
     labels = np.arange(n) % n_classes
@@ -74,20 +80,6 @@ def _random_set(n: int, box: int, n_classes: int, voxel_size: float, seed: int):
 
 def measure_costs(config: EvaluationConfig) -> Costs:
     """Time each kind of work once at the configured sizes (see the module docstring)."""
-    from cryoet_forge.classify import train_cb3d
-    from cryoet_forge.contracts import noise_shape, run_generator, takes_noise
-    from cryoet_forge.evaluate.config import classifier_options
-    from cryoet_forge.evaluate.datasets import (
-        _particle_variants,
-        class_templates,
-        resolve_maps_dir,
-        simulate_labelled,
-    )
-    from cryoet_forge.evaluate.gan import InMemoryVolumes, train_config_for
-    from cryoet_forge.models.cb3d import CB3D, run_inference
-    from cryoet_forge.train.distributed import DistContext, resolve_device
-    from cryoet_forge.train.loop import Trainer
-
     started = time.perf_counter()
     d = config.data
     n_classes = len(d.classes)
@@ -155,7 +147,6 @@ def measure_costs(config: EvaluationConfig) -> Costs:
             variants = _particle_variants(templates, box, voxel, d.vary_shapes, d.seed)
             experimental_volume_s = per_volume(config.experimental.simulator, config.experimental.options,
                                                lambda name, i: variants(name, i, 0))
-        from cryoet_forge.evaluate.config import traditional_acquisition
 
         traditional_volume_s = per_volume(config.traditional.simulator,
                                           traditional_acquisition(config.traditional)[0], templates)
@@ -198,9 +189,6 @@ def predict(config: EvaluationConfig, costs: Costs) -> dict[str, float]:
 
 def _downstream_s(config: EvaluationConfig, costs: Costs, n_classifiers: int) -> float:
     """Predicted seconds of one pool of ``n_classifiers`` downstream classifiers (or of them in this process)."""
-    from cryoet_forge.evaluate.config import classifier_options
-    from cryoet_forge.evaluate.downstream import resolve_workers
-
     volume_epochs = config.classifier.epochs * config.downstream.n_per_class * len(config.data.classes)
     workers = resolve_workers(config.downstream.workers, n_classifiers, classifier_options(config).device)
     if workers == 0:

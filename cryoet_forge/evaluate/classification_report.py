@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cryoet_forge.classify import ClassificationResult, LabelledVolumes, evaluate_cb3d, write_json
+from cryoet_forge.classify import ClassificationResult, LabelledVolumes, evaluate_cb3d
 from cryoet_forge.evaluate.figures import save_confusion_png
+from cryoet_forge.io.atomic import write_json_atomic
 from cryoet_forge.models.cb3d import CB3D
 
 
@@ -16,7 +17,7 @@ def score_and_write(model: CB3D, data: LabelledVolumes, class_names: Sequence[st
     result = evaluate_cb3d(model, data, class_names, normalize=normalize, device=device)
     summary = result.summary()
     summary["data"] = str(data.source)
-    write_json(out_dir / "scores.json", summary)
+    write_json_atomic(out_dir / "scores.json", summary, allow_nan=False)
     save_confusion_png(out_dir / "confusion.png", result.confusion, result.class_names,
                        title=f"CB3D on {Path(str(data.source)).name}: accuracy {result.accuracy:.3f}")
     return result

@@ -14,9 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from cryoet_forge.classify import ClassifierOptions, LabelledVolumes
+from cryoet_forge.classify import ClassifierOptions, LabelledVolumes, train_cb3d
 from cryoet_forge.errors import ConfigError
+from cryoet_forge.evaluate.baseline import radial_profiles
+from cryoet_forge.models.cb3d import run_inference
 from cryoet_forge.options import VALIDATED_RULE
+
+# scikit-learn is imported inside the classifier that fits with it (start-up time).
 
 
 @dataclass
@@ -42,13 +46,9 @@ class CB3DClassifier:
         self.model: Any = None
 
     def fit(self, train: LabelledVolumes, seed: int) -> None:
-        from cryoet_forge.classify import train_cb3d
-
         self.model, _ = train_cb3d(train, self.options, seed=int(seed), label=f"CB3D on {train.source}, seed {seed}")
 
     def probabilities(self, volumes: np.ndarray) -> np.ndarray:
-        from cryoet_forge.models.cb3d import run_inference
-
         if self.model is None:
             raise ConfigError("classifier 'cb3d': probabilities() before fit()")
         return run_inference(self.model, volumes, self.options.normalize, device=self.options.device)[1]
@@ -80,8 +80,6 @@ class RadialClassifier:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        from cryoet_forge.evaluate.baseline import radial_profiles
-
         index = stratified_bootstrap(train.labels, int(seed)) if self.bootstrap else np.arange(len(train))
         if len(np.unique(train.labels[index])) < 2:
             raise ConfigError(f"{train.source}: classifier 'radial' needs at least two classes to learn")
@@ -92,15 +90,11 @@ class RadialClassifier:
     def features(self, volumes: np.ndarray) -> np.ndarray:
         """The radial profiles, standardised as the training set's (what the regression reads):
         (N, 2 R) features for FID and PRDC when ``metrics.inception`` chooses this classifier."""
-        from cryoet_forge.evaluate.baseline import radial_profiles
-
         if self.model is None:
             raise ConfigError("classifier 'radial': features() before fit()")
         return self.model[0].transform(radial_profiles(np.asarray(volumes), self.sigma))
 
     def probabilities(self, volumes: np.ndarray) -> np.ndarray:
-        from cryoet_forge.evaluate.baseline import radial_profiles
-
         if self.model is None:
             raise ConfigError("classifier 'radial': probabilities() before fit()")
         known = self.model.predict_proba(radial_profiles(np.asarray(volumes), self.sigma))

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import click
 
+from cryoet_forge import progress
 from cryoet_forge.devices import SEED, NonEmptyPath, device_callback
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.atomic import lock_output
+from cryoet_forge.io.files import check_output_target
+from cryoet_forge.limits import check_allocation
 from cryoet_forge.options import VALIDATED_RULE
-from cryoet_forge.progress import quiet_option
+from cryoet_forge.progress import log, quiet_option
+from cryoet_forge.simulate.commands import _parse_options
+
+# `forge --help` imports this module: what only a command's work needs (numpy, torch, pandas and the
+# modules built on them) is imported inside the functions that use it (start-up time).
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -33,10 +42,6 @@ def _check_classifier_flags(epochs: int, batch_size: int, lr: float, channels: l
     """``forge classify train``'s numbers, each refused by its option's name before any data is read;
     a network whose weights (with their gradients and the optimizer's two moments) cannot fit in
     memory too."""
-    import math
-
-    from cryoet_forge.limits import check_allocation
-
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--fc-width", fc_width),
                         ("--patience", patience)):
         if value < 1:
@@ -98,11 +103,9 @@ def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channe
         train_cb3d,
     )
     from cryoet_forge.evaluate.classification_report import score_and_write
-    from cryoet_forge.io.files import check_output_target
     from cryoet_forge.models.cb3d import save_cb3d
 
     check_output_target(out_dir, folder=out_dir.suffix != ".safetensors")
-    from cryoet_forge.io.atomic import lock_output
     from cryoet_forge.models.cb3d import checkpoint_paths
 
     lock_output(out_dir)
@@ -155,7 +158,6 @@ def classify_eval(model_path, data_path, out_dir, device) -> None:
     """Score a trained CB3D on a labelled folder: accuracy, per-class accuracy, confusion matrix PNG."""
     from cryoet_forge.classify import check_trained_voxel_size, load_labelled
     from cryoet_forge.evaluate.classification_report import score_and_write
-    from cryoet_forge.io.files import check_output_target
     from cryoet_forge.models.cb3d import load_cb3d
 
     check_output_target(out_dir, folder=True)
@@ -170,9 +172,7 @@ def classify_eval(model_path, data_path, out_dir, device) -> None:
 
 def _check_feature_outputs(out_path: Path, probs_path: Path | None) -> None:
     """Before the network runs: each feature file can be written, with a suffix forge metrics reads."""
-    from cryoet_forge.errors import InputError
     from cryoet_forge.io.embeddings import FEATURE_SUFFIXES
-    from cryoet_forge.io.files import check_output_target
 
     for flag, path in (("--out", out_path), ("--probabilities", probs_path)):
         if path is None:
@@ -203,7 +203,6 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
     model, metadata = load_cb3d(model_path, device=device)
     data = load_labelled(data_path)
     check_trained_voxel_size(metadata, data)
-    from cryoet_forge.errors import InputError
 
     if data.box != model.config.box:
         raise InputError(f"{data.source}: volumes are {data.box}^3 but the classifier was trained on "
@@ -240,7 +239,6 @@ def evaluate_command(config_path, suite_path, out_dir, overrides, only_domains, 
                      budget_minutes, resume) -> None:
     """Run the paper's evaluation protocol end to end and write report.md, results.json and PNGs."""
     from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
-    from cryoet_forge.io.files import check_output_target
 
     if (config_path is None) == (suite_path is None):
         raise click.UsageError("give exactly one of --config (one evaluation) or --suite (domains x methods)")
@@ -264,15 +262,12 @@ def evaluate_command(config_path, suite_path, out_dir, overrides, only_domains, 
 
 def _check_budget(minutes: float | None) -> None:
     """``--budget-minutes``: a finite number of minutes > 0, refused by name before any work."""
-    import math
-
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"--budget-minutes {minutes}: expected a finite number of minutes > 0")
 
 
 def _run_suite(suite_path: Path, out_dir: Path, overrides: dict, domains: list[str] | None,
                methods: list[str] | None) -> None:
-    from cryoet_forge import progress
     from cryoet_forge.evaluate.suite import OUTCOME_TEXT, load_suite, run_suite
 
     suite = load_suite(suite_path, overrides)
@@ -293,7 +288,6 @@ def _run_suite(suite_path: Path, out_dir: Path, overrides: dict, domains: list[s
 
 def _run(config, out_dir: Path, budget_minutes: float | None, resume: bool = False) -> None:
     """Fit to the time budget (if one is given), run the evaluation, print the headline numbers last."""
-    from cryoet_forge import progress
     from cryoet_forge.evaluate.pipeline import run_evaluation
 
     budget = None
@@ -309,7 +303,6 @@ def _fit_to_budget(config, minutes: float, out_dir: Path, resume: bool):
     """``fit_to_budget`` as a stage of the evaluation: with ``resume`` the scaled configuration of the
     earlier run (same configuration, same minutes) is reused, not measured again (a new measurement
     would scale differently and so recompute every stage)."""
-    from cryoet_forge import progress
     from cryoet_forge.evaluate.budget import fit_to_budget
     from cryoet_forge.evaluate.config import config_from_dict
     from cryoet_forge.evaluate.stages import Stages
@@ -364,8 +357,6 @@ def _print_summary(out_dir: Path) -> None:
 def quickstart_command(out_dir, seed, budget_minutes, resume) -> None:
     """The whole loop, small, on a CPU: simulate, train the GAN, generate, classify, metrics, report."""
     from cryoet_forge.evaluate.config import quickstart_config
-    from cryoet_forge.io.files import check_output_target
-    from cryoet_forge.progress import log
 
     _check_budget(budget_minutes)
     check_output_target(out_dir, folder=True)
@@ -416,7 +407,6 @@ def evaluate_picking_command(picks_path, tomograms, train, test, unit, class_col
     from cryoet_forge.evaluate.picking import run_picking_evaluation
     from cryoet_forge.io.picks import read_picks
     from cryoet_forge.picking.tomograms import read_radii, tomogram_names
-    from cryoet_forge.simulate.commands import _parse_options
 
     try:
         seed_list = [int(v) for v in seeds.split(",") if v.strip()]

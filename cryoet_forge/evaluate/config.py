@@ -1,4 +1,4 @@
-"""Typed configuration of ``forge evaluate`` (TOML), and the embedded quickstart setting.
+"""Typed configuration of ``forge evaluate`` (TOML), and the quickstart setting (the packaged quickstart.toml).
 
 Sections: ``[data]`` (where "real" data and the clean maps come from), ``[experimental]``
 (the simulator standing in for experimental data in the embedded default), ``[traditional]``
@@ -10,20 +10,28 @@ classifiers), ``[downstream]``, ``[metrics]``, ``[ablations]``, ``[uncertainty]`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cryoet_forge.config import apply_overrides, parse_override, read_toml
-from cryoet_forge.errors import ConfigError
+import torch
+
+from cryoet_forge import registry
+from cryoet_forge.classify import ClassifierOptions
+from cryoet_forge.config import apply_overrides, load_config, parse_override, read_toml
+from cryoet_forge.devices import check_seed
+from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.evaluate.classifiers import RuleOptions
-from cryoet_forge.options import VALIDATED_RULE, build_dataclass, check_at_least, check_choice
-
-if TYPE_CHECKING:
-    from cryoet_forge.classify import ClassifierOptions
+from cryoet_forge.evaluate.downstream import check_workers
+from cryoet_forge.evaluate.report import DEFAULT_TITLE
+from cryoet_forge.io.mrc import check_voxel_size
+from cryoet_forge.options import build_dataclass, check_at_least, check_choice
+from cryoet_forge.simulate.acquisition import FLAGS, apply_acquisition, read_star_acquisition
 
 
 @dataclass
@@ -199,7 +207,7 @@ class UncertaintySection:
 
 @dataclass
 class ReportSection:
-    title: str = "CryoETGAN evaluation"
+    title: str = DEFAULT_TITLE
     #: volumes per class shown in the montages
     montage_per_class: int = 1
 
@@ -225,10 +233,6 @@ class EvaluationConfig:
 
 def classifier_options(config: EvaluationConfig) -> ClassifierOptions:
     """The ``[classifier]`` section as ``ClassifierOptions``, its ``device = "auto"`` resolved here."""
-    import torch
-
-    from cryoet_forge.classify import ClassifierOptions
-
     c = config.classifier
     device = c.device
     if device == "auto":
@@ -303,8 +307,6 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
         raise ConfigError(f"data.box must be in 16..128, got {d.box}")
     if not d.voxel_size > 0:  # NaN fails too
         raise ConfigError(f"data.voxel_size must be > 0 Angstrom, got {d.voxel_size}")
-    from cryoet_forge.errors import InputError
-    from cryoet_forge.io.mrc import check_voxel_size
 
     try:
         check_voxel_size(d.voxel_size, "data.voxel_size")  # finite, within 0.01-1000 A
@@ -315,13 +317,11 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
                    + [("downstream.n_per_class", config.downstream.n_per_class, 2)])
     if not config.downstream.seeds:
         raise ConfigError("downstream.seeds must list at least one seed")
-    from cryoet_forge.devices import check_seed
 
     check_seed(d.seed, "data.seed")
     for what, seeds in (("downstream.seeds", config.downstream.seeds), ("ablations.seeds", config.ablations.seeds)):
         for seed in seeds:
             check_seed(seed, what)
-    from cryoet_forge.evaluate.downstream import check_workers
 
     config.downstream.workers = check_workers(config.downstream.workers)
     check_classifiers(config.downstream.classifiers, config.downstream.classifier_options)
@@ -371,10 +371,6 @@ def check_gan_run_input(gan: GanSection) -> None:
 def traditional_acquisition(section: TraditionalSection) -> tuple[dict, dict[str, Any], list[str]]:
     """(the traditional simulator's options with ``[traditional.acquisition]`` merged in, the
     acquisition used with the source of each value, notes); ConfigError/InputError naming the key."""
-    from cryoet_forge.errors import InputError
-    from cryoet_forge.registry import get
-    from cryoet_forge.simulate.acquisition import FLAGS, apply_acquisition, read_star_acquisition
-
     table = dict(section.acquisition)
     unknown = sorted(set(table) - {"star", *ACQUISITION_KEYS})
     if unknown:
@@ -410,7 +406,7 @@ def traditional_acquisition(section: TraditionalSection) -> tuple[dict, dict[str
         if path is None or not path.is_file():
             raise InputError(f"traditional.acquisition.star {table['star']}: no such file (a RELION 5 tomograms STAR)")
         star = read_star_acquisition(path)
-    factory = get("simulator", section.simulator).factory
+    factory = registry.get("simulator", section.simulator).factory
     try:
         options, used, notes = apply_acquisition(section.simulator, factory, flags, section.options, star)
     except ConfigError as exc:
@@ -430,9 +426,7 @@ def check_classifiers(kinds: Any, options: Any) -> None:
     """ConfigError unless ``downstream.classifiers`` lists registered classifier kinds, ``cb3d``
     among them (the inception network), each once, and every ``downstream.classifier_options``
     table builds its kind (options checked by the registry, before any work)."""
-    from cryoet_forge.registry import create, names
-
-    known = names("classifier")
+    known = registry.names("classifier")
     if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
         raise ConfigError(f"downstream.classifiers must be a list of classifier names, got {kinds!r}")
     unknown = [k for k in kinds if k not in known]
@@ -451,7 +445,7 @@ def check_classifiers(kinds: Any, options: Any) -> None:
         if not isinstance(table, dict):
             raise ConfigError(f"downstream.classifier_options.{kind} must be a table, got {table!r}")
         try:
-            create("classifier", kind, **table)
+            registry.create("classifier", kind, **table)
         except ConfigError as exc:
             raise ConfigError(f"downstream.classifier_options.{kind}: {exc}") from None
 
@@ -494,8 +488,6 @@ def check_gan_overrides(config: EvaluationConfig, given: set[str] | None = None,
     is found when the evaluation config is read, not after the data and inception stages.
     ConfigError naming ``gan.overrides.KEY``; SetOverrideError naming ``LABEL gan.overrides.KEY``
     for the keys in ``given`` (those of the command line)."""
-    from cryoet_forge.config import load_config
-
     given = given or set()
 
     def fail(key: str, shown: str, exc: ConfigError) -> None:
@@ -524,8 +516,6 @@ def config_from_dict(table: dict, overrides: dict[str, Any] | None = None, origi
                      folder: str | Path | None = None, overrides_label: str | None = None) -> EvaluationConfig:
     """``folder``: where the config file is (a relative ``gan.config`` is looked up there first);
     ``overrides_label``: where ``overrides`` come from (``--set``), named by an error in them."""
-    import copy
-
     overrides = dict(overrides or {})
     table = _apply(copy.deepcopy(table), overrides)
     config = validate(build_dataclass(EvaluationConfig, table, skip=("origin",)))
@@ -565,38 +555,23 @@ def load_evaluation_config(path: str | Path, overrides: dict[str, Any] | None = 
         raise ConfigError(f"{path}: {exc}") from None
 
 
-#: the small CPU setting of ``forge quickstart`` (docs/results.md, "How long it takes"). The generator is the
-#: U-Net of the ``cryoet-forge-unet3d`` plugin distribution (installed by the README's commands):
-#: at this scale the paper's ResNet generator hides its input map from the critic and its output
-#: carries no class (docs/results.md, "How the default was reached"); ``quickstart_config`` falls back to
-#: ``cryoetgan`` with skip connections when the plugin is not installed.
-QUICKSTART: dict[str, Any] = {
-    "data": {"classes": ["barrel", "two-lobe", "ring", "membrane"], "box": 24, "voxel_size": 10.0,
-             "n_train_per_class": 48, "n_test_per_class": 24, "n_density_per_class": 48},
-    # refinement (D = the traditional simulation) with CycleGAN's identity loss (weight 5): it won the
-    # most domains of configs/suite.toml (docs/results.md, "The domain suite"); the paper's clean-map input is
-    # gan.input = "density" with loss.identity_weight = 0
-    "gan": {"curve_points": 4, "select_checkpoint": "best-fid-train", "input": "traditional", "overrides": {
-        "train.steps": 400, "train.batch_size": 4, "train.n_critic": 1, "train.device": "cpu",
-        "train.channels_last": True,  # fixed, not "auto": the same seed gives the same report
-        "model.generator": "unet3d",
-        "model.generator_options": {"base": 8, "dropout": 0.1, "noise_channels": 1},
-        "model.inverse_generator_options": {"noise_channels": 0},
-        "model.critic_options": {"base": 4},
-        "loss.cycle_noise_std": 0.3,
-        "loss.identity_weight": 5.0,
-        "data.density_noise_std": 0.05,
-        "log.every": 20, "log.checkpoint_every": 100, "log.image_every": 100}},
-    # the training rule (held-out 20%, best epoch, patience 20) with at most 40 epochs; a 64-wide
-    # dense layer without dropout (docs/results.md, "The classifier training rule", says how it was chosen)
-    "classifier": {key: value for key, value in VALIDATED_RULE.items()
-                   if key not in ("convs_per_block", "validation_fraction", "patience")},
-    # five downstream seeds: a paired t-interval over three (2 degrees of freedom, t = 4.30) stayed
-    # wide even where all three differences were positive
-    "downstream": {"n_per_class": 48, "seeds": [0, 1, 2, 3, 4]},
-    "uncertainty": {"samples": 8},
-    "report": {"title": "cryoet-forge quickstart (CPU, small)"},
-}
+#: the packaged file of the quickstart setting; configs/evaluate-quickstart.toml is a copy of it
+QUICKSTART_FILE = "quickstart.toml"
+
+
+def _read_quickstart() -> dict[str, Any]:
+    """The table of the packaged quickstart setting (``cryoet_forge/evaluate/quickstart.toml``)."""
+    with resources.as_file(resources.files("cryoet_forge.evaluate") / QUICKSTART_FILE) as path:
+        return read_toml(path)
+
+
+#: the small CPU setting of ``forge quickstart`` (docs/results.md, "How long it takes"), read from the
+#: packaged ``quickstart.toml`` (its comments say why each value). The generator is the U-Net of the
+#: ``cryoet-forge-unet3d`` plugin distribution (installed by the README's commands): at this scale the
+#: paper's ResNet generator hides its input map from the critic and its output carries no class
+#: (docs/results.md, "How the default was reached"); ``quickstart_config`` falls back to ``cryoetgan``
+#: with skip connections when the plugin is not installed.
+QUICKSTART: dict[str, Any] = _read_quickstart()
 
 #: the core package's stand-in when the unet3d plugin is not installed
 QUICKSTART_CORE_GENERATOR: dict[str, Any] = {
@@ -608,10 +583,6 @@ QUICKSTART_CORE_GENERATOR: dict[str, Any] = {
 
 def quickstart_table(log=None) -> dict[str, Any]:
     """A copy of ``QUICKSTART``, with the core generator when the unet3d plugin is not installed."""
-    import copy
-
-    from cryoet_forge import registry
-
     table = copy.deepcopy(QUICKSTART)
     if QUICKSTART["gan"]["overrides"]["model.generator"] not in registry.names("generator"):
         if log is not None:

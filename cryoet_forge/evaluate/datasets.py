@@ -18,8 +18,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 
+from cryoet_forge import progress, registry
 from cryoet_forge.classify import LabelledVolumes, check_splits, load_labelled
+from cryoet_forge.data.copick import CopickDataset, split_runs
+from cryoet_forge.data.extract_command import jobs_from_tables
 from cryoet_forge.data.polarity import apply_polarity
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.evaluate.config import (  # noqa: F401  (the shared-folder paths, also read from here)
@@ -27,7 +31,12 @@ from cryoet_forge.evaluate.config import (  # noqa: F401  (the shared-folder pat
     EvaluationConfig,
     resolve_maps_dir,
     shared_data_folder,
+    traditional_acquisition,
 )
+from cryoet_forge.extract import ExtractOptions, extract
+from cryoet_forge.io.mrc import read_mrc, write_mrc
+from cryoet_forge.io.star import write_particles
+from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES, make_phantom
 
 #: particles simulated per simulator call (bounds memory at large boxes)
 SIMULATION_CHUNK = 32
@@ -35,8 +44,6 @@ SIMULATION_CHUNK = 32
 
 def fit_map(volume: np.ndarray, source_voxel: float, voxel_size: float, box: int) -> np.ndarray:
     """Resample a map to ``voxel_size`` and centre-crop/pad it to ``box``^3, values scaled to max 1."""
-    from scipy import ndimage
-
     volume = np.asarray(volume, dtype=np.float32)
     factor = source_voxel / voxel_size
     if not math.isclose(factor, 1.0, rel_tol=1e-3):
@@ -63,9 +70,6 @@ def fit_map(volume: np.ndarray, source_voxel: float, voxel_size: float, box: int
 
 def class_templates(class_names: list[str], maps_dir: Path | None, box: int, voxel_size: float) -> dict[str, np.ndarray]:
     """One clean centred map per class: ``maps_dir/<class>.mrc`` when there, else a phantom of that name."""
-    from cryoet_forge.io.mrc import read_mrc
-    from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES, make_phantom
-
     if maps_dir is not None and not maps_dir.is_dir():
         raise ConfigError(f"data.maps_dir {maps_dir}: no such folder")
     templates = {}
@@ -90,8 +94,6 @@ def simulate_labelled(simulator: str, options: dict, maps: dict[str, np.ndarray]
     ``maps`` is a dict of one template per class, or a callable (class name, particle index) ->
     map for per-particle structural variants. Deterministic for a seed.
     """
-    from cryoet_forge import registry
-
     sim = registry.create("simulator", simulator, **options)  # "none"/"posed-map": domain D
     generator = torch.Generator().manual_seed(int(seed))
     # classes interleaved in a seeded order: simulators that crowd a particle with other maps
@@ -99,7 +101,6 @@ def simulate_labelled(simulator: str, options: dict, maps: dict[str, np.ndarray]
     particles = [(label, i) for label in range(len(class_names)) for i in range(n_per_class)]
     order = np.random.default_rng(int(seed)).permutation(len(particles))
     particles = [particles[k] for k in order]
-    from cryoet_forge import progress
 
     volumes: list[np.ndarray] = []
     labels: list[int] = []
@@ -121,10 +122,7 @@ def simulate_labelled(simulator: str, options: dict, maps: dict[str, np.ndarray]
 
 
 def write_labelled_folder(folder: Path, data: LabelledVolumes, records: list[dict] | None = None) -> Path:
-    """MRC volumes + ``particles.star`` (the simulation issue's format); returns the STAR path."""
-    from cryoet_forge.io.mrc import write_mrc
-    from cryoet_forge.io.star import write_particles
-
+    """MRC volumes + ``particles.star`` (the format of forge simulate); returns the STAR path."""
     folder = Path(folder)
     (folder / "volumes").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -157,8 +155,6 @@ class EvaluationData:
 
 def load_copick_splits(d) -> tuple[LabelledVolumes, LabelledVolumes, list[str], list[str]]:
     """The real train and test splits of a copick project, split by run (never by particle)."""
-    from cryoet_forge.data.copick import CopickDataset, split_runs
-
     options = {k: v for k, v in d.copick.items() if k != "config"}
     if "runs" in options:
         raise ConfigError("data.copick.runs: the evaluation splits by run itself; use data.test_runs")
@@ -190,9 +186,6 @@ def load_copick_splits(d) -> tuple[LabelledVolumes, LabelledVolumes, list[str], 
 def load_picks_splits(d, log: Callable[[str], None]) -> tuple[LabelledVolumes, LabelledVolumes]:
     """``data.source = "picks"``: the training and test splits cut from their tomograms, as
     ``forge extract --tomo-name`` would (box ``data.box`` at ``data.voxel_size``, z-scored)."""
-    from cryoet_forge.data.extract_command import jobs_from_tables
-    from cryoet_forge.extract import ExtractOptions, extract
-
     picks, tomograms = resolve_maps_dir(d.picks), resolve_maps_dir(d.tomograms)
     assert picks is not None and tomograms is not None  # validate() requires both
     for key, path in (("data.picks", picks), ("data.tomograms", tomograms)):
@@ -288,7 +281,6 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
         real_train_star = write_labelled_folder(folder / "real_train", real_train, train_records)
         description = (f"embedded: 'experimental' = {exp.simulator} {exp.options or '(defaults)'} on "
                        f"{'per-particle variants of ' if d.vary_shapes else ''}the class maps")
-    from cryoet_forge.evaluate.config import traditional_acquisition
 
     trad = config.traditional
     trad_options, _, notes = traditional_acquisition(trad)  # [traditional.acquisition] merged in
@@ -350,8 +342,6 @@ def check_disjoint(train: LabelledVolumes, test: LabelledVolumes, train_path: st
 def _particle_variants(templates: dict[str, np.ndarray], box: int, voxel_size: float, vary: bool,
                        seed: int) -> Callable[[str, int, int], np.ndarray]:
     """(class, index, split) -> clean map of that particle: a seeded phantom variant, or the template."""
-    from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES, make_phantom
-
     def variant(name: str, index: int, split: int) -> np.ndarray:
         if vary and name in PHANTOM_CLASSES:
             # distinct seeds per split so train and test particles are never the same instance

@@ -3,30 +3,30 @@ plugin's) trained per seed on one data source, scored on the real test split."""
 
 from __future__ import annotations
 
-import math
+import ctypes
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
+from cryoet_forge import progress
 from cryoet_forge.classify import ClassificationResult, ClassifierOptions, LabelledVolumes, score_probabilities
+from cryoet_forge.errors import ConfigError, ForgeError
+from cryoet_forge.evaluate.verdict import confidence_interval  # noqa: F401  (also re-exported)
+from cryoet_forge.io.atomic import write_json_atomic
+from cryoet_forge.registry import create
 
 #: the classifier kind whose options are the ``[classifier]`` table (``ClassifierOptions``)
 CB3D_KIND = "cb3d"
-
-
-def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t interval of the mean over seeds; a single value gives a zero-width interval."""
-    from scipy import stats
-
-    data = np.asarray(values, dtype=np.float64)
-    mean = float(data.mean())
-    if data.size < 2:
-        return mean, mean, mean
-    sem = float(data.std(ddof=1) / math.sqrt(data.size))
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, df=data.size - 1) * sem)
-    return mean, mean - half, mean + half
 
 
 def per_class_mean(per_class: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
@@ -66,11 +66,6 @@ def _cache_key(train: LabelledVolumes, test: LabelledVolumes, class_names: Seque
                kind: str, options: dict[str, Any], seed: int, threads: int) -> str:
     """A digest of everything one downstream score depends on (data bytes, labels, classifier kind
     and options, seed, torch, and the thread count, which changes the summation order)."""
-    import hashlib
-    import json
-
-    import torch
-
     h = hashlib.blake2b(digest_size=20)
     for array in (train.volumes, train.labels, test.volumes, test.labels):
         array = np.ascontiguousarray(array)
@@ -84,8 +79,6 @@ def _cache_key(train: LabelledVolumes, test: LabelledVolumes, class_names: Seque
 
 def _cached_score(cache_dir: Path, key: str, class_names: Sequence[str]) -> ClassificationResult | None:
     """The cached score of ``key``; None when there is none or it cannot be read (then it is retrained)."""
-    import json
-
     path = cache_dir / f"downstream-{key}.json"
     try:
         record = json.loads(path.read_text())
@@ -104,8 +97,6 @@ WORKERS_AUTO = "auto"
 
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    import os
-
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -114,8 +105,6 @@ def usable_cores() -> int:
 
 def check_workers(value: Any, what: str = "downstream.workers") -> int | str:
     """``value`` as a worker setting ("auto" or an integer >= 0), else a one-line ConfigError."""
-    from cryoet_forge.errors import ConfigError
-
     if value == WORKERS_AUTO:
         return WORKERS_AUTO
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -147,12 +136,7 @@ _WORKER_SETS: dict[str, LabelledVolumes] = {}
 def _end_with_parent(parent: int) -> None:
     """Linux: this worker is sent SIGTERM when the process that started it ends (killed or not),
     instead of finishing a classifier nobody will read."""
-    import os
-    import signal
-
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux
         return
@@ -161,10 +145,6 @@ def _end_with_parent(parent: int) -> None:
 
 
 def _start_worker(sets: dict[str, LabelledVolumes], parent: int) -> None:
-    import torch
-
-    from cryoet_forge import progress
-
     _end_with_parent(parent)
     torch.set_num_threads(1)
     progress.configure(quiet=True)  # the parent shows the classifiers' progress
@@ -175,8 +155,6 @@ def _start_worker(sets: dict[str, LabelledVolumes], parent: int) -> None:
 def _train_and_score(source: str, test: str, class_names: Sequence[str], kind: str, options: dict[str, Any],
                      seed: int) -> ClassificationResult:
     """One downstream classifier: ``kind`` trained on ``source`` with ``seed``, scored on ``test``."""
-    from cryoet_forge.registry import create
-
     sets = _WORKER_SETS
     classifier = create("classifier", kind, **options)
     classifier.fit(sets[source], seed)
@@ -203,12 +181,6 @@ def _run_jobs(jobs: list[tuple[str, int]], sets: dict[str, LabelledVolumes], tes
         finally:
             _WORKER_SETS.clear()
         return
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    from cryoet_forge.errors import ForgeError
 
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
@@ -244,15 +216,12 @@ def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, cl
     suite runs the same traditional set under several methods). Training is deterministic on
     CPU for a seed and thread count, so a cached score is the one training would give.
     """
-    from cryoet_forge import progress
-
     seeds = [int(s) for s in seeds]
     trains = {source: train.relabelled(class_names) for source, train in sources.items()}
     jobs = [(source, seed) for source in trains for seed in seeds]
     settings = options.to_dict() if kind == CB3D_KIND else dict(kind_options or {})
     n_workers = resolve_workers(workers, len(jobs), options.device if kind == CB3D_KIND else "cpu")
     name = "CB3D" if kind == CB3D_KIND else kind
-    import torch
 
     threads = 1 if n_workers else torch.get_num_threads()
     results: dict[int, ClassificationResult] = {}
@@ -274,13 +243,11 @@ def score_sources(sources: dict[str, LabelledVolumes], test: LabelledVolumes, cl
             source, seed = jobs[index]
             results[index] = result
             if cache_dir is not None:
-                from cryoet_forge.classify import write_json
-
                 cache_dir.mkdir(parents=True, exist_ok=True)
-                write_json(cache_dir / f"downstream-{keys[index]}.json",
-                           {"source": source, "seed": seed, "accuracy": result.accuracy,
-                            "per_class_accuracy": result.per_class_accuracy,
-                            "confusion": result.confusion.tolist()})
+                write_json_atomic(cache_dir / f"downstream-{keys[index]}.json",
+                                  {"source": source, "seed": seed, "accuracy": result.accuracy,
+                                   "per_class_accuracy": result.per_class_accuracy,
+                                   "confusion": result.confusion.tolist()}, allow_nan=False)
             bar.advance(info=f"{source} seed {seed}: accuracy {result.accuracy:.3f}")
             if log is not None:
                 log(f"  downstream {name} on {source} seed {seed}: accuracy {result.accuracy:.4f}")

@@ -15,8 +15,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from cryoet_forge.evaluate.verdict import confidence_interval
 from cryoet_forge.io.atomic import atomic_path
 from cryoet_forge.viz import central_slice  # slice montages: cryoet_forge.viz.save_slice_montage
+
+# matplotlib is imported when a figure is drawn, with the Agg backend chosen first (start-up time).
 
 #: one colour per role in every figure: experimental, traditional, GAN (then the GAN's input)
 ROLE_COLOURS = ("#555555", "#3b75af", "#c44e52", "#8c6d31")
@@ -202,11 +205,9 @@ def intensity_histogram(volumes: Sequence[np.ndarray] | np.ndarray,
 
 def per_class_intervals(per_class: Sequence[Mapping[str, float | None]], class_names: Sequence[str],
                         confidence: float) -> dict[str, tuple[float, float, float] | None]:
-    """(mean, low, high) per class over seeds: the Student-t interval of ``downstream.confidence_interval``
+    """(mean, low, high) per class over seeds: the Student-t interval of ``verdict.confidence_interval``
     (one seed: zero width); the seeds where a class has no test volume (None) are left out, and a
     class absent from every seed is None."""
-    from cryoet_forge.evaluate.downstream import confidence_interval
-
     out: dict[str, tuple[float, float, float] | None] = {}
     for name in class_names:
         values = [float(v) for seed in per_class if (v := seed.get(name)) is not None]

@@ -3,6 +3,9 @@ them, picking a checkpoint and scoring the GAN over its checkpoints."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -10,12 +13,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from cryoet_forge.classify import LabelledVolumes
-from cryoet_forge.errors import ForgeError
-from cryoet_forge.evaluate.config import EvaluationConfig
+from cryoet_forge import progress
+from cryoet_forge.classify import LabelledVolumes, train_cb3d
+from cryoet_forge.config import load_config
+from cryoet_forge.errors import ForgeError, InputError
+from cryoet_forge.evaluate.config import EvaluationConfig, classifier_options, gan_data_overrides
 from cryoet_forge.evaluate.datasets import EvaluationData
 from cryoet_forge.evaluate.inception import InceptionNet, quality_metrics
-from cryoet_forge.models.cb3d import normalize_volumes
+from cryoet_forge.evaluate.report import extra_loss_terms
+from cryoet_forge.generate import generate_from_maps
+from cryoet_forge.metrics import compute_fid
+from cryoet_forge.models.cb3d import METADATA_NAME, normalize_volumes, save_cb3d
+from cryoet_forge.train import resume_config, train
+from cryoet_forge.train.checkpoint import checkpoint_steps, list_checkpoints
 
 
 class InMemoryVolumes(torch.utils.data.Dataset):
@@ -45,9 +55,6 @@ def train_config_for(config: EvaluationConfig, density_star: Path, real_star: Pa
     The data sections name the folders written for this evaluation, so the saved run
     configuration reproduces the run on its own.
     """
-    from cryoet_forge.config import load_config
-    from cryoet_forge.evaluate.config import gan_data_overrides
-
     overrides: dict[str, Any] = gan_data_overrides(density_star, real_star)
     overrides.update(config.gan.overrides)
     overrides.update(variant or {})
@@ -63,8 +70,6 @@ def train_gan(config: EvaluationConfig, run_dir: Path, density: LabelledVolumes,
     of the same configuration is continued from its newest intact checkpoint (bit-exact, as
     ``forge train --resume``) and a run of another configuration is removed and trained again.
     """
-    from cryoet_forge.train import train
-
     cfg = train_config_for(config, density_star, real_star, variant)
     if cfg.loss.semantic_weight > 0 and not cfg.loss.semantic_classifier:
         cfg.loss.semantic_classifier = str(domain_classifier(config, density, Path(run_dir).parent / "semantic-cb3d",
@@ -81,12 +86,6 @@ def train_gan(config: EvaluationConfig, run_dir: Path, density: LabelledVolumes,
 
 def _continue_run(cfg, run_dir: Path, resume: bool, log: Callable[[str], None] | None) -> bool:
     """Whether ``run_dir`` holds a run of ``cfg`` to continue; one of another configuration is removed."""
-    import shutil
-
-    from cryoet_forge.errors import InputError
-    from cryoet_forge.train import resume_config
-    from cryoet_forge.train.checkpoint import list_checkpoints
-
     if not list_checkpoints(run_dir):
         return False
     if not resume:
@@ -111,13 +110,6 @@ def domain_classifier(config: EvaluationConfig, density: LabelledVolumes, folder
     """The CB3D of the semantic-consistency loss: trained on the GAN's labelled domain D with the
     evaluation's classifier rule, saved in ``folder``; reused (by the ablations' runs) only when
     it was trained on the same volumes, labels and options."""
-    import hashlib
-    import json
-
-    from cryoet_forge.classify import train_cb3d
-    from cryoet_forge.evaluate.config import classifier_options
-    from cryoet_forge.models.cb3d import METADATA_NAME, save_cb3d
-
     options = classifier_options(config)
     h = hashlib.blake2b(digest_size=20)
     for array in (density.volumes, density.labels):
@@ -140,8 +132,6 @@ def domain_classifier(config: EvaluationConfig, density: LabelledVolumes, folder
 
 def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, folder) of each checkpoint of a GAN run, oldest first."""
-    from cryoet_forge.train.checkpoint import checkpoint_steps
-
     return checkpoint_steps(Path(run_dir))
 
 
@@ -154,8 +144,6 @@ def generate_labelled(run_dir: Path, maps: LabelledVolumes, seed: int, source: s
     """
     normalized = normalize_volumes(torch.from_numpy(np.ascontiguousarray(maps.volumes)), "minmax").numpy()
     if checkpoint is None:
-        from cryoet_forge.generate import generate_from_maps
-
         volumes = generate_from_maps(run_dir, normalized, n_per_map=1, seed=seed)
     else:
         volumes = generate_from_checkpoint(run_dir, checkpoint, normalized, seed)
@@ -168,8 +156,6 @@ def generate_from_checkpoint(run_dir: Path, checkpoint: Path, maps: np.ndarray, 
     """D -> S generator of one checkpoint folder applied to (B, S, S, S) maps in [-1, 1] (taken as
     they are), with the noise draws of ``generate_from_maps``: the last checkpoint reproduces the
     final scores."""
-    from cryoet_forge.generate import generate_from_maps
-
     return generate_from_maps(run_dir, maps, n_per_map=1, seed=seed, batch_size=batch_size, normalize="none",
                               checkpoint=checkpoint)
 
@@ -183,14 +169,11 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
     ``curve_cache``, when given, receives (features, probabilities) of the checkpoints that
     ``metric_curves`` scores, keyed by checkpoint folder.
     """
-    from cryoet_forge.metrics import compute_fid
-
     checkpoints = run_checkpoints(run_dir)
     if config.gan.select_checkpoint == "last" or len(checkpoints) < 2:
         step, path = checkpoints[-1] if checkpoints else (None, None)
         generated = generate_labelled(run_dir, data.density_generate, seed=config.data.seed, source=source)
         return generated, {"rule": "last", "step": step, "checkpoint": None if path is None else str(path)}
-    from cryoet_forge import progress
 
     fid_train: dict[str, float] = {}
     best: tuple[float, int, LabelledVolumes, Path] | None = None
@@ -216,9 +199,6 @@ def select_and_generate(config: EvaluationConfig, run_dir: Path, data: Evaluatio
 
 def gan_summary(run_dir: Path) -> dict[str, Any]:
     """The settings of a trained run that a reader of the report needs (from its saved config)."""
-    from cryoet_forge.evaluate.report import extra_loss_terms
-    from cryoet_forge.train import resume_config
-
     cfg = resume_config(run_dir)
     steps = [step for step, _ in run_checkpoints(run_dir)]
     return {"steps": steps[-1] if steps else 0, "batch_size": cfg.train.batch_size, "loss": cfg.loss.adversarial,

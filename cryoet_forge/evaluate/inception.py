@@ -9,10 +9,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cryoet_forge.classify import LabelledVolumes
+from cryoet_forge.classify import LabelledVolumes, score_probabilities, validation_split
 from cryoet_forge.evaluate.config import EvaluationConfig
 from cryoet_forge.evaluate.downstream import CB3D_KIND
+from cryoet_forge.io.embeddings import save_features
+from cryoet_forge.metrics.bundle import PRDC_NAMES, compute_bundle
 from cryoet_forge.models.cb3d import CB3D, run_inference
+from cryoet_forge.registry import create
 
 
 class InceptionNet:
@@ -29,8 +32,6 @@ class InceptionNet:
         return run_inference(self.model, volumes, self.normalize, device=self.device)
 
     def embed(self, name: str, data: LabelledVolumes) -> tuple[np.ndarray, np.ndarray]:
-        from cryoet_forge.io.embeddings import save_features
-
         features, probs = self.infer(data.volumes)
         save_features(self.feature_dir / f"{name}.features.npy", features)  # atomic, like every output
         save_features(self.feature_dir / f"{name}.probabilities.npy", probs)
@@ -52,8 +53,6 @@ class ClassifierInception(InceptionNet):
 
 def inception_candidates(config: EvaluationConfig) -> list[str]:
     """The kinds ``metrics.inception`` may choose: cb3d and each downstream kind with ``features``."""
-    from cryoet_forge.registry import create
-
     if config.metrics.inception != "best":
         return [config.metrics.inception]
     kinds = [CB3D_KIND]
@@ -66,8 +65,6 @@ def inception_candidates(config: EvaluationConfig) -> list[str]:
 
 def fitted_classifier(config: EvaluationConfig, kind: str, train: LabelledVolumes) -> Any:
     """Classifier ``kind`` (its ``[downstream] classifier_options``) fitted on ``train`` with the data seed."""
-    from cryoet_forge.registry import create
-
     classifier = create("classifier", kind, **config.downstream.classifier_options.get(kind, {}))
     classifier.fit(train, config.data.seed)
     return classifier
@@ -79,8 +76,6 @@ def choose_inception(config: EvaluationConfig, real_train: LabelledVolumes, vali
     """The network that embeds every set for FID, PRDC and IS: each candidate kind
     (``inception_candidates``) scored on the real validation part (added to ``validation``, which
     holds cb3d's), and the network of the best one (``net``, the trained CB3D, on a tie), with its kind."""
-    from cryoet_forge.classify import score_probabilities, validation_split
-
     kinds = inception_candidates(config)
     if kinds != [CB3D_KIND]:
         fit_index, val_index = validation_split(real_train.labels, validation_fraction, config.data.seed)
@@ -104,8 +99,6 @@ def quality_metrics(real_features: np.ndarray, features: np.ndarray, probs: np.n
                     config: EvaluationConfig) -> dict[str, Any]:
     """IS of ``probs``; FID and PRDC of ``features`` against the real test features (the metric
     bundle of ``forge metrics``, with the [metrics] settings)."""
-    from cryoet_forge.metrics.bundle import PRDC_NAMES, compute_bundle
-
     m = config.metrics
     bundle = compute_bundle(real_features, features, k=m.k, backend=m.backend, probabilities={"fake": probs},
                             is_splits=m.is_splits)

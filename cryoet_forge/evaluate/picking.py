@@ -17,9 +17,20 @@ from typing import Any
 
 import numpy as np
 
+from cryoet_forge import registry
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.evaluate.verdict import confidence_interval, interval_outcome, paired_difference
+from cryoet_forge.io.atomic import (
+    atomic_folder,
+    atomic_path,
+    check_output_folder,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from cryoet_forge.picking.score import BETA, score_tomograms
-from cryoet_forge.picking.tomograms import LabelledTomogram
+from cryoet_forge.picking.tomograms import LabelledTomogram, load_labelled_tomograms, tomogram_names
+
+# matplotlib is imported when the figure is drawn, with the Agg backend chosen first (start-up time).
 
 #: the sources the protocol compares, in report order
 REAL, TRADITIONAL, GAN = "real", "traditional", "gan"
@@ -53,9 +64,6 @@ def picking_protocol(sources: Mapping[str, Sequence[LabelledTomogram]], test: Se
     interval, the paired GAN-minus-traditional difference and the verdict. ``first_pickers``, when
     given, receives each source's picker of the first seed.
     """
-    from cryoet_forge.evaluate.downstream import confidence_interval
-    from cryoet_forge.evaluate.verdict import interval_outcome, paired_difference
-
     if not test:
         raise InputError("the picking protocol needs at least one held-out real tomogram")
     if not seeds:
@@ -112,8 +120,6 @@ def synthetic_source(folder: str | os.PathLike, radii_A: Mapping[str, float],
     """The labelled tomograms of a ``forge simulate-tomogram`` folder (its particles.star), read
     from its tomograms/ or, for refined ones, from ``tomograms`` (``forge refine-tomogram``'s
     output: the same names)."""
-    from cryoet_forge.picking.tomograms import load_labelled_tomograms, tomogram_names
-
     folder = Path(folder)
     table = folder / "particles.star"
     if not table.is_file():
@@ -129,8 +135,6 @@ def _slice_figure(path: Path, tomogram: LabelledTomogram, found: Mapping[str, np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from cryoet_forge.io.atomic import atomic_path
 
     z = tomogram.volume.shape[0] // 2
     image = tomogram.volume[max(z - 2, 0):z + 3].mean(0)
@@ -193,11 +197,6 @@ def run_picking_evaluation(out: str | os.PathLike, real: Mapping[str, Any], synt
     optional ``unit`` and ``class_column``. ``synthetic``: a ``forge simulate-tomogram`` folder
     (the traditional source); ``refined``: its tomograms refined by ``forge refine-tomogram``
     (the GAN source). Writes results.json, report.md and picks.png into ``out``."""
-    import json
-
-    from cryoet_forge import registry
-    from cryoet_forge.io.atomic import atomic_folder, check_output_folder, write_bytes_atomic
-    from cryoet_forge.picking.tomograms import load_labelled_tomograms
 
     if refined is not None and synthetic is None:
         raise InputError("--refined needs --synthetic (the refined tomograms take its picks)")
@@ -225,7 +224,7 @@ def run_picking_evaluation(out: str | os.PathLike, real: Mapping[str, Any], synt
                    train_tomograms={k: [t.name for t in v] for k, v in sources.items()})
     shown = GAN if GAN in sources else REAL
     with atomic_folder(out, stale=tuple(stale)) as work:
-        write_bytes_atomic(work / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+        write_json_atomic(work / "results.json", results)
         write_bytes_atomic(work / "report.md", report_text(results).encode())
         _slice_figure(work / "picks.png", test[0], pickers[shown].pick(test[0].volume, test[0].voxel_size),
                       f"{test[0].name}: picks (x) of a picker trained on {shown} (seed {seeds[0]}); true centres (o)")

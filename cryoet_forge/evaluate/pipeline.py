@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,18 +27,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from cryoet_forge import progress
 from cryoet_forge.classify import (
     ClassificationResult,
     ClassifierOptions,
     LabelledVolumes,
     evaluate_cb3d,
+    score_probabilities,
     train_cb3d,
-    write_json,
 )
 from cryoet_forge.errors import ForgeError, InputError, PluginError
 from cryoet_forge.evaluate import figures
+from cryoet_forge.evaluate.baseline import radial_baseline
 from cryoet_forge.evaluate.config import EvaluationConfig, classifier_options, traditional_acquisition
-from cryoet_forge.evaluate.datasets import EvaluationData, prepare_data, write_labelled_folder
+from cryoet_forge.evaluate.datasets import EvaluationData, prepare_data, resolve_maps_dir, write_labelled_folder
 from cryoet_forge.evaluate.downstream import (
     CB3D_KIND,
     DownstreamResult,
@@ -45,7 +48,7 @@ from cryoet_forge.evaluate.downstream import (
     score_sources,
     train_on_synthetic_test_on_real,
 )
-from cryoet_forge.evaluate.gan import gan_summary, metric_curves, select_and_generate, train_gan
+from cryoet_forge.evaluate.gan import gan_summary, metric_curves, select_and_generate, train_config_for, train_gan
 from cryoet_forge.evaluate.inception import (
     ClassifierInception,
     InceptionNet,
@@ -53,6 +56,7 @@ from cryoet_forge.evaluate.inception import (
     fitted_classifier,
     quality_metrics,
 )
+from cryoet_forge.evaluate.report import render_report, set_names
 from cryoet_forge.evaluate.stages import (
     EvaluationStage,
     Stages,
@@ -62,8 +66,21 @@ from cryoet_forge.evaluate.stages import (
     insert_stages,
     jsonable,
 )
-from cryoet_forge.models.cb3d import normalize_volumes, save_cb3d
-from cryoet_forge.viz import save_slice_montage
+from cryoet_forge.evaluate.verdict import (
+    assess,
+    assess_classifier,
+    chance_level,
+    class_counts,
+    paired_difference,
+    quality_reliability,
+)
+from cryoet_forge.io.atomic import write_bytes_atomic, write_json_atomic
+from cryoet_forge.metrics.bundle import inception_scores
+from cryoet_forge.models.cb3d import load_cb3d, normalize_volumes, save_cb3d
+from cryoet_forge.registry import get_registry
+from cryoet_forge.train.checkpoint import list_checkpoints
+from cryoet_forge.uncertainty import mc_dropout
+from cryoet_forge.viz import central_slice, save_slice_montage
 
 Log = Callable[[str], None]
 
@@ -98,8 +115,6 @@ def _stamps(*paths: Path | None) -> list[list[Any]]:
 
 
 def _data_inputs(config: EvaluationConfig) -> dict[str, Any]:
-    from cryoet_forge.evaluate.datasets import resolve_maps_dir
-
     d = config.data
     read = [resolve_maps_dir(d.maps_dir)]
     if d.source == "folders":
@@ -117,8 +132,6 @@ def _gan_inputs(config: EvaluationConfig, data: EvaluationData, variant: dict[st
                 ) -> dict[str, Any]:
     """What a GAN run depends on: its whole TrainConfig (the [gan] file read), and the classifier
     rule when the semantic loss trains a classifier for it."""
-    from cryoet_forge.evaluate.gan import train_config_for
-
     if config.gan.run and variant is None:
         run = Path(config.gan.run)
         return {"run": str(run), "files": _stamps(run / "config.toml", run / "checkpoints")}
@@ -152,8 +165,6 @@ def run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pri
     try:
         return _run_evaluation(config, out_dir, log, budget, cache_dir, resume)
     except BaseException:
-        import shutil
-
         for folder in reversed(made):
             if folder.is_dir() and not folder.is_symlink() and not any(
                     p.is_file() or p.is_symlink() for p in folder.rglob("*")):
@@ -188,8 +199,6 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
     for sub in SKELETON:
         (out / sub).mkdir(exist_ok=True)
     if not resume and not config.gan.run:
-        from cryoet_forge.train.checkpoint import list_checkpoints
-
         if list_checkpoints(main_run):  # say so now, not after the data and the inception network
             raise InputError(f"{out}: holds an earlier evaluation ({main_run} has checkpoints); rerun with "
                              "--resume to reuse its finished stages, or pick a new --out")
@@ -199,8 +208,6 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
 def plugin_stages() -> list[EvaluationStage]:
     """The stages plugins add through ``forge_register_evaluation_stages``, each checked; a plugin
     whose registration fails stops the evaluation (PluginError) rather than leave its stage out."""
-    from cryoet_forge.registry import get_registry
-
     registry = get_registry()
     found: list[EvaluationStage] = []
     problems: list[str] = []
@@ -241,9 +248,6 @@ def _data_stage(view: StageView) -> EvaluationData:
 def _inception_stage(view: StageView) -> dict[str, Any]:
     """The inception CB3D trained on the real training split, the network chosen to embed every set
     (``metrics.inception``), and the real sets' features."""
-    from cryoet_forge.classify import score_probabilities
-    from cryoet_forge.models.cb3d import load_cb3d
-
     config, data, options, out = view["config"], view["data"], view["options"], view["out"]
     class_names = data.class_names
     view.log(f"training the inception CB3D on the real training split ({len(data.real_train)} volumes)")
@@ -271,8 +275,6 @@ def _inception_stage(view: StageView) -> dict[str, Any]:
 
 
 def _inception_outputs(view: StageView, stage: dict[str, Any]) -> dict[str, Any]:
-    from cryoet_forge.models.cb3d import load_cb3d
-
     config, data, options = view["config"], view["data"], view["options"]
     net = view.scratch.get("net")
     if net is None and stage["chosen"] == CB3D_KIND:
@@ -323,8 +325,6 @@ def _generation_stage(view: StageView) -> dict[str, Any]:
 
 def _metrics_stage(view: StageView) -> dict[str, Any]:
     """IS, FID and PRDC of the traditional and GAN sets (and the real test split's IS)."""
-    from cryoet_forge.metrics.bundle import inception_scores
-
     config, data, inception, real_features = view["config"], view["data"], view["inception_net"], view["real_features"]
     traditional_features, traditional_probs = inception.embed("traditional", data.traditional)
     gan_features, gan_probs = inception.embed("cryoetgan", view["gan_volumes"])
@@ -364,9 +364,6 @@ def _classifiers_stage(view: StageView) -> dict[str, dict[str, DownstreamResult]
 
 def _verdict_stage(view: StageView) -> dict[str, Any]:
     """What the evaluation can say: chance, the real ceiling, a simple baseline, paired seeds."""
-    from cryoet_forge.evaluate.baseline import radial_baseline
-    from cryoet_forge.evaluate.verdict import assess, assess_classifier, chance_level, paired_difference
-
     config, data, seeds = view["config"], view["data"], view["seeds"]
     downstream, inception_on_test, network = view["downstream"], view["inception_on_test"], view["metric_network"]
     confidence = config.downstream.confidence
@@ -398,8 +395,6 @@ def _verdict_outputs(view: StageView, stage: dict[str, Any]) -> dict[str, Any]:
 
 def _ablations_stage(view: StageView) -> list[dict[str, Any]]:
     """Each ablation variant, a stored stage of its own (``ablation-N``)."""
-    from cryoet_forge import progress
-
     config, data = view["config"], view["data"]
     rows = []
     variants = ablation_variants(config)
@@ -425,10 +420,6 @@ def _uncertainty_stage(view: StageView) -> dict[str, Any]:
 
 def _report_stage(view: StageView) -> Path:
     """Figures, results.json and report.md (always rendered, never stored)."""
-    from cryoet_forge.evaluate.report import render_report
-    from cryoet_forge.evaluate.verdict import quality_reliability
-    from cryoet_forge.io.atomic import write_bytes_atomic
-
     tic = time.perf_counter()
     config, out = view["config"], view["out"]
     margin, reliable = config.metrics.reliability_margin, view["verdict"]["metrics_reliable"]
@@ -454,7 +445,7 @@ def _report_stage(view: StageView) -> Path:
     results["stages_reused"] = [name for name, record in view.store.done.items() if record["status"] == "reused"]
     if view["budget"] is not None:
         results["budget"] = view["budget"]
-    write_json(out / "results.json", results)
+    write_json_atomic(out / "results.json", results, allow_nan=False)
     report = out / "report.md"
     write_bytes_atomic(report, render_report(results).encode())
     view.log(f"done in {timings['total']:.0f} s")
@@ -463,8 +454,6 @@ def _report_stage(view: StageView) -> Path:
 
 def _results(view: StageView, quality: dict[str, Any], ablations: list[dict[str, Any]]) -> dict[str, Any]:
     """What the evaluation found, as results.json holds it (the run's timings added by the report)."""
-    from cryoet_forge.evaluate.verdict import class_counts
-
     config, data, gan = view["config"], view["data"], view["gan_volumes"]
     downstream, by_kind, inception_on_test = view["downstream"], view["downstream_by_classifier"], \
         view["inception_on_test"]
@@ -588,9 +577,6 @@ def save_figures(config: EvaluationConfig, out: Path, data: EvaluationData, gan:
     """The report's PNGs: slice montage (XY and XZ), the same particles as GAN input and output,
     power spectra, intensity histograms, confusion matrices, downstream bars (overall and per class),
     metric curves. Sets are named by role (``report.set_names``; ``gan_info``: the run's ``gan_summary``)."""
-    from cryoet_forge.evaluate.report import set_names
-    from cryoet_forge.viz import central_slice
-
     names = set_names(config.to_dict(), gan_info)
     class_names = data.class_names
     n_show = config.report.montage_per_class
@@ -686,7 +672,6 @@ def uncertainty_overlay(config: EvaluationConfig, run_dir: Path, data: Evaluatio
     posed map per class, as a PNG overlay."""
     if not config.uncertainty.enabled:
         return {"status": "disabled"}
-    from cryoet_forge.uncertainty import mc_dropout
 
     maps, means, stds, summary = [], [], [], {}
     for label, name in enumerate(data.class_names):

@@ -13,7 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from cryoet_forge.metrics.reliability import rule_names
+
 METRIC_COLUMNS = ("IS", "FID", "Precision", "Recall", "Density", "Coverage")
+#: the report's title unless ``[report] title`` sets one (``evaluate.config.ReportSection``)
+DEFAULT_TITLE = "CryoETGAN evaluation"
 
 
 def number(value: float | int | None) -> str:
@@ -95,11 +99,8 @@ def set_names(config: Mapping[str, Any], gan: Mapping[str, Any] | None) -> SetNa
 
 def _title(title: str, names: SetNames) -> str:
     """The configured title; the default one ("CryoETGAN evaluation") names the GAN that was evaluated."""
-    from cryoet_forge.evaluate.config import ReportSection
-
-    default = ReportSection().title
-    if title == default and names.gan != "CryoETGAN":
-        return default.replace("CryoETGAN", names.gan)
+    if title == DEFAULT_TITLE and names.gan != "CryoETGAN":
+        return DEFAULT_TITLE.replace("CryoETGAN", names.gan)
     return title
 
 
@@ -162,7 +163,6 @@ def _metric_cells(q: dict[str, Any]) -> list[str]:
              number(q["recall"]), number(q["density"]), number(q["coverage"])]
     if q.get("reliable") is False:  # the inception network is near chance (see the verdict section)
         return [f"{cell} (unreliable)" for cell in cells]
-    from cryoet_forge.metrics.reliability import rule_names
 
     rules = q.get("reliability") or {}  # the per-metric rules, by name (N <= D, all-zero PRDC, IS near 1)
     return [f"{cell} (unreliable: {rule_names(rules[key])})" if rules.get(key) else cell

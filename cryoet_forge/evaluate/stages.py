@@ -32,11 +32,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
+from cryoet_forge import __version__
 from cryoet_forge.classify import ClassificationResult, LabelledVolumes
 from cryoet_forge.errors import PluginError
 from cryoet_forge.evaluate.datasets import EvaluationData
 from cryoet_forge.evaluate.downstream import DownstreamResult
+from cryoet_forge.io.atomic import atomic_folder, write_json_atomic
 
 T = TypeVar("T")
 STAGE_FILE = "stage.json"
@@ -48,8 +51,6 @@ TYPES: dict[str, type] = {cls.__name__: cls for cls in (LabelledVolumes, Classif
 
 def digest(payload: Any) -> str:
     """A short hex digest of a JSON-able description (keys sorted, so dict order does not matter)."""
-    from cryoet_forge import __version__
-
     text = json.dumps({"version": __version__, "payload": payload}, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
@@ -131,8 +132,6 @@ class Stages:
                 return None
             arrays: dict[str, np.ndarray] = {}
             if (folder / ARRAYS_FILE).is_file():
-                from safetensors.numpy import load_file
-
                 arrays = load_file(str(folder / ARRAYS_FILE))
             value = decode(record["value"], arrays)
         except (OSError, ValueError, KeyError, TypeError):  # absent, torn or from another version
@@ -144,18 +143,13 @@ class Stages:
         return value, float(record.get("seconds", 0.0))
 
     def write(self, name: str, key: str, inputs: Any, value: Any, seconds: float) -> None:
-        from safetensors.numpy import save_file
-
-        from cryoet_forge.classify import write_json
-        from cryoet_forge.io.atomic import atomic_folder
-
         arrays: dict[str, np.ndarray] = {}
         encoded = encode(value, arrays)
         with atomic_folder(self.folder / name, stale=(STAGE_FILE, ARRAYS_FILE)) as tmp:
             if arrays:
                 save_file(arrays, str(tmp / ARRAYS_FILE))
-            write_json(tmp / STAGE_FILE, {"stage": name, "key": key, "inputs": inputs,
-                                          "seconds": round(seconds, 2), "value": encoded})
+            write_json_atomic(tmp / STAGE_FILE, {"stage": name, "key": key, "inputs": inputs,
+                                                 "seconds": round(seconds, 2), "value": encoded}, allow_nan=False)
 
     def run(self, name: str, inputs: dict[str, Any], compute: Callable[[], T]) -> T:
         """The value of stage ``name``: read back (resume, same key) or computed and stored.

@@ -27,9 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryoet_forge.config import read_toml
 from cryoet_forge.errors import ConfigError
+from cryoet_forge.evaluate import pipeline  # the module: its run_evaluation is looked up at each call
+from cryoet_forge.evaluate.config import config_from_dict, load_evaluation_config, quickstart_table
+from cryoet_forge.evaluate.datasets import SHARED_PREFIX, resolve_maps_dir
+from cryoet_forge.evaluate.gan import train_config_for
+from cryoet_forge.evaluate.report import number
+from cryoet_forge.io.atomic import write_bytes_atomic, write_json_atomic
 
-#: a domain "can be won" when its real ceiling is at least this far above chance (issue goal)
+#: a domain "can be won" when its real ceiling is at least this far above chance
 HEADROOM = 0.2
 
 
@@ -100,20 +107,12 @@ def suite_from_dict(table: dict, origin: str = "<dict>", folder: Path | None = N
 
 
 def load_suite(path: str | Path, extra: dict[str, Any] | None = None) -> Suite:
-    from cryoet_forge.config import read_toml
-
     path = Path(path)
     return suite_from_dict(read_toml(path), origin=str(path), folder=path.parent, extra=extra)
 
 
 def cell_config(suite: Suite, domain: Cell, method: Cell):
     """The EvaluationConfig of one cell: base, then the suite's, the domain's and the method's overrides."""
-    from cryoet_forge.evaluate.config import (
-        config_from_dict,
-        load_evaluation_config,
-        quickstart_table,
-    )
-
     overrides = {**suite.overrides, **domain.overrides, **method.overrides, **suite.extra}
     where = f"{suite.origin}: domain {domain.name!r}, method {method.name!r}"
     try:
@@ -138,8 +137,6 @@ def cell_config(suite: Suite, domain: Cell, method: Cell):
 def missing_shared_data(config) -> str | None:
     """Why a cell cannot run on this machine (its maps, picks or tomograms live in an absent shared
     folder), else None."""
-    from cryoet_forge.evaluate.datasets import SHARED_PREFIX, resolve_maps_dir
-
     d = config.data
     texts = [d.maps_dir] + ([d.picks, d.tomograms] if d.source == "picks" else [])
     for text in texts:
@@ -158,9 +155,6 @@ def resolved(config_table: dict | None) -> Any:
     """What a cell computes: its evaluation config with ``gan.overrides`` replaced by the training
     configuration they resolve to, so an override that restates a default (``identity_weight =
     0``) is the same cell as one that leaves it out; None when the table no longer parses."""
-    from cryoet_forge.evaluate.config import config_from_dict
-    from cryoet_forge.evaluate.gan import train_config_for
-
     if not isinstance(config_table, dict):
         return None
     table = {k: v for k, v in config_table.items() if k != "origin"}
@@ -203,10 +197,6 @@ def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = pr
     ``domains`` / ``methods`` restrict what is run to those names; the other cells are read back
     when ``OUT`` already holds them and left out of the table (which is then incomplete) when not.
     """
-    from cryoet_forge.classify import write_json
-    from cryoet_forge.evaluate.pipeline import load_results, run_evaluation
-    from cryoet_forge.io.atomic import write_bytes_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -226,7 +216,7 @@ def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = pr
                   "domains": [vars(d) for d in suite.domains], "methods": [vars(m) for m in suite.methods],
                   "rows": ordered, "tally": tally(ordered, suite), "complete": len(ordered) == n_cells,
                   "seconds": round(time.perf_counter() - started, 1)}
-        write_json(out / "suite.json", record)
+        write_json_atomic(out / "suite.json", record, allow_nan=False)
         write_bytes_atomic(out / "suite.md", render_suite(record).encode())
         return record
 
@@ -249,7 +239,7 @@ def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = pr
                 continue
             wanted = resolved(config.to_dict())
             if (cell / "results.json").is_file():
-                done = load_results(cell)
+                done = pipeline.load_results(cell)
                 if resolved(done.get("config")) != wanted:
                     raise ConfigError(f"{cell}: holds results of a different configuration for domain "
                                       f"{domain.name!r}, method {method.name!r}; write the suite to a new --out")
@@ -257,8 +247,8 @@ def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = pr
             else:
                 log(f"[{k}/{n_cells}] {domain.name} / {method.name}: running into {cell}")
                 # a cell stopped half-way goes on from its finished stages
-                run_evaluation(config, cell, log=log, cache_dir=out / ".cache", resume=True)
-                done = load_results(cell)
+                pipeline.run_evaluation(config, cell, log=log, cache_dir=out / ".cache", resume=True)
+                done = pipeline.load_results(cell)
             rows[(domain.name, method.name)] = row_from_results(domain, method, done)
             write()
     return write()
@@ -286,8 +276,6 @@ def tally(rows: list[dict[str, Any]], suite: Suite) -> dict[str, Any]:
 
 
 def _interval(v: dict[str, Any]) -> str:
-    from cryoet_forge.evaluate.report import number
-
     return f"{number(v['mean'])} [{number(v['ci_low'])}, {number(v['ci_high'])}]"
 
 
@@ -296,8 +284,6 @@ OUTCOME_TEXT = {"gan-ahead": "GAN ahead", "traditional-ahead": "traditional ahea
 
 
 def render_suite(record: dict[str, Any]) -> str:
-    from cryoet_forge.evaluate.report import number
-
     intro = (f"Suite file: `{record['origin']}`. Accuracies are on each domain's real test split; traditional "
              "and GAN are CB3D trained on that synthetic data alone (mean [95% t-interval] over seeds); "
              "the paired column is GAN minus traditional per seed (same seed, same initialisation). "

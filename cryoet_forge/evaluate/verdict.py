@@ -16,11 +16,25 @@ paired comparison of GAN and traditional data.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import stats
 
 from cryoet_forge.evaluate.report import number
+from cryoet_forge.metrics.reliability import PRDC_KEYS, assess_metrics, near_chance
+
+
+def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t interval of the mean over seeds; a single value gives a zero-width interval."""
+    data = np.asarray(values, dtype=np.float64)
+    mean = float(data.mean())
+    if data.size < 2:
+        return mean, mean, mean
+    sem = float(data.std(ddof=1) / math.sqrt(data.size))
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, df=data.size - 1) * sem)
+    return mean, mean - half, mean + half
 
 
 def chance_level(labels: np.ndarray, n_classes: int) -> float:
@@ -37,7 +51,6 @@ def class_counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, in
 def paired_difference(gan: Sequence[float], traditional: Sequence[float], seeds: Sequence[int],
                       confidence: float = 0.95) -> dict[str, Any]:
     """GAN minus traditional accuracy per seed, its mean and t-interval (seeds paired)."""
-    from cryoet_forge.evaluate.downstream import confidence_interval
 
     differences = [float(a) - float(b) for a, b in zip(gan, traditional)]
     mean, low, high = confidence_interval(differences, confidence)
@@ -56,8 +69,6 @@ def assess(inception_accuracy: float, chance: float, margin: float, paired: dict
     ``metrics_accuracy``: the test accuracy of the network FID, PRDC and IS use
     (``metrics_network``, ``metrics.inception``) when it is not CB3D; their reliability follows it.
     """
-    from cryoet_forge.metrics.reliability import near_chance
-
     cb3d_note = near_chance(inception_accuracy, chance, margin)
     own = metrics_accuracy is None or metrics_network == "cb3d"  # the metrics use CB3D's features
     metrics_note = (cb3d_note if metrics_accuracy is None or own
@@ -113,8 +124,6 @@ def assess_classifier(kind: str, real_accuracy: float, chance: float, margin: fl
     (``synthetic``: the mean accuracies of the kind trained on traditional and on GAN data; when
     both are within ``margin`` of chance the difference is between two failures, and the outcome
     says so); ``beats_baseline``: above the radial-profile baseline."""
-    from cryoet_forge.metrics.reliability import near_chance
-
     learns = near_chance(real_accuracy, chance, margin) is None
     transfers = synthetic is None or max(synthetic) >= chance + margin
     mean, interval = number(paired["mean"]), _interval_text(paired)
@@ -147,8 +156,6 @@ def quality_reliability(scores: dict[str, Any], margin: float) -> dict[str, list
     """The per-metric reliability rules (``cryoet_forge.metrics.reliability``) on one row of
     quality scores: {"fid": [...], "precision": [...], ..., "inception_score": [...]}. Rows
     recorded without their sizes skip the N <= D rule."""
-    from cryoet_forge.metrics.reliability import PRDC_KEYS, assess_metrics
-
     prdc = {key: scores[key] for key in PRDC_KEYS} if all(key in scores for key in PRDC_KEYS) else None
     return assess_metrics(n_real=scores.get("n_real"), n_fake=scores.get("n_fake"), dim=scores.get("dim"),
                           fid=scores.get("fid") is not None, prdc=prdc, margin=margin,

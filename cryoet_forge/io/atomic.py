@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
+
+from cryoet_forge import progress
+from cryoet_forge.errors import ConfigError, ForgeError, InputError
+from cryoet_forge.io.files import check_output_target
 
 
 def _default_mode(folder: bool = False) -> int:
@@ -53,6 +59,15 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
+                      default: Callable[[Any], Any] | None = None, allow_nan: bool = True) -> Path:
+    """Write ``obj`` as JSON (``indent`` spaces, a trailing newline) to ``path`` atomically, as
+    ``write_bytes_atomic``. ``default`` converts what ``json`` cannot; ``allow_nan=False`` refuses
+    NaN and infinities (ValueError) instead of writing tokens that are not standard JSON."""
+    text = json.dumps(obj, indent=indent, default=default, allow_nan=allow_nan) + "\n"
+    return write_bytes_atomic(path, text.encode())
+
+
 @contextmanager
 def atomic_folder(path: str | os.PathLike, stale: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path`` (``.NAME.partial-XXXX``) to write into;
@@ -95,8 +110,6 @@ def atomic_folder(path: str | os.PathLike, stale: tuple[str, ...] = ()) -> Itera
 def _rename_in_message(exc: Exception, tmp: Path, target: Path) -> None:
     """Replace the temporary folder's path (absolute or as given) by ``target``'s in a forge
     error's message, in place (same exception, same type)."""
-    from cryoet_forge.errors import ForgeError
-
     if not isinstance(exc, ForgeError) or not exc.args or not isinstance(exc.args[0], str):
         return
     message = exc.args[0]
@@ -172,8 +185,6 @@ def remove_stale_work(target: str | os.PathLike) -> list[Path]:
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     if removed:
-        from cryoet_forge import progress
-
         progress.warn(f"removed {len(removed)} unfinished folder(s) that an interrupted earlier run left beside "
                      f"{target} ({size / 2**20:.1f} MiB)")
     return removed
@@ -191,10 +202,7 @@ def lock_output(target: str | os.PathLike) -> None:
     target's absolute path in a per-user folder of the temporary folder (``cryoet-forge-locks-UID/``),
     so nothing is written beside the output (a failed run leaves nothing there); it guards runs of
     one user on one machine."""
-    import fcntl
-    import hashlib
-
-    from cryoet_forge.errors import InputError
+    import fcntl  # POSIX only, as the lock itself: imported where the lock is taken
 
     target = Path(target)
     key = str(Path(os.path.abspath(target)))
@@ -229,9 +237,6 @@ def check_output_folder(out: str | os.PathLike, names: tuple[str, ...], what: st
     """The entries of ``names`` that folder ``out`` already holds (to pass as ``atomic_folder``'s
     ``stale``); InputError when ``out`` cannot be a folder (``check_output_target``) or another run
     writes it now (``lock_output``), ConfigError when it holds any of them without ``overwrite``."""
-    from cryoet_forge.errors import ConfigError
-    from cryoet_forge.io.files import check_output_target
-
     out = check_output_target(out, folder=True)
     lock_output(out)
     # never write into a folder that holds files this writer did not make (hidden entries are

@@ -3,11 +3,17 @@ checks every feature matrix passes before the metrics engine sees it."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.atomic import atomic_path
@@ -107,8 +113,6 @@ def _npy_array_at(p: Path, offset: int) -> np.ndarray:
 
 def _zip_member_offset(p: Path, info: Any) -> int:
     """Byte offset of a stored zip member's data: after its local header, name and extra field."""
-    import struct
-
     with open(p, "rb") as fh:
         fh.seek(info.header_offset)
         header = fh.read(30)
@@ -121,8 +125,6 @@ def _zip_member_offset(p: Path, info: Any) -> int:
 def _npz_array(p: Path) -> np.ndarray:
     """The ``features`` member of an .npz (else its first array): a stored (uncompressed)
     member is memory-mapped in place, a compressed one is read whole."""
-    import zipfile
-
     with zipfile.ZipFile(p) as archive:
         members = [i for i in archive.infolist() if i.filename.endswith(".npy")]
         if not members:
@@ -141,10 +143,6 @@ def _safetensors_array(p: Path) -> np.ndarray | _BFloat16:
     The format: 8 bytes little-endian header length, a JSON header naming each tensor's dtype,
     shape and byte range in the data that follows. The file is first opened with the
     safetensors library, which validates the header."""
-    import json
-
-    from safetensors import safe_open
-
     with safe_open(str(p), framework="numpy") as handle:
         keys = sorted(handle.keys())
     if FEATURE_KEY in keys:
@@ -214,8 +212,6 @@ def _float32_rows(array: Any, name: str) -> np.ndarray:
     if n * d * 4 <= IN_MEMORY_COPY_BYTES:
         out = np.empty((n, d), dtype=np.float32)
     else:
-        import tempfile
-
         scratch = tempfile.TemporaryFile(prefix="forge-features-")  # unlinked at once; freed with the map
         scratch.truncate(n * d * 4)
         out = np.memmap(scratch, dtype=np.float32, mode="r+", shape=(n, d))
@@ -280,7 +276,5 @@ def save_features(path: str | os.PathLike, array: Any) -> Path:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{FEATURE_KEY: matrix})  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         else:
-            from safetensors.numpy import save_file
-
             save_file({FEATURE_KEY: matrix}, str(tmp))
     return p

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from cryoet_forge import progress
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.atomic import atomic_path
 from cryoet_forge.io.files import check_input_file, outside_paths_allowed
@@ -114,8 +115,6 @@ def image_paths(star: str | os.PathLike, names) -> list[Path]:
             )
         out.append(star.parent / name)
     if absolute:
-        from cryoet_forge import progress
-
         progress.log(f"note: {star}: {absolute} rlnImageName entr{'y is an' if absolute == 1 else 'ies are'} "
                      "absolute path(s), read as given")
     return out

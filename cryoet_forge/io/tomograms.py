@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mrcfile
 import numpy as np
 
 from cryoet_forge.errors import ConfigError, InputError
@@ -109,8 +110,6 @@ class PlaneReader:
 
 
 def open_mrc_tomogram(path: Path, name: str | None = None, voxel_size: float | None = None) -> Tomogram:
-    import mrcfile
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -141,7 +140,7 @@ def open_zarr_tomogram(path: Any, scale: str | int = 0, name: str | None = None,
     """An OME-Zarr tomogram: a folder path or a zarr store (copick's ``tomogram.zarr()``)."""
     where = source or str(path)
     try:
-        import zarr
+        import zarr  # optional dependency (the copick extra)
     except ImportError:
         raise ConfigError(f"{where}: an OME-Zarr tomogram needs the zarr library: "
                           "pip install 'cryoet-forge[copick]'") from None

@@ -52,6 +52,9 @@ from cryoet_forge.metrics.knn import (
     kth_neighbour_distances,
     settle_thresholds,
 )
+from cryoet_forge.metrics.knn_faiss import import_faiss
+
+# scipy.stats is imported inside the interval functions that use it (start-up time).
 
 #: rows per block of the projection pass and of the projected distance sweeps
 _BLOCK = 16_384
@@ -308,8 +311,6 @@ def _all_radii(side: _Side, k: int, counter: _Counter) -> None:
 def _upper_radii(side: _Side, k: int, nprobe: int, counter: _Counter) -> dict[str, Any]:
     """r+ >= r for every row: the k-th smallest exact distance to neighbours nominated by an IVF
     index over the projections."""
-    from cryoet_forge.metrics.knn_faiss import import_faiss
-
     faiss = import_faiss()
     n = side.proj.shape[0]
     dp = min(_INDEX_DIMS, side.proj.shape[1])  # the leading principal axes

@@ -3,15 +3,22 @@ feature extractor (``--features NAME``), as a table and optionally JSON."""
 
 from __future__ import annotations
 
-import json
 import time
+import warnings
 from pathlib import Path
 
 import click
 
+from cryoet_forge import progress
 from cryoet_forge.devices import NonEmptyPath
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.atomic import write_json_atomic
+from cryoet_forge.io.files import check_not_an_input, check_output_target
+from cryoet_forge.limits import check_int_range
 from cryoet_forge.progress import quiet_option
+
+# `forge --help` imports this module: what only a command's work needs (numpy, torch, pandas and the
+# modules built on them) is imported inside the functions that use it (start-up time).
 
 #: above this many distance evaluations (N^2 + M^2 + N M) * D a progress bar is shown
 _PROGRESS_WORK = 2e10
@@ -114,7 +121,6 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
         message = message.replace("fake features", f"fake features ({fake_path})", 1)
         raise InputError(message) from None
     n, m, d = real.shape[0], fake.shape[0], real.shape[1]
-    from cryoet_forge import progress
 
     if show_progress is None:
         show_progress = progress.mode() == "bar" and (n * n + m * m + n * m) * d > _PROGRESS_WORK
@@ -210,15 +216,13 @@ def _write_json(path: Path, doc: dict, fid, fid_seconds: float | None) -> None:
 
     ``fid`` is the raw FID; with a bootstrap, ``fid_bias_corrected`` and its interval
     ``fid_bias_corrected_ci`` (the interval of the corrected value, not of ``fid``)."""
-    from cryoet_forge.io.atomic import write_bytes_atomic
-
     if fid is not None:
         doc.update(fid=fid.fid, fid_details=fid.as_dict(), fid_seconds=fid_seconds)
         if fid.fid_bias_corrected_ci is not None:
             doc.update(fid_bias_corrected=fid.fid_bias_corrected,
                        fid_bias_corrected_ci=list(fid.fid_bias_corrected_ci), fid_ci_level=fid.ci_level,
                        fid_bootstrap=fid.bootstrap)
-    write_bytes_atomic(path, (json.dumps(doc, indent=2, default=_json_default) + "\n").encode())
+    write_json_atomic(path, doc, default=_json_default)
 
 
 def _fid_rows(fid) -> list[tuple[str, str]]:
@@ -249,7 +253,6 @@ _METRIC_LABELS = {"fid": "FID", "inception_score": "IS fake", "inception_score_r
 
 def _check_bootstrap(bootstrap: int) -> None:
     """``--bootstrap`` is 0 or in [MIN_BOOTSTRAP, MAX_BOOTSTRAP]: one line otherwise, before any work."""
-    from cryoet_forge.limits import check_int_range
     from cryoet_forge.metrics.fid import MAX_BOOTSTRAP, MIN_BOOTSTRAP
 
     if bootstrap < 0:
@@ -265,8 +268,6 @@ def _check_bootstrap(bootstrap: int) -> None:
 def _check_outputs(real_path: Path, fake_path: Path, json_path: Path | None, save_dir: Path | None) -> None:
     """No output (``--json``, the files ``--save-features`` writes) may be one of the inputs, and
     each can be written (not a folder where a file goes, nothing under a file)."""
-    from cryoet_forge.io.files import check_not_an_input, check_output_target
-
     inputs = [real_path, fake_path]
     if json_path is not None:
         check_output_target(json_path, folder=False, option="--json")
@@ -298,13 +299,10 @@ def _check_approximate_options(approximate: bool, backend: str, samples: int, co
 def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, confidence, seed, with_fid,
                         bootstrap, json_path, show_progress) -> None:
     """``forge metrics --approximate``: the sampled PRDC with its intervals (and the exact FID)."""
-    import warnings
-
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
-    from cryoet_forge import progress
     from cryoet_forge.metrics.approximate import approximate_prdc
     from cryoet_forge.metrics.fid import FIDWarning, fid_details
 

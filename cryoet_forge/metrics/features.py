@@ -14,7 +14,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cryoet_forge import registry
+from cryoet_forge.config import parse_override
 from cryoet_forge.errors import ConfigError, ForgeError, InputError, PluginError
+from cryoet_forge.metrics.knn import as_feature_matrix
+
+# The classifier (and with it torch) is imported only when volumes are embedded: the metrics engine
+# imports no torch of its own (start-up time).
 
 KIND = "feature-extractor"
 
@@ -32,8 +38,6 @@ class ExtractedSet:
 
 def parse_feature_options(items: Sequence[str]) -> dict[str, Any]:
     """``["checkpoint=runs/cb3d", "batch_size=8"]`` -> keyword options, values read as TOML scalars."""
-    from cryoet_forge.config import parse_override
-
     options: dict[str, Any] = {}
     for text in items:
         if "=" not in text or not text.split("=", 1)[0].strip().isidentifier():
@@ -46,8 +50,6 @@ def parse_feature_options(items: Sequence[str]) -> dict[str, Any]:
 
 def create_extractor(name: str, options: dict[str, Any]) -> Any:
     """Build feature extractor ``name``; a bad option is one ForgeError line, never a traceback."""
-    from cryoet_forge import registry
-
     try:
         extractor = registry.create(KIND, name, **options)
     except ForgeError:
@@ -74,7 +76,6 @@ def extract_set(extractor: Any, name: str, data: Any, options: dict[str, Any] | 
                 probabilities: bool = True) -> ExtractedSet:
     """Run ``data`` (a ``LabelledVolumes``) through ``extractor``; errors name ``data.source``."""
     from cryoet_forge.classify import check_trained_voxel_size
-    from cryoet_forge.metrics.knn import as_feature_matrix
 
     box = getattr(extractor, "box", None)
     if isinstance(box, (int, np.integer)) and int(box) != data.box:

@@ -20,7 +20,10 @@ Tiny negative eigenvalues from rounding are clipped to 0 and reported.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import glob
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,9 +31,11 @@ from typing import Any, Callable
 import numpy as np
 import scipy.linalg
 from scipy.linalg import blas as _blas
+from threadpoolctl import threadpool_limits
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.metrics.knn import as_feature_matrix, check_finite
+from cryoet_forge.metrics.prdc import _to_numpy
 
 
 class FIDWarning(UserWarning):
@@ -138,10 +143,6 @@ def _two_stage_eigvals() -> Callable[[np.ndarray], np.ndarray] | None:
     does not wrap it, so it is called from SciPy's bundled OpenBLAS when that exports it;
     ``None`` otherwise (the caller falls back to ``scipy.linalg.eigh``).
     """
-    import ctypes
-    import glob
-    import os
-
     libs = glob.glob(os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs", "libscipy_openblas*.so*"))
     for path in libs:
         try:
@@ -166,13 +167,7 @@ def _two_stage_eigvals() -> Callable[[np.ndarray], np.ndarray] | None:
 
 
 def _one_blas_thread():
-    """Limit BLAS to one thread for a block (a no-op when threadpoolctl is missing)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-        import contextlib
-
-        return contextlib.nullcontext()
+    """Limit BLAS to one thread for a block."""
     return threadpool_limits(1, user_api="blas")
 
 
@@ -392,7 +387,6 @@ class FID:
         """Add a batch of real and/or fake features (each (B, D))."""
         if real is None and fake is None:
             raise InputError("FID.update needs real and/or fake features")
-        from cryoet_forge.metrics.prdc import _to_numpy
 
         if real is not None:
             self._real.update(_to_numpy(real))

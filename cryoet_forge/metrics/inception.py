@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from cryoet_forge import _metrics_rs
 from cryoet_forge.errors import InputError
+from cryoet_forge.metrics.prdc import _to_numpy
 
 
 def _as_probabilities(probs: Any) -> np.ndarray:
@@ -26,8 +28,6 @@ def _as_probabilities(probs: Any) -> np.ndarray:
 
 def inception_score(probs: Any, splits: int = 10) -> tuple[float, float]:
     """(mean, std) of the Inception Score of class probabilities ``probs`` (N, C)."""
-    from cryoet_forge import _metrics_rs
-
     p = _as_probabilities(probs)
     if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] == 0:
         raise InputError(f"class probabilities must be a non-empty 2-D array (N, C), got shape {p.shape}")
@@ -56,8 +56,6 @@ class InceptionScore:
         self._parts: list[np.ndarray] = []
 
     def update(self, probs: Any) -> None:
-        from cryoet_forge.metrics.prdc import _to_numpy
-
         p = _as_probabilities(_to_numpy(probs))
         if p.ndim != 2:
             raise InputError(f"class probabilities must be a 2-D array (B, C), got shape {p.shape}")

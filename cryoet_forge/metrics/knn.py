@@ -9,17 +9,16 @@ error bound allows; the remaining pairs are recomputed exactly by the Rust core.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, ContextManager
 
 import numpy as np
 
-from cryoet_forge.contracts import KnnBackend  # noqa: F401  (the contract; re-exported)
+from cryoet_forge import _metrics_rs
+from cryoet_forge.contracts import KnnBackend, PrdcCounts, ProgressCallback  # noqa: F401  (re-exported)
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.embeddings import _FINITE_CHECK_ROWS, as_feature_matrix, check_finite  # noqa: F401  (re-exported)
-
-#: Called as ``progress(done, total)`` with work units (distance tiles) while a backend runs.
-ProgressCallback = Callable[[int, int], Any]
 
 #: squared (centred) row norms above this could overflow a float32 GEMM (as in the Rust core)
 _MAX_GEMM_SQ_NORM = 1e36
@@ -31,8 +30,6 @@ def kth_neighbour_distances(x: Any, k: int = 5) -> np.ndarray:
     The row itself is not counted; duplicate rows are (at distance 0). Computed blockwise
     in Rust, in parallel, without the GIL and without an N x N matrix.
     """
-    from cryoet_forge import _metrics_rs
-
     matrix = as_feature_matrix(x)
     n = matrix.shape[0]
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k < n:
@@ -41,33 +38,6 @@ def kth_neighbour_distances(x: Any, k: int = 5) -> np.ndarray:
         return _metrics_rs.kth_neighbour_distances(matrix, int(k))
     except ValueError as exc:
         raise InputError(str(exc)) from None
-
-
-@dataclass
-class PrdcCounts:
-    """What a backend computes for PRDC: counts, radii and how the result was obtained."""
-
-    n_real: int
-    n_fake: int
-    k: int
-    precision_count: int
-    recall_count: int
-    density_count: int
-    coverage_count: int
-    real_radii: np.ndarray
-    fake_radii: np.ndarray
-    exact: bool = True
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def metrics(self) -> dict[str, float]:
-        """The four values, with the same float64 operations as ``prdc.compute_prdc``."""
-        n, m = float(self.n_real), float(self.n_fake)
-        return {
-            "precision": float(np.float64(self.precision_count) / m),
-            "recall": float(np.float64(self.recall_count) / n),
-            "density": float((1.0 / float(self.k)) * (np.float64(self.density_count) / m)),
-            "coverage": float(np.float64(self.coverage_count) / n),
-        }
 
 
 class ExactKnn:
@@ -84,8 +54,6 @@ class ExactKnn:
         return kth_neighbour_distances(x, k)
 
     def prdc_counts(self, real, fake, k, inclusive=False, progress=None) -> PrdcCounts:
-        from cryoet_forge import _metrics_rs
-
         try:
             c = _metrics_rs.prdc_counts(real, fake, int(k), bool(inclusive), progress)
         except ValueError as exc:
@@ -112,8 +80,6 @@ def gemm_margin_factor(d: int) -> float:
     float32 norms, sum and subtraction, 1% slack); the exact backend uses the same formula with
     the roundings of its own route (4.5 u).
     """
-    from cryoet_forge import _metrics_rs
-
     return float(_metrics_rs.gemm_margin_factor(int(d)))
 
 
@@ -164,8 +130,6 @@ def settle_thresholds(radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def exact_pair_distances(x: np.ndarray, y: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """prdc-rounded exact distances of the pairs (x[rows], y[cols]) from the Rust core."""
-    from cryoet_forge import _metrics_rs
-
     return _metrics_rs.pair_distances(
         x, y, np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(cols, dtype=np.int64)
     )
@@ -173,8 +137,6 @@ def exact_pair_distances(x: np.ndarray, y: np.ndarray, rows: np.ndarray, cols: n
 
 def exact_radii_from_candidates(x: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     """Exact radii when each row's true k nearest are among ``candidates`` (N, C)."""
-    from cryoet_forge import _metrics_rs
-
     return _metrics_rs.radii_from_candidates(x, np.ascontiguousarray(candidates, dtype=np.int64), int(k))
 
 
@@ -211,10 +173,128 @@ def refine_radii(
     return radii, int(rows.size)
 
 
-def settle_block(
-    approx: np.ndarray, margin: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(surely inside, undecided) masks for an approximate squared-distance block."""
+def settle_block(approx: Any, margin: Any, lo: Any, hi: Any) -> tuple[Any, Any]:
+    """(surely inside, undecided) masks for an approximate squared-distance block (NumPy arrays
+    or torch tensors, broadcast together): inside where even ``approx + margin`` is below ``lo``,
+    undecided where ``approx - margin`` is not above ``hi`` either."""
     inside = approx + margin < lo
     undecided = ~inside & ~(approx - margin > hi)
     return inside, undecided
+
+
+def in_ball(distances: np.ndarray, radii: np.ndarray, inclusive: bool) -> np.ndarray:
+    """Whether exact ``distances`` lie inside balls of ``radii`` (on the sphere too when ``inclusive``)."""
+    return distances <= radii if inclusive else distances < radii
+
+
+def prepare_sets(*sets: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """The sets shifted by one shared centre (``choose_centre``) and their float64 squared row
+    norms, or None where the float32 distances of these rows have no usable bound (``gemm_usable``)."""
+    centre = choose_centre(*sets)
+    shifted = [s if centre is None else np.ascontiguousarray(s - centre) for s in sets]
+    norms = [row_sq_norms(s) for s in shifted]
+    if not gemm_usable(sets[0].shape[1], *norms):
+        return None
+    return shifted, norms
+
+
+class WorkTicks:
+    """Calls ``progress(done, total)`` as each of ``total`` work units finishes (nothing when
+    ``progress`` is None)."""
+
+    def __init__(self, progress: ProgressCallback | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
+@dataclass
+class BallMemberships:
+    """Who lies inside whose ball, settled exactly: per fake row the number of real balls holding
+    it, per real row whether it holds a fake row (``covered``) and whether it lies in a fake ball
+    (``recalled``)."""
+
+    ball_count: np.ndarray
+    covered: np.ndarray
+    recalled: np.ndarray
+    exact_pairs: int
+    #: what the backend adds to ``PrdcCounts.info`` after the shared entries
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class GemmKnn:
+    """The frame the float32-distance backends (``torch``, ``faiss``) share: the sets centred
+    together (``prepare_sets``), the exact backend where the float32 bound is unusable, exact
+    radii from each backend's approximate candidate lists (``refine_radii``), and the PRDC counts
+    assembled from the ball memberships. A backend supplies ``_candidates`` (approximate
+    nearest-neighbour lists), ``_memberships`` (the balls, its undecided pairs settled exactly),
+    ``_work_units`` (progress steps of one PRDC run) and ``_describe`` (its ``info`` entries); it
+    may change ``_load`` (its form of a centred set), ``_float32`` (a context for its arithmetic)
+    and ``margin_factor`` (the error bound of its squared distances)."""
+
+    name = "gemm"
+    exact = True
+
+    def margin_factor(self, d: int) -> float:
+        return gemm_margin_factor(d)
+
+    def _float32(self) -> ContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def _load(self, shifted: np.ndarray) -> Any:
+        return shifted
+
+    def _describe(self) -> dict[str, Any]:
+        return {}
+
+    def _work_units(self, n: int, m: int) -> int:
+        raise NotImplementedError
+
+    def _candidates(self, data: Any, norms: np.ndarray, c: int, tick: WorkTicks) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, approximate float64 squared distances) of each row's ``c`` nearest rows of
+        the same set, ascending; a missing candidate has index -1."""
+        raise NotImplementedError
+
+    def _memberships(self, real: np.ndarray, fake: np.ndarray, data_x: Any, data_y: Any, nx: np.ndarray,
+                     ny: np.ndarray, rx: np.ndarray, ry: np.ndarray, inclusive: bool,
+                     tick: WorkTicks) -> BallMemberships:
+        raise NotImplementedError
+
+    def _radii(self, x: np.ndarray, data: Any, norms: np.ndarray, k: int, tick: WorkTicks) -> tuple[np.ndarray, int]:
+        """Exact radii (and the number of rows recomputed in full) from the backend's candidates."""
+        idx, sq = self._candidates(data, norms, min(x.shape[0], 2 * k + 16), tick)
+        margins = self.margin_factor(x.shape[1]) * (norms + norms.max())
+        return refine_radii(x, idx, sq, k, margins, self_included=True)
+
+    # -- the backend interface ---------------------------------------------------------------
+    def kth_neighbour_distances(self, x: np.ndarray, k: int) -> np.ndarray:
+        with self._float32():
+            prepared = prepare_sets(x)
+            if prepared is None:
+                return ExactKnn().kth_neighbour_distances(x, k)
+            (xs,), (nx,) = prepared
+            return self._radii(x, self._load(xs), nx, k, WorkTicks(None, 0))[0]
+
+    def prdc_counts(self, real, fake, k, inclusive=False, progress=None) -> PrdcCounts:
+        with self._float32():
+            prepared = prepare_sets(real, fake)
+            if prepared is None:
+                return exact_instead(self.name, real, fake, k, inclusive, progress)
+            (xs, ys), (nx, ny) = prepared
+            tick = WorkTicks(progress, self._work_units(real.shape[0], fake.shape[0]))
+            data_x, data_y = self._load(xs), self._load(ys)
+            rx, full_x = self._radii(real, data_x, nx, k, tick)
+            ry, full_y = self._radii(fake, data_y, ny, k, tick)
+            balls = self._memberships(real, fake, data_x, data_y, nx, ny, rx, ry, inclusive, tick)
+        ball = balls.ball_count
+        return PrdcCounts(
+            n_real=real.shape[0], n_fake=fake.shape[0], k=k,
+            precision_count=int((ball > 0).sum()), recall_count=int(balls.recalled.sum()),
+            density_count=int(ball.sum()), coverage_count=int(balls.covered.sum()),
+            real_radii=rx, fake_radii=ry, exact=self.exact,
+            info={"backend": self.name, **self._describe(), "exact_pairs": balls.exact_pairs,
+                  "exact_rows": full_x + full_y, **balls.info},
+        )

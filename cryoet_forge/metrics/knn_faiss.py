@@ -11,20 +11,18 @@ visible (``device="auto"`` or ``"cuda"``).
 from __future__ import annotations
 
 import functools
+from importlib import metadata
 
 import numpy as np
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.metrics.knn import (
-    ExactKnn,
-    PrdcCounts,
-    choose_centre,
-    exact_instead,
+    BallMemberships,
+    GemmKnn,
+    WorkTicks,
     exact_pair_distances,
     gemm_margin_factor,
-    gemm_usable,
-    refine_radii,
-    row_sq_norms,
+    in_ball,
     settle_block,
     settle_thresholds,
 )
@@ -36,8 +34,6 @@ FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-g
 @functools.cache
 def import_faiss():
     """The ``faiss`` module, or an InputError saying what to install (or uninstall)."""
-    from importlib import metadata
-
     installed = []
     for dist in FAISS_DISTRIBUTIONS:
         try:
@@ -48,14 +44,14 @@ def import_faiss():
         raise InputError(f"knn backend 'faiss': {' and '.join(installed)} are both installed and ship the same "
                          "faiss module; pip uninstall one of them")
     try:
-        import faiss
+        import faiss  # optional dependency (the faiss or gpu extra)
     except ImportError:
         raise InputError("knn backend 'faiss' needs FAISS: pip install 'cryoet-forge[faiss]' (CPU) or "
                          "'cryoet-forge[gpu]' (CUDA); the exact and torch backends need neither") from None
     return faiss
 
 
-class FaissKnn:
+class FaissKnn(GemmKnn):
     """FAISS flat (exact after refinement) or IVF (approximate) search; GPU when present."""
 
     name = "faiss"
@@ -96,31 +92,24 @@ class FaissKnn:
 
     def _search_index(self, index):
         if self.use_gpu:
-            faiss = import_faiss()
-
-            return faiss.index_cpu_to_all_gpus(index)
+            return import_faiss().index_cpu_to_all_gpus(index)
         return index
 
-    def _margin_factor(self, d: int) -> float:
+    def margin_factor(self, d: int) -> float:
         # FAISS may sum squared differences directly (error <= gamma_D * d <= 2 gamma_D (|x|^2+|y|^2))
         return 2.0 * gemm_margin_factor(d)
 
-    def _radii(self, x: np.ndarray, xs: np.ndarray, nx: np.ndarray, k: int):
-        n = x.shape[0]
-        c = min(n, 2 * k + 16)
+    def _describe(self) -> dict:
+        return {"index": self.index_kind, "gpu": self.use_gpu}
+
+    def _work_units(self, n: int, m: int) -> int:
+        return 4  # the two radius searches, then the two range searches
+
+    def _candidates(self, xs: np.ndarray, nx: np.ndarray, c: int, tick: WorkTicks):
         index = self._search_index(self._build(xs))
         sq, idx = index.search(xs, c)
-        sq = np.where(idx < 0, np.inf, sq.astype(np.float64))
-        margins = self._margin_factor(x.shape[1]) * (nx + nx.max())
-        return refine_radii(x, idx, sq, k, margins, self_included=True)
-
-    def kth_neighbour_distances(self, x: np.ndarray, k: int) -> np.ndarray:
-        centre = choose_centre(x)
-        xs = x if centre is None else np.ascontiguousarray(x - centre)
-        nx = row_sq_norms(xs)
-        if not gemm_usable(x.shape[1], nx):
-            return ExactKnn().kth_neighbour_distances(x, k)
-        return self._radii(x, xs, nx, k)[0]
+        tick()
+        return idx, np.where(idx < 0, np.inf, sq.astype(np.float64))
 
     def _balls(self, queries_exact, db_exact, queries, db, nq, ndb, db_radii, inclusive, factor):
         """For each (query, db point) pair inside the db point's ball: (query ids, db ids)."""
@@ -134,51 +123,24 @@ class FaissKnn:
         rows = np.flatnonzero(undecided)
         if rows.size:
             dist = exact_pair_distances(queries_exact, db_exact, q[rows], ids[rows])
-            r = db_radii[ids[rows]]
-            inside[rows] = dist <= r if inclusive else dist < r
+            inside[rows] = in_ball(dist, db_radii[ids[rows]], inclusive)
         return q[inside], ids[inside], int(rows.size), int(q.size)
 
-    def prdc_counts(self, real, fake, k, inclusive=False, progress=None) -> PrdcCounts:
-        n, m, d = real.shape[0], fake.shape[0], real.shape[1]
-        centre = choose_centre(real, fake)
-        xs = real if centre is None else np.ascontiguousarray(real - centre)
-        ys = fake if centre is None else np.ascontiguousarray(fake - centre)
-        nx = row_sq_norms(xs)
-        ny = row_sq_norms(ys)
-        if not gemm_usable(d, nx, ny):
-            return exact_instead("faiss", real, fake, k, inclusive, progress)
-        steps = 4
-        rx, full_x = self._radii(real, xs, nx, k)
-        if progress:
-            progress(1, steps)
-        ry, full_y = self._radii(fake, ys, ny, k)
-        if progress:
-            progress(2, steps)
-        factor = self._margin_factor(d)
+    def _memberships(self, real, fake, xs, ys, nx, ny, rx, ry, inclusive, tick) -> BallMemberships:
+        n, m = real.shape[0], fake.shape[0]
+        factor = self.margin_factor(real.shape[1])
         # fakes (queries) inside real balls: precision, density, coverage
         fj, ri, exact_a, found_a = self._balls(fake, real, ys, xs, ny, nx, rx, inclusive, factor)
-        if progress:
-            progress(3, steps)
+        tick()
         # reals (queries) inside fake balls: recall
         rq, _, exact_b, found_b = self._balls(real, fake, xs, ys, nx, ny, ry, inclusive, factor)
-        if progress:
-            progress(4, steps)
-        ball = np.bincount(fj, minlength=m)
+        tick()
         covered = np.zeros(n, dtype=bool)
         covered[ri] = True
         recalled = np.zeros(n, dtype=bool)
         recalled[rq] = True
-        info = {
-            "backend": "faiss", "index": self.index_kind, "gpu": self.use_gpu,
-            "exact_pairs": exact_a + exact_b, "exact_rows": full_x + full_y,
-            "range_results": found_a + found_b,
-        }
+        info: dict = {"range_results": found_a + found_b}
         if self.index_kind == "ivf":
             info.update(approximate=True, nlist=self.nlist or "auto", nprobe=self.nprobe,
                         note="IVF search can miss neighbours: radii may come out too large and ball counts off either way")
-        return PrdcCounts(
-            n_real=n, n_fake=m, k=k,
-            precision_count=int((ball > 0).sum()), recall_count=int(recalled.sum()),
-            density_count=int(ball.sum()), coverage_count=int(covered.sum()),
-            real_radii=rx, fake_radii=ry, exact=self.exact, info=info,
-        )
+        return BallMemberships(np.bincount(fj, minlength=m), covered, recalled, exact_a + exact_b, info)

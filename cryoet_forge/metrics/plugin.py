@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from cryoet_forge import hookimpl
+from cryoet_forge.metrics.command import metrics_command
 from cryoet_forge.metrics.knn import ExactKnn
 from cryoet_forge.options import check_options
+
+# The registry imports every plugin module (`forge list`, every command that builds a component):
+# a backend's module is imported inside its factory, so that FAISS (an optional dependency) loads
+# only for the faiss backend, and each command only the components it uses (start-up time).
 
 
 def _faiss_backend(**options):
@@ -32,6 +37,4 @@ def forge_register_knn_backends(register):
 
 @hookimpl
 def forge_register_commands(cli):
-    from cryoet_forge.metrics.command import metrics_command
-
     cli.add_command(metrics_command)

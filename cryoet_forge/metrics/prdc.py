@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from cryoet_forge import registry
 from cryoet_forge.errors import InputError
 from cryoet_forge.metrics.knn import KnnBackend, PrdcCounts, ProgressCallback, as_feature_matrix, check_finite
 
@@ -57,7 +58,6 @@ def resolve_backend(backend: str | KnnBackend, device: str = "auto", **options: 
     """A backend object from a registered name (``exact``, ``faiss``, ``torch``) or as given."""
     if not isinstance(backend, str):
         return backend
-    from cryoet_forge import registry
 
     if backend == "exact" and device in ("auto", "cpu"):
         return registry.create("knn-backend", "exact", **options)

@@ -19,9 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from cryoet_forge import _metrics_rs
 from cryoet_forge.devices import LauncherWorld, launcher_world
 from cryoet_forge.errors import InputError
 from cryoet_forge.metrics.knn import PrdcCounts, ProgressCallback
+
+# torch is imported inside the functions that use torch.distributed: the metrics engine imports no
+# torch of its own (start-up time).
 
 #: rows of candidate lists exchanged per collective (bounds the memory of the exchange)
 ROW_BLOCK = 65_536
@@ -96,8 +100,6 @@ class ShardedExactKnn:
 
     def _radii(self, x: np.ndarray, k: int, centre: np.ndarray | None,
                progress: ProgressCallback | None) -> tuple[np.ndarray, int, int]:
-        from cryoet_forge import _metrics_rs
-
         c = _metrics_rs.radii_candidates(x, int(k), centre, self.rank, self.world, progress)
         cap, n = int(c["cap"]), x.shape[0]
         vals, idx = c["vals"].reshape(n, cap), c["idx"].reshape(n, cap)
@@ -119,14 +121,10 @@ class ShardedExactKnn:
         return radii, exact_pairs, exact_rows
 
     def kth_neighbour_distances(self, x: np.ndarray, k: int) -> np.ndarray:
-        from cryoet_forge import _metrics_rs
-
         return self._radii(x, k, _metrics_rs.gemm_centre(x, x), None)[0]
 
     def prdc_counts(self, real: np.ndarray, fake: np.ndarray, k: int, inclusive: bool = False,
                     progress: ProgressCallback | None = None) -> PrdcCounts:
-        from cryoet_forge import _metrics_rs
-
         n, m = real.shape[0], fake.shape[0]
         if not 1 <= k < min(n, m):
             raise InputError(f"k must satisfy 1 <= k < N and k < M (k={k}, N={n} real rows, M={m} fake rows)")

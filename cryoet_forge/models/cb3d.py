@@ -38,11 +38,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import nn
 
 from cryoet_forge.data.normalization import NORMALIZATIONS, normalize_volumes  # noqa: F401  (re-exported)
 from cryoet_forge.errors import ConfigError, InputError
-from cryoet_forge.io.atomic import write_bytes_atomic
+from cryoet_forge.io.atomic import write_bytes_atomic, write_json_atomic
 
 WEIGHTS_NAME = "cb3d.safetensors"
 METADATA_NAME = "cb3d.json"
@@ -309,8 +311,6 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 def save_cb3d(model: CB3D, path: str | os.PathLike, class_names: Sequence[str],
               normalize: str = "zscore", extra: dict[str, Any] | None = None) -> Path:
     """Write weights (safetensors) and metadata (JSON) atomically; ``path`` is a folder or a .safetensors file."""
-    from safetensors.torch import save
-
     if len(class_names) != model.num_classes:
         raise ConfigError(f"{len(class_names)} class names for a {model.num_classes}-class model")
     weights_path, meta_path = checkpoint_paths(path)
@@ -321,15 +321,12 @@ def save_cb3d(model: CB3D, path: str | os.PathLike, class_names: Sequence[str],
     config["convs_per_block"] = list(config["convs_per_block"])
     metadata = {"format_version": FORMAT_VERSION, "model": "cb3d", "config": config,
                 "class_names": list(class_names), "normalize": normalize, **(extra or {})}
-    write_bytes_atomic(meta_path, (json.dumps(metadata, indent=2) + "\n").encode())
+    write_json_atomic(meta_path, metadata)
     return weights_path
 
 
 def load_cb3d(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CB3D, dict[str, Any]]:
     """Load a checkpoint written by ``save_cb3d``; returns (model in eval mode, metadata)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights_path, meta_path = checkpoint_paths(path)
     for required in (weights_path, meta_path):
         if not required.is_file():

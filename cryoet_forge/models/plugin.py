@@ -7,6 +7,7 @@ from cryoet_forge.contrastive import PatchNCELoss
 from cryoet_forge.losses import LSGANLoss, WGANClipLoss, WGANGPLoss
 from cryoet_forge.models.critics import PatchGANCritic, SNWGANCritic
 from cryoet_forge.models.generators import CryoETGANGenerator
+from cryoet_forge.train.commands import generate_command, refine_tomogram_command, train_command, uncertainty_command
 
 
 @hookimpl
@@ -31,13 +32,6 @@ def forge_register_losses(register):
 
 @hookimpl
 def forge_register_commands(cli):
-    from cryoet_forge.train.commands import (
-        generate_command,
-        refine_tomogram_command,
-        train_command,
-        uncertainty_command,
-    )
-
     cli.add_command(train_command)
     cli.add_command(generate_command)
     cli.add_command(uncertainty_command)

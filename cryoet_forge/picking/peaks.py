@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from cryoet_forge.errors import ConfigError, InputError
 
@@ -20,8 +21,6 @@ def class_peaks(probabilities: np.ndarray, class_names: Sequence[str], min_dista
     ``min_distance`` (per class, voxels) and at least ``threshold``, and whose most likely channel is
     that class. Of equal neighbouring maxima (a plateau) the first in array order is kept.
     """
-    from scipy import ndimage
-
     p = np.asarray(probabilities, dtype=np.float32)
     if p.ndim != 4 or p.shape[0] != len(class_names) + 1:
         raise InputError(f"class probabilities must be shaped (1 + {len(class_names)}, Z, Y, X), got {p.shape}")

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy.spatial import KDTree
 
 from cryoet_forge.errors import ConfigError, InputError
 
@@ -63,8 +64,6 @@ def match_counts(truth: np.ndarray | Sequence, picks: np.ndarray | Sequence, rad
                  distance_multiplier: float = DISTANCE_MULTIPLIER) -> tuple[int, int, int]:
     """(TP, FP, FN) of one class: ``truth`` and ``picks`` are (N, 3) coordinates in one unit,
     ``radius`` the particle radius in that unit."""
-    from scipy.spatial import KDTree
-
     if not radius > 0:
         raise ConfigError(f"particle radius must be > 0, got {radius}")
     reference, candidates = _points(truth, "true particles"), _points(picks, "picks")

@@ -23,7 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cryoet_forge import progress
+from cryoet_forge.devices import check_device
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.models.tiling import apply_tiled
 from cryoet_forge.picking.peaks import class_peaks
 from cryoet_forge.picking.tomograms import LabelledTomogram, sphere_labels
 from cryoet_forge.picking.unet import SegmentationUNet
@@ -151,9 +154,6 @@ class SegmentationPicker:
 
     def fit(self, tomograms: Sequence[LabelledTomogram], seed: int = 0) -> SegmentationPicker:
         """Train a fresh network on ``tomograms``; deterministic for a given seed on CPU."""
-        from cryoet_forge import progress
-        from cryoet_forge.devices import check_device
-
         if not tomograms:
             raise InputError("the picker needs at least one labelled tomogram to train on")
         opt = self.options
@@ -197,8 +197,6 @@ class SegmentationPicker:
 
     def probabilities(self, volume: np.ndarray) -> np.ndarray:
         """(1 + n_classes, Z, Y, X) softmax of the whole (Z, Y, X) ``volume`` (z-scored first)."""
-        from cryoet_forge.models.tiling import apply_tiled
-
         if self.model is None:
             raise InputError("the picker is not trained; call fit first")
         model, opt = self.model, self.options

@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import starfile
 
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.extract import to_voxels
+from cryoet_forge.io.picks import read_picks
+from cryoet_forge.io.tomograms import open_tomogram
 
 
 @dataclass
@@ -81,8 +86,6 @@ def sphere_labels(shape: tuple[int, int, int], picks: Mapping[str, np.ndarray], 
 
 def tomogram_names(picks_path: str | os.PathLike, unit: str | None = None, class_column: str | None = None) -> list[str]:
     """The tomogram names of a pick table, sorted."""
-    from cryoet_forge.io.picks import read_picks
-
     table = read_picks(picks_path, unit=unit, class_column=class_column).table
     return sorted(set(table["tomogram"].astype(str)))
 
@@ -90,15 +93,9 @@ def tomogram_names(picks_path: str | os.PathLike, unit: str | None = None, class
 def read_radii(picks_path: str | os.PathLike, column: str, class_column: str | None = None) -> dict[str, float]:
     """class -> the median of a per-particle radius column (Angstrom) of a pick table (CSV/TSV or
     STAR, e.g. ``radius_A`` of a coordinate list or ``forgeRadiusAngst`` of ``forge simulate-tomogram``)."""
-    import pandas as pd
-
-    from cryoet_forge.io.picks import read_picks
-
     path = Path(picks_path)
     picks = read_picks(path, class_column=class_column, unit="px" if path.suffix.lower() != ".star" else None)
     if path.suffix.lower() == ".star":
-        import starfile
-
         blocks = starfile.read(path, always_dict=True)
         raw = next((b for b in blocks.values() if isinstance(b, pd.DataFrame) and column in b.columns), None)
     else:
@@ -117,10 +114,6 @@ def load_labelled_tomograms(picks_path: str | os.PathLike, tomograms: str | os.P
                             class_column: str | None = None) -> list[LabelledTomogram]:
     """The tomograms ``names`` (files NAME.mrc, .rec or .zarr in the folder ``tomograms``) with
     their picks from ``picks_path`` (any table ``forge extract`` reads) converted to voxels."""
-    from cryoet_forge.extract import to_voxels
-    from cryoet_forge.io.picks import read_picks
-    from cryoet_forge.io.tomograms import open_tomogram
-
     picks = read_picks(picks_path, unit=unit, class_column=class_column)
     table = picks.table
     folder = Path(tomograms)

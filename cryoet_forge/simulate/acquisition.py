@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.files import check_input_file
+
+# `forge --help` imports this module: what only a command's work needs (numpy, torch, pandas and the
+# modules built on them) is imported inside the functions that use it (start-up time).
 
 #: simulator option -> the flag of ``forge simulate`` that sets it
 FLAGS: dict[str, str] = {"tilt_range": "--tilt-range", "tilt_step": "--tilt-step", "dose": "--dose",
@@ -231,8 +235,6 @@ def read_star_acquisition(path: Path) -> StarAcquisition:
 def map_voxel_size(path: Path) -> float:
     """The voxel size (Angstrom) in an MRC map's header, without reading its data."""
     import mrcfile
-
-    from cryoet_forge.io.files import check_input_file
 
     path = check_input_file(path, "MRC file")
     with warnings.catch_warnings():

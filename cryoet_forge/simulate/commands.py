@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import click
 
-from cryoet_forge.devices import SEED, NonEmptyPath, device_callback
+from cryoet_forge import progress, registry
+from cryoet_forge.devices import SEED, NonEmptyPath, check_device, device_callback
 from cryoet_forge.errors import ConfigError
-from cryoet_forge.simulate.acquisition import PHANTOM_VOXEL_SIZE
+from cryoet_forge.io.atomic import atomic_folder, check_output_folder, write_json_atomic
+from cryoet_forge.io.files import check_output_target
+from cryoet_forge.limits import check_allocation, format_bytes
+from cryoet_forge.simulate import acquisition as acq
+from cryoet_forge.simulate.acquisition import PHANTOM_VOXEL_SIZE, positive_flag
+
+# `forge --help` imports this module: what only a command's work needs (numpy, torch, pandas and the
+# modules built on them) is imported inside the functions that use it (start-up time).
 
 OUTPUT_NAMES = ("templates", "density", "subtomograms", "density.star", "particles.star", "montage.png",
                 "density.npz", "particles.npz", "simulation.json")
@@ -39,8 +48,6 @@ _VOLUMES_PER_PARTICLE = 8
 def _check_memory(box: int, batch_size: int, n_per_class: int, bundle: bool) -> None:
     """One line when a batch of ``box``^3 volumes (and, with ``--bundle``, every volume of a class)
     cannot fit in the available memory, before anything is allocated."""
-    from cryoet_forge.limits import check_allocation
-
     if box < 1:
         raise ConfigError(f"--box {box}: expected >= 1")
     volume = 4 * box**3
@@ -54,10 +61,6 @@ def _check_memory(box: int, batch_size: int, n_per_class: int, bundle: bool) -> 
 def _check_disk(out: Path, n_volumes: int, box: int) -> None:
     """One line when ``n_volumes`` MRC files of ``box``^3 (two per particle) cannot fit on the
     disk that holds ``out``, before anything is written (or listed in memory)."""
-    import shutil
-
-    from cryoet_forge.limits import format_bytes
-
     folder = Path(os.path.abspath(out))
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -88,7 +91,6 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
 
     from cryoet_forge.data.bundle import save_bundle
     from cryoet_forge.data.simulated import item_seed, make_simulator
-    from cryoet_forge.io.atomic import atomic_folder, check_output_folder, write_bytes_atomic
     from cryoet_forge.io.mrc import check_voxel_size, write_mrc
     from cryoet_forge.io.star import write_particles
     from cryoet_forge.simulate.poses import PoseSimulator, check_max_shift
@@ -106,7 +108,6 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     shift = options.pop("max_shift", 2.0)
     # the maps are posed below: a simulator that poses maps itself (rotate, max_shift) must not pose
     # them again; one without these options (a plugin's, say) does not pose them at all
-    from cryoet_forge import registry
 
     component = registry.get("simulator", simulator_name)
     posing = {k: v for k, v in {"rotate": False, "max_shift": 0.0}.items() if component.accepts(k)}
@@ -126,7 +127,6 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
         examples: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in range(len(class_names))}
         all_density, all_particles = [], []
         template_tensor = torch.from_numpy(templates).to(device)
-        from cryoet_forge import progress
 
         with progress.stage(f"simulate {simulator_name} x {len(class_names)} classes", len(jobs),
                             "particles", enabled=not quiet) as bar:
@@ -177,7 +177,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
                    "batch_size": batch_size, "resolution": resolution, "particles": len(jobs)}
         if acquisition is not None:
             summary["acquisition"] = acquisition
-        write_bytes_atomic(work / "simulation.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
+        write_json_atomic(work / "simulation.json", summary, default=str)
     return summary
 
 
@@ -186,7 +186,6 @@ def _check_flags(voxel_size: float | None, snr: float | None, resolution: float 
     """The numeric flags of ``forge simulate`` and ``forge density``, each refused by name before
     any work (even where the chosen classes do not use it, such as --resolution with --phantoms)."""
     from cryoet_forge.io.mrc import check_voxel_size
-    from cryoet_forge.simulate.acquisition import positive_flag
 
     if voxel_size is not None:
         check_voxel_size(voxel_size, "--voxel-size")
@@ -242,8 +241,6 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
     Defocus is underfocus positive (--defocus 4 is 4 um underfocus); simulation.json records the
     acquisition used and where each value came from.
     """
-    from cryoet_forge import registry
-    from cryoet_forge.simulate import acquisition as acq
     from cryoet_forge.simulate.templates import check_specs, expand_specs
 
     if structures is not None and not structures.strip(" ,"):
@@ -270,7 +267,6 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
     used["sources"] = {"voxel_size": voxel_source, **used["sources"]}
     for line in notes:
         click.echo(f"forge: note: {line}", err=True)
-    from cryoet_forge.devices import check_device
 
     device = str(check_device(device))
     with warnings.catch_warnings(record=True) as caught:
@@ -319,9 +315,7 @@ def fetch_structures_command(pdb_ids, cache, base_url):
 @click.option("--crop", is_flag=True, help="Crop a structure larger than the box (with a warning).")
 def density_command(structure, out, voxel_size, box, resolution, assembly, crop):
     """Compute the density map of a PDB/mmCIF file (or a cached PDB id) as MRC."""
-    from cryoet_forge.io.files import check_output_target
     from cryoet_forge.io.structures import PDB_ID, fetch_structure
-    from cryoet_forge.limits import check_allocation
     from cryoet_forge.simulate.density import write_structure_map
 
     _check_flags(voxel_size, None, resolution, assembly)

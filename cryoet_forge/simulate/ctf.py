@@ -2,7 +2,7 @@
 
 Units: spatial frequency ``s`` in 1/Angstrom, defocus in Angstrom with *underfocus
 positive* (RELION's rlnDefocusU convention; the user-facing options take micrometres
-with underfocus negative, as in the issue and the paper), Cs in millimetres, voltage in kV.
+with underfocus negative, as in the paper), Cs in millimetres, voltage in kV.
 
     chi(s) = pi * lambda * dz * s^2 - pi/2 * Cs * lambda^3 * s^4
     CTF(s) = -( sqrt(1 - A^2) * sin(chi) + A * cos(chi) )

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from cryoet_forge.errors import ConfigError
+from cryoet_forge.io.mrc import check_voxel_size
 
 
 def as_range(value: float | Sequence[float], name: str, positive: bool = False) -> tuple[float, float]:
@@ -37,8 +38,6 @@ def uniform(n: int, bounds: tuple[float, float], generator: torch.Generator | No
 
 def check_maps(maps: torch.Tensor, voxel_size: float) -> torch.Tensor:
     """(B, S, S, S) or (B, 1, S, S, S) float maps -> (B, S, S, S); ConfigError otherwise."""
-    from cryoet_forge.io.mrc import check_voxel_size
-
     check_voxel_size(voxel_size)
     if maps.dim() == 5 and maps.shape[1] == 1:
         maps = maps[:, 0]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from cryoet_forge import hookimpl
+from cryoet_forge.simulate.commands import density_command, fetch_structures_command, simulate_command
 from cryoet_forge.simulate.fourier import FourierSimulator
 from cryoet_forge.simulate.poses import PoseSimulator
 from cryoet_forge.simulate.tilt_series import TiltSeriesSimulator
+from cryoet_forge.simulate.tomogram_command import simulate_tomogram_command
 
 
 @hookimpl
@@ -18,12 +20,7 @@ def forge_register_simulators(register):
 
 @hookimpl
 def forge_register_commands(cli):
-    from cryoet_forge.simulate.commands import density_command, fetch_structures_command, simulate_command
-
     cli.add_command(simulate_command)
     cli.add_command(fetch_structures_command)
     cli.add_command(density_command)
-
-    from cryoet_forge.simulate.tomogram_command import simulate_tomogram_command
-
     cli.add_command(simulate_tomogram_command)

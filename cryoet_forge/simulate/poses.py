@@ -48,8 +48,6 @@ def check_max_shift(max_shift: float, box: int) -> None:
     """ConfigError unless a shift of up to ``max_shift`` voxels keeps the particle's centre in the
     inner half of a ``box``^3 box."""
     if not max_shift < box / 2:
-        from cryoet_forge.errors import ConfigError
-
         raise ConfigError(f"max_shift {max_shift:g} voxels: expected less than half the box ({box}^3: "
                           f"< {box / 2:g}), or the particle leaves its box")
 

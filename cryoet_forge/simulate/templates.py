@@ -21,6 +21,9 @@ from cryoet_forge.errors import InputError
 from cryoet_forge.io.mrc import check_voxel_size, read_mrc
 from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES, make_phantom
 
+# gemmi (and the structure modules built on it) is imported only when a PDB/mmCIF structure is read
+# (start-up time): the registry imports this module through the simulated dataset.
+
 STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".ent.gz", ".cif.gz", ".mmcif.gz")
 MAP_SUFFIXES = (".mrc", ".map", ".mrcs")
 

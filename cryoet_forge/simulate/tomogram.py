@@ -46,26 +46,36 @@ tomogram, labels and picks on any device.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy import sparse
+from scipy.fft import next_fast_len
 
+from cryoet_forge import progress
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.mrc import read_mrc
 from cryoet_forge.simulate import ctf as ctf_model
+from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES
 from cryoet_forge.simulate.rotations import (
     matrices_to_euler_zyz,
     quaternions_to_matrices,
     random_quaternions,
     rigid_transform,
 )
+from cryoet_forge.simulate.templates import MAP_SUFFIXES
 from cryoet_forge.simulate.tilt_series import (
     INELASTIC_MFP_A,
     TiltSeriesSimulator,
     critical_exposure,
     dose_symmetric_order,
 )
+
+# gemmi (the structure reader) is imported only when a template is a PDB/mmCIF structure (start-up time).
 
 #: a voxel above this fraction of a template's peak lies within the class's radius
 RADIUS_FRACTION = 0.05
@@ -118,17 +128,10 @@ def prepare_template(name: str, volume: np.ndarray) -> ClassTemplate:
 def auto_template_box(spec: str, voxel_size: float, assembly: int | None = None) -> int:
     """A box (voxels) that holds the whole class ``spec`` at ``voxel_size``: a phantom's 20 nm, an
     MRC map's own extent, an atomic model's reach from its centre of mass (plus the blur)."""
-    from pathlib import Path
-
-    from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES
-    from cryoet_forge.simulate.templates import MAP_SUFFIXES
-
     if spec in PHANTOM_CLASSES:
         return max(16, int(math.ceil(300.0 / voxel_size)))  # characteristic radius 100 A <= 0.35 box
     path = Path(spec)
     if path.suffix.lower() in MAP_SUFFIXES:
-        from cryoet_forge.io.mrc import read_mrc
-
         volume, voxel_in = read_mrc(path)
         return max(16, int(math.ceil(max(volume.shape) * voxel_in / voxel_size)) + 2)
     from cryoet_forge.io.structures import PDB_ID, fetch_structure, read_structure
@@ -387,10 +390,6 @@ def ice_field(shape: Sequence[int], voxel_size: float, std: float, correlation_A
 
 def _csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int], device) -> torch.Tensor:
     """A torch CSR matrix (float32) from COO triplets, duplicates summed."""
-    import warnings
-
-    from scipy import sparse
-
     matrix = sparse.csr_matrix((values.astype(np.float32), (rows, cols)), shape=shape)
     matrix.sum_duplicates()
     with warnings.catch_warnings():
@@ -536,8 +535,6 @@ class TomogramPhysics:
         """Tilt series and reconstruction of ``density`` (z, y, x; protein 1 relative to ice, zero
         outside the slab). Returns (tomogram (z, y, x) on the CPU, the tilt images (T, y, u) when
         ``keep_images``, per-tilt records)."""
-        from scipy.fft import next_fast_len
-
         device = density.device
         nz, ny, nx = (int(s) for s in density.shape)
         z_lo, z_hi = slab
@@ -643,8 +640,6 @@ def simulate_tomogram(name: str, templates: Sequence[ClassTemplate], shape: Sequ
                       index: int = 0, device: str = "cpu", batch_size: int = 32, keep_images: bool = False,
                       quiet: bool = True) -> TomogramResult:
     """Lay out, render, image and reconstruct one labelled tomogram (see the module docstring)."""
-    from cryoet_forge import progress
-
     shape = tuple(int(s) for s in shape)
     rng, generator = tomogram_seeds(seed, index)
     low, high = (-v for v in physics.defocus_um[::-1])  # underfocus, micrometres

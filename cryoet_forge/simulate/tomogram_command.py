@@ -6,19 +6,26 @@ simulate-tomogram --help`` stays fast.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import click
 
-from cryoet_forge.devices import SEED, NonEmptyPath, device_callback
-from cryoet_forge.errors import ConfigError
-from cryoet_forge.simulate.acquisition import PHANTOM_VOXEL_SIZE
+from cryoet_forge.devices import SEED, NonEmptyPath, check_device, device_callback
+from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.atomic import atomic_folder, check_output_folder, write_json_atomic
+from cryoet_forge.limits import check_allocation, format_bytes
+from cryoet_forge.simulate import acquisition as acq
+from cryoet_forge.simulate.acquisition import PHANTOM_VOXEL_SIZE, simulator_parameters
+from cryoet_forge.simulate.commands import _check_flags, _parse_options
+
+# `forge --help` imports this module: what only a command's work needs (numpy, torch, pandas and the
+# modules built on them) is imported inside the functions that use it (start-up time).
 
 #: the largest fraction of the sample the particle spheres may fill (random close packing is ~0.64)
 MAX_FRACTION = 0.6
@@ -74,7 +81,6 @@ def _positive(value: float | None, flag: str, unit: str, zero_ok: bool = False) 
 
 def physics_from_options(options: dict[str, Any]):
     """``TomogramPhysics(**options)``; an unknown key is a ConfigError naming it and the keys taken."""
-    from cryoet_forge.simulate.acquisition import simulator_parameters
     from cryoet_forge.simulate.tomogram import TomogramPhysics
 
     accepted, _ = simulator_parameters(TomogramPhysics)
@@ -89,10 +95,6 @@ def physics_from_options(options: dict[str, Any]):
 
 
 def _check_disk(out: Path, nbytes: int) -> None:
-    import shutil
-
-    from cryoet_forge.limits import format_bytes
-
     folder = Path(os.path.abspath(out))
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -105,7 +107,6 @@ def _check_disk(out: Path, nbytes: int) -> None:
 def load_class_templates(specs: Sequence[str] | None, voxel_size: float, template_box: int | None, seed: int,
                          resolution: float | None, crop: bool, assembly: int | None):
     """Every class's ``ClassTemplate`` (loaded as ``forge simulate`` loads them) and its box."""
-    from cryoet_forge.errors import InputError
     from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES
     from cryoet_forge.simulate.templates import load_template
     from cryoet_forge.simulate.tomogram import ClassTemplate, auto_template_box, prepare_template
@@ -136,8 +137,6 @@ def run_tomogram_simulation(out: Path, specs: Sequence[str] | None, shape: tuple
     every one is written; a failure leaves ``out`` as it was."""
     import numpy as np
 
-    from cryoet_forge.io.atomic import atomic_folder, check_output_folder, write_bytes_atomic
-    from cryoet_forge.limits import check_allocation
     from cryoet_forge.simulate import tomogram_output as output
     from cryoet_forge.simulate.tomogram import MembraneSpec, counts_for_fraction, simulate_tomogram, slab_of
 
@@ -219,7 +218,7 @@ def run_tomogram_simulation(out: Path, specs: Sequence[str] | None, shape: tuple
         }
         if acquisition is not None:
             summary["acquisition"] = acquisition
-        write_bytes_atomic(work / "simulation.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
+        write_json_atomic(work / "simulation.json", summary, default=str)
     return summary
 
 
@@ -303,8 +302,6 @@ def simulate_tomogram_command(use_phantoms, structures, size, voxel_size, n_per_
     forge extract --picks OUT/particles.star --tomograms OUT/tomograms --class-column forgeClassName.
     Defocus is underfocus positive. The same --seed gives the same files.
     """
-    from cryoet_forge.simulate import acquisition as acq
-    from cryoet_forge.simulate.commands import _check_flags, _parse_options
     from cryoet_forge.simulate.templates import check_specs, expand_specs
 
     if structures is not None and not structures.strip(" ,"):
@@ -363,7 +360,6 @@ def simulate_tomogram_command(use_phantoms, structures, size, voxel_size, n_per_
                               f"does not fit in a sample of {2 * room:g} A (its smallest extent)")
     for line in notes:
         click.echo(f"forge: note: {line}", err=True)
-    from cryoet_forge.devices import check_device
 
     device = str(check_device(device))
     with warnings.catch_warnings(record=True) as caught:

@@ -27,11 +27,13 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import mrcfile
 import numpy as np
 import pandas as pd
+import starfile
 
 from cryoet_forge.errors import ConfigError
-from cryoet_forge.io.atomic import atomic_path, write_bytes_atomic
+from cryoet_forge.io.atomic import atomic_path, write_json_atomic
 from cryoet_forge.io.mrc import write_mrc
 from cryoet_forge.simulate.tomogram import TomogramPhysics, TomogramResult
 
@@ -43,8 +45,6 @@ COPICK_USER, COPICK_SESSION = "forge", "0"
 
 def write_labels(path: Path, labels: np.ndarray, voxel_size: float) -> Path:
     """An integer label map as MRC (int8, mode 0; int16, mode 1, when a label exceeds 127), atomically."""
-    import mrcfile
-
     dtype = np.int8 if int(labels.max(initial=0)) <= 127 else np.int16
     with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
@@ -57,7 +57,7 @@ def write_labels(path: Path, labels: np.ndarray, voxel_size: float) -> Path:
 def write_ome_zarr(path: Path, volume: np.ndarray, voxel_size: float, name: str) -> Path:
     """One-level OME-Zarr 0.4 image (z, y, x) with the voxel size in Angstrom (what forge reads)."""
     try:
-        import zarr
+        import zarr  # optional dependency (the copick extra)
     except ImportError:
         raise ConfigError("--zarr needs the zarr library: pip install 'cryoet-forge[copick]'") from None
     group = zarr.open_group(str(path), mode="w")
@@ -73,8 +73,6 @@ def write_ome_zarr(path: Path, volume: np.ndarray, voxel_size: float, name: str)
 
 
 def write_star(path: Path, blocks: dict[str, pd.DataFrame]) -> Path:
-    import starfile
-
     with atomic_path(path, suffix=".star") as tmp:
         starfile.write(blocks, tmp, overwrite=True, float_format="%.6f")
     return path
@@ -132,7 +130,7 @@ def tomograms_table(tomograms: Sequence[tuple[str, tuple[int, int, int]]], physi
 
 def copick_name(name: str) -> str:
     """A class name as copick accepts it (no underscores, spaces or path characters)."""
-    from copick.util.escape import sanitize_name
+    from copick.util.escape import sanitize_name  # optional dependency (the copick extra)
 
     return sanitize_name(name, suppress_warnings=True)
 
@@ -144,7 +142,7 @@ class CopickWriter:
     def __init__(self, folder: Path, final: Path, class_names: Sequence[str], radii_A: Sequence[float],
                  voxel_size: float, membranes: bool):
         try:
-            import copick
+            import copick  # optional dependency (the copick extra)
             from copick.models import PickableObject
         except ImportError:
             raise ConfigError("--copick needs the copick library: pip install 'cryoet-forge[copick]'") from None
@@ -186,7 +184,7 @@ class CopickWriter:
     def finish(self) -> None:
         data = json.loads(self.config.read_text())
         data["overlay_root"] = "local://" + os.path.abspath(self.final / "overlay")
-        write_bytes_atomic(self.config, (json.dumps(data, indent=4) + "\n").encode())
+        write_json_atomic(self.config, data, indent=4)
 
 
 def write_result(work: Path, result: TomogramResult, voxel_size: float, zarr: bool, tilt_series: bool) -> None:
@@ -198,8 +196,6 @@ def write_result(work: Path, result: TomogramResult, voxel_size: float, zarr: bo
     write_labels(work / "labels" / f"{name}.mrc", result.labels, voxel_size)
     images = None
     if tilt_series and result.images is not None:
-        import mrcfile
-
         images = f"tilt_series/{name}.mrcs"
         with atomic_path(work / images) as tmp:
             with mrcfile.new(tmp, overwrite=True) as mrc:

@@ -21,6 +21,10 @@ A checkpoint without ``checksums.json`` (written before checksums existed, or co
 it) cannot be verified: it is read with a warning on stderr, or, under ``configure(strict=True)``
 (``--strict`` of ``forge train --resume``, ``forge generate`` and ``forge uncertainty``), refused
 like a corrupt one. Warnings go through ``progress.warn``, which ``--quiet`` does not silence.
+
+``CheckpointManager`` is the training loop's view of all this: ``save`` (rank 0 writes, every rank
+waits), ``load_newest_intact`` (resume) and ``last_good``; ``capture_rng``/``restore_rng`` are the
+process RNG states a checkpoint carries for a bit-exact resume.
 """
 
 from __future__ import annotations
@@ -28,17 +32,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cryoet_forge.errors import InputError
+from cryoet_forge.train.distributed import DistContext, barrier
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 FILES = ("weights.safetensors", "state.safetensors", "state.json")
@@ -268,3 +275,68 @@ def error_text(exc: BaseException) -> str:
 
 def sub_state_dict(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) + 1:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's RNG states: torch CPU and CUDA, numpy's legacy generator, Python's ``random``."""
+    np_state: Any = np.random.get_state()  # the legacy tuple (name, keys, pos, has_gauss, gaussian)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint read back: its folder, step, network weights and training state."""
+
+    path: Path
+    step: int
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+
+class CheckpointManager:
+    """The checkpoints of one training run (``RUN_DIR/checkpoints``), in the format above.
+
+    ``save`` is collective under torchrun: every rank calls it, rank 0 writes the folder (atomic,
+    checksummed, the newest ``keep`` kept) and all wait for it. ``load_newest_intact`` reads the
+    newest checkpoint that passes its checks, saying which newer ones it skipped. ``last_good`` is
+    the newest checkpoint this run wrote or resumed from (None on ranks other than 0 after a save).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int, ctx: DistContext | None = None):
+        self.run_dir, self.keep = Path(run_dir), keep
+        self.ctx = ctx if ctx is not None else DistContext()
+        self.last_good: Path | None = None
+
+    def paths(self) -> list[Path]:
+        """The complete checkpoint folders, oldest first."""
+        return list_checkpoints(self.run_dir)
+
+    def load_newest_intact(self) -> Checkpoint:
+        path, (step, weights, state) = load_newest_intact(self.run_dir, load_checkpoint)
+        self.last_good = path
+        return Checkpoint(path, step, weights, state)
+
+    def save(self, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> Path | None:
+        path = None
+        if self.ctx.is_main:
+            path = save_checkpoint(self.run_dir, step, weights, state, keep=self.keep)
+        barrier(self.ctx)
+        self.last_good = path
+        return path

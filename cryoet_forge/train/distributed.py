@@ -77,6 +77,15 @@ def mean_across_ranks(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def any_across_ranks(ctx: DistContext, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any (a one-element all-reduce under DDP)."""
+    if not ctx.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=ctx.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()

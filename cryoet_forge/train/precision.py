@@ -2,10 +2,13 @@
 
 bf16 autocast pays on a CPU only where the instructions exist (AVX512-BF16 or AMX): oneDNN
 emulates bf16 elsewhere, which is slower than fp32. On CUDA it pays where the GPU supports
-bf16 (compute capability 8.0 and newer).
+bf16 (compute capability 8.0 and newer). ``Precision`` is what the training steps get: the
+autocast context and the gradient scalers of the chosen precision.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -28,3 +31,25 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
+
+
+class Precision:
+    """The mixed precision of a run: the autocast context of its forward passes and the gradient
+    scalers of its optimisers (enabled for fp16 only, where small gradients underflow)."""
+
+    DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, precision: str, device: torch.device):
+        self.name = resolve_precision(precision, device)
+        self.device_type = torch.device(device).type
+        self.dtype: torch.dtype | None = self.DTYPES[self.name]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` to the run's dtype, or a no-op context in fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A fresh ``GradScaler`` for one optimiser (a pass-through unless fp16)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
