@@ -426,6 +426,33 @@ class Registry:
     def plugin_reports(self) -> list[PluginReport]:
         return list(self._reports)
 
+    def collect(self, hook_name: str, check: Callable[[Any], Any]) -> list[Any]:
+        """What plugins pass to ``register`` in hook ``hook_name`` (a hook that is not a component
+        kind: evaluation stages, training callbacks), each through ``check``, in the order pluggy
+        calls the plugins. A registration that fails stops the caller with one PluginError naming
+        the plugin, instead of leaving its part out."""
+        found: list[Any] = []
+        problems: list[str] = []
+
+        def register(obj: Any) -> None:
+            try:
+                found.append(check(obj))
+            except PluginError as exc:
+                problems.append(str(exc))  # recorded on the plugin's report too: raised below
+                raise
+
+        before = {id(report): report.error for report in self._reports}
+        getattr(self.pm.hook, hook_name)(register=register)
+        for report in self._reports:
+            earlier = before.get(id(report))
+            if report.error and report.error != earlier:
+                new = report.error[len(earlier) + 2:] if earlier else report.error
+                raise PluginError(f"plugin {report.name} ({report.module}): {hook_name}: "
+                                  f"{new.removeprefix(hook_name + ': ')}")
+        if problems:
+            raise PluginError(problems[0])
+        return found
+
     def register_commands(self, cli: Any) -> None:
         """Let each plugin add its commands to ``cli`` (through pluggy). A command name belongs to
         whoever added it first (the built-ins come first): a plugin that replaces or removes

@@ -36,7 +36,7 @@ from cryoet_forge.classify import (
     score_probabilities,
     train_cb3d,
 )
-from cryoet_forge.errors import ForgeError, InputError, PluginError
+from cryoet_forge.errors import ForgeError, InputError
 from cryoet_forge.evaluate import figures
 from cryoet_forge.evaluate.baseline import radial_baseline
 from cryoet_forge.evaluate.config import EvaluationConfig, classifier_options, traditional_acquisition
@@ -208,27 +208,7 @@ def _run_evaluation(config: EvaluationConfig, out_dir: str | Path, log: Log = pr
 def plugin_stages() -> list[EvaluationStage]:
     """The stages plugins add through ``forge_register_evaluation_stages``, each checked; a plugin
     whose registration fails stops the evaluation (PluginError) rather than leave its stage out."""
-    registry = get_registry()
-    found: list[EvaluationStage] = []
-    problems: list[str] = []
-
-    def register(stage: Any) -> None:
-        try:
-            found.append(check_stage(stage))
-        except PluginError as exc:
-            problems.append(str(exc))  # the registry records a plugin's errors: raised again below
-            raise
-
-    before = {id(report): report.error for report in registry.plugin_reports()}
-    registry.pm.hook.forge_register_evaluation_stages(register=register)
-    if problems:
-        raise PluginError(problems[0])
-    for report in registry.plugin_reports():
-        earlier = before.get(id(report))
-        if report.error != earlier and report.error:
-            new = report.error[len(earlier) + 2:] if earlier else report.error
-            raise PluginError(f"plugin {report.name} ({report.module}): forge_register_evaluation_stages: {new}")
-    return found
+    return get_registry().collect("forge_register_evaluation_stages", check_stage)
 
 
 def _metric_config(config: EvaluationConfig) -> dict[str, Any]:

@@ -186,28 +186,7 @@ def plugin_callbacks() -> list[Any]:
     (PluginError) rather than train without its callback."""
     from cryoet_forge.registry import get_registry
 
-    registry = get_registry()
-    found: list[Any] = []
-    problems: list[str] = []
-
-    def register(callback: Any) -> None:
-        try:
-            found.append(check_callback(callback))
-        except PluginError as exc:
-            problems.append(str(exc))  # the registry records a plugin's errors: raised again below
-            raise
-
-    before = {id(report): report.error for report in registry.plugin_reports()}
-    registry.pm.hook.forge_register_train_callbacks(register=register)
-    for report in registry.plugin_reports():  # an installed plugin's errors are recorded on its report
-        earlier = before.get(id(report))
-        if report.error != earlier and report.error:
-            new = report.error[len(earlier) + 2:] if earlier else report.error
-            new = new.removeprefix("forge_register_train_callbacks: ")
-            raise PluginError(f"plugin {report.name} ({report.module}): forge_register_train_callbacks: {new}")
-    if problems:
-        raise PluginError(problems[0])
-    return found
+    return get_registry().collect("forge_register_train_callbacks", check_callback)
 
 
 # -- the built-in callbacks ----------------------------------------------------------------------
