@@ -15,6 +15,7 @@ float32 volume of the input's size per output channel) and the weight sum are he
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -76,9 +77,18 @@ def tiles_of(shape: tuple[int, int, int], tile: int, overlap: int) -> list[tuple
 
 
 def _tile_weight(shape: tuple[int, ...], start: tuple[int, int, int], tile: int, overlap: int) -> np.ndarray:
-    """The 3-D weight of the tile at ``start``: the outer product of its axes' :func:`blend_weights`."""
-    z, y, x = (blend_weights(tile, overlap, left=s > 0, right=s + tile < n) for s, n in zip(start, shape))
-    return (z[:, None, None] * y[None, :, None] * x[None, None, :]).astype(np.float32)
+    """The 3-D weight of the tile at ``start``: the outer product of its axes' :func:`blend_weights`
+    (one of at most 64 kinds, by which faces lie at the volume's own: computed once each)."""
+    faces = tuple((s > 0, s + tile < n) for s, n in zip(start, shape))
+    return _weight_of(tile, overlap, faces)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=64)
+def _weight_of(tile: int, overlap: int, faces: tuple[tuple[bool, bool], ...]) -> np.ndarray:
+    z, y, x = (blend_weights(tile, overlap, left=left, right=right) for left, right in faces)
+    weight = (z[:, None, None] * y[None, :, None] * x[None, None, :]).astype(np.float32)
+    weight.flags.writeable = False
+    return weight
 
 
 def _batches(items: list[tuple[int, int, int]], size: int) -> Iterator[list[tuple[int, int, int]]]:
