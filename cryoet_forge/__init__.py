@@ -24,13 +24,13 @@ __all__ = ["__version__", "hookimpl", "ForgeError", "create", "list_components"]
 
 def create(kind: str, name: str, **options):
     """Build a registered component, e.g. ``create("generator", "unet3d", base=8)``."""
-    from cryoet_forge import registry
+    from cryoet_forge import registry  # start-up: plugins load on first use, not on import
 
     return registry.create(kind, name, **options)
 
 
 def list_components(kind: str):
     """Names of the registered components of ``kind`` (``"generator"``, ``"critic"``, ...)."""
-    from cryoet_forge import registry
+    from cryoet_forge import registry  # start-up: plugins load on first use, not on import
 
     return registry.names(kind)

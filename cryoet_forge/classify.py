@@ -440,32 +440,11 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
     with torch.random.fork_rng(devices=[]), display.stage(label, options.epochs, "epochs") as bar:
         torch.manual_seed(seed + 1)  # dropout draws
         for epoch in range(options.epochs):
-            order = epoch_order(fit_labels, generator, options.balanced)
-            total, correct, loss_sum = 0, 0, 0.0
-            for begin in range(0, len(order), options.batch_size):
-                index = order[begin:begin + options.batch_size]
-                if len(index) < 2 and len(order) > 1:
-                    continue  # a lone sample gives BatchNorm nothing to normalise over
-                x = fit_volumes[index]
-                if options.augment or options.max_shift or options.permute_axes:
-                    x = augment_batch(x, generator, options.augment, options.max_shift, options.permute_axes)
-                y = fit_labels[index]
-                if options.mixup > 0:
-                    x, y_mix, lam = mixup_batch(x, y, options.mixup, mix_rng, generator)
-                x, y = x.to(device).contiguous(memory_format=memory_format), y.to(device)
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                if options.mixup > 0:
-                    loss = lam * loss + (1.0 - lam) * loss_fn(logits, y_mix.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(index)
-                correct += int((logits.argmax(1) == y).sum())
-                total += len(index)
+            loss, accuracy = _train_epoch(model, optimizer, loss_fn, fit_volumes, fit_labels, options, generator,
+                                          mix_rng, device, memory_format)
             scheduler.step()
-            history.loss.append(loss_sum / max(total, 1))
-            history.train_accuracy.append(correct / max(total, 1))
+            history.loss.append(loss)
+            history.train_accuracy.append(accuracy)
             info = f"loss {history.loss[-1]:.3f} train accuracy {history.train_accuracy[-1]:.3f}"
             stop = False
             if len(val_index):
@@ -489,6 +468,38 @@ def train_cb3d(data: LabelledVolumes, options: ClassifierOptions, seed: int = 0,
     history.seconds = time.perf_counter() - start
     model.eval()
     return model, history
+
+
+def _train_epoch(model: CB3D, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, volumes: torch.Tensor,
+                 labels: torch.Tensor, options: ClassifierOptions, generator: torch.Generator,
+                 mix_rng: np.random.Generator, device: torch.device,
+                 memory_format: torch.memory_format) -> tuple[float, float]:
+    """One epoch of optimiser steps over the fit part (``volumes``, ``labels``) in a seeded order,
+    augmented and mixed as ``options`` say: (mean loss, training accuracy) over the samples used."""
+    order = epoch_order(labels, generator, options.balanced)
+    total, correct, loss_sum = 0, 0, 0.0
+    for begin in range(0, len(order), options.batch_size):
+        index = order[begin:begin + options.batch_size]
+        if len(index) < 2 and len(order) > 1:
+            continue  # a lone sample gives BatchNorm nothing to normalise over
+        x = volumes[index]
+        if options.augment or options.max_shift or options.permute_axes:
+            x = augment_batch(x, generator, options.augment, options.max_shift, options.permute_axes)
+        y = labels[index]
+        if options.mixup > 0:
+            x, y_mix, lam = mixup_batch(x, y, options.mixup, mix_rng, generator)
+        x, y = x.to(device).contiguous(memory_format=memory_format), y.to(device)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        if options.mixup > 0:
+            loss = lam * loss + (1.0 - lam) * loss_fn(logits, y_mix.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(index)
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(index)
+    return loss_sum / max(total, 1), correct / max(total, 1)
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ from cryoet_forge.errors import ConfigError, PluginError
 # (start-up time), and here only for type checking
 if TYPE_CHECKING:
     import numpy as np
-    import torch
+    import torch  # start-up: `forge --help` imports this module
 
 
 @runtime_checkable
@@ -143,7 +143,7 @@ class PrdcCounts:
 
     def metrics(self) -> dict[str, float]:
         """The four values, with the same float64 operations as ``prdc.compute_prdc``."""
-        import numpy as np
+        import numpy as np  # start-up: `forge --help` imports this module
 
         n, m = float(self.n_real), float(self.n_fake)
         return {
@@ -392,7 +392,7 @@ def check_factory(kind: str, factory: Callable[..., Any]) -> None:
             raise ContractError(f"class {factory.__name__} lacks {', '.join(missing)} "
                                 f"(the {kind} protocol: {_describe(PROTOCOLS[kind])})")
         if kind in MODULE_KINDS:
-            import torch
+            import torch  # start-up: `forge --help` imports this module
 
             if not issubclass(factory, torch.nn.Module):
                 raise ContractError(f"class {factory.__name__} is not a torch.nn.Module")
@@ -414,7 +414,7 @@ def check_instance(kind: str, obj: Any) -> None:
     """ContractError when the built object ``obj`` does not satisfy its kind's protocol."""
     protocols = PROTOCOLS[kind]
     if kind in MODULE_KINDS:
-        import torch
+        import torch  # start-up: `forge --help` imports this module
 
         if not isinstance(obj, torch.nn.Module):
             raise ContractError(f"built a {type(obj).__name__}, not a torch.nn.Module")
@@ -459,7 +459,7 @@ def check_role(kind: str, role: str, obj: Any, name: str) -> None:
 
 
 def _is_module(obj: Any) -> bool:
-    import torch
+    import torch  # start-up: `forge --help` imports this module
 
     return isinstance(obj, torch.nn.Module)
 
@@ -492,7 +492,7 @@ def check_generator_output(generator: Any, x: Any, y: Any) -> None:
     """PluginError (one line naming the generator and the shapes) when ``y = generator(x)`` breaks
     the generator contract: a tensor of the input's shape (N, 1, S, S, S), a floating dtype, finite
     values."""
-    import torch
+    import torch  # start-up: `forge --help` imports this module
 
     name = describe(generator)
     shape = tuple(x.shape)

@@ -33,7 +33,7 @@ class NonEmptyPath(click.Path):
 
 def check_device(value: str, what: str = "--device", local_rank: int = 0):
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a torch.device that exists on this machine."""
-    import torch
+    import torch  # start-up: the command modules import this one for `forge --help`
 
     name = str(value).strip().lower()
     if not DEVICE_PATTERN.match(name):

@@ -74,6 +74,7 @@ def format_seconds(seconds: float) -> str:
 
 def _rich():
     if _live["progress"] is None:
+        # start-up: rich is loaded when a progress bar is first drawn, not by `forge --help`
         from rich.console import Console
         from rich.progress import (
             BarColumn,

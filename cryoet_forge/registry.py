@@ -247,80 +247,18 @@ class Registry:
         self._origins[id(contained)] = report
         self._reports.append(report)
 
-    def _contained(self, function: Callable[..., Any], hook_name: str,
-                   report: PluginReport) -> Callable[..., Any]:
-        """``function`` (one plugin's implementation of ``hook_name``) as pluggy will call it:
-        with the plugin known to ``register`` and its errors recorded on its report instead of
-        ending the hook call for every other plugin (its result then is None)."""
-
-        @functools.wraps(function)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            before = (dict(self._cli.commands)
-                      if hook_name == "forge_register_commands" and self._cli is not None else None)
-            try:
-                with _reporting(report):
-                    return function(*args, **kwargs)
-            except BaseException as exc:
-                if not _contain(exc):
-                    raise
-                report.add_error(_exception_text(exc))
-                return None
-            finally:
-                if before is not None:
-                    self._check_commands(before, report)
-
-        return call
-
-    @staticmethod
-    def _contained_wrapper(function: Callable[..., Any], hook_name: str,
-                           report: PluginReport) -> Callable[..., Any]:
-        """A hook wrapper's generator ``function`` (``wrapper=True`` or ``hookwrapper=True``) as
-        pluggy will drive it: each step runs with the plugin known to ``register``, and an error the
-        plugin's own code raises (before or after its ``yield``) is recorded on its report; the hook
-        call then goes on as if the wrapper were not there. What the inner implementations raise
-        passes through unchanged."""
-
-        @functools.wraps(function)
-        def drive(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            steps = function(*args, **kwargs)  # a generator: no plugin code has run yet
-            try:
-                with _reporting(report):
-                    next(steps)
-            except StopIteration:
-                report.add_error(f"hook wrapper {hook_name} did not yield")
-                return (yield)
-            except BaseException as exc:
-                if not _contain(exc):
-                    raise
-                report.add_error(_exception_text(exc))
-                return (yield)
-            inner: BaseException | None = None
-            received = None
-            try:
-                received = yield
-            except BaseException as exc:  # raised by the implementations inside this wrapper
-                inner = exc
-            try:
-                with _reporting(report):
-                    if inner is not None:
-                        steps.throw(inner)
-                    else:
-                        steps.send(received)
-            except StopIteration as stop:
-                return stop.value
-            except BaseException as exc:
-                if exc is inner or not _contain(exc):
-                    raise
-                report.add_error(_exception_text(exc))
-            else:
-                report.add_error(f"hook wrapper {hook_name} has a second yield")
-                with contextlib.suppress(*CONTAINED):
-                    steps.close()
-            if inner is not None:
-                raise inner
-            return received
-
-        return drive
+    @contextlib.contextmanager
+    def _command_guard(self, hook_name: str, report: PluginReport) -> Iterator[None]:
+        """Around a plugin's ``forge_register_commands``: any command of another owner that it
+        replaced or removed is put back, and the clash is recorded on its report."""
+        if hook_name != "forge_register_commands" or self._cli is None:
+            yield
+            return
+        before = dict(self._cli.commands)
+        try:
+            yield
+        finally:
+            _check_commands(self._cli, before, report)
 
     def _load_entry_points(self) -> None:
         eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
@@ -477,29 +415,6 @@ class Registry:
                 raise
             self._unattributed().add_error(_exception_text(exc))
 
-    def _check_commands(self, before: dict[str, Any], report: PluginReport) -> None:
-        """Put back any command of another owner that the plugin of ``report`` replaced or removed."""
-        cli = self._cli
-        owners: dict[str, str] = cli.__dict__["_forge_command_owners"]
-        origin = report.name
-        problems = []
-        for name in sorted(set(before) | set(cli.commands)):
-            owner = owners.get(name)
-            if name not in before:
-                owners.setdefault(name, origin)
-                if owners[name] == origin:
-                    continue
-            if before.get(name) is cli.commands.get(name) or owner == origin:
-                continue
-            if name in before:
-                cli.commands[name] = before[name]
-            else:
-                cli.commands.pop(name, None)
-            problems.append(f"command {name!r} belongs to {owner}; a plugin cannot replace it")
-        if problems:
-            report.add_error("; ".join(problems))
-
-
 #: the plugin whose hook implementation is running (``register`` names it as the origin)
 _calling: contextvars.ContextVar[PluginReport | None] = contextvars.ContextVar("forge_calling", default=None)
 
@@ -512,6 +427,101 @@ def _reporting(report: PluginReport) -> Iterator[None]:
         yield
     finally:
         _calling.reset(token)
+
+
+def _contained(function: Callable[..., Any], hook_name: str, report: PluginReport,
+               guard: Callable[[str, PluginReport], contextlib.AbstractContextManager[None]]) -> Callable[..., Any]:
+    """``function`` (one plugin's implementation of ``hook_name``) as pluggy will call it:
+    with the plugin known to ``register`` and its errors recorded on its report instead of
+    ending the hook call for every other plugin (its result then is None). ``guard(hook_name,
+    report)`` surrounds the call (the registry's check that a plugin keeps others' commands)."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with guard(hook_name, report):
+            try:
+                with _reporting(report):
+                    return function(*args, **kwargs)
+            except BaseException as exc:
+                if not _contain(exc):
+                    raise
+                report.add_error(_exception_text(exc))
+                return None
+
+    return call
+
+
+def _contained_wrapper(function: Callable[..., Any], hook_name: str, report: PluginReport) -> Callable[..., Any]:
+    """A hook wrapper's generator ``function`` (``wrapper=True`` or ``hookwrapper=True``) as
+    pluggy will drive it: each step runs with the plugin known to ``register``, and an error the
+    plugin's own code raises (before or after its ``yield``) is recorded on its report; the hook
+    call then goes on as if the wrapper were not there. What the inner implementations raise
+    passes through unchanged."""
+
+    @functools.wraps(function)
+    def drive(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        steps = function(*args, **kwargs)  # a generator: no plugin code has run yet
+        try:
+            with _reporting(report):
+                next(steps)
+        except StopIteration:
+            report.add_error(f"hook wrapper {hook_name} did not yield")
+            return (yield)
+        except BaseException as exc:
+            if not _contain(exc):
+                raise
+            report.add_error(_exception_text(exc))
+            return (yield)
+        inner: BaseException | None = None
+        received = None
+        try:
+            received = yield
+        except BaseException as exc:  # raised by the implementations inside this wrapper
+            inner = exc
+        try:
+            with _reporting(report):
+                if inner is not None:
+                    steps.throw(inner)
+                else:
+                    steps.send(received)
+        except StopIteration as stop:
+            return stop.value
+        except BaseException as exc:
+            if exc is inner or not _contain(exc):
+                raise
+            report.add_error(_exception_text(exc))
+        else:
+            report.add_error(f"hook wrapper {hook_name} has a second yield")
+            with contextlib.suppress(*CONTAINED):
+                steps.close()
+        if inner is not None:
+            raise inner
+        return received
+
+    return drive
+
+
+def _check_commands(cli: Any, before: dict[str, Any], report: PluginReport) -> None:
+    """Put back any command of another owner that the plugin of ``report`` replaced or removed from
+    ``cli`` (its commands were ``before``)."""
+    owners: dict[str, str] = cli.__dict__["_forge_command_owners"]
+    origin = report.name
+    problems = []
+    for name in sorted(set(before) | set(cli.commands)):
+        owner = owners.get(name)
+        if name not in before:
+            owners.setdefault(name, origin)
+            if owners[name] == origin:
+                continue
+        if before.get(name) is cli.commands.get(name) or owner == origin:
+            continue
+        if name in before:
+            cli.commands[name] = before[name]
+        else:
+            cli.commands.pop(name, None)
+        problems.append(f"command {name!r} belongs to {owner}; a plugin cannot replace it")
+    if problems:
+        report.add_error("; ".join(problems))
 
 
 class _ContainedPlugin:
@@ -534,9 +544,9 @@ class _ContainedPlugin:
                 if not inspect.isgeneratorfunction(function):
                     setattr(self, attr, function)
                     continue
-                contained = registry._contained_wrapper(function, hook_name, report)
+                contained = _contained_wrapper(function, hook_name, report)
             else:
-                contained = registry._contained(function, hook_name, report)
+                contained = _contained(function, hook_name, report, registry._command_guard)
             setattr(self, attr, hookspecs.hookimpl(contained, **opts))
 
     def __repr__(self) -> str:

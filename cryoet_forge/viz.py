@@ -31,7 +31,8 @@ def save_slice_montage(path: str | os.PathLike, rows: Sequence[Sequence[np.ndarr
     Each cell is a 2D image or a 3D volume (its central z slice is shown). Each image is
     scaled to its own 1st-99th percentile so noisy and clean volumes are both visible.
     """
-    # a bare Figure renders through Agg without touching pyplot's global backend
+    # a bare Figure renders through Agg without touching pyplot's global backend; start-up:
+    # matplotlib (about 0.4 s) is loaded only when a figure is drawn
     from matplotlib.figure import Figure
 
     rows = [list(r) for r in rows]

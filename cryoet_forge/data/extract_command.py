@@ -25,7 +25,7 @@ WARP_NAME = re.compile(r"(.+)_\d+(?:\.\d+)?Apx")
 
 def tomogram_files(paths: list[Path]) -> dict[str, Path]:
     """name -> tomogram path for the given files and folders (MRC files and OME-Zarr folders)."""
-    from cryoet_forge.io.tomograms import MRC_SUFFIXES
+    from cryoet_forge.io.tomograms import MRC_SUFFIXES  # start-up: the module imports numpy and mrcfile
 
     found: dict[str, Path] = {}
     for path in paths:
@@ -78,8 +78,9 @@ def jobs_from_tables(picks_paths: list[Path], tomograms: list[Path], unit: str |
                      coords_pixel_size: float | None = None, only: list[str] | None = None):
     """(tomogram, picks, unit) per tomogram and pick source; ``only``: keep the picks of these
     tomogram names (``--tomo-name``), each of which must appear in the picks."""
-    import pandas as pd
+    import pandas as pd  # start-up: pandas
 
+    # start-up: the readers of picks and tomograms import numpy, pandas, starfile and mrcfile
     from cryoet_forge.io.picks import read_picks
     from cryoet_forge.io.tomograms import open_tomogram
 
@@ -164,7 +165,7 @@ def check_flags(tomogram_voxel_size: float | None, copick_voxel_spacing: float |
     """Before any work, each flag refused by its name: voxel sizes (Angstrom, 0.01-1000), an empty
     class column, a --tomograms-star that is not a RELION 5 tomograms STAR (read even where the
     picks do not need it)."""
-    from cryoet_forge.io.mrc import check_voxel_size
+    from cryoet_forge.io.mrc import check_voxel_size  # start-up: the module imports numpy and mrcfile
 
     for flag, value in (("--tomogram-voxel-size", tomogram_voxel_size), ("--copick-voxel-spacing", copick_voxel_spacing),
                         ("--coords-pixel-size", coords_pixel_size)):
@@ -173,7 +174,7 @@ def check_flags(tomogram_voxel_size: float | None, copick_voxel_spacing: float |
     if class_column is not None and not class_column.strip():
         raise InputError(f"--class-column {class_column!r} is empty; expected the name of the picks' class column")
     if tomograms_star is not None:
-        from cryoet_forge.io.picks import read_relion_tomograms
+        from cryoet_forge.io.picks import read_relion_tomograms  # start-up: pandas and starfile
 
         read_relion_tomograms(tomograms_star)
 
@@ -234,6 +235,7 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_s
                     copick_voxel_spacing, tomo_type, runs, scale, tomogram_voxel_size, box, voxel_size, invert,
                     normalize, pad_edge, background, min_distance, seed, bundle, overwrite, class_names, out) -> None:
     """Cut labelled subtomograms out of tomograms around particle picks."""
+    # start-up: the extraction imports numpy, scipy, pandas, mrcfile and starfile
     from cryoet_forge.data.extracted import write_plan
     from cryoet_forge.extract import ExtractOptions, plan_extraction, summary_lines
 
@@ -248,7 +250,7 @@ def extract_command(picks_paths, tomograms, tomograms_star, unit, coords_pixel_s
                              edge="pad" if pad_edge else "skip", background=background,
                              min_distance=min_distance, seed=seed).check()
     if copick_config is not None:
-        from cryoet_forge.data.copick import copick_jobs
+        from cryoet_forge.data.copick import copick_jobs  # start-up: torch, scipy; copick (optional) in it
 
         jobs = copick_jobs(copick_config, list(objects) or None, copick_voxel_spacing, tomo_type,
                            list(runs) or None, scale)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from cryoet_forge import hookimpl
 from cryoet_forge.data.extract_command import extract_command
 from cryoet_forge.data.folders import LabelledFolderDataset, VolumeFolderDataset
 from cryoet_forge.data.simulated import SimulatedDataset
-
-# The registry imports every plugin module (`forge list`, every command that builds a component):
-# a component's module is imported inside its factory, so that a command loads only the components
-# it uses (start-up time).
+from cryoet_forge.data.tomogram_crops import TomogramCropDataset
 
 
 @hookimpl
@@ -26,14 +25,10 @@ def forge_register_datasets(register):
 
 
 def _tomogram_crops(root: str, **options):
-    from cryoet_forge.data.tomogram_crops import TomogramCropDataset
-
     return TomogramCropDataset(root, **options)
 
 
 def _tomogram_crops_example(folder: Path) -> dict:
-    from cryoet_forge.data.tomogram_crops import TomogramCropDataset
-
     return TomogramCropDataset.contract_example(folder)
 
 
@@ -42,6 +37,8 @@ _tomogram_crops.contract_example = _tomogram_crops_example  # type: ignore[attr-
 
 
 def _copick_dataset(config: str, **options):
+    # start-up: the copick dataset's module loads scipy.spatial, .sparse and .linalg (about 0.1 s,
+    # on every registry load were it imported at the top); copick itself, optional, loads on use
     from cryoet_forge.data.copick import CopickDataset
 
     return CopickDataset(config, **options)
@@ -54,8 +51,8 @@ _copick_dataset.options_from = "cryoet_forge.data.copick:CopickDataset"  # type:
 def _copick_example(folder: Path) -> dict:
     """Options of a tiny instance for the contract tests: a copick project (copick's own API) with
     one run, a 40^3 tomogram and four picks of one object. Needs copick (ImportError otherwise)."""
-    import copick  # optional dependency (the copick extra)
-    import numpy as np
+    # optional dependency (the copick extra)
+    import copick
     from copick.models import PickableObject
 
     config = Path(folder) / "copick.json"

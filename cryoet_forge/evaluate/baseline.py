@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from cryoet_forge.classify import LabelledVolumes
-
-# scikit-learn is imported inside the function that fits with it (start-up time).
 
 #: the Gaussian low-pass (voxels) applied before the profiles
 SIGMA = 1.0
@@ -67,10 +68,6 @@ def radial_baseline(train: LabelledVolumes, test: LabelledVolumes, seed: int = 0
                     sigma: float = SIGMA) -> BaselineResult:
     """Train the baseline on ``train``, score it on ``test`` (labels in the same class order);
     ``sigma``: the low-pass (voxels) before the profiles, 0 = none."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     x_train, x_test = radial_profiles(train.volumes, sigma), radial_profiles(test.volumes, sigma)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
     model.fit(x_train, train.labels)

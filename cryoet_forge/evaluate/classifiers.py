@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from cryoet_forge.classify import ClassifierOptions, LabelledVolumes, train_cb3d
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.evaluate.baseline import radial_profiles
 from cryoet_forge.models.cb3d import run_inference
 from cryoet_forge.options import VALIDATED_RULE
-
-# scikit-learn is imported inside the classifier that fits with it (start-up time).
 
 
 @dataclass
@@ -76,10 +77,6 @@ class RadialClassifier:
         self.n_classes = 0
 
     def fit(self, train: LabelledVolumes, seed: int) -> None:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
         index = stratified_bootstrap(train.labels, int(seed)) if self.bootstrap else np.arange(len(train))
         if len(np.unique(train.labels[index])) < 2:
             raise ConfigError(f"{train.source}: classifier 'radial' needs at least two classes to learn")

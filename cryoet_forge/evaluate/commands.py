@@ -11,15 +11,18 @@ import click
 from cryoet_forge import progress
 from cryoet_forge.devices import SEED, NonEmptyPath, device_callback
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.evaluate.report import number
 from cryoet_forge.io.atomic import lock_output
 from cryoet_forge.io.files import check_output_target
 from cryoet_forge.limits import check_allocation
+from cryoet_forge.metrics.reliability import rule_names
 from cryoet_forge.options import VALIDATED_RULE
 from cryoet_forge.progress import log, quiet_option
 from cryoet_forge.simulate.commands import _parse_options
 
 # `forge --help` imports this module: what only a command's work needs (numpy, torch, pandas and the
-# modules built on them) is imported inside the functions that use it (start-up time).
+# modules built on them) is imported inside the functions that use it (start-up time), each run of
+# such imports marked `# start-up`.
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -96,18 +99,12 @@ def classify_train(data_path, test_path, out_dir, epochs, batch_size, lr, channe
                    fc_width, dropout, normalize, no_augment, validation_fraction, patience, seed, device,
                    overwrite) -> None:
     """Train CB3D on a labelled folder and save it (safetensors + JSON metadata)."""
-    from cryoet_forge.classify import (
-        ClassifierOptions,
-        check_splits,
-        load_labelled,
-        train_cb3d,
-    )
+    # start-up: torch and pandas only when the command runs
+    from cryoet_forge.classify import ClassifierOptions, check_splits, load_labelled, train_cb3d
     from cryoet_forge.evaluate.classification_report import score_and_write
-    from cryoet_forge.models.cb3d import save_cb3d
+    from cryoet_forge.models.cb3d import checkpoint_paths, save_cb3d
 
     check_output_target(out_dir, folder=out_dir.suffix != ".safetensors")
-    from cryoet_forge.models.cb3d import checkpoint_paths
-
     lock_output(out_dir)
     existing = [p.name for p in checkpoint_paths(out_dir) if p.exists() or p.is_symlink()]
     if existing and not overwrite:
@@ -156,6 +153,7 @@ def _print_scores(result) -> None:
 @click.option("--device", default="cpu", show_default=True, callback=device_callback)
 def classify_eval(model_path, data_path, out_dir, device) -> None:
     """Score a trained CB3D on a labelled folder: accuracy, per-class accuracy, confusion matrix PNG."""
+    # start-up: torch and pandas only when the command runs
     from cryoet_forge.classify import check_trained_voxel_size, load_labelled
     from cryoet_forge.evaluate.classification_report import score_and_write
     from cryoet_forge.models.cb3d import load_cb3d
@@ -172,7 +170,7 @@ def classify_eval(model_path, data_path, out_dir, device) -> None:
 
 def _check_feature_outputs(out_path: Path, probs_path: Path | None) -> None:
     """Before the network runs: each feature file can be written, with a suffix forge metrics reads."""
-    from cryoet_forge.io.embeddings import FEATURE_SUFFIXES
+    from cryoet_forge.io.embeddings import FEATURE_SUFFIXES  # start-up: numpy only when the command runs
 
     for flag, path in (("--out", out_path), ("--probabilities", probs_path)):
         if path is None:
@@ -195,6 +193,7 @@ def _check_feature_outputs(out_path: Path, probs_path: Path | None) -> None:
 @click.option("--device", default="cpu", show_default=True, callback=device_callback)
 def classify_features(model_path, data_path, out_path, probs_path, device) -> None:
     """Write the CB3D dense-layer features (N x 4096) of a folder's volumes."""
+    # start-up: torch and pandas only when the command runs
     from cryoet_forge.classify import check_trained_voxel_size, load_labelled
     from cryoet_forge.io.embeddings import save_features
     from cryoet_forge.models.cb3d import load_cb3d, run_inference
@@ -238,6 +237,7 @@ def classify_features(model_path, data_path, out_path, probs_path, device) -> No
 def evaluate_command(config_path, suite_path, out_dir, overrides, only_domains, only_methods,
                      budget_minutes, resume) -> None:
     """Run the paper's evaluation protocol end to end and write report.md, results.json and PNGs."""
+    # start-up: the evaluation's configuration imports torch, scipy and pandas
     from cryoet_forge.evaluate.config import load_evaluation_config, parse_overrides
 
     if (config_path is None) == (suite_path is None):
@@ -268,6 +268,7 @@ def _check_budget(minutes: float | None) -> None:
 
 def _run_suite(suite_path: Path, out_dir: Path, overrides: dict, domains: list[str] | None,
                methods: list[str] | None) -> None:
+    # start-up: the suite runs evaluations (torch, scipy, pandas)
     from cryoet_forge.evaluate.suite import OUTCOME_TEXT, load_suite, run_suite
 
     suite = load_suite(suite_path, overrides)
@@ -288,7 +289,7 @@ def _run_suite(suite_path: Path, out_dir: Path, overrides: dict, domains: list[s
 
 def _run(config, out_dir: Path, budget_minutes: float | None, resume: bool = False) -> None:
     """Fit to the time budget (if one is given), run the evaluation, print the headline numbers last."""
-    from cryoet_forge.evaluate.pipeline import run_evaluation
+    from cryoet_forge.evaluate.pipeline import run_evaluation  # start-up: torch, scipy, pandas
 
     budget = None
     if budget_minutes is not None:
@@ -303,6 +304,7 @@ def _fit_to_budget(config, minutes: float, out_dir: Path, resume: bool):
     """``fit_to_budget`` as a stage of the evaluation: with ``resume`` the scaled configuration of the
     earlier run (same configuration, same minutes) is reused, not measured again (a new measurement
     would scale differently and so recompute every stage)."""
+    # start-up: the budget's measurement and the stages import torch, scipy and pandas
     from cryoet_forge.evaluate.budget import fit_to_budget
     from cryoet_forge.evaluate.config import config_from_dict
     from cryoet_forge.evaluate.stages import Stages
@@ -317,9 +319,7 @@ def _fit_to_budget(config, minutes: float, out_dir: Path, resume: bool):
 
 
 def _print_summary(out_dir: Path) -> None:
-    from cryoet_forge.evaluate.pipeline import load_results
-    from cryoet_forge.evaluate.report import number
-    from cryoet_forge.metrics.reliability import rule_names
+    from cryoet_forge.evaluate.pipeline import load_results  # start-up: torch, scipy, pandas
 
     results = load_results(out_dir)
     verdict = results.get("verdict")
@@ -356,7 +356,7 @@ def _print_summary(out_dir: Path) -> None:
 @click.option("--resume", is_flag=True, help="reuse the stages an earlier run finished in OUT (as forge evaluate)")
 def quickstart_command(out_dir, seed, budget_minutes, resume) -> None:
     """The whole loop, small, on a CPU: simulate, train the GAN, generate, classify, metrics, report."""
-    from cryoet_forge.evaluate.config import quickstart_config
+    from cryoet_forge.evaluate.config import quickstart_config  # start-up: torch, scipy, pandas
 
     _check_budget(budget_minutes)
     check_output_target(out_dir, folder=True)
@@ -404,6 +404,7 @@ def _radii(pairs: tuple[str, ...]) -> dict[str, float]:
 def evaluate_picking_command(picks_path, tomograms, train, test, unit, class_column, radius_pairs, radius_column,
                              synthetic, refined, picker, option_pairs, seeds, margin, out_dir, overwrite) -> None:
     """Pickers trained on traditional, GAN-refined and real tomograms, scored on held-out real ones."""
+    # start-up: numpy, scipy and pandas only when the command runs
     from cryoet_forge.evaluate.picking import run_picking_evaluation
     from cryoet_forge.io.picks import read_picks
     from cryoet_forge.picking.tomograms import read_radii, tomogram_names

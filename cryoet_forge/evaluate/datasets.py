@@ -282,6 +282,20 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
         description = (f"embedded: 'experimental' = {exp.simulator} {exp.options or '(defaults)'} on "
                        f"{'per-particle variants of ' if d.vary_shapes else ''}the class maps")
 
+    density_train, density_generate, traditional, density_star = _simulate_domain_d_and_traditional(
+        config, folder, templates, class_names, voxel_size, log)
+    return EvaluationData(class_names, box, voxel_size, templates, real_train, real_test, density_train,
+                          density_generate, traditional, Path(real_train_star), Path(density_star), description)
+
+
+def _simulate_domain_d_and_traditional(
+        config: EvaluationConfig, folder: Path, templates: dict[str, np.ndarray], class_names: list[str],
+        voxel_size: float, log: Callable[[str], None],
+) -> tuple[LabelledVolumes, LabelledVolumes, LabelledVolumes, Path]:
+    """The GAN's input (domain D: posed clean maps, or with ``gan.input = "traditional"`` the
+    traditional simulation itself), written to ``folder/density``, the traditional baseline set and
+    the volumes the trained GAN generates from."""
+    d = config.data
     trad = config.traditional
     trad_options, _, notes = traditional_acquisition(trad)  # [traditional.acquisition] merged in
     for note in notes:
@@ -306,8 +320,7 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
         density_generate, _ = simulate_labelled(
             "posed-map", {}, templates, class_names, config.downstream.n_per_class, voxel_size, d.seed * 1000 + 14,
             "density maps for generation")
-    return EvaluationData(class_names, box, voxel_size, templates, real_train, real_test, density_train,
-                          density_generate, traditional, Path(real_train_star), Path(density_star), description)
+    return density_train, density_generate, traditional, density_star
 
 
 def _volume_digests(data: LabelledVolumes) -> list[bytes]:

@@ -31,10 +31,12 @@ def wrap(label: str, width: int = 28) -> str:
 
 
 def _pyplot():
+    # start-up: matplotlib (about 0.4 s) only when a figure is drawn, with the Agg backend chosen before pyplot
+    # loads (at import, choosing it would change the backend of any program that imports this module)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: as above, after the backend is chosen
 
     return plt
 
@@ -77,7 +79,7 @@ def save_metric_curves(path: str | Path, steps: Sequence[int], curves: Mapping[s
                        title: str | None = None, reference: Mapping[str, float] | None = None) -> Path:
     """One panel per metric over training steps; optional horizontal reference lines (the baseline)."""
     plt = _pyplot()
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator  # start-up: as in _pyplot
 
     names = list(curves)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)

@@ -131,10 +131,11 @@ def synthetic_source(folder: str | os.PathLike, radii_A: Mapping[str, float],
 def _slice_figure(path: Path, tomogram: LabelledTomogram, found: Mapping[str, np.ndarray], title: str) -> None:
     """The central z slice (a 5-slice average) with the true centres within 3 slices (circles) and
     the picks there (crosses), one colour per class."""
+    # start-up: matplotlib (about 0.4 s) only when the figure is drawn, its Agg backend chosen before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up: as above, after the backend is chosen
 
     z = tomogram.volume.shape[0] // 2
     image = tomogram.volume[max(z - 2, 0):z + 3].mean(0)

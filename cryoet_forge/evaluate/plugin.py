@@ -19,7 +19,7 @@ from cryoet_forge.options import check_options
 
 def _cb3d_extractor(**options):
     """CB3D dense-layer (4096-d) features; option checkpoint=DIR from `forge classify train`."""
-    from cryoet_forge.models.cb3d import CB3DFeatureExtractor
+    from cryoet_forge.models.cb3d import CB3DFeatureExtractor  # start-up: torch when the component is built
 
     check_options("feature-extractor", "cb3d", CB3DFeatureExtractor, options)
     return CB3DFeatureExtractor(**options)
@@ -32,7 +32,7 @@ def forge_register_feature_extractors(register):
 
 def _cb3d_classifier(**options):
     """CB3D, the paper's 3D CNN; options: the [classifier] table (defaults: the validated rule)."""
-    from cryoet_forge.evaluate.classifiers import CB3DClassifier, RuleOptions
+    from cryoet_forge.evaluate.classifiers import CB3DClassifier, RuleOptions  # start-up: torch, sklearn
 
     check_options("classifier", "cb3d", RuleOptions, options)
     return CB3DClassifier(**options)
@@ -43,7 +43,7 @@ _cb3d_classifier.options_from = "cryoet_forge.evaluate.classifiers:RuleOptions" 
 
 def _radial_classifier(**options):
     """Rotation-invariant radial profiles + logistic regression (no pose, no GPU; seconds)."""
-    from cryoet_forge.evaluate.classifiers import RadialClassifier
+    from cryoet_forge.evaluate.classifiers import RadialClassifier  # start-up: torch, sklearn
 
     check_options("classifier", "radial", RadialClassifier, options)
     return RadialClassifier(**options)

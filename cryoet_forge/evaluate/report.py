@@ -277,21 +277,36 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_report(results: dict[str, Any]) -> str:
-    data = results["data"]
-    quality = results["quality"]
+    """report.md: one section after another, each from ``results`` alone."""
+    names = set_names(results["config"], results.get("gan"))
     downstream = results["downstream"]
-    inception = results["inception"]
     confidence = downstream["cryoetgan"]["confidence"]
-    n_seeds = len(downstream["cryoetgan"]["seeds"])
-    ci = f"{round(confidence * 100)}% CI over {n_seeds} seeds"
+    ci = f"{round(confidence * 100)}% CI over {len(downstream['cryoetgan']['seeds'])} seeds"
+    lines = _header(results, names)
+    lines += _data_section(results)
+    lines += _verdict_section(results, names)
+    lines += _table_2(results, names, ci)
+    lines += _per_class_section(results, ci)
+    lines += _ablation_tables(results, names)
+    lines += _figures_section(results, names, ci)
+    lines += _reproduce_section(results)
+    lines += _budget_section(results)
+    return "\n".join(lines)
+
+
+def _refines(results: dict[str, Any]) -> bool:
+    """The GAN refines the traditional simulation (else it maps density maps to subtomograms)."""
+    return results["config"]["gan"].get("input") == "traditional"
+
+
+def _header(results: dict[str, Any], names: SetNames) -> list[str]:
+    """The title, the simulation-only banner and the sets of the report by role."""
     gan = results.get("gan")
-    names = set_names(results["config"], gan)
-    refine = results["config"]["gan"].get("input") == "traditional"
-    lines = [f"# {_title(results['title'], names)}", ""]
-    lines += _banner(names)
     extras = (gan or {}).get("extra_losses")
     loss_terms = ("; extra loss terms (weight): " + ", ".join(f"{k} {number(v)}" for k, v in extras.items())
                   if extras else "; no extra loss term" if extras is not None else "")
+    lines = [f"# {_title(results['title'], names)}", ""]
+    lines += _banner(names)
     lines += [
         "Sets in this report, by role:", "",
         f"- **{names.experimental}**: the reference. Its training split trains the inception network "
@@ -299,25 +314,38 @@ def render_report(results: dict[str, Any]) -> str:
         f"- **{names.traditional}**: the baseline, traditional simulation of the clean class maps.",
         f"- **{names.gan}**" + ("" if names.gan.endswith(f"({names.method})") else f" ({names.method})") + ": "
         + ("the GAN's generator refines the traditional simulation (its input is the traditional set itself)"
-           if refine else "the GAN's generator maps posed clean density maps to subtomograms")
+           if _refines(results) else "the GAN's generator maps posed clean density maps to subtomograms")
         + (f"; {gan['generator']} generator, {gan['critic']} critic, {gan['loss']} adversarial loss{loss_terms}."
            if gan else "."),
         "",
+    ]
+    return lines
+
+
+def _data_section(results: dict[str, Any]) -> list[str]:
+    """The data, its classes and split sizes, the traditional acquisition and the metrics' network."""
+    data = results["data"]
+    return [
         f"Data: {data['description']}.",
         f"Classes: {', '.join(data['class_names'])}; box {data['box']}^3 voxels at {number(data['voxel_size'])} Å.",
         *_acquisition_line(results),
         f"Experimental train split: {data['n_real_train']} subtomograms; experimental test split: "
         f"{data['n_real_test']}; "
         + ("traditional volumes (domain D: the GAN refines traditional simulation) for GAN training: "
-           if refine else "density maps (domain D) for GAN training: ")
+           if _refines(results) else "density maps (domain D) for GAN training: ")
         + f"{data['n_density_train']}; "
         f"traditional and GAN sets: {data['n_traditional']} and {data['n_generated']} volumes.",
         "",
         _metrics_network_line(results),
         "",
     ]
-    lines += _verdict_section(results, names)
-    lines += ["## Table 2: simulated data against the experimental test split", ""]
+
+
+def _table_2(results: dict[str, Any], names: SetNames, ci: str) -> list[str]:
+    """Table 2 (every metric and the downstream accuracy of each set), the comparison sentence under
+    it and what the columns mean."""
+    quality, downstream, inception = results["quality"], results["downstream"], results["inception"]
+    lines = ["## Table 2: simulated data against the experimental test split", ""]
     chance = results.get("chance")
     beside = (f"; chance {number(chance)}, train-on-experimental ceiling "
               f"{number(inception['real_test']['accuracy'])}" if chance is not None else "")
@@ -330,27 +358,41 @@ def render_report(results: dict[str, Any]) -> str:
         [names.gan, *_metric_cells(quality["cryoetgan"]), _interval(downstream["cryoetgan"])],
     ]
     lines += _table(header, rows)
-    gain = results["downstream_difference"]
+    lines += ["", f"Accuracy is CB3D trained on each set ({downstream['cryoetgan']['n_train']} volumes) and tested "
+              f"on the experimental test split. {_comparison(results)}{_gan_training(results)}", ""]
+    return lines + _metric_meanings()
+
+
+def _comparison(results: dict[str, Any]) -> str:
+    """The verdict's sentence; for results written before the verdict existed, the comparison of the
+    two accuracy intervals."""
+    if results.get("verdict"):
+        return f"{results['verdict']['sentence']}"
+    downstream, gain = results["downstream"], results["downstream_difference"]
+    word = "beats" if downstream["cryoetgan"]["ci_low"] > downstream["traditional"]["ci_high"] else (
+        "is ahead of (intervals overlap)" if gain > 0 else "does not beat")
+    return (f"The classifier trained on GAN output {word} the one trained on traditional simulation "
+            f"(mean difference {number(gain)}).")
+
+
+def _gan_training(results: dict[str, Any]) -> str:
+    """How long the GAN trained and, where the lowest training FID chose it, which checkpoint made the data."""
+    gan = results.get("gan")
     trained = (f" The GAN was trained for {gan['steps']} steps of batch {gan['batch_size']}." if gan else "")
     chosen = results.get("gan_checkpoint")
     if chosen and chosen.get("rule") == "best-fid-train":
         trained += (f" Its data come from the checkpoint at step {chosen['step']}, the lowest FID against the "
                     f"experimental training split ({number(chosen['fid_train'][str(chosen['step'])])}).")
-    if results.get("verdict"):
-        comparison = f"{results['verdict']['sentence']}"
-    else:  # results written before the verdict existed
-        word = "beats" if downstream["cryoetgan"]["ci_low"] > downstream["traditional"]["ci_high"] else (
-            "is ahead of (intervals overlap)" if gain > 0 else "does not beat")
-        comparison = (f"The classifier trained on GAN output {word} the one trained on traditional simulation "
-                      f"(mean difference {number(gain)}).")
-    lines += ["", f"Accuracy is CB3D trained on each set ({downstream['cryoetgan']['n_train']} volumes) and tested "
-              f"on the experimental test split. {comparison}{trained}", ""]
-    lines += _metric_meanings()
+    return trained
 
-    lines += ["### Per-class accuracy on the experimental test split", ""]
+
+def _per_class_section(results: dict[str, Any], ci: str) -> list[str]:
+    """Per-class accuracy of the classifier trained on each set, the per-seed accuracies and their figure."""
+    downstream = results["downstream"]
+    lines = ["### Per-class accuracy on the experimental test split", ""]
     per_class_rows = []
-    real_pc = inception["real_test"]["per_class_accuracy"]
-    for name in data["class_names"]:
+    real_pc = results["inception"]["real_test"]["per_class_accuracy"]
+    for name in results["data"]["class_names"]:
         per_class_rows.append([name, number(real_pc[name]),
                                number(downstream["traditional"]["per_class_accuracy_mean"][name]),
                                number(downstream["cryoetgan"]["per_class_accuracy_mean"][name])])
@@ -362,90 +404,119 @@ def render_report(results: dict[str, Any]) -> str:
               f"Per-class accuracy with its {ci} (Student-t; dots: the seeds). The classifier trained on "
               "experimental data is one training run, drawn without an interval:", "",
               "![per-class accuracy](figures/per_class_accuracy.png)", ""]
+    return lines
 
+
+def _ablation_tables(results: dict[str, Any], names: SetNames) -> list[str]:
+    """Table 3 (density-map noise) and Table 4 (component ablations), each where it was run."""
     ablations = results["ablations"]
     noise = [a for a in ablations if a["table"] == "noise"]
     components = [a for a in ablations if a["table"] == "components"]
+    lines: list[str] = []
     if noise:
         lines += ["## Table 3: density-map noise std during training", ""]
         lines += _table(["Noise std", *METRIC_COLUMNS, "Accuracy"],
                         [[a["label"], *_metric_cells(a), _interval(a["downstream"])] for a in noise])
         lines += [""]
     if components:
+        gan_quality, gan_downstream = results["quality"]["cryoetgan"], results["downstream"]["cryoetgan"]
         lines += ["## Table 4: ablations", ""]
-        rows = [[f"{names.gan} (full)", *_metric_cells(quality["cryoetgan"]), _interval(downstream["cryoetgan"])]]
+        rows = [[f"{names.gan} (full)", *_metric_cells(gan_quality), _interval(gan_downstream)]]
         rows += [[a["label"], *_metric_cells(a), _interval(a["downstream"])] for a in components]
         lines += _table(["Variant", *METRIC_COLUMNS, "Accuracy"], rows)
         lines += [""]
     if ablations:
         seeds = ablations[0]["downstream"]["seeds"]
         lines += [f"Ablation accuracies use {len(seeds)} seed(s) each; a single seed gives a zero-width interval.", ""]
+    return lines
 
-    lines += ["## Figures", "",
-              "Central slices per class, each particle as XY (the central z slice) and XZ (the central y slice, "
-              "z downwards: the missing wedge of a tilt series about y elongates densities along z and leaves "
-              "streaks there); rows: "
-              + ("" if refine else "clean density map (the GAN's input), ")
-              + f"{names.experimental} test, {names.traditional}"
-              + (" (also the GAN's input: the GAN refines these volumes)" if refine else "")
-              + ", GAN output. Each image is scaled to its own 1st-99th percentile:", "",
-              "![montage](figures/montage.png)", "",
-              f"The same particle as GAN input ({names.gan_input}), GAN output and output minus input, one "
-              "particle per class, XY and XZ. Both volumes are z-scored first; the difference is red where the "
-              "output is brighter, blue where darker:", "",
-              "![particle pairs](figures/particle_pairs.png)", "",
-              f"Radially averaged power spectra (mean over the volumes of each set, each volume z-scored, log "
-              f"scale) of the {names.experimental} test split, the {names.traditional} set and the GAN set. "
-              "Where a set's curve lies on the experimental one, it distributes its power over spatial "
-              "frequencies like the experimental set (contrast, resolution, noise colour):", "",
-              "![power spectra](figures/power_spectra.png)", "",
-              "Intensity histograms of the same sets, normalised the same way (each volume z-scored, all voxels "
-              "pooled; linear and log scale):", "",
-              "![intensity histograms](figures/intensity_histograms.png)", ""]
-    curves = results["curves"]
-    if curves["steps"]:
-        lines += ["Metrics of the GAN at its training checkpoints (dashed: traditional simulation):", "",
-                  "![curves](figures/curves.png)", ""]
-        lines += _table(["Step", "IS", "FID", "Precision", "Recall", "Density", "Coverage"],
-                        [[str(s), number(curves["is_mean"][i]), number(curves["fid"][i]),
-                          number(curves["precision"][i]), number(curves["recall"][i]),
-                          number(curves["density"][i]), number(curves["coverage"][i])]
-                         for i, s in enumerate(curves["steps"])])
-        lines += [""]
+
+def _figures_section(results: dict[str, Any], names: SetNames, ci: str) -> list[str]:
+    """The figures: montages, particle pairs, spectra and histograms, then the training curves, the
+    confusion matrices, the accuracy bars and the uncertainty overlay."""
+    refine = _refines(results)
+    lines = ["## Figures", "",
+             "Central slices per class, each particle as XY (the central z slice) and XZ (the central y slice, "
+             "z downwards: the missing wedge of a tilt series about y elongates densities along z and leaves "
+             "streaks there); rows: "
+             + ("" if refine else "clean density map (the GAN's input), ")
+             + f"{names.experimental} test, {names.traditional}"
+             + (" (also the GAN's input: the GAN refines these volumes)" if refine else "")
+             + ", GAN output. Each image is scaled to its own 1st-99th percentile:", "",
+             "![montage](figures/montage.png)", "",
+             f"The same particle as GAN input ({names.gan_input}), GAN output and output minus input, one "
+             "particle per class, XY and XZ. Both volumes are z-scored first; the difference is red where the "
+             "output is brighter, blue where darker:", "",
+             "![particle pairs](figures/particle_pairs.png)", "",
+             f"Radially averaged power spectra (mean over the volumes of each set, each volume z-scored, log "
+             f"scale) of the {names.experimental} test split, the {names.traditional} set and the GAN set. "
+             "Where a set's curve lies on the experimental one, it distributes its power over spatial "
+             "frequencies like the experimental set (contrast, resolution, noise colour):", "",
+             "![power spectra](figures/power_spectra.png)", "",
+             "Intensity histograms of the same sets, normalised the same way (each volume z-scored, all voxels "
+             "pooled; linear and log scale):", "",
+             "![intensity histograms](figures/intensity_histograms.png)", ""]
+    lines += _curves_section(results["curves"])
     lines += ["Confusion matrices on the experimental test split (first seed):", "",
               "| train on experimental | train on traditional | train on GAN |", "|---|---|---|",
               "| ![](figures/confusion_inception.png) | ![](figures/confusion_traditional.png) | "
               "![](figures/confusion_cryoetgan.png) |", "",
               f"Accuracy on the experimental test split per training set (whiskers: the {ci}):", "",
               "![accuracy](figures/downstream_accuracy.png)", ""]
-    uncertainty = results["uncertainty"]
+    return lines + _uncertainty_lines(results["uncertainty"])
+
+
+def _curves_section(curves: dict[str, Any]) -> list[str]:
+    """The GAN's metrics at its training checkpoints (figure and table), where there were checkpoints."""
+    if not curves["steps"]:
+        return []
+    lines = ["Metrics of the GAN at its training checkpoints (dashed: traditional simulation):", "",
+             "![curves](figures/curves.png)", ""]
+    lines += _table(["Step", "IS", "FID", "Precision", "Recall", "Density", "Coverage"],
+                    [[str(s), number(curves["is_mean"][i]), number(curves["fid"][i]),
+                      number(curves["precision"][i]), number(curves["recall"][i]),
+                      number(curves["density"][i]), number(curves["coverage"][i])]
+                     for i, s in enumerate(curves["steps"])])
+    return lines + [""]
+
+
+def _uncertainty_lines(uncertainty: dict[str, Any]) -> list[str]:
+    """The generator's Monte-Carlo-dropout uncertainty overlay, or why there is none."""
     if uncertainty.get("status") == "ok":
-        lines += [f"Monte-Carlo-dropout uncertainty of the generator ({uncertainty['samples']} samples; mean "
-                  "per-voxel std: " + ", ".join(f"{k} {number(v)}" for k, v in
-                                                uncertainty["mean_std_per_class"].items()) + "):", "",
-                  "![uncertainty](figures/uncertainty.png)", ""]
-    else:
-        lines += [f"Uncertainty overlay: {uncertainty.get('status')}.", ""]
+        return [f"Monte-Carlo-dropout uncertainty of the generator ({uncertainty['samples']} samples; mean "
+                "per-voxel std: " + ", ".join(f"{k} {number(v)}" for k, v in
+                                              uncertainty["mean_std_per_class"].items()) + "):", "",
+                "![uncertainty](figures/uncertainty.png)", ""]
+    return [f"Uncertainty overlay: {uncertainty.get('status')}.", ""]
+
+
+def _reproduce_section(results: dict[str, Any]) -> list[str]:
+    """Where the configuration, the GAN run and the features are, and how long each stage took."""
     timings = results["timings_s"]
-    lines += ["## Reproduce", "",
-              f"Configuration: `{results['config']['origin']}` (the full resolved configuration is in results.json). "
-              f"GAN run folder: `{results['gan_run']}`. Features behind every metric: `features/*.npy`; "
-              "the inception CB3D: `models/inception/`.",
-              "",
-              "Time (s): " + ", ".join(f"{k} {number(float(v))}" for k, v in timings.items()) + ".", ""]
+    return ["## Reproduce", "",
+            f"Configuration: `{results['config']['origin']}` (the full resolved configuration is in results.json). "
+            f"GAN run folder: `{results['gan_run']}`. Features behind every metric: `features/*.npy`; "
+            "the inception CB3D: `models/inception/`.",
+            "",
+            "Time (s): " + ", ".join(f"{k} {number(float(v))}" for k, v in timings.items()) + ".", ""]
+
+
+def _budget_section(results: dict[str, Any]) -> list[str]:
+    """What ``--budget-minutes`` measured and scaled, and the time predicted against the time taken."""
     budget = results.get("budget")
-    if budget:
-        scaled = budget["scaled"]
-        shown = ("; ".join(f"`{key}` {change['from']} -> {change['to']}" for key, change in scaled.items())
-                 if scaled else "nothing (the configured run fits)")
-        lines += ["## Time budget", "",
-                  f"Asked for {number(budget['minutes'])} min. Measured on this machine before the run "
-                  f"({number(budget['costs']['calibration_s'])} s): "
-                  f"{number(budget['costs']['gan_step_s'])} s per GAN step, "
-                  f"{number(budget['costs']['classifier_volume_epoch_s'])} s per classifier volume-epoch. "
-                  f"Scaled: {shown}. Predicted {number(budget['predicted_s']['total'])} s "
-                  f"(unscaled {number(budget['predicted_unscaled_s'])} s); the run took "
-                  f"{number(float(timings['total']))} s.", ""]
-        if budget.get("warning"):
-            lines += [f"Warning: {budget['warning']}.", ""]
-    return "\n".join(lines)
+    if not budget:
+        return []
+    scaled = budget["scaled"]
+    shown = ("; ".join(f"`{key}` {change['from']} -> {change['to']}" for key, change in scaled.items())
+             if scaled else "nothing (the configured run fits)")
+    lines = ["## Time budget", "",
+             f"Asked for {number(budget['minutes'])} min. Measured on this machine before the run "
+             f"({number(budget['costs']['calibration_s'])} s): "
+             f"{number(budget['costs']['gan_step_s'])} s per GAN step, "
+             f"{number(budget['costs']['classifier_volume_epoch_s'])} s per classifier volume-epoch. "
+             f"Scaled: {shown}. Predicted {number(budget['predicted_s']['total'])} s "
+             f"(unscaled {number(budget['predicted_unscaled_s'])} s); the run took "
+             f"{number(float(results['timings_s']['total']))} s.", ""]
+    if budget.get("warning"):
+        lines += [f"Warning: {budget['warning']}.", ""]
+    return lines

@@ -202,7 +202,7 @@ def lock_output(target: str | os.PathLike) -> None:
     target's absolute path in a per-user folder of the temporary folder (``cryoet-forge-locks-UID/``),
     so nothing is written beside the output (a failed run leaves nothing there); it guards runs of
     one user on one machine."""
-    import fcntl  # POSIX only, as the lock itself: imported where the lock is taken
+    import fcntl  # optional: POSIX only, as the lock itself; imported where the lock is taken
 
     target = Path(target)
     key = str(Path(os.path.abspath(target)))

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.metrics.knn import (
@@ -53,8 +54,6 @@ from cryoet_forge.metrics.knn import (
     settle_thresholds,
 )
 from cryoet_forge.metrics.knn_faiss import import_faiss
-
-# scipy.stats is imported inside the interval functions that use it (start-up time).
 
 #: rows per block of the projection pass and of the projected distance sweeps
 _BLOCK = 16_384
@@ -415,21 +414,18 @@ def _covered(real: _Side, fake: _Side, q: np.ndarray, k: int, strict: bool, coun
 
 def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
     """Exact (conservative) binomial interval."""
-    from scipy.stats import beta
-
     alpha = 1.0 - confidence
-    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
-    high = 1.0 if successes == trials else float(beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
+    low = 0.0 if successes == 0 else float(stats.beta.ppf(alpha / 2, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
     return low, high
 
 
 def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    from scipy.stats import t
-
     mean = float(values.mean())
     if values.size < 2:
         return -math.inf, math.inf
-    half = float(t.ppf(0.5 + confidence / 2, values.size - 1)) * float(values.std(ddof=1)) / math.sqrt(values.size)
+    quantile = float(stats.t.ppf(0.5 + confidence / 2, values.size - 1))
+    half = quantile * float(values.std(ddof=1)) / math.sqrt(values.size)
     return mean - half, mean + half
 
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cryoet_forge import progress
-from cryoet_forge.devices import NonEmptyPath
+from cryoet_forge.devices import LauncherWorld, NonEmptyPath, launcher_world
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.io.atomic import write_json_atomic
 from cryoet_forge.io.files import check_not_an_input, check_output_target
 from cryoet_forge.limits import check_int_range
+from cryoet_forge.metrics.reliability import assess_metrics, bundle_reliability, rule_names
 from cryoet_forge.progress import quiet_option
 
 # `forge --help` imports this module: what only a command's work needs (numpy, torch, pandas and the
@@ -67,36 +69,70 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
                     device, strict, with_fid, bootstrap, json_path, show_progress, approximate, samples,
                     confidence, seed) -> None:
     """Precision, recall, density, coverage (and FID, IS) of fake against real features or volumes."""
-    import numpy as np
-    from rich.console import Console
-    from rich.table import Table
-
-    from cryoet_forge.io.embeddings import load_features
-    from cryoet_forge.metrics.bundle import compute_bundle
-    from cryoet_forge.metrics.prdc import validate_pair
-
     _check_bootstrap(bootstrap)
     if k < 1:
         raise ConfigError(f"--k {k}: expected an integer >= 1 (neighbours for the PRDC radii)")
     _check_outputs(real_path, fake_path, json_path, save_dir)
-    from cryoet_forge.metrics import sharded
-
     _check_approximate_options(approximate, backend, samples, confidence, seed)
     if approximate and extractor_name is not None:
         raise ConfigError("--approximate reads feature files: extract once (forge metrics --features NAME "
                           "--save-features DIR) and give the saved files to the approximate run")
-    world = sharded.distributed_world()
-    if world is not None and approximate:
+    world = _distributed_world(approximate, backend, extractor_name)
+    real, fake, extracted = _read_inputs(real_path, fake_path, k, extractor_name, feature_options, save_dir,
+                                         is_splits)
+    n, m, d = real.shape[0], fake.shape[0], real.shape[1]
+
+    if show_progress is None:
+        show_progress = progress.mode() == "bar" and (n * n + m * m + n * m) * d > _PROGRESS_WORK
+    if approximate:
+        _approximate_report(real, fake, real_path, fake_path, k, strict, samples, confidence, seed, with_fid,
+                            bootstrap, json_path, bool(show_progress))
+        return
+    lead = world is None or world.rank == 0  # the first process reports; the others compute their share
+    bundle = _exact_bundle(real, fake, extracted, world, k=k, backend=backend, device=device, strict=strict,
+                           with_fid=with_fid and lead, bootstrap=bootstrap, is_splits=is_splits,
+                           show_progress=bool(show_progress and lead))
+    if not lead:
+        return
+    reliability = bundle_reliability(bundle)
+    _print_exact_report(bundle, reliability, n, m, d, k, strict, extractor_name, extracted, save_dir, world)
+    if json_path is not None:
+        doc = _exact_json(bundle, reliability, real_path, fake_path, n, m, d, k, strict, extracted)
+        _write_json(json_path, doc, bundle.fid, bundle.fid_seconds)
+
+
+def _distributed_world(approximate: bool, backend: str, extractor_name: str | None) -> LauncherWorld | None:
+    """This process's place when a launcher such as torchrun started it as one of several
+    (``WORLD_SIZE`` > 1; the exact kernel's tiles are then split, and each process gets its part of
+    the cores), else None; the options the distributed run does not take refused first."""
+    world = launcher_world()
+    if world.world_size <= 1:
+        return None
+    if approximate:
         raise ConfigError(f"--approximate under torchrun (WORLD_SIZE={world.world_size}): the approximate mode "
                           "runs in one process; start it without the launcher")
-    if world is not None:  # one of several processes (torchrun): the exact kernel's tiles are split
-        if backend != "exact":
-            raise ConfigError(f"under torchrun (WORLD_SIZE={world.world_size}) forge metrics splits the exact backend "
-                              f"only; got --backend {backend}")
-        if extractor_name is not None:
-            raise ConfigError("--features under torchrun: extract once (forge metrics --features NAME "
-                              "--save-features DIR) and give the saved feature files to the distributed run")
-        sharded.share_threads(world.local_world_size)
+    if backend != "exact":
+        raise ConfigError(f"under torchrun (WORLD_SIZE={world.world_size}) forge metrics splits the exact backend "
+                          f"only; got --backend {backend}")
+    if extractor_name is not None:
+        raise ConfigError("--features under torchrun: extract once (forge metrics --features NAME "
+                          "--save-features DIR) and give the saved feature files to the distributed run")
+    # start-up: torch.distributed, only under a launcher
+    from cryoet_forge.metrics import sharded
+
+    sharded.share_threads(world.local_world_size)
+    return world
+
+
+def _read_inputs(real_path: Path, fake_path: Path, k: int, extractor_name: str | None, feature_options: tuple,
+                 save_dir: Path | None, is_splits: int | None) -> tuple[Any, Any, dict | None]:
+    """(real, fake, extracted): the two feature matrices, checked as a pair for ``k`` neighbours,
+    read from the feature files or (``--features NAME``) extracted from the volumes; ``extracted``
+    is ``_extract_features``'s result then, else None."""
+    # start-up: numpy and the modules built on it, when the command runs
+    from cryoet_forge.io.embeddings import load_features
+    from cryoet_forge.metrics.prdc import validate_pair
+
     extracted = None
     if extractor_name is None:
         for flag, given in (("--feature-option", feature_options), ("--save-features", save_dir),
@@ -120,45 +156,52 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
         message = str(exc).replace("real features", f"real features ({real_path})", 1)
         message = message.replace("fake features", f"fake features ({fake_path})", 1)
         raise InputError(message) from None
-    n, m, d = real.shape[0], fake.shape[0], real.shape[1]
+    return real, fake, extracted
 
-    if show_progress is None:
-        show_progress = progress.mode() == "bar" and (n * n + m * m + n * m) * d > _PROGRESS_WORK
-    if approximate:
-        _approximate_report(real, fake, real_path, fake_path, k, strict, samples, confidence, seed, with_fid,
-                            bootstrap, json_path, bool(show_progress))
-        return
+
+def _exact_bundle(real, fake, extracted: dict | None, world: LauncherWorld | None, *, k: int, backend: str,
+                  device: str, strict: bool, with_fid: bool, bootstrap: int, is_splits: int | None,
+                  show_progress: bool):
+    """The metric bundle of the exact (or a plugin's) kNN backend; under a launcher, this process's
+    share of the exact kernel's tiles, in the job's process group."""
+    # start-up: numpy and scipy, when the command runs
+    from cryoet_forge.metrics.bundle import compute_bundle
+
     probabilities, sources = {}, {}
     if extracted is not None:
         probabilities = {which: extracted[which].probabilities for which in ("fake", "real")}
         sources = {which: str(extracted[which].source) for which in ("fake", "real")}
     engine: object = backend
     if world is not None:
+        # start-up: torch.distributed, only under a launcher
+        from cryoet_forge.metrics import sharded
+
         sharded.init_process_group()
         engine = sharded.ShardedExactKnn()
-    lead = world is None or world.rank == 0  # the first process reports; the others compute their share
-    show_progress = show_progress and lead
     try:
-        with progress.stage("PRDC distances", 0, "tiles", enabled=bool(show_progress)) as bar:
+        with progress.stage("PRDC distances", 0, "tiles", enabled=show_progress) as bar:
             def callback(done: int, total: int) -> None:
                 bar.update(done, total=total)
 
-            bundle = compute_bundle(real, fake, k=k, backend=engine, device=device, strict=strict,
-                                    with_fid=with_fid and lead, bootstrap=bootstrap, probabilities=probabilities,
-                                    is_splits=10 if is_splits is None else is_splits, sources=sources,
-                                    progress=callback if show_progress else None)
+            return compute_bundle(real, fake, k=k, backend=engine, device=device, strict=strict, with_fid=with_fid,
+                                  bootstrap=bootstrap, probabilities=probabilities,
+                                  is_splits=10 if is_splits is None else is_splits, sources=sources,
+                                  progress=callback if show_progress else None)
     finally:
         if world is not None:
-            import torch.distributed as dist
+            sharded.leave_process_group()
 
-            dist.destroy_process_group()
-    if not lead:
-        return
-    counts, values, fid, scores = bundle.counts, bundle.prdc, bundle.fid, bundle.inception
-    prdc_seconds, fid_seconds = bundle.prdc_seconds, bundle.fid_seconds
-    from cryoet_forge.metrics.reliability import bundle_reliability, rule_names
 
-    reliability = bundle_reliability(bundle)
+def _print_exact_report(bundle, reliability: dict[str, list[str]], n: int, m: int, d: int, k: int, strict: bool,
+                        extractor_name: str | None, extracted: dict | None, save_dir: Path | None,
+                        world: LauncherWorld | None) -> None:
+    """The table of the exact run's metrics, and a line each on reliability, ball membership, FID's
+    warnings and the extracted features."""
+    # start-up: rich's console and table (tens of ms), when the command runs
+    from rich.console import Console
+    from rich.table import Table
+
+    values, fid, scores = bundle.prdc, bundle.fid, bundle.inception
 
     def mark(key: str) -> str:
         return f"no: {rule_names(reliability[key])}" if reliability.get(key) else "yes"
@@ -181,7 +224,7 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
     Console(soft_wrap=True).print(table)
     _echo_reliability(reliability)
     rule = "distance < radius" if strict else "distance <= radius"
-    click.echo(f"ball membership: {rule}; exact: {counts.exact}; PRDC {prdc_seconds:.2f} s")
+    click.echo(f"ball membership: {rule}; exact: {bundle.counts.exact}; PRDC {bundle.prdc_seconds:.2f} s")
     if fid is not None:
         for message in fid.warnings:
             click.echo(f"FID warning: {message}")
@@ -190,25 +233,32 @@ def metrics_command(real_path, fake_path, extractor_name, feature_options, save_
         click.echo(f"features: {extractor_name}, {n} real + {m} fake volumes of {info['box']}^3, "
                    f"{info['seconds']:.2f} s" + (f"; saved in {save_dir}" if save_dir is not None else ""))
 
-    if json_path is not None:
-        doc = {
-            "real": str(real_path), "fake": str(fake_path), "n_real": n, "n_fake": m, "dim": d, "k": k,
-            "backend": bundle.backend, "strict": strict, "exact": counts.exact, **values,
-            "counts": {
-                "precision": counts.precision_count, "recall": counts.recall_count,
-                "density": counts.density_count, "coverage": counts.coverage_count,
-            },
-            "prdc_info": counts.info, "prdc_seconds": prdc_seconds,
-            "real_radius_median": float(np.median(counts.real_radii)),
-            "fake_radius_median": float(np.median(counts.fake_radii)),
-        }
-        if extracted is not None:
-            doc["features"] = extracted["info"]
-            if scores:
-                doc["inception_score"] = scores["fake"]["mean"]
-                doc["inception_score_details"] = scores
-        doc["reliability"] = reliability
-        _write_json(json_path, doc, fid, fid_seconds)
+
+def _exact_json(bundle, reliability: dict[str, list[str]], real_path: Path, fake_path: Path, n: int, m: int, d: int,
+                k: int, strict: bool, extracted: dict | None) -> dict:
+    """The ``--json`` document of the exact run, less FID's values (``_write_json`` adds them)."""
+    # start-up: numpy, when the command runs
+    import numpy as np
+
+    counts, values, scores = bundle.counts, bundle.prdc, bundle.inception
+    doc = {
+        "real": str(real_path), "fake": str(fake_path), "n_real": n, "n_fake": m, "dim": d, "k": k,
+        "backend": bundle.backend, "strict": strict, "exact": counts.exact, **values,
+        "counts": {
+            "precision": counts.precision_count, "recall": counts.recall_count,
+            "density": counts.density_count, "coverage": counts.coverage_count,
+        },
+        "prdc_info": counts.info, "prdc_seconds": bundle.prdc_seconds,
+        "real_radius_median": float(np.median(counts.real_radii)),
+        "fake_radius_median": float(np.median(counts.fake_radii)),
+    }
+    if extracted is not None:
+        doc["features"] = extracted["info"]
+        if scores:
+            doc["inception_score"] = scores["fake"]["mean"]
+            doc["inception_score_details"] = scores
+    doc["reliability"] = reliability
+    return doc
 
 
 def _write_json(path: Path, doc: dict, fid, fid_seconds: float | None) -> None:
@@ -253,6 +303,7 @@ _METRIC_LABELS = {"fid": "FID", "inception_score": "IS fake", "inception_score_r
 
 def _check_bootstrap(bootstrap: int) -> None:
     """``--bootstrap`` is 0 or in [MIN_BOOTSTRAP, MAX_BOOTSTRAP]: one line otherwise, before any work."""
+    # start-up: the FID module imports numpy and scipy
     from cryoet_forge.metrics.fid import MAX_BOOTSTRAP, MIN_BOOTSTRAP
 
     if bootstrap < 0:
@@ -299,10 +350,12 @@ def _check_approximate_options(approximate: bool, backend: str, samples: int, co
 def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, confidence, seed, with_fid,
                         bootstrap, json_path, show_progress) -> None:
     """``forge metrics --approximate``: the sampled PRDC with its intervals (and the exact FID)."""
+    # start-up: numpy and rich's console and table, when the command runs
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
+    # start-up: numpy and scipy
     from cryoet_forge.metrics.approximate import approximate_prdc
     from cryoet_forge.metrics.fid import FIDWarning, fid_details
 
@@ -337,8 +390,6 @@ def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, co
                           f"[{ci[0]:.4f}, {ci[1]:.4f}]",
                           f"{round(fid.ci_level * 100)}% basic bootstrap, {fid.bootstrap} resamples")
     Console(soft_wrap=True).print(table)
-    from cryoet_forge.metrics.reliability import assess_metrics
-
     reliability = assess_metrics(n_real=n, n_fake=m, dim=d, fid=fid is not None, prdc=result.values())
     _echo_reliability(reliability)
     info = result.info
@@ -367,6 +418,7 @@ def _approximate_report(real, fake, real_path, fake_path, k, strict, samples, co
 
 def _extract_features(name, option_items, real_path, fake_path, save_dir) -> dict:
     """{"real": ExtractedSet, "fake": ExtractedSet, "info": {...}}; features saved when asked."""
+    # start-up: the classifier and the extractors import torch and numpy
     from cryoet_forge.classify import check_same_grid, load_volumes
     from cryoet_forge.metrics.features import create_extractor, extract_set, parse_feature_options
 
@@ -381,7 +433,7 @@ def _extract_features(name, option_items, real_path, fake_path, save_dir) -> dic
     seconds = time.perf_counter() - started
     saved = {}
     if save_dir is not None:
-        from cryoet_forge.io.embeddings import save_features
+        from cryoet_forge.io.embeddings import save_features  # start-up: numpy
 
         for which, extracted in sets.items():
             saved[f"{which}_features"] = str(save_features(save_dir / f"{which}.features.npy", extracted.features))
@@ -405,7 +457,7 @@ def _plain(value):
 
 
 def _json_default(value):
-    import numpy as np
+    import numpy as np  # start-up: numpy, when a document is written
 
     if isinstance(value, np.generic):
         return value.item()

@@ -15,12 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from cryoet_forge import registry
+from cryoet_forge.classify import check_trained_voxel_size
 from cryoet_forge.config import parse_override
 from cryoet_forge.errors import ConfigError, ForgeError, InputError, PluginError
 from cryoet_forge.metrics.knn import as_feature_matrix
-
-# The classifier (and with it torch) is imported only when volumes are embedded: the metrics engine
-# imports no torch of its own (start-up time).
 
 KIND = "feature-extractor"
 
@@ -75,8 +73,6 @@ def describe(name: str, options: dict[str, Any]) -> str:
 def extract_set(extractor: Any, name: str, data: Any, options: dict[str, Any] | None = None,
                 probabilities: bool = True) -> ExtractedSet:
     """Run ``data`` (a ``LabelledVolumes``) through ``extractor``; errors name ``data.source``."""
-    from cryoet_forge.classify import check_trained_voxel_size
-
     box = getattr(extractor, "box", None)
     if isinstance(box, (int, np.integer)) and int(box) != data.box:
         raise InputError(f"{data.source}: volumes are {data.box}^3 but {describe(name, options or {})} "

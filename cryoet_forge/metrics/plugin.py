@@ -5,25 +5,21 @@ from __future__ import annotations
 from cryoet_forge import hookimpl
 from cryoet_forge.metrics.command import metrics_command
 from cryoet_forge.metrics.knn import ExactKnn
+from cryoet_forge.metrics.knn_faiss import FaissKnn
+from cryoet_forge.metrics.knn_torch import TorchKnn
 from cryoet_forge.options import check_options
 
-# The registry imports every plugin module (`forge list`, every command that builds a component):
-# a backend's module is imported inside its factory, so that FAISS (an optional dependency) loads
-# only for the faiss backend, and each command only the components it uses (start-up time).
+# FAISS itself (an optional dependency) is imported only when a faiss backend is built (knn_faiss).
 
 
 def _faiss_backend(**options):
     """FAISS flat (exact after refinement) or IVF (approximate) search; GPU when present."""
-    from cryoet_forge.metrics.knn_faiss import FaissKnn
-
     check_options("knn-backend", "faiss", FaissKnn, options)
     return FaissKnn(**options)
 
 
 def _torch_backend(**options):
     """Blockwise float32 GEMM distances in PyTorch (CUDA when present), settled exactly."""
-    from cryoet_forge.metrics.knn_torch import TorchKnn
-
     check_options("knn-backend", "torch", TorchKnn, options)
     return TorchKnn(**options)
 

@@ -18,24 +18,17 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
 from cryoet_forge import _metrics_rs
-from cryoet_forge.devices import LauncherWorld, launcher_world
 from cryoet_forge.errors import InputError
 from cryoet_forge.metrics.knn import PrdcCounts, ProgressCallback
 
-# torch is imported inside the functions that use torch.distributed: the metrics engine imports no
-# torch of its own (start-up time).
+# `forge metrics` imports this module only under a launcher (WORLD_SIZE > 1), so torch loads only there.
 
 #: rows of candidate lists exchanged per collective (bounds the memory of the exchange)
 ROW_BLOCK = 65_536
-
-
-def distributed_world() -> LauncherWorld | None:
-    """This process's place when a launcher such as torchrun started it as one of several
-    (``WORLD_SIZE`` > 1), else None."""
-    where = launcher_world()
-    return where if where.world_size > 1 else None
 
 
 def share_threads(local_world: int) -> None:
@@ -48,10 +41,13 @@ def share_threads(local_world: int) -> None:
 def init_process_group() -> None:
     """Join the job's process group (``env://``, as torchrun sets it up): Gloo, since the exact
     kernel runs on CPUs."""
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
+
+
+def leave_process_group() -> None:
+    """Leave the job's process group (the end of ``init_process_group``)."""
+    dist.destroy_process_group()
 
 
 def _tile_share(tiles: int, rank: int, world: int) -> int:
@@ -65,9 +61,6 @@ class ShardedExactKnn:
     exact = True
 
     def __init__(self, group: Any = None):
-        import torch
-        import torch.distributed as dist
-
         if not dist.is_initialized():
             raise InputError("ShardedExactKnn needs an initialised torch.distributed process group")
         self.group = group
@@ -80,18 +73,12 @@ class ShardedExactKnn:
 
     def _gather(self, array: np.ndarray) -> np.ndarray:
         """(P, ...) stack of every process's equally shaped ``array``."""
-        import torch
-        import torch.distributed as dist
-
         local = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
         parts = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(parts, local, group=self.group)
         return torch.stack(parts).cpu().numpy()
 
     def _sum(self, array: np.ndarray) -> np.ndarray:
-        import torch
-        import torch.distributed as dist
-
         t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return t.cpu().numpy()

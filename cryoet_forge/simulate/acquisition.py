@@ -113,7 +113,7 @@ class StarAcquisition:
 def _column(table, name: str, source: Path, what: str) -> float | None:
     """The one value of ``name`` in ``table`` (None when absent); InputError when not a number > 0
     (amplitude contrast and Cs may be 0), or when tomograms disagree."""
-    import pandas as pd
+    import pandas as pd  # start-up
 
     if name not in table.columns:
         return None
@@ -131,10 +131,11 @@ def _column(table, name: str, source: Path, what: str) -> float | None:
 
 def _tilt_series_tables(path: Path, table) -> list:
     """The per-tilt tables named in rlnTomoTiltSeriesStarFile (read-only)."""
+    # start-up: pandas, starfile
     import pandas as pd
     import starfile
 
-    from cryoet_forge.io.picks import TablePath
+    from cryoet_forge.io.picks import TablePath  # start-up: pandas
 
     out = []
     for row, value in enumerate(table["rlnTomoTiltSeriesStarFile"], start=1):
@@ -161,10 +162,11 @@ def read_star_acquisition(path: Path) -> StarAcquisition:
     """Pixel size x binning, voltage, Cs and amplitude contrast from a RELION 5 tomograms STAR; tilt
     range and step, total dose and defocus from the tilt-series STARs it names. What is not there is
     listed in ``missing`` (one line each); a value that is there but broken is an InputError."""
+    # start-up: pandas, starfile
     import pandas as pd
     import starfile
 
-    from cryoet_forge.io.picks import read_relion_tomograms
+    from cryoet_forge.io.picks import read_relion_tomograms  # start-up: pandas
 
     path = Path(path)
     tomograms = read_relion_tomograms(path)  # one clear line for a file that is not a tomograms STAR
@@ -234,7 +236,7 @@ def read_star_acquisition(path: Path) -> StarAcquisition:
 
 def map_voxel_size(path: Path) -> float:
     """The voxel size (Angstrom) in an MRC map's header, without reading its data."""
-    import mrcfile
+    import mrcfile  # start-up
 
     path = check_input_file(path, "MRC file")
     with warnings.catch_warnings():
@@ -255,7 +257,7 @@ def resolve_voxel_size(voxel_size: float | None, specs: list[str] | None,
     """(voxel size, where it came from): --voxel-size, else the --acquisition STAR, else the MRC maps
     among the structures (when they agree), else the phantom default when every class is a phantom;
     ConfigError when none of these gives one (PDB structures carry no voxel size)."""
-    from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES
+    from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES  # start-up: numpy, scipy
 
     if voxel_size is not None:
         return voxel_size, "--voxel-size"

@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -73,6 +75,122 @@ def _check_disk(out: Path, n_volumes: int, box: int) -> None:
                           f"{folder}; expected fewer particles or a smaller box")
 
 
+def _make_simulator(simulator_name: str, options: dict, shift, box: int):
+    """The simulator (told not to pose the maps: they are posed before it) and the poser."""
+    # start-up: torch and numpy
+    from cryoet_forge.data.simulated import make_simulator
+    from cryoet_forge.simulate.poses import PoseSimulator, check_max_shift
+
+    component = registry.get("simulator", simulator_name)
+    # the maps are posed by ``poser``: a simulator that poses maps itself (rotate, max_shift) must not
+    # pose them again; one without these options (a plugin's, say) does not pose them at all
+    posing = {k: v for k, v in {"rotate": False, "max_shift": 0.0}.items() if component.accepts(k)}
+    simulator = make_simulator(simulator_name, {**options, **posing})
+    poser = PoseSimulator(max_shift=shift)
+    check_max_shift(poser.max_shift, box)
+    return simulator, poser
+
+
+@dataclass
+class _Particles:
+    """What the batches of :func:`run_simulation` leave beside their MRC files."""
+
+    density_rows: list[dict] = field(default_factory=list)
+    particle_rows: list[dict] = field(default_factory=list)
+    #: class -> its first (posed map, subtomogram) pairs, for the montage
+    examples: dict[int, list[tuple[Any, Any]]] = field(default_factory=dict)
+    #: the batches' posed maps and subtomograms (kept with --bundle only)
+    density: list = field(default_factory=list)
+    subtomograms: list = field(default_factory=list)
+
+
+def _star_rows(name: str, c: int, k: int, class_names: list[str], voxel_size: float, pose_record: dict,
+               sim_record: dict) -> tuple[dict, dict]:
+    """The density.star and particles.star rows of particle ``k`` of class ``c`` (file ``name``)."""
+    common = {"rlnClassNumber": c + 1, "forgeClassName": class_names[c],
+              "rlnImagePixelSize": voxel_size, "forgeParticleIndex": k}
+    pose = {key: v for key, v in pose_record.items() if key != "forgeSimulator"}
+    density_row = {"rlnImageName": f"density/{name}", **common, **pose}
+    params = {**sim_record, **pose}
+    particle_row = {"rlnImageName": f"subtomograms/{name}", **common, **params,
+                    "forgeDensityName": f"density/{name}"}
+    return density_row, particle_row
+
+
+def _simulate_batches(work: Path, jobs: list[tuple[int, int]], class_names: list[str], templates, simulator,
+                      poser, voxel_size: float, seed: int, batch_size: int, bundle: bool, device: str,
+                      bar) -> _Particles:
+    """Pose and simulate the particles ``jobs`` ((class, index) pairs) batch by batch, each batch
+    seeded from (seed, batch index), writing their MRC files into ``work``."""
+    # start-up: torch and numpy, and the modules built on them
+    import torch
+
+    # start-up: as above
+    from cryoet_forge.data.simulated import item_seed
+    from cryoet_forge.io.mrc import write_mrc
+
+    out = _Particles(examples={c: [] for c in range(len(class_names))})
+    template_tensor = torch.from_numpy(templates).to(device)
+    for batch_index, start in enumerate(range(0, len(jobs), batch_size)):
+        batch = jobs[start:start + batch_size]
+        generator = torch.Generator().manual_seed(item_seed(seed, batch_index))
+        maps = template_tensor[[c for c, _ in batch]]
+        posed, pose_records = poser.simulate(maps, voxel_size, generator)
+        simulated, sim_records = simulator.simulate(posed, voxel_size, generator)
+        posed_np, simulated_np = posed.cpu().numpy(), simulated.cpu().numpy()
+        for i, (c, k) in enumerate(batch):
+            name = f"{class_names[c]}_{k:05d}.mrc"
+            write_mrc(work / "density" / name, posed_np[i], voxel_size)
+            write_mrc(work / "subtomograms" / name, simulated_np[i], voxel_size)
+            density_row, particle_row = _star_rows(name, c, k, class_names, voxel_size, pose_records[i],
+                                                   sim_records[i])
+            out.density_rows.append(density_row)
+            out.particle_rows.append(particle_row)
+            if len(out.examples[c]) < 3:
+                out.examples[c].append((posed_np[i], simulated_np[i]))
+        if bundle:
+            out.density.append(posed_np)
+            out.subtomograms.append(simulated_np)
+        bar.advance(len(batch))
+    return out
+
+
+def _write_tables(work: Path, particles: _Particles, jobs: list[tuple[int, int]], class_names: list[str],
+                  voxel_size: float, bundle: bool) -> None:
+    """density.star and particles.star, and with ``bundle`` density.npz and particles.npz."""
+    # start-up: numpy and pandas, and the modules built on them
+    import numpy as np
+    import pandas as pd
+
+    # start-up: as above
+    from cryoet_forge.data.bundle import save_bundle
+    from cryoet_forge.io.star import write_particles
+
+    density_table = pd.DataFrame(particles.density_rows)
+    particle_table = pd.DataFrame(particles.particle_rows)
+    write_particles(work / "density.star", density_table)
+    write_particles(work / "particles.star", particle_table)
+    if bundle:
+        labels = [c for c, _ in jobs]
+        save_bundle(work / "density.npz", np.concatenate(particles.density), labels, class_names, voxel_size,
+                    density_table)
+        save_bundle(work / "particles.npz", np.concatenate(particles.subtomograms), labels, class_names,
+                    voxel_size, particle_table.drop(columns=["forgeSimulator"], errors="ignore"))
+
+
+def _write_montage(work: Path, templates, examples: dict[int, list[tuple[Any, Any]]], class_names: list[str],
+                   simulator_name: str, box: int, voxel_size: float) -> None:
+    """montage.png: per class its template, then its example posed maps (D) and subtomograms (S)."""
+    from cryoet_forge.viz import save_slice_montage  # start-up: numpy
+
+    rows = [[templates[c]] + [d for d, _ in examples[c]] + [s for _, s in examples[c]]
+            for c in range(len(class_names))]
+    n_ex = max(len(v) for v in examples.values())
+    save_slice_montage(work / "montage.png", rows, class_names,
+                       ["template"] + [f"D {i + 1}" for i in range(n_ex)] + [f"S {i + 1}" for i in range(n_ex)],
+                       title=f"{simulator_name}, {box}^3 at {voxel_size:g} A (central z slices)")
+
+
 def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box: int, voxel_size: float,
                    seed: int, options: dict, batch_size: int = 32, resolution: float | None = None,
                    crop: bool = False, bundle: bool = False, device: str = "cpu", quiet: bool = True,
@@ -85,17 +203,9 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     The outputs appear in ``out`` together, once all are written; a failure leaves ``out`` as it was.
     ``acquisition`` (what ``forge simulate`` resolved from its flags) is written into simulation.json.
     """
-    import numpy as np
-    import pandas as pd
-    import torch
-
-    from cryoet_forge.data.bundle import save_bundle
-    from cryoet_forge.data.simulated import item_seed, make_simulator
+    # start-up: numpy, scipy, mrcfile, gemmi
     from cryoet_forge.io.mrc import check_voxel_size, write_mrc
-    from cryoet_forge.io.star import write_particles
-    from cryoet_forge.simulate.poses import PoseSimulator, check_max_shift
     from cryoet_forge.simulate.templates import load_templates
-    from cryoet_forge.viz import save_slice_montage
 
     voxel_size = check_voxel_size(voxel_size)
     existing = check_output_folder(out, OUTPUT_NAMES, "a simulation", overwrite)
@@ -106,14 +216,7 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     _check_memory(box, batch_size, n_per_class, bundle)
     options = dict(options)  # the caller's dict stays as it was
     shift = options.pop("max_shift", 2.0)
-    # the maps are posed below: a simulator that poses maps itself (rotate, max_shift) must not pose
-    # them again; one without these options (a plugin's, say) does not pose them at all
-
-    component = registry.get("simulator", simulator_name)
-    posing = {k: v for k, v in {"rotate": False, "max_shift": 0.0}.items() if component.accepts(k)}
-    simulator = make_simulator(simulator_name, {**options, **posing})
-    poser = PoseSimulator(max_shift=shift)
-    check_max_shift(poser.max_shift, box)
+    simulator, poser = _make_simulator(simulator_name, options, shift, box)
     class_names, templates = load_templates(specs, box, voxel_size, seed, resolution, crop, assembly)
     _check_disk(out, 2 * n_per_class * len(class_names), box)
     # everything is written into a temporary folder beside OUT and appears in OUT only when
@@ -121,56 +224,13 @@ def run_simulation(out: Path, specs, simulator_name: str, n_per_class: int, box:
     with atomic_folder(out, stale=tuple(existing)) as work:
         for name, volume in zip(class_names, templates):
             write_mrc(work / "templates" / f"{name}.mrc", volume, voxel_size)
-
         jobs = [(c, k) for c in range(len(class_names)) for k in range(n_per_class)]
-        density_rows, particle_rows = [], []
-        examples: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in range(len(class_names))}
-        all_density, all_particles = [], []
-        template_tensor = torch.from_numpy(templates).to(device)
-
         with progress.stage(f"simulate {simulator_name} x {len(class_names)} classes", len(jobs),
                             "particles", enabled=not quiet) as bar:
-            for batch_index, start in enumerate(range(0, len(jobs), batch_size)):
-                batch = jobs[start:start + batch_size]
-                generator = torch.Generator().manual_seed(item_seed(seed, batch_index))
-                maps = template_tensor[[c for c, _ in batch]]
-                posed, pose_records = poser.simulate(maps, voxel_size, generator)
-                simulated, sim_records = simulator.simulate(posed, voxel_size, generator)
-                posed_np, simulated_np = posed.cpu().numpy(), simulated.cpu().numpy()
-                for i, (c, k) in enumerate(batch):
-                    name = f"{class_names[c]}_{k:05d}.mrc"
-                    write_mrc(work / "density" / name, posed_np[i], voxel_size)
-                    write_mrc(work / "subtomograms" / name, simulated_np[i], voxel_size)
-                    common = {"rlnClassNumber": c + 1, "forgeClassName": class_names[c],
-                              "rlnImagePixelSize": voxel_size, "forgeParticleIndex": k}
-                    pose = {key: v for key, v in pose_records[i].items() if key != "forgeSimulator"}
-                    density_rows.append({"rlnImageName": f"density/{name}", **common, **pose})
-                    params = {**sim_records[i], **pose}
-                    particle_rows.append({"rlnImageName": f"subtomograms/{name}", **common, **params,
-                                          "forgeDensityName": f"density/{name}"})
-                    if len(examples[c]) < 3:
-                        examples[c].append((posed_np[i], simulated_np[i]))
-                if bundle:
-                    all_density.append(posed_np)
-                    all_particles.append(simulated_np)
-                bar.advance(len(batch))
-
-        density_table = pd.DataFrame(density_rows)
-        particle_table = pd.DataFrame(particle_rows)
-        write_particles(work / "density.star", density_table)
-        write_particles(work / "particles.star", particle_table)
-        if bundle:
-            labels = [c for c, _ in jobs]
-            save_bundle(work / "density.npz", np.concatenate(all_density), labels, class_names, voxel_size,
-                        density_table)
-            save_bundle(work / "particles.npz", np.concatenate(all_particles), labels, class_names, voxel_size,
-                        particle_table.drop(columns=["forgeSimulator"], errors="ignore"))
-        rows = [[templates[c]] + [d for d, _ in examples[c]] + [s for _, s in examples[c]]
-                for c in range(len(class_names))]
-        n_ex = max(len(v) for v in examples.values())
-        save_slice_montage(work / "montage.png", rows, class_names,
-                           ["template"] + [f"D {i + 1}" for i in range(n_ex)] + [f"S {i + 1}" for i in range(n_ex)],
-                           title=f"{simulator_name}, {box}^3 at {voxel_size:g} A (central z slices)")
+            particles = _simulate_batches(work, jobs, class_names, templates, simulator, poser, voxel_size, seed,
+                                          batch_size, bundle, device, bar)
+        _write_tables(work, particles, jobs, class_names, voxel_size, bundle)
+        _write_montage(work, templates, particles.examples, class_names, simulator_name, box, voxel_size)
         summary = {"classes": class_names, "simulator": simulator_name, "options": options, "max_shift": shift,
                    "assembly": assembly, "crop": crop,
                    "n_per_class": n_per_class, "box": box, "voxel_size": voxel_size, "seed": seed,
@@ -185,7 +245,7 @@ def _check_flags(voxel_size: float | None, snr: float | None, resolution: float 
                  assembly: int | None) -> None:
     """The numeric flags of ``forge simulate`` and ``forge density``, each refused by name before
     any work (even where the chosen classes do not use it, such as --resolution with --phantoms)."""
-    from cryoet_forge.io.mrc import check_voxel_size
+    from cryoet_forge.io.mrc import check_voxel_size  # start-up: numpy, mrcfile
 
     if voxel_size is not None:
         check_voxel_size(voxel_size, "--voxel-size")
@@ -241,7 +301,7 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
     Defocus is underfocus positive (--defocus 4 is 4 um underfocus); simulation.json records the
     acquisition used and where each value came from.
     """
-    from cryoet_forge.simulate.templates import check_specs, expand_specs
+    from cryoet_forge.simulate.templates import check_specs, expand_specs  # start-up: numpy, scipy, gemmi
 
     if structures is not None and not structures.strip(" ,"):
         raise ConfigError(f"--structures {structures!r} names no structure; expected PDB ids, structure or map "
@@ -288,7 +348,7 @@ def simulate_command(use_phantoms, structures, simulator_name, n_per_class, box,
 @click.option("--base-url", default=None, help="Archive URL (default $FORGE_PDB_URL or RCSB).")
 def fetch_structures_command(pdb_ids, cache, base_url):
     """Download PDB entries (mmCIF) into the cache; cached entries are never downloaded again."""
-    from cryoet_forge.io.structures import (
+    from cryoet_forge.io.structures import (  # start-up: gemmi
         cached_structure_path,
         check_pdb_id,
         fetch_structure,
@@ -315,6 +375,7 @@ def fetch_structures_command(pdb_ids, cache, base_url):
 @click.option("--crop", is_flag=True, help="Crop a structure larger than the box (with a warning).")
 def density_command(structure, out, voxel_size, box, resolution, assembly, crop):
     """Compute the density map of a PDB/mmCIF file (or a cached PDB id) as MRC."""
+    # start-up: gemmi, numpy
     from cryoet_forge.io.structures import PDB_ID, fetch_structure
     from cryoet_forge.simulate.density import write_structure_map
 

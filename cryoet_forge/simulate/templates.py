@@ -19,10 +19,9 @@ from scipy import ndimage
 
 from cryoet_forge.errors import InputError
 from cryoet_forge.io.mrc import check_voxel_size, read_mrc
+from cryoet_forge.io.structures import PDB_ID, fetch_structure
+from cryoet_forge.simulate.density import density_from_structure
 from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES, make_phantom
-
-# gemmi (and the structure modules built on it) is imported only when a PDB/mmCIF structure is read
-# (start-up time): the registry imports this module through the simulated dataset.
 
 STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".ent.gz", ".cif.gz", ".mmcif.gz")
 MAP_SUFFIXES = (".mrc", ".map", ".mrcs")
@@ -79,9 +78,6 @@ def load_template(spec: str, box: int, voxel_size: float, seed: int = 0,
     if path.suffix.lower() in MAP_SUFFIXES:
         volume, voxel_in = read_mrc(path)
         return class_name_of(path), fit_map(volume, voxel_in, voxel_size, box, str(path))
-    from cryoet_forge.io.structures import PDB_ID, fetch_structure
-    from cryoet_forge.simulate.density import density_from_structure
-
     if is_structure_file(path) or path.exists():
         return class_name_of(path), density_from_structure(path, voxel_size, box, resolution, crop=crop,
                                                            assembly=assembly)
@@ -112,8 +108,6 @@ def expand_specs(specs: str | Iterable[str]) -> list[str]:
 def check_specs(specs: Iterable[str], option: str = "--structures") -> None:
     """Before any work: each class spec is a phantom class, a PDB id, or an existing map (.mrc) or
     structure (.pdb/.cif[.gz]) file; else an InputError naming ``option`` and the spec."""
-    from cryoet_forge.io.structures import PDB_ID
-
     for spec in specs:
         if not spec.strip():
             raise InputError(f"{option} {spec!r} is empty; expected a phantom class, a map or structure file, "

@@ -278,64 +278,55 @@ class TiltSeriesSimulator:
         c = p // 2  # k_z, k_y centred at p // 2; k_x is the rfft half starting at DC
         spectrum[:, c - m:c + m + 1, c - m:c + m + 1, 0:m + 1] += field[..., m:].to(spectrum.device)
 
-    # -- main ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def simulate(self, maps: torch.Tensor, voxel_size: float,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[dict]]:
-        """Simulate subtomograms from density maps (B, S, S, S) -> ((B, S, S, S), parameters)."""
-        maps = check_maps(maps, voxel_size)
-        b, s = maps.shape[0], maps.shape[-1]
-        p = s * self.pad
-        device = maps.device
-        device_key = str(device)  # the cached grids and filters below live on this device
-        angles = self.angles
-        angle_key = tuple(float(a) for a in angles)
-        t_count = len(angles)
-        rotations, shifts = draw_poses(b, self.max_shift, generator, self.rotate)
-        defocus_um = uniform(b, self.defocus_um, generator)
-        height = uniform(b, (-self.ice_thickness_A / 2, self.ice_thickness_A / 2), generator)
-        field_x = uniform(b, (-self.field_of_view_A / 2, self.field_of_view_A / 2), generator)
-        records = pose_records(rotations, shifts, voxel_size)
-
-        posed = posed_maps(maps, rotations, shifts, self.rotate, self.max_shift)
-        posed = posed / posed.flatten(1).amax(dim=1).clamp_min(1e-12).reshape(b, 1, 1, 1)
+    def _central_slices(self, posed: torch.Tensor, generator, records: list[dict], voxel_size: float,
+                        angle_key: tuple[float, ...], device_key: str) -> torch.Tensor:
+        """The central slice of every particle's canvas (neighbours and ice added) at every tilt, all in
+        one grid_sample: (B, T, P, P//2+1), v in FFT order."""
+        b, p = posed.shape[0], posed.shape[-1] * self.pad
         canvas = self._canvas(posed, generator, records, voxel_size)
         canvas = canvas * _apodisation_correction(p, device_key)
         spectrum = torch.fft.rfftn(canvas, dim=(-3, -2, -1))
         del canvas
         spectrum *= _spectrum_sign(p, device_key)
         self._add_ice(spectrum, generator, voxel_size, records)
-
-        # every central slice of every particle in one grid_sample: (B, 2, T, P_v, P_u half)
         grid = _slice_grid(p, angle_key, device_key)
         parts = torch.view_as_real(spectrum).permute(0, 4, 1, 2, 3)
         sampled = F.grid_sample(parts, grid.unsqueeze(0).expand(b, -1, -1, -1, -1), mode="bilinear",
-                                padding_mode="zeros", align_corners=False)
+                                padding_mode="zeros", align_corners=False)  # (B, 2, T, P_v, P_u half)
         del spectrum, parts
-        slices = torch.complex(sampled[:, 0], sampled[:, 1])  # (B, T, P, P//2+1), v in FFT order
-        del sampled
+        return torch.complex(sampled[:, 0], sampled[:, 1])
 
-        # per-tilt transfer on the same (v, u) half grid
-        half = p // 2 + 1
-        s2, envelope, weight = _tilt_filters(s, p, float(voxel_size), angle_key, self.dose, self.bfactor,
-                                             self.phase_per_A, self.mtf, device_key)
-        radians = torch.tensor(np.radians(angles), dtype=torch.float64)
+    def _underfocus(self, defocus_um: torch.Tensor, height: torch.Tensor, field_x: torch.Tensor,
+                    device: torch.device) -> torch.Tensor:
+        """(B, T) underfocus in Angstrom: each particle's defocus and its height in the tilted ice."""
+        radians = torch.tensor(np.radians(self.angles), dtype=torch.float64)
         tilt_height = (-field_x.reshape(-1, 1) * torch.sin(radians) + height.reshape(-1, 1) * torch.cos(radians))
-        underfocus = (-defocus_um.reshape(-1, 1) * 1e4 - tilt_height).float().to(device)  # (B, T) A
+        return (-defocus_um.reshape(-1, 1) * 1e4 - tilt_height).float().to(device)
+
+    def _contrast(self, slices: torch.Tensor, s2: torch.Tensor, envelope: torch.Tensor, underfocus: torch.Tensor,
+                  s: int) -> torch.Tensor:
+        """The per-tilt transfer (CTF and envelope) on the central slices' (v, u) half grid, back in real
+        space: the images' contrast on the rows of the box along the tilt axis, (B, T, S, P)."""
+        b, t_count = slices.shape[0], len(self.angles)
+        p = s * self.pad
+        half = p // 2 + 1
         if self.use_ctf:
             transfer = ctf_model.ctf(s2, underfocus.reshape(-1), self.cs_mm, self.voltage_kv,
                                      self.amplitude_contrast).reshape(b, t_count, p, half)
         else:
-            transfer = torch.full((b, t_count, p, half), -1.0, device=device)
-        dose_per_tilt = self.dose / t_count
+            transfer = torch.full((b, t_count, p, half), -1.0, device=slices.device)
         transfer *= envelope
         contrast = torch.fft.irfft2(slices * transfer, s=(p, p))  # (B, T, P_y, P_x)
-        del slices, transfer
+        del transfer
         y0 = p // 2 - s // 2
-        contrast = contrast[:, :, y0:y0 + s, :]  # rows of the box along the tilt axis: (B, T, S, P)
+        return contrast[:, :, y0:y0 + s, :]
 
-        # electrons per pixel per tilt; thicker ice at high tilt removes elastic electrons
-        path = self.ice_thickness_A / np.cos(np.radians(angles))
+    def _detect(self, contrast: torch.Tensor, voxel_size: float, generator) -> torch.Tensor:
+        """The detected images relative to the mean count, (B, T, S, P): electrons per pixel per tilt
+        (thicker ice at high tilt removes elastic electrons) with shot noise."""
+        device = contrast.device
+        dose_per_tilt = self.dose / len(self.angles)
+        path = self.ice_thickness_A / np.cos(np.radians(self.angles))
         counts = dose_per_tilt * voxel_size**2 * np.exp(-path / INELASTIC_MFP_A)
         n0 = torch.tensor(counts, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
         expected = n0 * (1.0 + contrast).clamp_min(0.0)
@@ -348,17 +339,24 @@ class TiltSeriesSimulator:
             detected = expected + expected.sqrt() * normal
         else:
             detected = expected
-        images = detected / n0 - 1.0
+        return detected / n0 - 1.0
 
-        # detector MTF and R-weighting in one 2D filter over (y, x') (from _tilt_filters)
+    def _reconstruct(self, images: torch.Tensor, weight: torch.Tensor, angle_key: tuple[float, ...],
+                     device_key: str) -> torch.Tensor:
+        """Weighted back-projection of the images (B, T, S, P) into volumes (B, S, S, S): the detector MTF
+        and R-weighting in one 2D filter over (y, x') (from _tilt_filters), then one matrix product."""
+        b, t_count, s, p = images.shape
         filtered = torch.fft.irfft2(torch.fft.rfft2(images) * weight, s=(s, p))  # (B, T, S, P)
-
         matrix, lo, width = _backprojection_matrix(s, p, angle_key, device_key)
         used = filtered[..., lo:lo + width]
         stacked = used.permute(0, 2, 1, 3).reshape(b * s, t_count * width)  # rows (b, y), cols (t, x')
         volume = (stacked @ matrix).reshape(b, s, s, s).permute(0, 2, 1, 3)  # (b, y, z, x) -> (b, z, y, x)
-        volume = volume / t_count
+        return volume / t_count
 
+    def _record_parameters(self, records: list[dict], defocus_um: torch.Tensor, height: torch.Tensor,
+                           field_x: torch.Tensor) -> None:
+        """Each particle's defocus and position in the ice, and the simulator's settings, into ``records``."""
+        angles = self.angles
         constants: dict[str, Any] = {"forgeSimulator": self.name, "rlnVoltage": self.voltage_kv,
                      "rlnSphericalAberration": self.cs_mm, "rlnAmplitudeContrast": self.amplitude_contrast,
                      "rlnCtfBfactor": self.bfactor, "forgeTiltMin": float(angles[0]),
@@ -372,4 +370,33 @@ class TiltSeriesSimulator:
                         "rlnDefocusV": -dz * 1e4 - float(height[i]),
                         "forgeHeightAngst": float(height[i]), "forgeFieldXAngst": float(field_x[i])})
             rec.update(constants)
+
+    # -- main ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def simulate(self, maps: torch.Tensor, voxel_size: float,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[dict]]:
+        """Simulate subtomograms from density maps (B, S, S, S) -> ((B, S, S, S), parameters)."""
+        maps = check_maps(maps, voxel_size)
+        b, s = maps.shape[0], maps.shape[-1]
+        p = s * self.pad
+        device = maps.device
+        device_key = str(device)  # the cached grids and filters below live on this device
+        angle_key = tuple(float(a) for a in self.angles)
+        rotations, shifts = draw_poses(b, self.max_shift, generator, self.rotate)
+        defocus_um = uniform(b, self.defocus_um, generator)
+        height = uniform(b, (-self.ice_thickness_A / 2, self.ice_thickness_A / 2), generator)
+        field_x = uniform(b, (-self.field_of_view_A / 2, self.field_of_view_A / 2), generator)
+        records = pose_records(rotations, shifts, voxel_size)
+
+        posed = posed_maps(maps, rotations, shifts, self.rotate, self.max_shift)
+        posed = posed / posed.flatten(1).amax(dim=1).clamp_min(1e-12).reshape(b, 1, 1, 1)
+        slices = self._central_slices(posed, generator, records, voxel_size, angle_key, device_key)
+        s2, envelope, weight = _tilt_filters(s, p, float(voxel_size), angle_key, self.dose, self.bfactor,
+                                             self.phase_per_A, self.mtf, device_key)
+        underfocus = self._underfocus(defocus_um, height, field_x, device)
+        contrast = self._contrast(slices, s2, envelope, underfocus, s)
+        del slices
+        images = self._detect(contrast, voxel_size, generator)
+        volume = self._reconstruct(images, weight, angle_key, device_key)
+        self._record_parameters(records, defocus_um, height, field_x)
         return volume.contiguous(), records

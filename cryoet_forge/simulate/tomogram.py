@@ -59,6 +59,7 @@ from scipy.fft import next_fast_len
 from cryoet_forge import progress
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.io.mrc import read_mrc
+from cryoet_forge.io.structures import PDB_ID, fetch_structure, read_structure
 from cryoet_forge.simulate import ctf as ctf_model
 from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES
 from cryoet_forge.simulate.rotations import (
@@ -74,8 +75,6 @@ from cryoet_forge.simulate.tilt_series import (
     critical_exposure,
     dose_symmetric_order,
 )
-
-# gemmi (the structure reader) is imported only when a template is a PDB/mmCIF structure (start-up time).
 
 #: a voxel above this fraction of a template's peak lies within the class's radius
 RADIUS_FRACTION = 0.05
@@ -134,8 +133,6 @@ def auto_template_box(spec: str, voxel_size: float, assembly: int | None = None)
     if path.suffix.lower() in MAP_SUFFIXES:
         volume, voxel_in = read_mrc(path)
         return max(16, int(math.ceil(max(volume.shape) * voxel_in / voxel_size)) + 2)
-    from cryoet_forge.io.structures import PDB_ID, fetch_structure, read_structure
-
     if not path.exists() and PDB_ID.match(spec):
         path = fetch_structure(spec)
     structure = read_structure(path, assembly=assembly)

@@ -81,7 +81,7 @@ def _positive(value: float | None, flag: str, unit: str, zero_ok: bool = False) 
 
 def physics_from_options(options: dict[str, Any]):
     """``TomogramPhysics(**options)``; an unknown key is a ConfigError naming it and the keys taken."""
-    from cryoet_forge.simulate.tomogram import TomogramPhysics
+    from cryoet_forge.simulate.tomogram import TomogramPhysics  # start-up: torch, numpy
 
     accepted, _ = simulator_parameters(TomogramPhysics)
     unknown = [key for key in options if key not in accepted]
@@ -107,6 +107,7 @@ def _check_disk(out: Path, nbytes: int) -> None:
 def load_class_templates(specs: Sequence[str] | None, voxel_size: float, template_box: int | None, seed: int,
                          resolution: float | None, crop: bool, assembly: int | None):
     """Every class's ``ClassTemplate`` (loaded as ``forge simulate`` loads them) and its box."""
+    # start-up: torch, numpy, scipy
     from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES
     from cryoet_forge.simulate.templates import load_template
     from cryoet_forge.simulate.tomogram import ClassTemplate, auto_template_box, prepare_template
@@ -123,6 +124,44 @@ def load_class_templates(specs: Sequence[str] | None, voxel_size: float, templat
     return templates, boxes
 
 
+def _particle_counts(n_per_class: str | None, volume_fraction: float | None, radii: Sequence[float],
+                     shape: tuple[int, int, int], slab: tuple[int, int]) -> list[int]:
+    """Particles per class and tomogram (--n-per-class, or enough of each class for
+    --volume-fraction); ConfigError when they cannot be packed into the sample."""
+    from cryoet_forge.simulate.tomogram import counts_for_fraction  # start-up: torch, numpy
+
+    if volume_fraction is not None:
+        n = counts_for_fraction(volume_fraction, radii, shape, slab)
+        if n < 1:
+            raise ConfigError(f"--volume-fraction {volume_fraction:g}: not one particle of each class fits that "
+                              f"fraction of the sample; ask for more, or give --n-per-class")
+        counts = [n] * len(radii)
+    else:
+        counts = parse_counts(n_per_class or "10", len(radii))
+    sample = (slab[1] - slab[0]) * shape[1] * shape[2]
+    filled = sum(c * 4.0 / 3.0 * math.pi * r**3 for c, r in zip(counts, radii)) / sample
+    if filled > MAX_FRACTION:
+        asked = f"--volume-fraction {volume_fraction:g}" if volume_fraction is not None else \
+            f"--n-per-class {n_per_class or 10}"
+        raise ConfigError(f"{asked}: {sum(counts)} particles would fill {100 * filled:.0f}% of the sample (at most "
+                          f"{100 * MAX_FRACTION:.0f}% can be packed); ask for fewer or give a larger --size")
+    return counts
+
+
+def _tomogram_record(tomo_name: str, result, names: Sequence[str], voxel_size: float) -> dict[str, Any]:
+    """simulation.json's entry for the simulated tomogram ``tomo_name``."""
+    import numpy as np  # start-up
+
+    return {
+        "name": tomo_name, "underfocus_um": result.underfocus_A / 1e4,
+        "particles": {n: int((result.layout.classes == c).sum()) for c, n in enumerate(names)},
+        "vesicles": [{"centre_zyx_voxels": [float(v) for v in row[:3]], "radius_A": float(row[3]) * voxel_size}
+                     for row in result.layout.vesicles],
+        "detector_width": result.detector_width,
+        "tomogram_std": float(np.std(result.tomogram)),
+    }
+
+
 def run_tomogram_simulation(out: Path, specs: Sequence[str] | None, shape: tuple[int, int, int], voxel_size: float,
                             physics, n_per_class: str | None = None, volume_fraction: float | None = None,
                             gap_A: float = 10.0, ice_thickness_A: float | None = None, membranes=None,
@@ -135,10 +174,12 @@ def run_tomogram_simulation(out: Path, specs: Sequence[str] | None, shape: tuple
     """Simulate ``n_tomograms`` labelled tomograms into ``out`` (layout: ``simulate.tomogram_output``);
     returns the summary written to simulation.json. The outputs appear in ``out`` together, once
     every one is written; a failure leaves ``out`` as it was."""
-    import numpy as np
+    # start-up: torch, numpy, pandas, and the modules built on them
+    import pandas as pd
 
+    # start-up: as above
     from cryoet_forge.simulate import tomogram_output as output
-    from cryoet_forge.simulate.tomogram import MembraneSpec, counts_for_fraction, simulate_tomogram, slab_of
+    from cryoet_forge.simulate.tomogram import MembraneSpec, simulate_tomogram, slab_of
 
     membranes = membranes or MembraneSpec()
     slab = slab_of(shape, voxel_size, ice_thickness_A)
@@ -151,21 +192,7 @@ def run_tomogram_simulation(out: Path, specs: Sequence[str] | None, shape: tuple
     templates, boxes = load_class_templates(specs, voxel_size, template_box, seed, resolution, crop, assembly)
     names = [t.name for t in templates]
     radii = [t.radius for t in templates]
-    if volume_fraction is not None:
-        n = counts_for_fraction(volume_fraction, radii, shape, slab)
-        if n < 1:
-            raise ConfigError(f"--volume-fraction {volume_fraction:g}: not one particle of each class fits that "
-                              f"fraction of the sample; ask for more, or give --n-per-class")
-        counts = [n] * len(templates)
-    else:
-        counts = parse_counts(n_per_class or "10", len(templates))
-    sample = (slab[1] - slab[0]) * shape[1] * shape[2]
-    filled = sum(c * 4.0 / 3.0 * math.pi * r**3 for c, r in zip(counts, radii)) / sample
-    if filled > MAX_FRACTION:
-        asked = f"--volume-fraction {volume_fraction:g}" if volume_fraction is not None else \
-            f"--n-per-class {n_per_class or 10}"
-        raise ConfigError(f"{asked}: {sum(counts)} particles would fill {100 * filled:.0f}% of the sample (at most "
-                          f"{100 * MAX_FRACTION:.0f}% can be packed); ask for fewer or give a larger --size")
+    counts = _particle_counts(n_per_class, volume_fraction, radii, shape, slab)
     disk = n_tomograms * voxels * (4 + 1 + (4 if zarr else 0) + (5 if copick else 0))
     if tilt_series:
         disk += n_tomograms * len(physics.angles) * shape[1] * physics.detector_width(shape) * 4
@@ -188,19 +215,10 @@ def run_tomogram_simulation(out: Path, specs: Sequence[str] | None, shape: tuple
                 writer.add(result)
             picks.append(output.particles_table([result], names, radii_A))
             sizes.append((tomo_name, shape))
-            records.append({
-                "name": tomo_name, "underfocus_um": result.underfocus_A / 1e4,
-                "particles": {n: int((result.layout.classes == c).sum()) for c, n in enumerate(names)},
-                "vesicles": [{"centre_zyx_voxels": [float(v) for v in row[:3]], "radius_A": float(row[3]) * voxel_size}
-                             for row in result.layout.vesicles],
-                "detector_width": result.detector_width,
-                "tomogram_std": float(np.std(result.tomogram)),
-            })
+            records.append(_tomogram_record(tomo_name, result, names, voxel_size))
             del result
         if writer is not None:
             writer.finish()
-        import pandas as pd
-
         output.write_star(work / "particles.star", {"particles": pd.concat(picks, ignore_index=True)})
         output.write_star(work / "tomograms.star", {"global": output.tomograms_table(sizes, physics, voxel_size)})
         summary = {
@@ -220,6 +238,42 @@ def run_tomogram_simulation(out: Path, specs: Sequence[str] | None, shape: tuple
             summary["acquisition"] = acquisition
         write_json_atomic(work / "simulation.json", summary, default=str)
     return summary
+
+
+def _check_sample_flags(size: str, n_per_class: str | None, volume_fraction: float | None, gap: float,
+                        ice_thickness: float | None, membranes: int, membrane_radius: str, membrane_thickness: float,
+                        label_threshold: float) -> tuple[tuple[int, int, int], tuple[float, float]]:
+    """The flags of ``forge simulate-tomogram`` that describe the sample, each refused by name before any
+    work; (the tomogram's shape, the vesicles' radius range)."""
+    shape = parse_size(size)
+    if n_per_class is not None and volume_fraction is not None:
+        raise ConfigError("give one of --n-per-class and --volume-fraction")
+    if n_per_class is not None:
+        parse_counts(n_per_class, len(n_per_class.split(",")))  # the numbers themselves; the count per class later
+    if volume_fraction is not None and not (math.isfinite(volume_fraction) and 0 < volume_fraction <= MAX_FRACTION):
+        raise ConfigError(f"--volume-fraction {volume_fraction!r}: expected a fraction > 0 and <= {MAX_FRACTION:g}")
+    _positive(gap, "--gap", "Angstrom", zero_ok=True)
+    _positive(ice_thickness, "--ice-thickness", "Angstrom")
+    if membranes < 0:
+        raise ConfigError(f"--membranes {membranes}: expected a number of vesicles >= 0")
+    radius_range = parse_radius_range(membrane_radius)
+    _positive(membrane_thickness, "--membrane-thickness", "Angstrom")
+    if not (math.isfinite(label_threshold) and 0 < label_threshold < 1):
+        raise ConfigError(f"--label-threshold {label_threshold!r}: expected a fraction of the map's peak, "
+                          "between 0 and 1")
+    return shape, radius_range
+
+
+def _check_vesicles_fit(shape: tuple[int, int, int], voxel_size: float, ice_thickness: float | None,
+                        radius_range: tuple[float, float], membrane_thickness: float, membrane_radius: str) -> None:
+    """ConfigError when the smallest vesicle does not fit in the sample's smallest extent."""
+    from cryoet_forge.simulate.tomogram import slab_of  # start-up: torch, numpy
+
+    slab = slab_of(shape, voxel_size, ice_thickness)
+    room = min(slab[1] - slab[0], shape[1], shape[2]) * voxel_size / 2
+    if radius_range[0] + membrane_thickness / 2 > room:
+        raise ConfigError(f"--membrane-radius {membrane_radius}: a vesicle of radius {radius_range[0]:g} A "
+                          f"does not fit in a sample of {2 * room:g} A (its smallest extent)")
 
 
 @click.command("simulate-tomogram")
@@ -302,7 +356,7 @@ def simulate_tomogram_command(use_phantoms, structures, size, voxel_size, n_per_
     forge extract --picks OUT/particles.star --tomograms OUT/tomograms --class-column forgeClassName.
     Defocus is underfocus positive. The same --seed gives the same files.
     """
-    from cryoet_forge.simulate.templates import check_specs, expand_specs
+    from cryoet_forge.simulate.templates import check_specs, expand_specs  # start-up: numpy, scipy, gemmi
 
     if structures is not None and not structures.strip(" ,"):
         raise ConfigError(f"--structures {structures!r} names no structure; expected PDB ids, structure or map "
@@ -310,22 +364,8 @@ def simulate_tomogram_command(use_phantoms, structures, size, voxel_size, n_per_
     if use_phantoms == bool(structures):
         raise ConfigError("give exactly one of --phantoms or --structures IDS_OR_DIR")
     _check_flags(voxel_size, None, resolution, assembly)
-    shape = parse_size(size)
-    if n_per_class is not None and volume_fraction is not None:
-        raise ConfigError("give one of --n-per-class and --volume-fraction")
-    if n_per_class is not None:
-        parse_counts(n_per_class, len(n_per_class.split(",")))  # the numbers themselves; the count per class later
-    if volume_fraction is not None and not (math.isfinite(volume_fraction) and 0 < volume_fraction <= MAX_FRACTION):
-        raise ConfigError(f"--volume-fraction {volume_fraction!r}: expected a fraction > 0 and <= {MAX_FRACTION:g}")
-    _positive(gap, "--gap", "Angstrom", zero_ok=True)
-    _positive(ice_thickness, "--ice-thickness", "Angstrom")
-    if membranes < 0:
-        raise ConfigError(f"--membranes {membranes}: expected a number of vesicles >= 0")
-    radius_range = parse_radius_range(membrane_radius)
-    _positive(membrane_thickness, "--membrane-thickness", "Angstrom")
-    if not (math.isfinite(label_threshold) and 0 < label_threshold < 1):
-        raise ConfigError(f"--label-threshold {label_threshold!r}: expected a fraction of the map's peak, "
-                          "between 0 and 1")
+    shape, radius_range = _check_sample_flags(size, n_per_class, volume_fraction, gap, ice_thickness, membranes,
+                                              membrane_radius, membrane_thickness, label_threshold)
     if template_box is not None and not 8 <= template_box <= 1024:
         raise ConfigError(f"--template-box {template_box}: expected 8..1024 voxels")
     if not 1 <= n_tomograms <= 9999:
@@ -339,7 +379,7 @@ def simulate_tomogram_command(use_phantoms, structures, size, voxel_size, n_per_
     if "tilt_range" in flags and not (-90 < flags["tilt_range"][0] and flags["tilt_range"][1] < 90):
         raise ConfigError(f"--tilt-range {tilt_range!r}: expected angles strictly within -90..90 degrees")
     star = acq.read_star_acquisition(acquisition) if acquisition is not None else None
-    from cryoet_forge.simulate.tomogram import MembraneSpec, TomogramPhysics
+    from cryoet_forge.simulate.tomogram import MembraneSpec, TomogramPhysics  # start-up: torch
 
     options, used, more = acq.apply_acquisition("simulate-tomogram", TomogramPhysics, flags, options, star)
     notes += more
@@ -351,13 +391,7 @@ def simulate_tomogram_command(use_phantoms, structures, size, voxel_size, n_per_
     used = {"voxel_size": voxel_size, **used}
     used["sources"] = {"voxel_size": voxel_source, **used["sources"]}
     if membranes:
-        from cryoet_forge.simulate.tomogram import slab_of
-
-        slab = slab_of(shape, voxel_size, ice_thickness)
-        room = min(slab[1] - slab[0], shape[1], shape[2]) * voxel_size / 2
-        if radius_range[0] + membrane_thickness / 2 > room:
-            raise ConfigError(f"--membrane-radius {membrane_radius}: a vesicle of radius {radius_range[0]:g} A "
-                              f"does not fit in a sample of {2 * room:g} A (its smallest extent)")
+        _check_vesicles_fit(shape, voxel_size, ice_thickness, radius_range, membrane_thickness, membrane_radius)
     for line in notes:
         click.echo(f"forge: note: {line}", err=True)
 

@@ -143,7 +143,7 @@ class CopickWriter:
                  voxel_size: float, membranes: bool):
         try:
             import copick  # optional dependency (the copick extra)
-            from copick.models import PickableObject
+            from copick.models import PickableObject  # optional dependency (the copick extra)
         except ImportError:
             raise ConfigError("--copick needs the copick library: pip install 'cryoet-forge[copick]'") from None
         self.names = {name: copick_name(name) for name in class_names}

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cryoet_forge import progress, registry
 from cryoet_forge.config import TrainConfig, validate
@@ -26,8 +27,10 @@ from cryoet_forge.contracts import (
     run_generator,
 )
 from cryoet_forge.contrastive import build_regularizers
+from cryoet_forge.data.polarity import apply_polarity
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.losses import CycleL1Loss
+from cryoet_forge.models.cb3d import load_cb3d, normalize_volumes
 from cryoet_forge.train.checkpoint import error_text
 from cryoet_forge.train.distributed import DistContext, all_gather_objects
 from cryoet_forge.train.memory_format import FORMATS, choose_memory_formats
@@ -178,8 +181,6 @@ POLARITY_SAMPLE = 64
 def check_polarity(subtomograms, mode: str, log=None):
     """Domain S under the contrast convention (cryoet_forge.data.polarity): the dataset, wrapped to
     invert it where ``mode`` is "auto" and it is protein-bright; "check" raises an InputError then."""
-    from cryoet_forge.data.polarity import apply_polarity
-
     if mode == "off":
         return subtomograms
     n = len(subtomograms)
@@ -343,8 +344,6 @@ class SemanticLoss:
         self.model, self.normalize, self.weight = model, normalize, weight
 
     def __call__(self, d: torch.Tensor, fake_s: torch.Tensor) -> torch.Tensor:
-        from cryoet_forge.models.cb3d import normalize_volumes
-
         with torch.no_grad():
             target = self.model(normalize_volumes(d.float(), self.normalize)).argmax(1)
         logits = self.model(normalize_volumes(fake_s.float(), self.normalize)).float()
@@ -355,8 +354,6 @@ def build_semantic_loss(cfg: TrainConfig, device: torch.device, box: int) -> Sem
     """The semantic-consistency loss with its frozen classifier; None when the loss is off."""
     if not cfg.loss.semantic_weight > 0:
         return None
-    from cryoet_forge.models.cb3d import load_cb3d
-
     model, metadata = load_cb3d(cfg.loss.semantic_classifier, device=device)
     if model.config.box != box:
         raise InputError(f"loss.semantic_classifier {cfg.loss.semantic_classifier}: trained on "
@@ -381,8 +378,6 @@ class Wrapped:
 def wrap_networks(models: Models, ctx: DistContext, compile: bool) -> Wrapped:
     critics_eval: dict[str, Callable[..., Any]] = dict(models.critics.items())
     if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         generators: Callable[..., Any] = DDP(models.gen_pair, device_ids=ids, forward_sync_buffers=False)
         critics: dict[str, Callable[..., Any]] = {

@@ -38,8 +38,10 @@ import torch
 from cryoet_forge import progress
 from cryoet_forge.config import TrainConfig
 from cryoet_forge.errors import PluginError, TrainingError
+from cryoet_forge.registry import get_registry
 from cryoet_forge.train.checkpoint import CheckpointManager
 from cryoet_forge.train.distributed import DistContext, mean_across_ranks
+from cryoet_forge.viz import save_slice_montage
 
 HOOKS = ("on_train_start", "on_step_end", "on_checkpoint", "on_train_end")
 
@@ -184,8 +186,6 @@ def plugin_callbacks() -> list[Any]:
     """The callbacks plugins add through ``forge_register_train_callbacks``, in the order pluggy
     calls the hooks; a plugin whose registration fails stops training before it starts
     (PluginError) rather than train without its callback."""
-    from cryoet_forge.registry import get_registry
-
     return get_registry().collect("forge_register_train_callbacks", check_callback)
 
 
@@ -244,7 +244,7 @@ class LossLogger(Callback):
 def tensorboard_writer(run_dir: Path, step: int):
     """A TensorBoard writer for ``run_dir/tensorboard``, or None (one line) without tensorboard."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional dependency (the tensorboard extra)
     except ImportError:
         progress.log("tensorboard is not installed: no event files are written "
                      "(pip install 'cryoet-forge[tensorboard]'); losses are still in the checkpoints' state")
@@ -296,8 +296,6 @@ class ProgressBar(Callback):
 
 def save_montage(run_dir: Path, step: int, images: Sequence[torch.Tensor]) -> Path:
     """``RUN_DIR/images/step-N.png``: the first volume of d, G_DS(d), its cycle, s, G_SD(s), its cycle."""
-    from cryoet_forge.viz import save_slice_montage
-
     d, fs, cd, s, fd, cs = (x[0, 0].float().cpu().numpy() for x in images)
     path = run_dir / "images" / f"step-{step:08d}.png"
     save_slice_montage(path, [[d, fs, cd], [s, fd, cs]], row_labels=["D -> S -> D", "S -> D -> S"],

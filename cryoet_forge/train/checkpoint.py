@@ -44,6 +44,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from cryoet_forge import progress
 from cryoet_forge.errors import InputError
 from cryoet_forge.train.distributed import DistContext, barrier
 
@@ -195,8 +196,6 @@ def verify_checkpoint(path: Path, names: tuple[str, ...] = FILES) -> None:
             raise InputError(f"{path}: no {CHECKSUMS}, so the checkpoint cannot be verified (refused under "
                              "--strict)")
         if str(path) not in _unverified_said:
-            from cryoet_forge import progress
-
             _unverified_said.add(str(path))
             progress.warn(f"warning: {path}: no {CHECKSUMS}; the checkpoint is read unverified "
                           "(--strict refuses it)")
@@ -218,8 +217,6 @@ def load_newest_intact(run_dir: Path, load: Callable[[Path], T]) -> tuple[Path, 
     InputError, going back one checkpoint at a time; each one skipped is reported on stderr
     with its reason (``progress.warn``: also under ``--quiet``). InputError (the newest one's
     reason) when none is intact."""
-    from cryoet_forge import progress
-
     newest = latest_checkpoint(run_dir)
     errors: list[str] = []
     for path in reversed(list_checkpoints(run_dir)):

@@ -7,10 +7,19 @@ from pathlib import Path
 
 import click
 
-from cryoet_forge.devices import SEED, NonEmptyPath
+from cryoet_forge import progress, registry
+from cryoet_forge.config import load_config, parse_override
+from cryoet_forge.devices import SEED, NonEmptyPath, check_device
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.atomic import check_output_folder
+from cryoet_forge.io.files import check_output_target
 from cryoet_forge.limits import INT64_MAX
 from cryoet_forge.progress import quiet_option
+from cryoet_forge.train.data_options import real_data_overrides
+
+# `forge --help` imports this module: what only a command's work needs (the training loop, the
+# checkpoints, generation: torch, numpy and the modules built on them) is imported inside the
+# functions that use it (start-up time).
 
 
 def strict_option(command):
@@ -19,7 +28,7 @@ def strict_option(command):
     module (and torch) only when the command runs, so that ``--help`` stays fast."""
 
     def callback(ctx, param, value):
-        from cryoet_forge.train.checkpoint import configure
+        from cryoet_forge.train.checkpoint import configure  # start-up: torch
 
         configure(strict=bool(value))
         return value
@@ -30,8 +39,6 @@ def strict_option(command):
 
 
 def _overrides(pairs: tuple[str, ...]) -> dict:
-    from cryoet_forge.config import parse_override
-
     return dict(parse_override(p) for p in pairs)
 
 
@@ -68,9 +75,8 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
 def train_command(config_path, run_dir, resume_dir, generator, critic, loss, precision, steps,
                   compile_, sets, real, maps, structures, gan_input):
     """Train CryoETGAN (density maps D <-> subtomograms S); works under torchrun too."""
-    from cryoet_forge.config import load_config
+    # start-up: the names load cryoet_forge.train.loop (torch)
     from cryoet_forge.train import resume_config, train
-    from cryoet_forge.train.data_options import real_data_overrides
 
     if resume_dir is not None and (real is not None or maps is not None or structures):
         raise ConfigError("--resume uses the run folder's own data; drop --real/--maps/--structures")
@@ -89,12 +95,10 @@ def train_command(config_path, run_dir, resume_dir, generator, critic, loss, pre
             raise ConfigError("--resume continues the run in its own folder; drop --out")
         cfg = resume_config(resume_dir, overrides)
         _check_components(cfg)
-        from cryoet_forge.train.checkpoint import list_checkpoints
+        from cryoet_forge.train.checkpoint import list_checkpoints  # start-up: torch
 
         started = bool(list_checkpoints(resume_dir))
         if not started and os.environ.get("RANK", "0") == "0":
-            from cryoet_forge import progress
-
             progress.warn(f"{resume_dir}: no checkpoint yet (the run stopped before its first one); "
                           "starting it from step 0")
         out = train(cfg, resume_dir, resume=started)
@@ -104,8 +108,6 @@ def train_command(config_path, run_dir, resume_dir, generator, critic, loss, pre
         if run_dir is None:
             name = config_path.stem if config_path is not None else "default"
             run_dir = Path("runs") / name
-        from cryoet_forge.io.files import check_output_target
-
         check_output_target(run_dir, folder=True)
         out = train(cfg, run_dir)
     if os.environ.get("RANK", "0") == "0":
@@ -114,8 +116,6 @@ def train_command(config_path, run_dir, resume_dir, generator, critic, loss, pre
 
 def _check_components(cfg) -> None:
     """Fail on an unknown name before any data is generated (lists the valid choices)."""
-    from cryoet_forge import registry
-
     registry.get("generator", cfg.model.generator)
     registry.get("critic", cfg.model.critic)
     registry.get("loss", cfg.loss.adversarial)
@@ -142,12 +142,12 @@ def _check_components(cfg) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an earlier generation in OUT (as a whole).")
 def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_size, overwrite):
     """Generate realistic subtomograms (MRC + particles.star) from density maps."""
-    from cryoet_forge.generate import generate_to_folder
+    from cryoet_forge.generate import generate_to_folder  # start-up: torch
 
     if (maps is None) == (not structures):
         raise InputError("give exactly one of --maps DIR|STAR or --structures FILE...")
     if structures:
-        from cryoet_forge.simulate.templates import check_specs
+        from cryoet_forge.simulate.templates import check_specs  # start-up: numpy, scipy
 
         check_specs(structures)
     star = generate_to_folder(run_dir, out_dir, maps=maps, structures=list(structures),
@@ -170,7 +170,7 @@ def generate_command(run_dir, maps, structures, n_per_map, out_dir, seed, batch_
 @click.option("--overwrite", is_flag=True, help="Replace an earlier result in OUT.")
 def uncertainty_command(run_dir, map_path, samples, dropout, seed, out_dir, overwrite):
     """Monte-Carlo-dropout uncertainty: per-voxel mean and std of generated subtomograms."""
-    from cryoet_forge.uncertainty import uncertainty_to_folder
+    from cryoet_forge.uncertainty import uncertainty_to_folder  # start-up: torch
 
     if dropout is not None and not 0 <= dropout < 1:  # click's FloatRange lets NaN through
         raise ConfigError(f"--dropout {dropout}: expected a probability in [0, 1)")
@@ -202,9 +202,8 @@ def uncertainty_command(run_dir, map_path, samples, dropout, seed, out_dir, over
 def refine_tomogram_command(run_dir, tomograms, out_dir, tile, overlap, checkpoint, seed, batch_size, device,
                             overwrite):
     """Refine whole tomograms with a run's generator by overlapping, blended tiles (no seams)."""
-    from cryoet_forge.devices import check_device
+    # start-up: torch, numpy, mrcfile
     from cryoet_forge.generate import check_run_voxel_size
-    from cryoet_forge.io.atomic import check_output_folder
     from cryoet_forge.io.mrc import read_mrc, write_mrc
     from cryoet_forge.refine import refine_tomogram
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cryoet_forge import registry
 from cryoet_forge.errors import ConfigError
 
 #: the normalisation of both domains (the one forge evaluate trains with)
@@ -37,11 +38,10 @@ def real_data_overrides(real: Path | None, maps: Path | None, structures: tuple[
     if gan_input not in GAN_INPUTS:
         raise ConfigError(f"--gan-input {gan_input!r}; choose from: {', '.join(GAN_INPUTS)}")
     if structures:
+        # start-up: forge train --help imports this module; templates imports numpy and scipy
         from cryoet_forge.simulate.templates import check_specs
 
         check_specs(structures)
-    from cryoet_forge import registry
-
     if real.suffix.lower() == ".json":
         dataset, options = "copick", {"config": str(real), "normalize": NORMALIZE}
     else:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from cryoet_forge.devices import check_device, launcher_world
 from cryoet_forge.errors import ConfigError
 
 
@@ -37,15 +38,11 @@ class DistContext:
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    from cryoet_forge.devices import check_device
-
     return check_device(preference, "train.device", local_rank)
 
 
 def init_distributed(device_preference: str) -> DistContext:
     """Join the torchrun process group if there is one; pick this rank's device."""
-    from cryoet_forge.devices import launcher_world
-
     where = launcher_world()
     world_size, rank, local_rank = where.world_size, where.rank, where.local_rank
     device = resolve_device(device_preference, local_rank)

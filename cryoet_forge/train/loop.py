@@ -36,6 +36,7 @@ import torch
 from cryoet_forge import progress
 from cryoet_forge.config import TrainConfig, load_config, save_config
 from cryoet_forge.errors import InputError
+from cryoet_forge.io.atomic import write_json_atomic
 from cryoet_forge.losses import CycleL1Loss
 from cryoet_forge.train.builder import (
     NETWORKS,
@@ -329,8 +330,6 @@ def fit(trainer: Trainer, callbacks: Sequence[Any] = ()) -> TrainState:
 
 
 def write_run_metadata(run_dir: Path, density, box: int) -> None:
-    from cryoet_forge.io.atomic import write_json_atomic
-
     meta = {
         "box": box,
         "voxel_size": float(getattr(density, "voxel_size", 0.0) or 0.0),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.cpu as cpu
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -20,8 +21,6 @@ def native_bf16(device: torch.device | str) -> bool:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
-    import torch.cpu as cpu
-
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence the guard
     return any(bool(getattr(cpu, name)()) for name in checks if hasattr(cpu, name))
 

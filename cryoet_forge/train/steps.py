@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from cryoet_forge.contracts import AdversarialLoss, noise_shape, takes_noise
@@ -203,8 +204,6 @@ def generator_step(outputs: Sequence[torch.Tensor], d: torch.Tensor, s: torch.Te
 
 def average_gradients(params: Iterable[torch.nn.Parameter], world_size: int) -> None:
     """Average the gradients of parameters outside DDP across the ranks (a missing one counts as 0)."""
-    import torch.distributed as dist
-
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
