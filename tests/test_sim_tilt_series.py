@@ -136,3 +136,35 @@ def test_bad_options():
         tilt_series(max_shift=-1)
     with pytest.raises(ConfigError, match="max_shift 'abc'"):
         PoseSimulator(max_shift="abc")
+
+
+def _band(volumes, low, high, voxel_size=10.0):
+    """Volumes band-passed to spatial frequencies low..high (1/A)."""
+    size = volumes.shape[-1]
+    k = torch.fft.fftfreq(size) / voxel_size
+    kx = torch.fft.rfftfreq(size) / voxel_size
+    radius = torch.sqrt(k.reshape(-1, 1, 1) ** 2 + k.reshape(1, -1, 1) ** 2 + kx.reshape(1, 1, -1) ** 2)
+    mask = ((radius >= low) & (radius <= high)).to(torch.float32)
+    return torch.fft.irfftn(torch.fft.rfftn(volumes, dim=(-3, -2, -1)) * mask, s=volumes.shape[-3:], dim=(-3, -2, -1))
+
+
+def test_phase_flipping_restores_the_contrast_beyond_the_first_ctf_zero(maps):
+    """At 4 um underfocus the CTF's first zero is near 1/28 A: beyond it an uncorrected reconstruction
+    has the density's contrast reversed, a phase-flipped one keeps it (protein dark at every frequency)."""
+    options = dict(shot_noise="none", ice=0.0, crowding=0, mtf=False, bfactor=0.0, defocus_um=-4.0,
+                   ice_thickness_A=0.0, field_of_view_A=0.0, amplitude_contrast=0.07)
+    first_zero = ctf_model.ctf_first_zero(4e4)
+    second_band = (first_zero * 1.08, 0.048)  # between the first zero and the 10 A Nyquist (the second zero is beyond)
+    plain, _ = run(tilt_series(**options), maps, seed=3)
+    flipped, records = run(tilt_series(phase_flip=True, **options), maps, seed=3)
+    posed, _ = PoseSimulator(max_shift=2.0).simulate(maps, 10.0, torch.Generator().manual_seed(3))
+    dark = -_band(wedge_filtered(posed), *second_band)
+    low = -_band(wedge_filtered(posed), 0.0, first_zero * 0.8)
+    for i in range(len(maps)):
+        assert correlation(_band(plain[i], *second_band), dark[i]) < -0.3, PHANTOM_CLASSES[i]
+        assert correlation(_band(flipped[i], *second_band), dark[i]) > 0.3, PHANTOM_CLASSES[i]
+        # below the first zero nothing changes sign
+        assert correlation(_band(flipped[i], 0.0, first_zero * 0.8), low[i]) > 0.3
+    assert records[0]["forgePhaseFlip"] == 1
+    with pytest.raises(ConfigError, match="phase_flip needs ctf"):
+        tilt_series(phase_flip=True, ctf=False)

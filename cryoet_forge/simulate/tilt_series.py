@@ -19,7 +19,10 @@ This is the higher-fidelity ("experimental-looking") simulation. For a batch of 
    dose-symmetric order, a per-tilt electron count ``dose * voxel^2 * exp(-t / (mfp cos a))``
    (thicker ice at high tilt lets fewer elastic electrons through), shot noise (Poisson, or
    its Gaussian approximation for speed), and the detector MTF;
-5. R-weighted (ramp-filtered) back-projection of the tilt images into the box.
+5. with ``phase_flip``, CTF correction by phase flipping of each tilt image at the particle's own
+   defocus (as reconstructions that correct the CTF do: IMOD's ctfphaseflip, Parakeet's 3D
+   correction), the low frequencies keeping their sign;
+6. R-weighted (ramp-filtered) back-projection of the tilt images into the box.
 
 The phase shift of protein is ``phase_per_A`` radians per Angstrom of projected protein
 (sigma * dV: 6.5e-4 rad/(V A) at 300 kV times ~3 V between protein and vitreous ice, about 2e-3 rad/A). Every random value is recorded.
@@ -188,7 +191,7 @@ class TiltSeriesSimulator:
                  crowding: int = 2, crowding_distance: Sequence[float] = (0.55, 0.85),
                  ice: float = 0.15, ice_correlation_A: float = 150.0, ice_thickness_A: float = 1500.0,
                  field_of_view_A: float = 4000.0, shot_noise: str = "gaussian", pad: int = 2,
-                 max_shift: float = 2.0, rotate: bool = True, ctf: bool = True):
+                 max_shift: float = 2.0, rotate: bool = True, ctf: bool = True, phase_flip: bool = False):
         self.tilt_range = as_range(tilt_range, "tilt_range")
         if not (-90 < self.tilt_range[0] and self.tilt_range[1] < 90):
             raise ConfigError(f"tilt_range {tilt_range!r}: expected angles strictly within -90..90 degrees")
@@ -220,6 +223,9 @@ class TiltSeriesSimulator:
         self.shot_noise, self.pad = shot_noise, int(pad)
         self.max_shift, self.rotate = float(max_shift), bool(rotate)
         self.use_ctf = bool(ctf)  # False: plain negative contrast (for checking the geometry)
+        if phase_flip and not ctf:
+            raise ConfigError("phase_flip needs ctf = true: there is no CTF to correct")
+        self.phase_flip = bool(phase_flip)
 
     # -- pieces -----------------------------------------------------------------------------
     def _canvas(self, posed: torch.Tensor, generator, records: list[dict], voxel_size: float) -> torch.Tensor:
@@ -341,6 +347,18 @@ class TiltSeriesSimulator:
             detected = expected
         return detected / n0 - 1.0
 
+    def _flip_phases(self, images: torch.Tensor, underfocus: torch.Tensor, voxel_size: float) -> torch.Tensor:
+        """CTF correction by phase flipping, as before a reconstruction (IMOD's ctfphaseflip; Parakeet's
+        3D correction): each detected image (B, T, S, P) times the sign of its own CTF at the particle's
+        defocus in that tilt, signed so that the low frequencies keep their contrast (protein dark)."""
+        b, t_count, s, p = images.shape
+        fy = torch.fft.fftfreq(s, device=images.device).reshape(-1, 1) / voxel_size
+        fx = torch.fft.rfftfreq(p, device=images.device).reshape(1, -1) / voxel_size
+        transfer = ctf_model.ctf(fy**2 + fx**2, underfocus.reshape(-1), self.cs_mm, self.voltage_kv,
+                                 self.amplitude_contrast).reshape(b, t_count, s, p // 2 + 1)
+        flip = torch.where(transfer > 0, -1.0, 1.0)  # the CTF is negative at low frequency here
+        return torch.fft.irfft2(torch.fft.rfft2(images) * flip, s=(s, p))
+
     def _reconstruct(self, images: torch.Tensor, weight: torch.Tensor, angle_key: tuple[float, ...],
                      device_key: str) -> torch.Tensor:
         """Weighted back-projection of the images (B, T, S, P) into volumes (B, S, S, S): the detector MTF
@@ -363,7 +381,8 @@ class TiltSeriesSimulator:
                      "forgeTiltMax": float(angles[-1]), "forgeTiltStep": self.tilt_step,
                      "forgeDose": self.dose, "forgePhasePerAngst": self.phase_per_A,
                      "forgeIceThicknessAngst": self.ice_thickness_A, "forgeShotNoise": self.shot_noise,
-                     "forgeMtf": int(self.mtf), "forgeCtf": int(self.use_ctf)}
+                     "forgeMtf": int(self.mtf), "forgeCtf": int(self.use_ctf),
+                     "forgePhaseFlip": int(self.phase_flip)}
         for i, rec in enumerate(records):
             dz = float(defocus_um[i])
             rec.update({"forgeDefocusUm": dz, "rlnDefocusU": -dz * 1e4 - float(height[i]),
@@ -397,6 +416,8 @@ class TiltSeriesSimulator:
         contrast = self._contrast(slices, s2, envelope, underfocus, s)
         del slices
         images = self._detect(contrast, voxel_size, generator)
+        if self.phase_flip:
+            images = self._flip_phases(images, underfocus, float(voxel_size))
         volume = self._reconstruct(images, weight, angle_key, device_key)
         self._record_parameters(records, defocus_um, height, field_x)
         return volume.contiguous(), records
