@@ -125,7 +125,8 @@ def simulated(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("picking")
     for name, seed in (("real", 1), ("synthetic", 2)):
-        assert main([*SIMULATE, "--seed", str(seed), "--out", str(root / name)]) == 0
+        extra = ["--copick"] if name == "real" else []  # the real domain also as a copick project
+        assert main([*SIMULATE, *extra, "--seed", str(seed), "--out", str(root / name)]) == 0
     shutil.copytree(root / "synthetic" / "tomograms", root / "refined")
     return root
 
@@ -180,3 +181,50 @@ def test_evaluate_picking_bad_input_is_one_line(simulated, tmp_path, capsys, cha
     assert main([*args, *change]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_copick_project_reads_as_the_same_real_tomograms(simulated):
+    """The copick project that simulate-tomogram wrote beside its STAR tables gives the same volumes,
+    picks (voxels) and radii (from the project's objects) as the tables."""
+    pytest.importorskip("copick")
+    from cryoet_forge.picking.tomograms import copick_radii, load_copick_tomograms, load_labelled_tomograms, read_radii
+
+    real = simulated / "real"
+    config = real / "copick" / "copick.json"
+    radii = read_radii(real / "particles.star", "forgeRadiusAngst")
+    assert copick_radii(config) == pytest.approx(radii)
+    from_tables = load_labelled_tomograms(real / "particles.star", real / "tomograms", ["TS_01", "TS_02"], radii)
+    from_copick = load_copick_tomograms(config, ["TS_01", "TS_02"])
+    for a, b in zip(from_tables, from_copick):
+        assert a.name == b.name and a.voxel_size == b.voxel_size
+        np.testing.assert_allclose(b.volume, a.volume, atol=1e-3 * float(np.abs(a.volume).max()))
+        assert sorted(a.picks) == sorted(b.picks) == ["globule", "two-lobe"]
+        for name in a.picks:
+            order = np.lexsort(a.picks[name].T), np.lexsort(b.picks[name].T)
+            np.testing.assert_allclose(b.picks[name][order[1]], a.picks[name][order[0]], atol=1e-4)
+        assert b.radii_A == pytest.approx(a.radii_A)
+
+
+def test_evaluate_picking_on_a_copick_project(simulated, tmp_path, capsys):
+    pytest.importorskip("copick")
+    import json
+
+    from cryoet_forge.cli import main
+
+    config = str(simulated / "real" / "copick" / "copick.json")
+    out = tmp_path / "eval"
+    args = ["evaluate-picking", "--copick", config, "--train", "TS_01", "--test", "TS_02", *TINY_PICKER,
+            "--seeds", "0", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["sources"]) == ["real"] and results["test_tomograms"] == ["TS_02"]
+    assert set(results["sources"]["real"]["runs"][0]["classes"]) == {"globule", "two-lobe"}
+    for change, message in ((["--picks", str(simulated / "real" / "particles.star")], "drop --picks"),
+                            (["--train", "TS_09"], "--train 'TS_09': no run of that name in")):
+        capsys.readouterr()
+        assert main([*args[:-2], *change, "--out", str(tmp_path / "bad")]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    capsys.readouterr()
+    assert main(["evaluate-picking", "--train", "TS_01", "--test", "TS_02", "--out", str(tmp_path / "none")]) != 0
+    assert "give the real tomograms by --picks FILE and --tomograms DIR, or by --copick" in capsys.readouterr().err

@@ -265,9 +265,8 @@ def test_forge_simulate_runs_with_the_plugins_simulator(site, tmp_path):
             assert volume.data.shape == (16, 16, 16) and abs(float(volume.voxel_size.x) - 9.4) < 1e-3
 
 
-@pytest.mark.slow
 def test_forge_evaluate_runs_with_the_plugins_components(site, tmp_path):
-    """About 30 s on 2 cores."""
+    """About 30 s on 2 cores; in the default run, so CI shows a third party's components end to end."""
     (tmp_path / "eval.toml").write_text(textwrap.dedent(EVALUATE_CONFIG))
     result = run_forge(site, tmp_path, "evaluate", "--config", "eval.toml", "--out", "ev", "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]

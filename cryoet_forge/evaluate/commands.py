@@ -377,12 +377,63 @@ def _radii(pairs: tuple[str, ...]) -> dict[str, float]:
     return radii
 
 
+def _real_from_picks(picks_path, tomograms, train, test, unit, class_column, radius_pairs, radius_column) -> dict:
+    """The real domain of ``forge evaluate-picking`` from a pick table and a folder of tomograms, checked."""
+    # start-up: pandas and starfile only when the command runs
+    from cryoet_forge.io.picks import read_picks
+    from cryoet_forge.picking.tomograms import read_radii, tomogram_names
+
+    if picks_path is None or tomograms is None:
+        raise InputError("give the real tomograms by --picks FILE and --tomograms DIR, or by --copick CONFIG")
+    if bool(radius_pairs) == bool(radius_column):
+        raise InputError("give the particle radii by --radius CLASS=A (per class) or --radius-column NAME, one of them")
+    known = tomogram_names(picks_path, unit, class_column)
+    _check_names(train, test, known, f"no picks of that tomogram in {picks_path} (its tomograms: ")
+    radii = _radii(radius_pairs) if radius_pairs else read_radii(picks_path, radius_column, class_column)
+    classes = sorted(set(read_picks(picks_path, unit=unit, class_column=class_column).table["class_name"].astype(str)))
+    missing = [c for c in classes if c not in radii]
+    if missing:
+        by = f"its class column {class_column!r}" if class_column else "its classes as forge extract reads them"
+        raise InputError(f"--radius: no particle radius for class(es) {', '.join(missing[:5])} of {picks_path} ({by}); "
+                         "give --radius CLASS=A for each class or --radius-column")
+    return {"picks": picks_path, "tomograms": tomograms, "train": list(train), "test": list(test), "radii_A": radii,
+            "unit": unit, "class_column": class_column}
+
+
+def _real_from_copick(config, train, test, radius_pairs, tomo_type, voxel_spacing, user_id, session_id) -> dict:
+    """The real domain of ``forge evaluate-picking`` from a copick project (runs as tomograms), checked."""
+    # start-up: copick's readers bring pandas and numpy
+    from cryoet_forge.picking.tomograms import copick_radii, copick_run_names
+
+    _check_names(train, test, copick_run_names(config), f"no run of that name in {config} (its runs: ")
+    radii = {**copick_radii(config), **_radii(radius_pairs)}
+    return {"copick": config, "train": list(train), "test": list(test), "radii_A": radii, "tomo_type": tomo_type,
+            "voxel_spacing": voxel_spacing, "user_id": user_id, "session_id": session_id}
+
+
+def _check_names(train, test, known: list[str], unknown_text: str) -> None:
+    overlap = sorted(set(train) & set(test))
+    if overlap:
+        raise InputError(f"--train and --test share tomogram(s) {', '.join(overlap)}; test on held-out tomograms")
+    for flag, names in (("--train", train), ("--test", test)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InputError(f"{flag} {unknown[0]!r}: {unknown_text}{', '.join(known[:10])})")
+
+
 @click.command("evaluate-picking")
 @quiet_option
-@click.option("--picks", "picks_path", required=True, type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
-              help="The real tomograms' picks (RELION 5/4, Warp/M STAR or a CSV/TSV list).")
-@click.option("--tomograms", "tomograms", required=True, type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
+@click.option("--picks", "picks_path", type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
+              help="The real tomograms' picks (RELION 5/4, Warp/M STAR or a CSV/TSV list); or --copick.")
+@click.option("--tomograms", "tomograms", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path),
               help="The folder of the real tomograms (NAME.mrc, .rec or .zarr, as the picks name them).")
+@click.option("--copick", "copick_config", type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
+              help="Instead of --picks and --tomograms: a copick project's configuration; --train and --test "
+                   "name its runs, radii come from its objects (or --radius).")
+@click.option("--tomo-type", default="wbp", show_default=True, help="With --copick: the tomogram type to read.")
+@click.option("--voxel-spacing", type=float, help="With --copick: the voxel spacing (A) to read (a run's only one if not given).")
+@click.option("--copick-user", help="With --copick: the pick set's user id (default: every particle pick set).")
+@click.option("--copick-session", help="With --copick: the pick set's session id.")
 @click.option("--train", "train", required=True, multiple=True, help="A real tomogram to train on (repeatable): the ceiling.")
 @click.option("--test", "test", required=True, multiple=True, help="A held-out real tomogram to score on (repeatable).")
 @click.option("--unit", type=click.Choice(["px", "angstrom"]), help="Unit of CSV pick coordinates.")
@@ -401,13 +452,12 @@ def _radii(pairs: tuple[str, ...]) -> dict[str, float]:
               help="Below this F-beta of the real-trained pickers the data cannot tell sources apart.")
 @click.option("--out", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace an earlier picking evaluation in OUT.")
-def evaluate_picking_command(picks_path, tomograms, train, test, unit, class_column, radius_pairs, radius_column,
+def evaluate_picking_command(picks_path, tomograms, copick_config, tomo_type, voxel_spacing, copick_user,
+                             copick_session, train, test, unit, class_column, radius_pairs, radius_column,
                              synthetic, refined, picker, option_pairs, seeds, margin, out_dir, overwrite) -> None:
     """Pickers trained on traditional, GAN-refined and real tomograms, scored on held-out real ones."""
     # start-up: numpy, scipy and pandas only when the command runs
     from cryoet_forge.evaluate.picking import run_picking_evaluation
-    from cryoet_forge.io.picks import read_picks
-    from cryoet_forge.picking.tomograms import read_radii, tomogram_names
 
     try:
         seed_list = [int(v) for v in seeds.split(",") if v.strip()]
@@ -415,28 +465,18 @@ def evaluate_picking_command(picks_path, tomograms, train, test, unit, class_col
         seed_list = []
     if not seed_list or min(seed_list) < 0 or max(seed_list) >= 2 ** 32 or len(set(seed_list)) < len(seed_list):
         raise InputError(f"--seeds {seeds!r}: expected distinct comma-separated integers in [0, 2^32), e.g. 0,1,2")
-    if bool(radius_pairs) == bool(radius_column):
-        raise InputError("give the particle radii by --radius CLASS=A (per class) or --radius-column NAME, one of them")
     if not 0 <= margin <= 1:  # click's FloatRange lets NaN through
         raise InputError(f"--margin {margin}: expected an F-beta in [0, 1]")
-    overlap = sorted(set(train) & set(test))
-    if overlap:
-        raise InputError(f"--train and --test share tomogram(s) {', '.join(overlap)}; test on held-out tomograms")
-    known = tomogram_names(picks_path, unit, class_column)
-    for flag, names in (("--train", train), ("--test", test)):
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise InputError(f"{flag} {unknown[0]!r}: no picks of that tomogram in {picks_path} "
-                             f"(its tomograms: {', '.join(known[:10])})")
-    radii = _radii(radius_pairs) if radius_pairs else read_radii(picks_path, radius_column, class_column)
-    classes = sorted(set(read_picks(picks_path, unit=unit, class_column=class_column).table["class_name"].astype(str)))
-    missing = [c for c in classes if c not in radii]
-    if missing:
-        by = f"its class column {class_column!r}" if class_column else "its classes as forge extract reads them"
-        raise InputError(f"--radius: no particle radius for class(es) {', '.join(missing[:5])} of {picks_path} ({by}); "
-                         "give --radius CLASS=A for each class or --radius-column")
-    real = {"picks": picks_path, "tomograms": tomograms, "train": list(train), "test": list(test), "radii_A": radii,
-            "unit": unit, "class_column": class_column}
+    if copick_config is not None:
+        given = [flag for flag, value in (("--picks", picks_path), ("--tomograms", tomograms), ("--unit", unit),
+                                          ("--class-column", class_column), ("--radius-column", radius_column))
+                 if value is not None]
+        if given:
+            raise InputError(f"--copick reads tomograms, picks and radii from the project; drop {', '.join(given)}")
+        real = _real_from_copick(copick_config, train, test, radius_pairs, tomo_type, voxel_spacing, copick_user,
+                                 copick_session)
+    else:
+        real = _real_from_picks(picks_path, tomograms, train, test, unit, class_column, radius_pairs, radius_column)
     options = {key.replace("-", "_"): value for key, value in _parse_options(option_pairs).items()}
     results = run_picking_evaluation(out_dir, real, synthetic, refined, picker, options, seed_list, margin,
                                      overwrite, log=click.echo)

@@ -28,7 +28,12 @@ from cryoet_forge.io.atomic import (
     write_json_atomic,
 )
 from cryoet_forge.picking.score import BETA, score_tomograms
-from cryoet_forge.picking.tomograms import LabelledTomogram, load_labelled_tomograms, tomogram_names
+from cryoet_forge.picking.tomograms import (
+    LabelledTomogram,
+    load_copick_tomograms,
+    load_labelled_tomograms,
+    tomogram_names,
+)
 
 # matplotlib is imported when the figure is drawn, with the Agg backend chosen first (start-up time).
 
@@ -190,22 +195,35 @@ def report_text(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _real_tomograms(real: Mapping[str, Any]) -> tuple[list[LabelledTomogram], list[LabelledTomogram]]:
+    """The real training and test tomograms, from a pick table and a folder or from a copick project."""
+    if real.get("copick") is not None:
+        load = {key: real.get(key) for key in ("radii_A", "voxel_spacing", "user_id", "session_id")}
+        tomo_type = real.get("tomo_type") or "wbp"
+        return (load_copick_tomograms(real["copick"], real["train"], tomo_type=tomo_type, **load),
+                load_copick_tomograms(real["copick"], real["test"], tomo_type=tomo_type, **load))
+    radii = dict(real["radii_A"])
+    options = dict(unit=real.get("unit"), class_column=real.get("class_column"))
+    return (load_labelled_tomograms(real["picks"], real["tomograms"], real["train"], radii, **options),
+            load_labelled_tomograms(real["picks"], real["tomograms"], real["test"], radii, **options))
+
+
 def run_picking_evaluation(out: str | os.PathLike, real: Mapping[str, Any], synthetic: str | os.PathLike | None,
                            refined: str | os.PathLike | None, picker: str, picker_options: Mapping[str, Any],
                            seeds: Sequence[int], margin: float = 0.1, overwrite: bool = False,
                            log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """``real``: ``picks``, ``tomograms``, ``train`` and ``test`` (tomogram names), ``radii_A``,
-    optional ``unit`` and ``class_column``. ``synthetic``: a ``forge simulate-tomogram`` folder
+    """``real``: ``train`` and ``test`` (tomogram or run names) and either ``picks``, ``tomograms``,
+    ``radii_A`` and optional ``unit`` and ``class_column``, or ``copick`` (a project's configuration
+    file) with optional ``radii_A`` (default: the project's), ``tomo_type``, ``voxel_spacing``,
+    ``user_id`` and ``session_id``. ``synthetic``: a ``forge simulate-tomogram`` folder
     (the traditional source); ``refined``: its tomograms refined by ``forge refine-tomogram``
     (the GAN source). Writes results.json, report.md and picks.png into ``out``."""
 
     if refined is not None and synthetic is None:
         raise InputError("--refined needs --synthetic (the refined tomograms take its picks)")
     registry.create("picker", picker, **picker_options)  # options checked before any work
-    radii = dict(real["radii_A"])
-    load = dict(unit=real.get("unit"), class_column=real.get("class_column"))
-    train = load_labelled_tomograms(real["picks"], real["tomograms"], real["train"], radii, **load)
-    test = load_labelled_tomograms(real["picks"], real["tomograms"], real["test"], radii, **load)
+    train, test = _real_tomograms(real)
+    radii = {c: r for t in train + test for c, r in t.radii_A.items()}
     sources: dict[str, list[LabelledTomogram]] = {REAL: train}
     if synthetic is not None:
         sources[TRADITIONAL] = synthetic_source(synthetic, radii)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from cryoet_forge.data.copick import copick_jobs, open_project
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.extract import to_voxels
 from cryoet_forge.io.picks import read_picks
@@ -136,4 +137,50 @@ def load_labelled_tomograms(picks_path: str | os.PathLike, tomograms: str | os.P
         if unknown:
             raise ConfigError(f"no particle radius (A) for class(es) {', '.join(unknown)} of {picks.source}")
         out.append(LabelledTomogram(str(name), volume, size, per_class, {c: float(radii_A[c]) for c in per_class}))
+    return out
+
+
+def copick_radii(config: str | os.PathLike) -> dict[str, float]:
+    """object name -> particle radius (Angstrom) of a copick project's pickable particle objects
+    that state one."""
+    objects = open_project(config).pickable_objects
+    return {o.name: float(o.radius) for o in objects
+            if getattr(o, "is_particle", True) and getattr(o, "radius", None) and float(o.radius) > 0}
+
+
+def copick_run_names(config: str | os.PathLike) -> list[str]:
+    """The run names of a copick project, sorted."""
+    return sorted(r.name for r in open_project(config).runs)
+
+
+def load_copick_tomograms(config: str | os.PathLike, runs: Sequence[str], radii_A: Mapping[str, float] | None = None,
+                          tomo_type: str = "wbp", voxel_spacing: float | None = None, user_id: str | None = None,
+                          session_id: str | None = None) -> list[LabelledTomogram]:
+    """The runs ``runs`` of a copick project as labelled tomograms: each run's ``tomo_type`` tomogram
+    at ``voxel_spacing`` (the run's only one when None) and its particle picks (``user_id``,
+    ``session_id`` select a pick set), converted from Angstrom to voxels. ``radii_A`` defaults to the
+    radii the project's objects state."""
+    radii = dict(radii_A) if radii_A is not None else copick_radii(config)
+    jobs = copick_jobs(config, None, voxel_spacing, tomo_type, runs=list(runs), user_id=user_id,
+                       session_id=session_id)
+    by_run = {tomogram.name: (tomogram, table) for tomogram, table, _ in jobs}
+    out = []
+    for name in runs:
+        if name not in by_run:
+            raise InputError(f"{config}: run {name!r} has no particle picks"
+                             + (f" of user {user_id!r}" if user_id else "") + (f", session {session_id!r}" if session_id else ""))
+        tomogram, table = by_run[name]
+        try:
+            volume = np.asarray(tomogram.data[:], dtype=np.float32)
+            size = float(tomogram.voxel_size)
+        finally:
+            tomogram.close()
+        xyz = to_voxels(table, "angstrom", size)[:, ::-1]  # (z, y, x) -> (x, y, z)
+        classes = table["class_name"].astype(str).to_numpy()
+        per_class = {c: xyz[classes == c] for c in sorted(set(classes))}
+        unknown = sorted(set(per_class) - set(radii))
+        if unknown:
+            raise ConfigError(f"{config}: no particle radius (A) for object(s) {', '.join(unknown)}: the project "
+                              "states none; give --radius CLASS=A")
+        out.append(LabelledTomogram(str(name), volume, size, per_class, {c: float(radii[c]) for c in per_class}))
     return out
