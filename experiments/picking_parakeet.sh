@@ -29,7 +29,7 @@ mkdir -p "$WORK"
 S=$DATA/../structures
 if [ ! -f "$WORK/synthetic/particles.star" ]; then
   .venv/bin/forge simulate-tomogram --structures "$S/3cf3.pdb.gz,$S/2cg9.pdb.gz,$S/1u6g.pdb.gz,$S/3d2f.pdb.gz" \
-    --voxel-size 10 --size 110,280,280 --ice-thickness 600 --n-per-class 50 --dose "$DOSE" --defocus 4 \
+    --assembly 1 --voxel-size 10 --size 110,280,280 --ice-thickness 600 --n-per-class 50 --dose "$DOSE" --defocus 4 \
     --voltage 300 --tilt-range -60,60 --tilt-step 3 --n-tomograms 2 --seed 0 --out "$WORK/synthetic"
 fi
 start=$(date +%s)

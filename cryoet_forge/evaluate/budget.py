@@ -134,7 +134,7 @@ def measure_costs(config: EvaluationConfig) -> Costs:
 
         # simulation: one chunk of each simulator on the class maps
         names = [str(c) for c in d.classes]
-        templates = class_templates(names, resolve_maps_dir(d.maps_dir), box, voxel)
+        templates = class_templates(names, resolve_maps_dir(d.maps_dir), box, voxel, d.assembly)
         per_class = max(1, 8 // n_classes)
 
         def per_volume(simulator: str, options: dict, maps) -> float:

@@ -42,9 +42,12 @@ class DataSection:
     source: str = "embedded"
     #: class names: phantom names, or map ids found in ``maps_dir`` (e.g. 3j9i, 4v94)
     classes: list = field(default_factory=lambda: ["barrel", "two-lobe", "ring", "membrane"])
-    #: folder of clean maps <class>.mrc (domain D templates); "" = phantoms. A path starting with
-    #: "shared:" is relative to the shared data folder beside the repository (../shared/data)
+    #: folder of clean maps <class>.mrc or atomic models <class>.pdb / .cif (gzipped or not) (domain D
+    #: templates); "" = phantoms. A path starting with "shared:" is relative to the shared data
+    #: folder beside the repository (../shared/data)
     maps_dir: str = ""
+    #: atomic models in ``maps_dir``: build biological assembly N (1 = the first); 0 = the model as deposited
+    assembly: int = 0
     box: int = 32
     voxel_size: float = 10.0
     n_train_per_class: int = 100
@@ -291,6 +294,9 @@ def validate(config: EvaluationConfig) -> EvaluationConfig:
             raise ConfigError(f"data.train_tomograms and data.test_tomograms share {', '.join(shared)}; the splits "
                               "must come from different tomograms")
         check_choice("data.unit", d.unit or "px", ("px", "angstrom"))
+    if isinstance(d.assembly, bool) or not isinstance(d.assembly, int) or d.assembly < 0:
+        raise ConfigError(f"data.assembly must be 0 (the deposited model) or a biological assembly number >= 1, "
+                          f"got {d.assembly!r}")
     if isinstance(d.real_train_per_class, bool) or not isinstance(d.real_train_per_class, int) \
             or d.real_train_per_class < 0 or d.real_train_per_class == 1:
         raise ConfigError(f"data.real_train_per_class must be 0 (all) or an integer >= 2, got {d.real_train_per_class!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,9 @@ from cryoet_forge.evaluate.config import (  # noqa: F401  (the shared-folder pat
 from cryoet_forge.extract import ExtractOptions, extract
 from cryoet_forge.io.mrc import read_mrc, write_mrc
 from cryoet_forge.io.star import write_particles
+from cryoet_forge.simulate.density import density_from_structure
 from cryoet_forge.simulate.phantoms import PHANTOM_CLASSES, make_phantom
+from cryoet_forge.simulate.templates import STRUCTURE_SUFFIXES
 
 #: particles simulated per simulator call (bounds memory at large boxes)
 SIMULATION_CHUNK = 32
@@ -68,20 +71,32 @@ def fit_map(volume: np.ndarray, source_voxel: float, voxel_size: float, box: int
     return out / peak
 
 
-def class_templates(class_names: list[str], maps_dir: Path | None, box: int, voxel_size: float) -> dict[str, np.ndarray]:
-    """One clean centred map per class: ``maps_dir/<class>.mrc`` when there, else a phantom of that name."""
+def class_templates(class_names: list[str], maps_dir: Path | None, box: int, voxel_size: float,
+                    assembly: int = 0) -> dict[str, np.ndarray]:
+    """One clean centred map per class: ``maps_dir/<class>.mrc`` when there, else the atomic model
+    ``maps_dir/<class>.pdb`` (``.cif``, gzipped or not; biological assembly ``assembly`` when > 0,
+    centred on its centre of mass), else a phantom of that name."""
     if maps_dir is not None and not maps_dir.is_dir():
         raise ConfigError(f"data.maps_dir {maps_dir}: no such folder")
     templates = {}
     for name in class_names:
         path = maps_dir / f"{name}.mrc" if maps_dir is not None else None
+        structures = ([maps_dir / f"{name}{suffix}" for suffix in STRUCTURE_SUFFIXES]
+                      if maps_dir is not None else [])
+        structure = next((p for p in structures if p.is_file()), None)
         if path is not None and path.is_file():
             volume, source_voxel = read_mrc(path)
             templates[name] = fit_map(volume, source_voxel, voxel_size, box)
+        elif structure is not None:
+            with warnings.catch_warnings():  # tails beyond the box are cut, as fit_map cuts a map's
+                warnings.simplefilter("ignore")
+                templates[name] = density_from_structure(structure, voxel_size, box, crop=True,
+                                                         assembly=assembly or None)
         elif name in PHANTOM_CLASSES:
             templates[name] = make_phantom(name, box, voxel_size, seed=0)
         else:
-            where = f" and no {path}" if path is not None else " (set data.maps_dir to a folder of <class>.mrc)"
+            where = (f" and no {path} or {name}.pdb / .cif there" if path is not None
+                     else " (set data.maps_dir to a folder of <class>.mrc or <class>.pdb)")
             raise ConfigError(f"class {name!r} is not a phantom ({', '.join(PHANTOM_CLASSES)}){where}")
     return templates
 
@@ -250,7 +265,7 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
             real_train = at_most_per_class(real_train, d.real_train_per_class, d.seed)
             log(f"data.real_train_per_class = {d.real_train_per_class}: {len(real_train)} training particles kept")
         box, voxel_size = real_train.box, real_train.voxel_size
-        templates = class_templates(class_names, maps_dir, box, voxel_size)
+        templates = class_templates(class_names, maps_dir, box, voxel_size, d.assembly)
         if d.source != "folders" or inverted or d.real_train_per_class:  # the GAN reads domain S from this folder
             real_train_star = write_labelled_folder(folder / "real_train", real_train)
         if d.source == "copick":
@@ -267,7 +282,7 @@ def prepare_data(config: EvaluationConfig, folder: Path, log: Callable[[str], No
     else:
         class_names = [str(c) for c in d.classes]
         box, voxel_size = d.box, d.voxel_size
-        templates = class_templates(class_names, maps_dir, box, voxel_size)
+        templates = class_templates(class_names, maps_dir, box, voxel_size, d.assembly)
         exp = config.experimental
         log(f"simulating the 'experimental' domain with {exp.simulator} "
             f"({d.n_train_per_class} + {d.n_test_per_class} per class, {box}^3, {voxel_size:g} A)")
