@@ -1,4 +1,4 @@
-"""PatchNCE (CUT) as a generator regulariser: its layers, its value, and the trainer around it."""
+"""The generator regularisers, PatchNCE (CUT) and the radial spectrum: their layers, values, and the trainer around them."""
 
 from __future__ import annotations
 
@@ -122,3 +122,44 @@ def test_a_config_file_switches_patchnce_on(tmp_path):
     path.write_text("[loss.regularizers.patchnce]\nweight = 0.5\nlayers = 2\n")
     cfg = load_config(path)
     assert cfg.loss.regularizers == {"patchnce": {"weight": 0.5, "layers": 2}}
+
+
+def test_radial_log_power_of_white_noise_is_flat_and_of_a_blur_falls():
+    from cryoet_forge.contrastive import radial_log_power
+
+    noise = torch.randn(8, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    flat = radial_log_power(noise)
+    assert flat.shape == (8,)  # shells 1 .. Nyquist (8) of a 16^3 box
+    assert float(flat.max() - flat.min()) < 0.3  # white: the same power in every shell
+    kernel = torch.ones(1, 1, 3, 3, 3) / 27
+    blurred = radial_log_power(torch.nn.functional.conv3d(noise, kernel, padding=1))
+    assert float(blurred[0] - blurred[-1]) > 2.0  # a box blur removes the high frequencies
+
+
+def test_the_radial_spectrum_term_is_zero_for_the_real_spectrum_and_pulls_towards_it():
+    from cryoet_forge.contrastive import RadialSpectrumLoss, radial_log_power
+
+    gen = torch.Generator().manual_seed(1)
+    real = torch.randn(4, 1, 16, 16, 16, generator=gen)
+    fake = (0.2 * torch.nn.functional.conv3d(torch.randn(4, 1, 16, 16, 16, generator=gen),
+                                             torch.ones(1, 1, 3, 3, 3) / 27, padding=1)).requires_grad_()
+    term = registry.create("loss", "radial-spectrum", weight=2.0)
+    same = RegularizerInputs(d=real, s=real, fake_s=real.clone(), fake_d=real, g_ds=None, g_sd=None)
+    assert float(term(same)) == pytest.approx(0.0, abs=1e-6)
+    inputs = RegularizerInputs(d=real, s=real, fake_s=fake, fake_d=real, g_ds=None, g_sd=None)
+    before = term(inputs).item()
+    expected = 2.0 * ((radial_log_power(fake) - radial_log_power(real)) ** 2).mean().item()
+    assert before == pytest.approx(expected, rel=1e-5) and before > 1.0
+    optimiser = torch.optim.Adam([fake], lr=0.05)
+    for _ in range(30):
+        optimiser.zero_grad()
+        term(inputs).backward()
+        optimiser.step()
+    assert term(inputs).item() < 0.2 * before
+    with pytest.raises(ConfigError, match="radial-spectrum directions must be"):
+        RadialSpectrumLoss(directions="sd")
+
+
+def test_the_trainer_adds_the_radial_spectrum_term():
+    steps = losses(False, 2, "cryoetgan", **{"loss.regularizers": {"radial-spectrum": {"weight": 0.5}}})
+    assert all(step["loss/radial-spectrum"] > 0 for step in steps)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cryoet_forge import hookimpl
-from cryoet_forge.contrastive import PatchNCELoss
+from cryoet_forge.contrastive import PatchNCELoss, RadialSpectrumLoss
 from cryoet_forge.losses import LSGANLoss, WGANClipLoss, WGANGPLoss
 from cryoet_forge.models.critics import PatchGANCritic, SNWGANCritic
 from cryoet_forge.models.generators import CryoETGANGenerator
@@ -28,6 +28,8 @@ def forge_register_losses(register):
     register("lsgan", LSGANLoss)
     register("patchnce", PatchNCELoss, "CUT's PatchNCE (Park et al. 2020), a generator regulariser: "
              "[loss.regularizers.patchnce]")
+    register("radial-spectrum", RadialSpectrumLoss, "G(d)'s radially averaged log power spectrum matched to the "
+             "real batch's, a generator regulariser: [loss.regularizers.radial-spectrum]")
 
 
 @hookimpl
