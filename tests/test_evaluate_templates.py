@@ -6,13 +6,13 @@ import gzip
 
 import numpy as np
 import pytest
+from test_io_structures import PDB_TEXT
 
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.evaluate.config import config_from_dict
 from cryoet_forge.evaluate.datasets import class_templates
 from cryoet_forge.io.mrc import write_mrc
 from cryoet_forge.simulate.density import density_from_structure
-from test_io_structures import PDB_TEXT
 
 
 def test_models_in_maps_dir_become_maps_of_the_chosen_assembly(tmp_path):
