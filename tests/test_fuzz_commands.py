@@ -404,6 +404,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, Opt]]] = {
     "evaluate-picking": (EVALUATE_PICKING, {
         "--picks": Opt(bad_file()),
         "--tomograms": Opt(bad_file()),
+        "--copick": Opt(bad_file(), drop=("--picks", "--unit", "--tomograms")),
         "--train": Opt(st.sampled_from(["", "TS_09", "ts_01", "TS_02"])),
         "--test": Opt(st.sampled_from(["", "TS_09", "TS_01"])),
         "--unit": Opt(words("px", "angstrom")),
@@ -432,6 +433,10 @@ NOT_FUZZED = {
     ("extract", "--object"): "copick only: the names of a copick project's pickable objects",
     ("extract", "--tomo-type"): "copick only: the tomogram types of a copick project",
     ("extract", "--scale"): "OME-Zarr only: any text may name a scale level of a .zarr tomogram",
+    ("evaluate-picking", "--tomo-type"): "copick only: the tomogram types of a copick project",
+    ("evaluate-picking", "--voxel-spacing"): "copick only: one of a copick run's voxel spacings",
+    ("evaluate-picking", "--copick-user"): "copick only: any text may be a pick set's user id",
+    ("evaluate-picking", "--copick-session"): "copick only: any text may be a pick set's session id",
 }
 
 #: options naming a registered component: an unknown name is a PluginError (exit code 3), its
