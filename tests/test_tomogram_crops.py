@@ -80,3 +80,29 @@ def test_a_gan_trains_with_domain_s_from_unlabelled_tomograms(tomograms, tmp_pat
     })
     train(cfg, tmp_path / "run")
     assert (tmp_path / "run/checkpoints/step-00000002").is_dir()
+
+
+def test_crops_of_a_copick_projects_runs_are_the_crops_of_its_tomograms(tmp_path):
+    """A copick project as ``root``: every run's tomogram, in run order, gives the same crops as the
+    MRC files the project was written beside."""
+    pytest.importorskip("copick")
+    from cryoet_forge.cli import main
+
+    out = tmp_path / "sim"
+    assert main(["simulate-tomogram", "--structures", "globule,two-lobe", "--size", "32,40,40", "--voxel-size", "20",
+                 "--n-per-class", "2", "--tilt-step", "15", "--n-tomograms", "2", "--copick", "--quiet",
+                 "--out", str(out)]) == 0
+    config = out / "copick" / "copick.json"
+    options = {"box": 16, "length": 6, "seed": 3}
+    from_copick = registry.create("dataset", "tomogram-crops", root=str(config), **options)
+    from_files = registry.create("dataset", "tomogram-crops", root=str(out / "tomograms"), **options)
+    assert [t.name for t in from_copick.tomograms] == ["TS_01", "TS_02"]
+    for i in range(len(from_copick)):
+        assert from_copick.crop_start(i) == from_files.crop_start(i)
+        torch.testing.assert_close(from_copick[i]["volume"], from_files[i]["volume"], atol=1e-3, rtol=0)
+    only = registry.create("dataset", "tomogram-crops", root=str(config), runs=["TS_02"], **options)
+    assert [t.name for t in only.tomograms] == ["TS_02"]
+    with pytest.raises(InputError, match=r"no run 'TS_09'; the project has TS_01, TS_02"):
+        registry.create("dataset", "tomogram-crops", root=str(config), runs=["TS_09"], **options)
+    with pytest.raises(ConfigError, match="voxel_spacing and runs choose the tomograms of a copick project"):
+        registry.create("dataset", "tomogram-crops", root=str(out / "tomograms"), runs=["TS_01"], **options)

@@ -85,6 +85,49 @@ def _check_inside_project(project, store, config, run: str) -> None:
                          "them, or allow it with forge --allow-outside-paths")
 
 
+def _run_tomogram(root, config, run, voxel_spacing: float | None, tomo_type: str, scale: str | int):
+    """The ``tomo_type`` tomogram of one run at ``voxel_spacing`` (the run's only one when None), opened lazily."""
+    name = run.name
+    spacings = [vs.voxel_size for vs in run.voxel_spacings]
+    if voxel_spacing is None:
+        if len(spacings) != 1:
+            raise InputError(f"{config}: run {name!r} has voxel spacings {spacings}; choose one (voxel_spacing)")
+        chosen = spacings[0]
+    else:
+        chosen = float(voxel_spacing)
+    vs = run.get_voxel_spacing(chosen)
+    found = vs.get_tomograms(tomo_type) if vs is not None else []
+    tomogram = found[0] if found else None
+    if tomogram is None:
+        types = [t.tomo_type for t in vs.tomograms] if vs is not None else []
+        raise InputError(f"{config}: run {name!r} has no {tomo_type!r} tomogram at {chosen} A "
+                         f"(voxel spacings {spacings}; tomogram types there: {', '.join(types) or 'none'})")
+    store = tomogram.zarr()
+    _check_inside_project(root, store, config, name)
+    return open_zarr_tomogram(store, scale, name=name, source=f"{config}: run {name} ({tomo_type})")
+
+
+def _runs(root, config, runs: list[str] | None) -> list:
+    """The project's runs named ``runs`` (all of them, sorted by name, when None)."""
+    all_runs = {r.name: r for r in root.runs}
+    if runs is not None:
+        missing = [r for r in runs if r not in all_runs]
+        if missing:
+            raise InputError(f"{config}: no run {', '.join(map(repr, missing))}; the project has "
+                             f"{', '.join(sorted(all_runs)) or 'none'}")
+    return [all_runs[name] for name in (runs if runs is not None else sorted(all_runs))]
+
+
+def copick_tomograms(config, tomo_type: str = "wbp", voxel_spacing: float | None = None,
+                     runs: list[str] | None = None, scale: str | int = 0) -> list:
+    """Every run's (or the ``runs``') ``tomo_type`` tomogram of a copick project, picks or not, opened lazily."""
+    root = open_project(config)
+    found = [_run_tomogram(root, config, run, voxel_spacing, tomo_type, scale) for run in _runs(root, config, runs)]
+    if not found:
+        raise InputError(f"{config}: the project has no runs")
+    return found
+
+
 def copick_jobs(config, objects: list[str] | None, voxel_spacing: float | None, tomo_type: str = "wbp",
                 runs: list[str] | None = None, scale: str | int = 0, user_id: str | None = None,
                 session_id: str | None = None):
@@ -96,15 +139,8 @@ def copick_jobs(config, objects: list[str] | None, voxel_spacing: float | None, 
     if unknown:
         raise InputError(f"{config}: no pickable particle object {', '.join(map(repr, unknown))}; "
                          f"the project has {', '.join(known) or 'none'}")
-    all_runs = {r.name: r for r in root.runs}
-    if runs is not None:
-        missing = [r for r in runs if r not in all_runs]
-        if missing:
-            raise InputError(f"{config}: no run {', '.join(map(repr, missing))}; the project has "
-                             f"{', '.join(sorted(all_runs)) or 'none'}")
     jobs = []
-    for name in (runs if runs is not None else sorted(all_runs)):
-        run = all_runs[name]
+    for run in _runs(root, config, runs):
         rows: list[dict[str, Any]] = []
         for obj in objects:
             for picks in run.get_picks(object_name=obj, user_id=user_id, session_id=session_id):
@@ -112,26 +148,10 @@ def copick_jobs(config, objects: list[str] | None, voxel_spacing: float | None, 
                 rows.extend({"x": x, "y": y, "z": z, "class_name": obj} for x, y, z in xyz)
         if not rows:
             continue
-        spacings = [vs.voxel_size for vs in run.voxel_spacings]
-        if voxel_spacing is None:
-            if len(spacings) != 1:
-                raise InputError(f"{config}: run {name!r} has voxel spacings {spacings}; choose one (voxel_spacing)")
-            chosen = spacings[0]
-        else:
-            chosen = float(voxel_spacing)
-        vs = run.get_voxel_spacing(chosen)
-        found = vs.get_tomograms(tomo_type) if vs is not None else []
-        tomogram = found[0] if found else None
-        if tomogram is None:
-            types = [t.tomo_type for t in vs.tomograms] if vs is not None else []
-            raise InputError(f"{config}: run {name!r} has no {tomo_type!r} tomogram at {chosen} A "
-                             f"(voxel spacings {spacings}; tomogram types there: {', '.join(types) or 'none'})")
-        store = tomogram.zarr()
-        _check_inside_project(root, store, config, name)
-        tomo = open_zarr_tomogram(store, scale, name=name, source=f"{config}: run {name} ({tomo_type})")
+        tomo = _run_tomogram(root, config, run, voxel_spacing, tomo_type, scale)
         table = pd.DataFrame(rows)
         table[["shift_x", "shift_y", "shift_z"]] = 0.0
-        table.attrs["source"] = f"{config}: run {name}"
+        table.attrs["source"] = f"{config}: run {run.name}"
         jobs.append((tomo, table, "angstrom"))
     if not jobs:
         raise InputError(f"{config}: the pick set is empty (objects {', '.join(objects)}"

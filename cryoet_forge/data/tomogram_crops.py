@@ -2,7 +2,8 @@
 which every lab has in abundance, without a single pick.
 
 ``tomogram-crops`` (``forge list dataset --options``): ``root`` is a tomogram (MRC, or an OME-Zarr
-folder) or a folder of them; each of the ``length`` items is a ``box``^3 crop at a uniformly random
+folder), a folder of them, or a copick project's configuration file (``*.json``: every run's
+``tomo_type`` tomogram at ``voxel_spacing``, or only the ``runs`` named; needs copick); each of the ``length`` items is a ``box``^3 crop at a uniformly random
 position of a tomogram drawn in proportion to its volume, the same crop for the same ``seed`` and
 index. ``z_margin`` keeps crops that many voxels away from the top and bottom faces (where a
 reconstruction often holds vacuum or streaks). Tomograms are read lazily (memory-mapped MRC,
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cryoet_forge.data.copick import copick_tomograms
 from cryoet_forge.data.folders import UNLABELLED
 from cryoet_forge.data.normalization import check_normalization, normalize_volume
 from cryoet_forge.errors import ConfigError, InputError
@@ -50,13 +52,20 @@ class TomogramCropDataset:
         return {"root": str(folder), "box": 16, "length": 4}
 
     def __init__(self, root: str | os.PathLike, box: int = 32, length: int = 1024, seed: int = 0,
-                 normalize: str = "zscore", z_margin: int = 0):
+                 normalize: str = "zscore", z_margin: int = 0, tomo_type: str = "wbp",
+                 voxel_spacing: float | None = None, runs: list[str] | None = None):
         check_normalization(normalize)
         if box < 2 or length < 1 or z_margin < 0:
             raise ConfigError(f"tomogram-crops needs box >= 2, length >= 1 and z_margin >= 0; got {box}, {length}, "
                               f"{z_margin}")
         self.box, self.length, self.seed, self.normalize, self.z_margin = int(box), int(length), int(seed), normalize, int(z_margin)
-        self.tomograms = [open_tomogram(path) for path in tomogram_files(Path(root))]
+        if Path(root).suffix.lower() == ".json":
+            self.tomograms = copick_tomograms(root, tomo_type, voxel_spacing, None if runs is None else list(runs))
+        elif voxel_spacing is not None or runs is not None:
+            raise ConfigError(f"tomogram-crops: voxel_spacing and runs choose the tomograms of a copick project; "
+                              f"root {root} is not a copick configuration (*.json)")
+        else:
+            self.tomograms = [open_tomogram(path) for path in tomogram_files(Path(root))]
         for t in self.tomograms:
             z, y, x = t.shape
             if z - 2 * self.z_margin < self.box or y < self.box or x < self.box:
