@@ -215,3 +215,29 @@ def test_unet3d_follows_the_trainer_noise_contract():
     with torch.no_grad():
         assert torch.equal(model(x, noise=z), model(x, noise=z))
         assert (model(x, noise=z) - model(x, noise=torch.randn(shape))).abs().max() > 1e-4
+
+
+def test_unet3d_noise_injection_adds_learnt_full_resolution_noise():
+    """With ``noise_injection`` the noise is drawn at full resolution; at initialisation (zero strength)
+    the network is the one without injection fed every eighth voxel of that noise; with a strength the
+    output changes voxel by voxel with the noise."""
+    torch.manual_seed(0)
+    injecting = _build("generator", "unet3d", noise_channels=1, noise_injection=True)
+    torch.manual_seed(0)
+    plain = _build("generator", "unet3d", noise_channels=1)
+    x = torch.randn(2, 1, 16, 16, 16)
+    shape = injecting.noise_shape(tuple(x.shape))
+    assert shape == (2, 1, 16, 16, 16) and plain.noise_shape(tuple(x.shape)) == (2, 1, 2, 2, 2)
+    z = torch.randn(shape)
+    state = {k: v for k, v in injecting.state_dict().items() if k != "noise_strength"}
+    plain.load_state_dict(state)
+    injecting.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(injecting(x, noise=z), plain(x, noise=z[..., ::8, ::8, ::8]))
+        injecting.noise_strength.fill_(0.5)
+        fine = z.clone()
+        fine[..., 1::2, :, :] = torch.randn_like(fine[..., 1::2, :, :])  # the bottleneck's voxels kept
+        assert (injecting(x, noise=z) - injecting(x, noise=fine)).abs().max() > 1e-3
+    assert "noise_strength" in dict(injecting.named_parameters())
+    with pytest.raises(ValueError, match="noise_injection needs noise_channels >= 1"):
+        _build("generator", "unet3d", noise_injection=True)
