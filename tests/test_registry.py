@@ -82,7 +82,7 @@ def test_unknown_component_lists_choices():
     assert "unet3d" in message
 
 
-UNET3D_OPTIONS = "in_channels, out_channels, base, dropout, noise_channels"
+UNET3D_OPTIONS = "in_channels, out_channels, base, dropout, noise_channels, noise_injection"
 
 
 def test_unknown_option_names_the_component_and_lists_the_accepted_ones():
