@@ -24,6 +24,17 @@ def plugin_path(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def plugin(plugin_path):
+    """Register a plugin object with the (fresh) process registry; forgotten afterwards."""
+    from cryoet_forge import registry
+
+    def add(obj):
+        registry.get_registry().pm.register(obj)
+        return obj
+    return add
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """../shared/data beside the repository, or skip when it is not there."""
     if not (SHARED_DATA / "MANIFEST.md").exists():

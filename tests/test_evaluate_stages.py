@@ -14,7 +14,7 @@ import tomli_w
 from test_evaluate import TOY
 from test_registry import make_distribution
 
-from cryoet_forge import hookimpl, registry
+from cryoet_forge import hookimpl
 from cryoet_forge.classify import load_labelled
 from cryoet_forge.cli import main
 from cryoet_forge.errors import PluginError
@@ -150,15 +150,6 @@ class GapPlugin:
     @hookimpl
     def forge_register_evaluation_stages(self, register):
         register(EvaluationStage("fid-gap", self.gap, self.inputs, ("gan_mean", "fid_gap"), after=self.after))
-
-
-@pytest.fixture
-def plugin(plugin_path):
-    """Register a plugin object with the (fresh) process registry; forgotten afterwards."""
-    def add(obj):
-        registry.get_registry().pm.register(obj)
-        return obj
-    return add
 
 
 def test_a_plugin_stage_runs_after_its_stage_lands_in_the_results_and_is_resumed(plugin, tmp_path):

@@ -73,15 +73,6 @@ class RecorderPlugin:
         register(self.made[-1])
 
 
-@pytest.fixture
-def plugin(plugin_path):
-    """Register a plugin object with the (fresh) process registry; forgotten afterwards."""
-    def add(obj):
-        registry.get_registry().pm.register(obj)
-        return obj
-    return add
-
-
 def final_state(run, step):
     folder = run / "checkpoints" / f"step-{step:08d}"
     tensors = load_file(str(folder / "weights.safetensors"))

@@ -130,14 +130,20 @@ def load_labelled_tomograms(picks_path: str | os.PathLike, tomograms: str | os.P
         with open_tomogram(candidates[0], name=str(name), voxel_size=voxel_size) as tomogram:
             volume = np.asarray(tomogram.data[:], dtype=np.float32)
             size = float(tomogram.voxel_size)
-        xyz = to_voxels(rows, picks.unit, size)[:, ::-1]  # (z, y, x) -> (x, y, z)
-        classes = rows["class_name"].astype(str).to_numpy()
-        per_class = {c: xyz[classes == c] for c in sorted(set(classes))}
-        unknown = sorted(set(per_class) - set(radii_A))
-        if unknown:
-            raise ConfigError(f"no particle radius (A) for class(es) {', '.join(unknown)} of {picks.source}")
-        out.append(LabelledTomogram(str(name), volume, size, per_class, {c: float(radii_A[c]) for c in per_class}))
+        out.append(_labelled(str(name), volume, size, rows, picks.unit, radii_A, picks.source))
     return out
+
+
+def _labelled(name: str, volume: np.ndarray, voxel_size: float, rows: pd.DataFrame, unit: str,
+              radii_A: Mapping[str, float], source: str, hint: str = "") -> LabelledTomogram:
+    """One labelled tomogram from its volume and its pick rows (``x, y, z, shift_*, class_name`` in ``unit``)."""
+    xyz = to_voxels(rows, unit, voxel_size)[:, ::-1]  # (z, y, x) -> (x, y, z)
+    classes = rows["class_name"].astype(str).to_numpy()
+    per_class = {c: xyz[classes == c] for c in sorted(set(classes))}
+    unknown = sorted(set(per_class) - set(radii_A))
+    if unknown:
+        raise ConfigError(f"no particle radius (A) for class(es) {', '.join(unknown)} of {source}{hint}")
+    return LabelledTomogram(name, volume, voxel_size, per_class, {c: float(radii_A[c]) for c in per_class})
 
 
 def copick_radii(config: str | os.PathLike) -> dict[str, float]:
@@ -175,12 +181,6 @@ def load_copick_tomograms(config: str | os.PathLike, runs: Sequence[str], radii_
             size = float(tomogram.voxel_size)
         finally:
             tomogram.close()
-        xyz = to_voxels(table, "angstrom", size)[:, ::-1]  # (z, y, x) -> (x, y, z)
-        classes = table["class_name"].astype(str).to_numpy()
-        per_class = {c: xyz[classes == c] for c in sorted(set(classes))}
-        unknown = sorted(set(per_class) - set(radii))
-        if unknown:
-            raise ConfigError(f"{config}: no particle radius (A) for object(s) {', '.join(unknown)}: the project "
-                              "states none; give --radius CLASS=A")
-        out.append(LabelledTomogram(str(name), volume, size, per_class, {c: float(radii[c]) for c in per_class}))
+        out.append(_labelled(str(name), volume, size, table, "angstrom", radii, str(config),
+                             "; the project states none: give --radius CLASS=A"))
     return out
