@@ -54,7 +54,7 @@ if [ "${GAN:-0}" = 1 ]; then
 fi
 .venv/bin/forge evaluate-picking --picks "$DATA/particles.csv" --unit px --tomograms "$TOMOGRAMS" \
   --train TS_01 --test TS_02 --radius-column radius_A --synthetic "$WORK/synthetic" "${REFINED[@]}" \
-  --option steps="$STEPS" --seeds "$SEEDS" --out "$WORK/evaluation" --overwrite
+  --option steps="$STEPS" --seeds "$SEEDS" --out "$WORK/evaluation" --resume
 .venv/bin/python - "$WORK/evaluation/results.json" "$DOMAIN" "$(( $(date +%s) - start ))" <<'PY' >> experiments/results/picking_parakeet.jsonl
 import json, subprocess, sys
 r = json.load(open(sys.argv[1]))

@@ -155,7 +155,44 @@ def test_evaluate_picking_end_to_end(simulated, tmp_path, capsys):
     capsys.readouterr()
     assert main([*base, "--out", str(out)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already holds a picking evaluation" in err[0]
+    assert len(err) == 1 and "already holds a picking evaluation" in err[0] and "--resume" in err[0]
+    # each source and seed was kept as it finished: --resume reads them back, the same scores
+    stages = sorted(entry.name for entry in (out / "stages").iterdir())
+    assert stages == [f"picker-{s}-seed{n}" for s in ("gan", "real", "traditional") for n in (0, 1)]
+    (out / "report.md").unlink()
+    assert main([*base, "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished before, read back") == 6
+    assert json.loads((out / "results.json").read_text()) == results and (out / "report.md").is_file()
+    # a changed picker option trains again
+    changed = [*base[:-2], "--option", "steps=2", "--seeds", "0"]
+    assert main([*changed, "--out", str(out), "--resume"]) == 0
+    assert "finished before" not in capsys.readouterr().out
+
+
+def test_a_resumed_picking_protocol_reuses_only_unchanged_runs(tmp_path):
+    from cryoet_forge.evaluate.picking import stage_store
+
+    test = [tomogram("test", 0.0)]
+    sources = {"real": [tomogram("r", 1.0)], "traditional": [tomogram("t", 0.25)]}
+    first = picking_protocol(sources, test, StandIn, seeds=[0, 1],
+                             store=stage_store(tmp_path, False, "stand-in", {}, sources, test, print))
+    calls = []
+
+    class Counting(StandIn):
+        def fit(self, tomograms, seed):
+            calls.append(seed)
+            return super().fit(tomograms, seed)
+
+    again = picking_protocol(sources, test, Counting, seeds=[0, 1],
+                             store=stage_store(tmp_path, True, "stand-in", {}, sources, test, print))
+    assert calls == [] and again["sources"]["real"]["fbeta"] == first["sources"]["real"]["fbeta"]
+    np.testing.assert_array_equal(again["sources"]["real"]["runs"][0]["test_picks"]["a"], TRUE)
+    # the traditional tomogram changed: only its pickers train again
+    sources["traditional"] = [tomogram("t", 0.5)]
+    third = picking_protocol(sources, test, Counting, seeds=[0, 1],
+                             store=stage_store(tmp_path, True, "stand-in", {}, sources, test, print))
+    assert calls == [0, 1] and third["sources"]["traditional"]["runs"][0]["classes"]["a"]["tp"] == 2
 
 
 @pytest.mark.parametrize("change, message", [

@@ -452,9 +452,13 @@ def _check_names(train, test, known: list[str], unknown_text: str) -> None:
               help="Below this F-beta of the real-trained pickers the data cannot tell sources apart.")
 @click.option("--out", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace an earlier picking evaluation in OUT.")
+@click.option("--resume", is_flag=True,
+              help="Reuse the pickers an earlier run in OUT finished (kept per source and seed as each ends) "
+                   "where the picker, its options and the tomograms are unchanged.")
 def evaluate_picking_command(picks_path, tomograms, copick_config, tomo_type, voxel_spacing, copick_user,
                              copick_session, train, test, unit, class_column, radius_pairs, radius_column,
-                             synthetic, refined, picker, option_pairs, seeds, margin, out_dir, overwrite) -> None:
+                             synthetic, refined, picker, option_pairs, seeds, margin, out_dir, overwrite,
+                             resume) -> None:
     """Pickers trained on traditional, GAN-refined and real tomograms, scored on held-out real ones."""
     # start-up: numpy, scipy and pandas only when the command runs
     from cryoet_forge.evaluate.picking import run_picking_evaluation
@@ -479,6 +483,6 @@ def evaluate_picking_command(picks_path, tomograms, copick_config, tomo_type, vo
         real = _real_from_picks(picks_path, tomograms, train, test, unit, class_column, radius_pairs, radius_column)
     options = {key.replace("-", "_"): value for key, value in _parse_options(option_pairs).items()}
     results = run_picking_evaluation(out_dir, real, synthetic, refined, picker, options, seed_list, margin,
-                                     overwrite, log=click.echo)
+                                     overwrite, log=click.echo, resume=resume)
     outcome = results["verdict"].get("outcome") or "no comparison"
     click.echo(f"verdict: {outcome}; wrote {Path(out_dir) / 'report.md'}")

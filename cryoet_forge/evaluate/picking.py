@@ -10,6 +10,7 @@ paired interval's outcome (``verdict.interval_outcome``) and the GAN's share of 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 
 from cryoet_forge import registry
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.evaluate.stages import Stages, jsonable
 from cryoet_forge.evaluate.verdict import confidence_interval, interval_outcome, paired_difference
 from cryoet_forge.io.atomic import (
     atomic_folder,
@@ -44,30 +46,42 @@ REAL, TRADITIONAL, GAN = "real", "traditional", "gan"
 def score_picker(picker: Any, test: Sequence[LabelledTomogram], radii_A: Mapping[str, float],
                  beta: float = BETA) -> dict[str, Any]:
     """A trained picker's scores over the ``test`` tomograms (radii in Angstrom; picks and truth
-    compared in Angstrom so tomograms of different voxel sizes add up)."""
+    compared in Angstrom so tomograms of different voxel sizes add up), with ``test_picks``: its
+    picks on the first test tomogram, class -> (N, 3) (x, y, z) voxels (the report's figure)."""
     pairs = []
+    shown: dict[str, np.ndarray] = {}
     for tomogram in test:
         found = picker.pick(tomogram.volume, tomogram.voxel_size)
         if not isinstance(found, Mapping):
             raise InputError(f"picker {type(picker).__name__} returned {type(found).__name__}; expected a "
                              f"mapping of class name to (N, 3) (x, y, z) voxel coordinates")
+        found = {str(c): np.asarray(p, dtype=np.float64).reshape(-1, 3) for c, p in found.items()}
+        shown = shown or found
         truth = {c: p * tomogram.voxel_size for c, p in tomogram.picks.items()}
-        picks = {c: np.asarray(p, dtype=np.float64).reshape(-1, 3) * tomogram.voxel_size for c, p in found.items()}
-        pairs.append((truth, picks))
-    return score_tomograms(pairs, radii_A, beta)
+        pairs.append((truth, {c: p * tomogram.voxel_size for c, p in found.items()}))
+    return {**score_tomograms(pairs, radii_A, beta), "test_picks": shown}
+
+
+#: stores one (source, seed) run: ``store(source, seed, compute)`` returns ``compute()``'s scores
+#: or the same scores kept from an earlier run
+RunStore = Callable[[str, int, Callable[[], dict[str, Any]]], dict[str, Any]]
+
+
+def _compute(name: str, seed: int, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    return compute()
 
 
 def picking_protocol(sources: Mapping[str, Sequence[LabelledTomogram]], test: Sequence[LabelledTomogram],
                      make_picker: Callable[[], Any], seeds: Sequence[int], margin: float = 0.1,
                      confidence: float = 0.95, beta: float = BETA,
-                     log: Callable[[str], None] = lambda _: None,
-                     first_pickers: dict[str, Any] | None = None) -> dict[str, Any]:
+                     log: Callable[[str], None] = lambda _: None, store: RunStore = _compute) -> dict[str, Any]:
     """Train ``make_picker()`` on each source for each seed and score it on ``test``.
 
     ``sources``: name -> training tomograms (any of "real", "traditional", "gan"; others are
-    scored too). Returns per source and seed the scores, per source the mean F-beta and its
-    interval, the paired GAN-minus-traditional difference and the verdict. ``first_pickers``, when
-    given, receives each source's picker of the first seed.
+    scored too). Returns per source and seed the scores (each with ``test_picks``, its picks on
+    the first test tomogram), per source the mean F-beta and its interval, the paired
+    GAN-minus-traditional difference and the verdict. ``store`` runs or reads back each source
+    and seed (``forge evaluate-picking --resume``).
     """
     if not test:
         raise InputError("the picking protocol needs at least one held-out real tomogram")
@@ -80,10 +94,10 @@ def picking_protocol(sources: Mapping[str, Sequence[LabelledTomogram]], test: Se
     for name, tomograms in sources.items():
         runs = []
         for seed in seeds:
-            picker = make_picker().fit(list(tomograms), seed=int(seed))
-            scores = score_picker(picker, test, radii, beta)
-            if first_pickers is not None and seed == seeds[0]:
-                first_pickers[name] = picker
+            def compute(tomograms: Sequence[LabelledTomogram] = tomograms, seed: int = int(seed)) -> dict[str, Any]:
+                return score_picker(make_picker().fit(list(tomograms), seed=seed), test, radii, beta)
+
+            scores = store(name, int(seed), compute)
             log(f"picker trained on {name} (seed {seed}): F-beta {scores['fbeta']:.3f}")
             runs.append(scores)
         values = [r["fbeta"] for r in runs]
@@ -118,6 +132,8 @@ def picking_verdict(sources: Mapping[str, Any], seeds: Sequence[int], margin: fl
 
 #: what ``forge evaluate-picking`` writes into its output folder
 OUTPUT_NAMES = ("results.json", "report.md", "picks.png")
+#: where each source and seed's scores are kept as they finish (``--resume``)
+STAGES = "stages"
 
 
 def synthetic_source(folder: str | os.PathLike, radii_A: Mapping[str, float],
@@ -208,16 +224,45 @@ def _real_tomograms(real: Mapping[str, Any]) -> tuple[list[LabelledTomogram], li
             load_labelled_tomograms(real["picks"], real["tomograms"], real["test"], radii, **options))
 
 
+def _digest(array: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).data, digest_size=16).hexdigest()
+
+
+def describe_tomograms(tomograms: Sequence[LabelledTomogram]) -> list[dict[str, Any]]:
+    """What a picker's result depends on in its tomograms: names, voxel sizes, radii and digests
+    of the volumes and picks (so a resumed run reuses a picker only for the same data)."""
+    return [{"name": t.name, "voxel_size": t.voxel_size, "volume": _digest(t.volume), "radii_A": t.radii_A,
+             "picks": {c: _digest(p) for c, p in sorted(t.picks.items())}} for t in tomograms]
+
+
+def stage_store(out: str | os.PathLike, resume: bool, picker: str, picker_options: Mapping[str, Any],
+                sources: Mapping[str, Sequence[LabelledTomogram]], test: Sequence[LabelledTomogram],
+                log: Callable[[str], None]) -> RunStore:
+    """Each source and seed's scores kept in ``out/stages/picker-SOURCE-seedN`` as it finishes;
+    with ``resume`` one whose picker, options, seed and tomograms are unchanged is read back."""
+    stages = Stages(Path(out), resume, log)
+    described = {name: describe_tomograms(tomograms) for name, tomograms in sources.items()}
+    tested = describe_tomograms(test)
+
+    def store(name: str, seed: int, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        inputs = {"picker": picker, "options": dict(picker_options), "seed": seed, "train": described[name],
+                  "test": tested}
+        return stages.run(f"picker-{name}-seed{seed}", jsonable(inputs), compute)
+
+    return store
+
+
 def run_picking_evaluation(out: str | os.PathLike, real: Mapping[str, Any], synthetic: str | os.PathLike | None,
                            refined: str | os.PathLike | None, picker: str, picker_options: Mapping[str, Any],
                            seeds: Sequence[int], margin: float = 0.1, overwrite: bool = False,
-                           log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+                           log: Callable[[str], None] = lambda _: None, resume: bool = False) -> dict[str, Any]:
     """``real``: ``train`` and ``test`` (tomogram or run names) and either ``picks``, ``tomograms``,
     ``radii_A`` and optional ``unit`` and ``class_column``, or ``copick`` (a project's configuration
     file) with optional ``radii_A`` (default: the project's), ``tomo_type``, ``voxel_spacing``,
     ``user_id`` and ``session_id``. ``synthetic``: a ``forge simulate-tomogram`` folder
     (the traditional source); ``refined``: its tomograms refined by ``forge refine-tomogram``
-    (the GAN source). Writes results.json, report.md and picks.png into ``out``."""
+    (the GAN source). Writes results.json, report.md and picks.png into ``out``, and each
+    picker's scores into ``out/stages`` as it finishes (``resume`` reads back the unchanged ones)."""
 
     if refined is not None and synthetic is None:
         raise InputError("--refined needs --synthetic (the refined tomograms take its picks)")
@@ -235,16 +280,23 @@ def run_picking_evaluation(out: str | os.PathLike, real: Mapping[str, Any], synt
         if extra:
             raise InputError(f"the {name} tomograms have class(es) {', '.join(extra)} that the test tomograms do not "
                              f"have ({', '.join(sorted(classes))})")
-    stale = check_output_folder(out, OUTPUT_NAMES, "a picking evaluation", overwrite)
-    pickers: dict[str, Any] = {}
+    existing = check_output_folder(out, (*OUTPUT_NAMES, STAGES), "a picking evaluation", True)
+    if existing and not (overwrite or resume):
+        raise ConfigError(f"{out} already holds a picking evaluation ({', '.join(existing)}); pass --resume to reuse "
+                          "the pickers it finished, --overwrite to start again, or choose another --out")
     results = picking_protocol(sources, test, lambda: registry.create("picker", picker, **picker_options), seeds,
-                               margin=margin, log=log, first_pickers=pickers)
+                               margin=margin, log=log,
+                               store=stage_store(out, resume, picker, picker_options, sources, test, log))
+    shown = GAN if GAN in sources else REAL
+    found = results["sources"][shown]["runs"][0]["test_picks"]
+    for source in results["sources"].values():
+        for run in source["runs"]:
+            run.pop("test_picks")
     results.update(picker=picker, picker_options=dict(picker_options), test_tomograms=[t.name for t in test],
                    train_tomograms={k: [t.name for t in v] for k, v in sources.items()})
-    shown = GAN if GAN in sources else REAL
-    with atomic_folder(out, stale=tuple(stale)) as work:
+    with atomic_folder(out, stale=tuple(name for name in existing if name != STAGES)) as work:
         write_json_atomic(work / "results.json", results)
         write_bytes_atomic(work / "report.md", report_text(results).encode())
-        _slice_figure(work / "picks.png", test[0], pickers[shown].pick(test[0].volume, test[0].voxel_size),
+        _slice_figure(work / "picks.png", test[0], found,
                       f"{test[0].name}: picks (x) of a picker trained on {shown} (seed {seeds[0]}); true centres (o)")
     return results
