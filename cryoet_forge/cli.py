@@ -44,6 +44,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("cryoet_forge.evaluate.commands", "evaluate_command"),
     "quickstart": ("cryoet_forge.evaluate.commands", "quickstart_command"),
     "evaluate-picking": ("cryoet_forge.evaluate.commands", "evaluate_picking_command"),
+    "pick": ("cryoet_forge.picking.commands", "pick_group"),
 }
 
 

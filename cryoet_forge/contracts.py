@@ -200,6 +200,9 @@ class Picker(Protocol):
     and returns the picker; the same data and seed give the same picker.
     ``pick(volume, voxel_size)`` returns class name -> (N, 3) (x, y, z) voxel centres found in a
     (Z, Y, X) tomogram. Tomograms show protein dark (the project's contrast convention).
+    Optional, for ``forge pick train`` / ``apply``: ``save(folder)`` writes the trained picker into
+    an existing folder and ``load(folder)`` (on a picker made with the same options) reads it back
+    and returns the picker; ``pick_with_scores(volume, voxel_size)`` gives class -> (points, scores).
     """
 
     def fit(self, tomograms: Any, seed: int) -> Any: ...

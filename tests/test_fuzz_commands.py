@@ -158,7 +158,7 @@ class Opt:
 # -- commands: a tiny valid invocation and, per option, bad values -------------------------------
 #
 # Placeholders: {in} the inputs folder, {out} a fresh empty folder per example, {run} a tiny
-# trained run, {model} a tiny trained classifier, {repo} the repository. A positional argument is
+# trained run, {model} a tiny trained classifier, {picker} a tiny saved picker, {repo} the repository. A positional argument is
 # written <NAME> in the base: the drawn value of NAME replaces it, else POSITIONAL[NAME].
 
 POSITIONAL = {"STRUCTURE": "{in}/tiny.pdb", "PDB_IDS": "1abc", "KIND": "generator"}
@@ -174,6 +174,9 @@ EVALUATE_PICKING = ["evaluate-picking", "--picks", "{in}/picks2.csv", "--unit", 
                     "--train", "TS_01", "--test", "TS_02", "--radius", "picks2=40", "--seeds", "0",
                     "--option", "channels=[4,8]", "--option", "patch=16", "--option", "steps=1",
                     "--option", "tile=16", "--option", "overlap=4", "--out", "{out}/ep"]
+PICK_TRAIN = ["pick", "train", "--picks", "{in}/picks2.csv", "--unit", "px", "--tomograms", "{in}", "--train", "TS_01",
+              "--radius", "picks2=40", "--option", "channels=[4,8]", "--option", "patch=16", "--option", "steps=1",
+              "--option", "tile=16", "--option", "overlap=4", "--out", "{out}/pk"]
 TINY_MODEL = ("--set", "model.generator_options={base=2, n_residual=1, dropout=0.2}",
               "--set", "model.critic_options={base=2}",
               "--set", "train.batch_size=1", "--set", "train.n_critic=1", "--set", "train.device='cpu'",
@@ -422,6 +425,31 @@ COMMANDS: dict[str, tuple[list[str], dict[str, Opt]]] = {
         "--margin": Opt(floats_outside(0.0, 1.0, lo_valid=True, hi_valid=True)),
         "--out": Opt(BAD_OUT),
     }),
+    "pick train": (PICK_TRAIN, {
+        "--synthetic": Opt(st.one_of(bad_file(), st.just("{in}/folder")), drop=("--picks", "--unit", "--tomograms")),
+        "--refined": Opt(st.one_of(bad_file(), st.just("{in}/folder"))),
+        "--picks": Opt(bad_file()),
+        "--tomograms": Opt(bad_file()),
+        "--copick": Opt(bad_file(), drop=("--picks", "--unit", "--tomograms")),
+        "--train": Opt(st.sampled_from(["", "TS_09", "ts_01"])),
+        "--unit": Opt(words("px", "angstrom")),
+        "--class-column": Opt(st.sampled_from(["nosuch", "x", "TS_01"])),
+        "--radius": Opt(st.one_of(NOT_A_NUMBER, st.sampled_from(["picks2=0", "picks2=-1", "picks2=nan", "=40",
+                                                                  "picks2"])), multiple=True, drop=("--radius",)),
+        "--radius-column": Opt(st.sampled_from(["nosuch", "tomogram", ""]), drop=("--radius",)),
+        "--picker": Opt(words("unet-segmentation")),
+        "--option": Opt(st.one_of(NOT_A_NUMBER.filter(lambda s: "=" not in s), st.sampled_from(
+            ["patch=15", "steps=0", "nosuch=1", "lr=-1", "threshold=2", "channels=x", "=3"])), multiple=True),
+        "--seed": SEED,
+        "--out": Opt(BAD_OUT),
+    }),
+    "pick apply": (["pick", "apply", "--run", "{picker}", "--tomogram", "{in}/TS_02.mrc", "--out", "{out}/pa"], {
+        "--run": Opt(st.sampled_from(["{in}/absent", "{in}/afile", "{in}/folder", "{in}/lab", ""])),
+        "--tomogram": Opt(st.one_of(bad_file(), st.just("{in}/tiny.pdb")), multiple=True, drop=("--tomogram",)),
+        "--voxel-size": Opt(voxel_sizes()),
+        "--copick": Opt(bad_file(), drop=("--tomogram",)),
+        "--out": Opt(BAD_OUT),
+    }),
     "list": (["list", "<KIND>"], {"KIND": Opt(words("generator", "critic", "loss", "dataset", "simulator",
                                                     "knn-backend", "feature-extractor", "classifier", "picker"))}),
     "plugins": (["plugins"], {"--nosuch": Opt(st.sampled_from(["1", ""]))}),
@@ -437,6 +465,15 @@ NOT_FUZZED = {
     ("evaluate-picking", "--voxel-spacing"): "copick only: one of a copick run's voxel spacings",
     ("evaluate-picking", "--copick-user"): "copick only: any text may be a pick set's user id",
     ("evaluate-picking", "--copick-session"): "copick only: any text may be a pick set's session id",
+    ("pick train", "--tomo-type"): "copick only: the tomogram types of a copick project",
+    ("pick train", "--voxel-spacing"): "copick only: one of a copick run's voxel spacings",
+    ("pick train", "--copick-user"): "copick only: any text may be a pick set's user id",
+    ("pick train", "--copick-session"): "copick only: any text may be a pick set's session id",
+    ("pick apply", "--runs"): "copick only: the run names of a copick project",
+    ("pick apply", "--tomo-type"): "copick only: the tomogram types of a copick project",
+    ("pick apply", "--voxel-spacing"): "copick only: one of a copick run's voxel spacings",
+    ("pick apply", "--copick-user"): "copick only: any text may be the user id of the picks written",
+    ("pick apply", "--copick-session"): "copick only: any text may be the session id of the picks written",
 }
 
 #: options naming a registered component: an unknown name is a PluginError (exit code 3), its
@@ -444,7 +481,7 @@ NOT_FUZZED = {
 COMPONENTS = {("simulate", "--simulator"): "simulator", ("metrics", "--features"): "feature-extractor",
               ("metrics", "--backend"): "knn-backend", ("train", "--generator"): "generator",
               ("train", "--critic"): "critic", ("train", "--loss"): "loss", ("list", "KIND"): "kind",
-              ("evaluate-picking", "--picker"): "picker"}
+              ("evaluate-picking", "--picker"): "picker", ("pick train", "--picker"): "picker"}
 #: what an error line may name instead of the option itself
 ALSO_NAMED = {"--set": ("override",), "PDB_IDS": ("PDB id",), "STRUCTURE": ("structure",),
               "--nosuch": ("No such option",), "--option": ("option",), "--class-column": ("class column",),
@@ -498,7 +535,8 @@ def trained(inputs):
     base = [a.replace("{out}", str(root)) for a in TRAIN]
     assert forge(["-q", *base]) == 0
     assert forge(["-q", *[a.replace("{in}", str(inputs)).replace("{out}", str(root)) for a in CLASSIFY_TRAIN]]) == 0
-    return {"run": root / "run", "model": root / "cls"}
+    assert forge(["-q", *[a.replace("{in}", str(inputs)).replace("{out}", str(root)) for a in PICK_TRAIN]]) == 0
+    return {"run": root / "run", "model": root / "cls", "picker": root / "pk"}
 
 
 def _args(command: str, option: str, value: str, places: dict[str, str]) -> list[str]:
@@ -582,7 +620,7 @@ def test_every_command_and_option_is_fuzzed():
 
 
 CASES = [(c, o) for c, (_, options) in COMMANDS.items() for o in options]
-NEEDS_TRAINED = {"generate", "uncertainty", "refine-tomogram", "classify eval", "classify features"}
+NEEDS_TRAINED = {"generate", "uncertainty", "refine-tomogram", "classify eval", "classify features", "pick apply"}
 
 
 def _run_one(command, option, data, inputs, request, capsys):

@@ -211,13 +211,15 @@ def report_text(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _real_tomograms(real: Mapping[str, Any]) -> tuple[list[LabelledTomogram], list[LabelledTomogram]]:
-    """The real training and test tomograms, from a pick table and a folder or from a copick project."""
+def load_real_tomograms(real: Mapping[str, Any]) -> tuple[list[LabelledTomogram], list[LabelledTomogram]]:
+    """The real training and test tomograms (none where no names are given), from a pick table and a
+    folder or from a copick project."""
     if real.get("copick") is not None:
         load = {key: real.get(key) for key in ("radii_A", "voxel_spacing", "user_id", "session_id")}
         tomo_type = real.get("tomo_type") or "wbp"
-        return (load_copick_tomograms(real["copick"], real["train"], tomo_type=tomo_type, **load),
-                load_copick_tomograms(real["copick"], real["test"], tomo_type=tomo_type, **load))
+        train, test = (load_copick_tomograms(real["copick"], real[part], tomo_type=tomo_type, **load)
+                       if real[part] else [] for part in ("train", "test"))
+        return train, test
     radii = dict(real["radii_A"])
     options = dict(unit=real.get("unit"), class_column=real.get("class_column"))
     return (load_labelled_tomograms(real["picks"], real["tomograms"], real["train"], radii, **options),
@@ -267,7 +269,7 @@ def run_picking_evaluation(out: str | os.PathLike, real: Mapping[str, Any], synt
     if refined is not None and synthetic is None:
         raise InputError("--refined needs --synthetic (the refined tomograms take its picks)")
     registry.create("picker", picker, **picker_options)  # options checked before any work
-    train, test = _real_tomograms(real)
+    train, test = load_real_tomograms(real)
     radii = {c: r for t in train + test for c, r in t.radii_A.items()}
     sources: dict[str, list[LabelledTomogram]] = {REAL: train}
     if synthetic is not None:

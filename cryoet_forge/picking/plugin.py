@@ -1,9 +1,10 @@
-"""Built-in picking components: the ``unet-segmentation`` picker."""
+"""Built-in picking components: the ``unet-segmentation`` picker and the ``forge pick`` commands."""
 
 from __future__ import annotations
 
 from cryoet_forge import hookimpl
 from cryoet_forge.options import check_options
+from cryoet_forge.picking.commands import pick_group
 
 
 def _segmentation_picker(**options):
@@ -22,3 +23,8 @@ _segmentation_picker.options_from = "cryoet_forge.picking.segmentation:PickerOpt
 @hookimpl
 def forge_register_pickers(register):
     register("unet-segmentation", _segmentation_picker)
+
+
+@hookimpl
+def forge_register_commands(cli):
+    cli.add_command(pick_group)

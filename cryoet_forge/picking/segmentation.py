@@ -14,22 +14,30 @@ class's probability peaks (:func:`~cryoet_forge.picking.peaks.class_peaks`) at l
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cryoet_forge import progress
 from cryoet_forge.devices import check_device
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.io.atomic import atomic_path, write_json_atomic
 from cryoet_forge.models.tiling import apply_tiled
 from cryoet_forge.picking.peaks import class_peaks
 from cryoet_forge.picking.tomograms import LabelledTomogram, sphere_labels
 from cryoet_forge.picking.unet import SegmentationUNet
+
+#: the files ``SegmentationPicker.save`` writes
+WEIGHTS, STATE = "weights.safetensors", "state.json"
 
 
 @dataclass
@@ -193,6 +201,43 @@ class SegmentationPicker:
         self.history = {"loss": losses, "seconds": time.perf_counter() - start, "target_voxels": counts.tolist()}
         return self
 
+    # -- saving ---------------------------------------------------------------------------------
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """The trained network (``weights.safetensors``) and its classes and radii (``state.json``)
+        into the existing ``folder`` (``forge pick train``)."""
+        if self.model is None:
+            raise InputError("the picker is not trained; call fit first")
+        folder = Path(folder)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        with atomic_path(folder / WEIGHTS) as tmp:
+            save_file(weights, str(tmp))
+        write_json_atomic(folder / STATE, {"class_names": self.class_names, "radii_A": self.radii_A,
+                                           "channels": self.options.channels,
+                                           "final_loss": self.history.get("loss", [None])[-1]})
+
+    def load(self, folder: str | os.PathLike) -> SegmentationPicker:
+        """The picker ``save`` wrote into ``folder`` (its network built with this picker's options)."""
+        folder = Path(folder)
+        try:
+            state = json.loads((folder / STATE).read_text())
+            weights = load_file(str(folder / WEIGHTS))
+            class_names = [str(c) for c in state["class_names"]]
+            radii = {str(k): float(v) for k, v in state["radii_A"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"{folder}: not a saved unet-segmentation picker ({WEIGHTS} and {STATE}): {exc}") from None
+        if [int(c) for c in state.get("channels", [])] != self.options.channels:
+            raise InputError(f"{folder}: the picker was saved with channels {state.get('channels')}, not "
+                             f"{self.options.channels}")
+        model = SegmentationUNet(len(class_names) + 1, self.options.channels)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise InputError(f"{folder}: {WEIGHTS} does not fit the picker's network: {str(exc).splitlines()[0]}") from None
+        device = check_device(self.options.device, "picker device")
+        self.class_names, self.radii_A, self.model = class_names, radii, model.to(device).eval()
+        return self
+
     # -- picking --------------------------------------------------------------------------------
 
     def probabilities(self, volume: np.ndarray) -> np.ndarray:
@@ -216,5 +261,7 @@ class SegmentationPicker:
     def pick_with_scores(self, volume: np.ndarray, voxel_size: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if not voxel_size > 0:
             raise InputError(f"voxel size must be > 0 A, got {voxel_size}")
-        distances = [self.options.min_distance * self.radii_A[c] / voxel_size for c in self.class_names]
+        # a distance beyond the tomogram's size keeps one pick per class either way (and bounds the filter)
+        largest = float(max(np.shape(volume)))
+        distances = [min(self.options.min_distance * self.radii_A[c] / voxel_size, largest) for c in self.class_names]
         return class_peaks(self.probabilities(volume), self.class_names, distances, self.options.threshold)
