@@ -380,6 +380,12 @@ def expect_tomograms(folder: Path, output: str) -> None:
     results = json.loads((folder / "picking/results.json").read_text())
     assert list(results["sources"]) == ["real", "traditional", "gan"] and results["paired"]["n"] == 2
     assert "**Verdict:" in (folder / "picking/report.md").read_text()
+    picker = json.loads((folder / "pickers/refined/picker.json").read_text())
+    assert picker["classes"] == ["globule", "two-lobe"] and picker["trained_on"] == ["TS_01", "TS_02"]
+    import starfile
+
+    picks = starfile.read(folder / "picks/particles.star")
+    assert "rlnAutopickFigureOfMerit" in picks.columns and set(picks["rlnTomoName"]) <= {"TS_02"}
 
 
 EXPECT = {"getting-started/install.md": expect_install, "guides/simulate.md": expect_simulate,

@@ -273,8 +273,8 @@ def pick_apply_command(run_dir, tomogram_paths, voxel_size, copick_config, runs,
             tomogram.close()
         click.echo(f"{tomogram.name}: {len(found[tomogram.name])} picks")
     rows = [r for picked in found.values() for r in picked]
-    table = pd.DataFrame(rows, columns=[*STAR_COLUMNS, *(["rlnAutopickFigureOfMerit"] if rows and
-                                                         "rlnAutopickFigureOfMerit" in rows[0] else [])])
+    scored = callable(getattr(made, "pick_with_scores", None))  # the score column even where nothing was picked
+    table = pd.DataFrame(rows, columns=[*STAR_COLUMNS, *(["rlnAutopickFigureOfMerit"] if scored else [])])
     written = 0
     if copick_config is not None:
         written = _write_copick(copick_config, found, copick_user, copick_session)
