@@ -59,7 +59,8 @@ def _training_tomograms(synthetic, refined, picks_path, tomograms, copick_config
     if refined is not None and synthetic is None:
         raise InputError("--refined needs --synthetic (the refined tomograms take its picks)")
     if synthetic is not None:
-        radii = read_radii(synthetic / "particles.star", "forgeRadiusAngst") if (synthetic / "particles.star").is_file() else {}
+        table = synthetic / "particles.star"
+        radii = read_radii(table, "forgeRadiusAngst") if table.is_file() else {}
         return synthetic_source(synthetic, {**radii, **_radii(radius_pairs)}, refined)
     if not train:
         raise InputError("--train NAME: name the tomograms (or copick runs) to train on")
@@ -153,8 +154,9 @@ def _targets(tomogram_paths: Sequence[Path], copick_config: Path | None, runs: S
     if copick_config is not None:
         return copick_tomograms(copick_config, tomo_type, voxel_spacing, list(runs) or None)
     names = [p.name.split(".")[0] for p in tomogram_paths]
-    if len(set(names)) != len(names):
-        raise InputError(f"--tomogram: two files share the tomogram name {next(n for n in names if names.count(n) > 1)!r}")
+    shared = sorted({n for n in names if names.count(n) > 1})
+    if shared:
+        raise InputError(f"--tomogram: two files share the tomogram name {shared[0]!r}")
     return [open_tomogram(p, name=n, voxel_size=voxel_size) for p, n in zip(tomogram_paths, names)]
 
 
@@ -174,9 +176,10 @@ def _picks_rows(made: Any, record: dict[str, Any], tomogram: Any) -> list[dict[s
     for name in sorted(found):
         points, scores = found[name]
         points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        number = classes.index(name) + 1 if name in classes else 0
         for i, (x, y, z) in enumerate(points):
-            row = {"voxel_size": size, "rlnTomoName": tomogram.name, "rlnCoordinateX": x, "rlnCoordinateY": y, "rlnCoordinateZ": z,
-                   "rlnClassNumber": classes.index(name) + 1 if name in classes else 0, "forgeClassName": name,
+            row = {"voxel_size": size, "rlnTomoName": tomogram.name, "rlnCoordinateX": x, "rlnCoordinateY": y,
+                   "rlnCoordinateZ": z, "rlnClassNumber": number, "forgeClassName": name,
                    "forgeRadiusAngst": float(record["radii_A"].get(name, 0.0))}
             if scores is not None:
                 row["rlnAutopickFigureOfMerit"] = float(scores[i])
