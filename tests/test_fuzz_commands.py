@@ -448,6 +448,8 @@ COMMANDS: dict[str, tuple[list[str], dict[str, Opt]]] = {
         "--tomogram": Opt(st.one_of(bad_file(), st.just("{in}/tiny.pdb")), multiple=True, drop=("--tomogram",)),
         "--voxel-size": Opt(voxel_sizes()),
         "--copick": Opt(bad_file(), drop=("--tomogram",)),
+        "--option": Opt(st.one_of(NOT_A_NUMBER.filter(lambda s: "=" not in s), st.sampled_from(
+            ["tile=15", "nosuch=1", "threshold=2", "channels=[4]", "channels=x", "=3"])), multiple=True),
         "--out": Opt(BAD_OUT),
     }),
     "list": (["list", "<KIND>"], {"KIND": Opt(words("generator", "critic", "loss", "dataset", "simulator",

@@ -63,6 +63,11 @@ def test_train_then_apply_writes_star_picks(simulated, tmp_path, capsys):  # noq
         np.testing.assert_allclose(rows["rlnAutopickFigureOfMerit"].to_numpy(), scores, atol=1e-5)
         assert set(rows["rlnClassNumber"]) == {record["classes"].index(name) + 1}
     assert set(table["rlnTomoName"]) == {"TS_02"}
+    # picking options replaced at apply time: nothing reaches probability 1
+    strict = tmp_path / "strict"
+    assert main(["pick", "apply", "--run", str(run), "--tomogram", str(tomogram), "--option", "threshold=1.0",
+                 "--out", str(strict)]) == 0
+    assert starfile.read(strict / "particles.star").empty
     # picks already there are kept unless --overwrite
     capsys.readouterr()
     assert main(["pick", "apply", "--run", str(run), "--tomogram", str(tomogram), "--out", str(out)]) != 0
@@ -110,11 +115,17 @@ def test_apply_to_a_copick_project_writes_its_picks(simulated, tmp_path, capsys)
      "--refined needs --synthetic"),
     (["apply", "--run", "{sim}", "--tomogram", "{sim}/refined/TS_01.mrc", "--out", "{tmp}/p"],
      "not a picker saved by forge pick train"),
+    (["apply", "--run", "{run}", "--option", "channels=[4,8,16]", "--tomogram", "{sim}/refined/TS_01.mrc",
+      "--out", "{tmp}/p"], "saved with channels [4, 8], not [4, 8, 16]"),
     (["apply", "--run", "{sim}", "--runs", "TS_01", "--tomogram", "{sim}/refined/TS_01.mrc", "--out", "{tmp}/p"],
      "--runs needs --copick"),
 ])
 def test_bad_pick_input_is_one_line(simulated, tmp_path, capsys, args, message):  # noqa: F811
-    args = [a.replace("{sim}", str(simulated)).replace("{tmp}", str(tmp_path)) for a in args]
+    run = tmp_path / "run"
+    if "{run}" in args:
+        assert main(["pick", "train", "--synthetic", str(simulated / "synthetic"), *TINY, "--out", str(run)]) == 0
+        capsys.readouterr()
+    args = [a.replace("{sim}", str(simulated)).replace("{tmp}", str(tmp_path)).replace("{run}", str(run)) for a in args]
     assert main(["pick", *args]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err

@@ -130,11 +130,12 @@ def pick_train_command(synthetic, refined, picks_path, tomograms, copick_config,
                f"saved in {out_dir}")
 
 
-def load_picker(run: Path) -> tuple[Any, dict[str, Any]]:
-    """The picker ``forge pick train`` saved in ``run`` and its record (picker.json)."""
+def load_picker(run: Path, overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The picker ``forge pick train`` saved in ``run`` and its record (picker.json); ``overrides``
+    replace options it was saved with (those of picking: threshold, tile, device...)."""
     try:
         record = json.loads((run / "picker.json").read_text())
-        kind, options = str(record["picker"]), dict(record["options"])
+        kind, options = str(record["picker"]), {**dict(record["options"]), **(overrides or {})}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{run}: not a picker saved by forge pick train (picker.json: {exc})") from None
     made = _saving_picker(kind, options)
@@ -249,9 +250,11 @@ def _write_copick(config: Path, found: dict[str, list[dict[str, Any]]], user_id:
               help="With --copick: the session id of the picks written.")
 @click.option("--out", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path),
               help="The folder of particles.star (RELION 5 columns, coordinates in voxels of each tomogram).")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Replace a picker option it was saved with, for picking (e.g. threshold=0.3, device=cuda).")
 @click.option("--overwrite", is_flag=True, help="Replace picks written earlier (OUT, and the copick pick set).")
 def pick_apply_command(run_dir, tomogram_paths, voxel_size, copick_config, runs, tomo_type, voxel_spacing,
-                       copick_user, copick_session, out_dir, overwrite) -> None:
+                       copick_user, copick_session, out_dir, option_pairs, overwrite) -> None:
     """Pick tomograms with a saved picker: particles.star in OUT (and the copick project's picks)."""
     # start-up: pandas and starfile only when the command runs
     import pandas as pd
@@ -262,7 +265,8 @@ def pick_apply_command(run_dir, tomogram_paths, voxel_size, copick_config, runs,
         raise InputError("--runs needs --copick (the project whose runs to pick)")
     if voxel_size is not None:
         check_voxel_size(voxel_size, "--voxel-size")
-    made, record = load_picker(run_dir)
+    overrides = {key.replace("-", "_"): value for key, value in _parse_options(option_pairs).items()}
+    made, record = load_picker(run_dir, overrides)
     targets = _targets(tomogram_paths, copick_config, runs, tomo_type, voxel_spacing, voxel_size)
     if copick_config is not None:
         _check_copick(copick_config, [t.name for t in targets], record["classes"], copick_user, copick_session,
