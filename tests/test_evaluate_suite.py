@@ -72,6 +72,16 @@ def test_suite_table_has_one_row_per_cell_and_skips_absent_data(suite_run):
         assert r["paired"]["n"] == 2
         assert f"| {r['domain']} | {r['method']} | 10 |" in table
     assert "| absent-maps | paper | | | | | | | | | skipped: needs shared:no-such-maps" in table
+    # every downstream classifier kind of each cell, with its own verdict
+    for r in rows[:2]:
+        results = json.loads((out / r["domain"] / r["method"] / "results.json").read_text())
+        kinds = [c["classifier"] for c in r["by_classifier"]]
+        assert kinds == list(results["verdict"]["by_classifier"]) and kinds
+        for c in r["by_classifier"]:
+            verdict = results["verdict"]["by_classifier"][c["classifier"]]
+            assert c["real"] == verdict["real_accuracy"] and c["paired"]["mean"] == verdict["paired"]["mean"]
+            assert f"| {r['domain']} | {r['method']} | {c['classifier']} | " in table
+    assert "## Per classifier kind" in table
     tally = record["tally"]["methods"]
     assert tally["paper"]["domains"] == tally["refine"]["domains"] == 1
     assert record["tally"]["best"] in ("paper", "refine")

@@ -187,7 +187,26 @@ def row_from_results(domain: Cell, method: Cell, results: dict[str, Any]) -> dic
         "outcome": verdict["outcome"],
         "headroom": real - chance >= HEADROOM,
         "seconds": results.get("timings_s", {}).get("total"),
+        "by_classifier": classifier_rows(results),
     }
+
+
+def classifier_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per downstream classifier kind of a cell: the accuracy trained on the real split, on the
+    traditional and on the GAN set (means), the paired difference and that kind's verdict."""
+    rows = []
+    for kind, verdict in results["verdict"].get("by_classifier", {}).items():
+        if kind in results.get("downstream_by_classifier", {}):
+            sets = results["downstream_by_classifier"][kind]
+            means = {"traditional": sets["traditional"]["mean"], "gan": sets["cryoetgan"]["mean"]}
+        else:  # the first kind's sets are the cell's main downstream scores
+            means = {"traditional": results["downstream"]["traditional"]["mean"],
+                     "gan": results["downstream"]["cryoetgan"]["mean"]}
+        paired = verdict["paired"]
+        rows.append({"classifier": kind, "real": verdict["real_accuracy"], **means,
+                     "paired": {k: paired[k] for k in ("mean", "ci_low", "ci_high", "n", "gan_wins")},
+                     "outcome": verdict["outcome"]})
+    return rows
 
 
 def run_suite(suite: Suite, out_dir: str | Path, log: Callable[[str], None] = print,
@@ -322,4 +341,22 @@ def render_suite(record: dict[str, Any]) -> str:
                      f"{t['with_headroom']} | {gain} |")
     best = record["tally"]["best"]
     lines += ["", f"Most domains won: **{best}**." if best else "No cell finished.", ""]
+    lines += _classifier_table(record["rows"])
     return "\n".join(lines)
+
+
+def _classifier_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Every downstream classifier kind of every finished cell (the table above shows CB3D's)."""
+    found = [(r, c) for r in rows if r["status"] == "done" for c in r.get("by_classifier", [])]
+    if not found:
+        return []
+    lines = ["## Per classifier kind", "",
+             "Each downstream classifier kind trained on the real training split, on traditional and on GAN data "
+             "(means over seeds), and its own verdict: the question has an answer where a kind learns the real data.",
+             "", "| domain | method | classifier | real | traditional | GAN | GAN - traditional (paired) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r, c in found:
+        outcome = OUTCOME_TEXT.get(c["outcome"], str(c["outcome"]).replace("-", " "))
+        lines.append(f"| {r['domain']} | {r['method']} | {c['classifier']} | {number(c['real'])} | "
+                     f"{number(c['traditional'])} | {number(c['gan'])} | {_interval(c['paired'])} | {outcome} |")
+    return lines + [""]
