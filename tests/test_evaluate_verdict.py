@@ -49,6 +49,18 @@ def test_inception_near_chance_makes_metrics_unreliable_and_the_verdict_inconclu
     assert any("does not beat the radial-profile baseline (0.410)" in n for n in v["notes"])
 
 
+def test_a_win_between_two_failures_is_no_win():
+    """The parakeet-dev-high-snr case: CB3D learns the real split (0.58) but trained on either
+    synthetic set stays at chance (0.242, 0.273; chance 0.258): a paired interval above zero is
+    "neither-transfers", not "gan-ahead"."""
+    v = assess(0.582, 0.258, 0.1, _paired(0.005, 0.057, mean=0.031), 0.758, synthetic=(0.242, 0.273))
+    assert v["outcome"] == "neither-transfers"
+    assert v["sentence"].startswith("Neither synthetic set transfers: CB3D trained on traditional (0.242) or on "
+                                    "GAN data (0.273) stays within 0.100 of chance (0.258)")
+    # one set above chance + margin: the interval decides again
+    assert assess(0.582, 0.258, 0.1, _paired(0.005, 0.057), 0.758, synthetic=(0.242, 0.36))["outcome"] == "gan-ahead"
+
+
 def test_one_seed_is_inconclusive():
     assert assess(0.9, 0.25, 0.1, _paired(0.1, 0.1, n=1), 0.5)["outcome"] == "inconclusive"
 

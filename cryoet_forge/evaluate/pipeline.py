@@ -353,7 +353,8 @@ def _verdict_stage(view: StageView) -> dict[str, Any]:
     paired = paired_difference(downstream["cryoetgan"].accuracies, downstream["traditional"].accuracies,
                                seeds, confidence)
     verdict = assess(inception_on_test.accuracy, chance, margin, paired, baseline.accuracy,
-                     network["real_test"]["accuracy"], network["kind"])
+                     network["real_test"]["accuracy"], network["kind"],
+                     (downstream["traditional"].mean, downstream["cryoetgan"].mean))
     # one answer per classifier kind; cb3d's real ceiling is the inception network (one seed)
     verdict["by_classifier"] = {CB3D_KIND: assess_classifier(
         CB3D_KIND, inception_on_test.accuracy, chance, margin, paired, baseline.accuracy,

@@ -61,13 +61,16 @@ def paired_difference(gan: Sequence[float], traditional: Sequence[float], seeds:
 
 def assess(inception_accuracy: float, chance: float, margin: float, paired: dict[str, Any],
            baseline_accuracy: float | None, metrics_accuracy: float | None = None,
-           metrics_network: str = "cb3d") -> dict[str, Any]:
+           metrics_network: str = "cb3d", synthetic: tuple[float, float] | None = None) -> dict[str, Any]:
     """The verdict of one evaluation and the sentences the report and the terminal print.
 
     ``inception_accuracy``: CB3D trained on the real training split, on the real test split (the
     ceiling); ``baseline_accuracy``: the radial-profile baseline trained on the same split.
     ``metrics_accuracy``: the test accuracy of the network FID, PRDC and IS use
     (``metrics_network``, ``metrics.inception``) when it is not CB3D; their reliability follows it.
+    ``synthetic``: CB3D's mean accuracies trained on traditional and on GAN data; when both are
+    within ``margin`` of chance the outcome is "neither-transfers" whatever the paired interval
+    says (a difference between two failures is no win).
     """
     cb3d_note = near_chance(inception_accuracy, chance, margin)
     own = metrics_accuracy is None or metrics_network == "cb3d"  # the metrics use CB3D's features
@@ -87,6 +90,12 @@ def assess(inception_accuracy: float, chance: float, margin: float, paired: dict
         outcome = "inconclusive"
         sentence = (f"Inconclusive: the real data's own classifier is near chance, so this evaluation cannot "
                     f"tell GAN data from traditional simulation (GAN minus traditional {mean}, {interval}).")
+    elif synthetic is not None and max(synthetic) < chance + margin:
+        outcome = "neither-transfers"
+        sentence = (f"Neither synthetic set transfers: CB3D trained on traditional ({number(synthetic[0])}) or on "
+                    f"GAN data ({number(synthetic[1])}) stays within {number(margin)} of chance "
+                    f"({number(chance)}) on the real test split, so GAN minus traditional {mean} ({interval}) is a "
+                    "difference between two failures, not a win.")
     else:
         outcome = interval_outcome(paired)
         sentence = {
