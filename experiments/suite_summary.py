@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+from datetime import date
 from pathlib import Path
 
 
@@ -50,9 +52,10 @@ def main() -> None:
         print(f"| {x['domain']} | {x['method']} | {x['classifier']} | {x['real']:.3f} | {x['traditional']:.3f} | "
               f"{x['gan']:.3f} | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] | {x['gan_wins']}/{x['n']} | {x['outcome']} |")
     if args.jsonl:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         with args.jsonl.open("a") as f:
             for x in found:
-                f.write(json.dumps(x) + "\n")
+                f.write(json.dumps({"recorded": str(date.today()), "commit": commit, **x}) + "\n")
 
 
 if __name__ == "__main__":
