@@ -226,6 +226,12 @@ CASES = [
     ("evaluate-picking-no-radius", ["evaluate-picking", "--picks", f"{I}/ts01.csv", "--unit", "px", "--tomograms",
                                     f"{I}/tomograms", "--train", "TS_01", "--test", "TS_02", "--out", f"{O}/ep"], 2,
      ["give the particle radii by --radius CLASS=A (per class) or --radius-column NAME"]),
+    ("pick-train-two-sources", ["pick", "train", "--synthetic", f"{I}/vols", "--picks", f"{I}/ts01.csv",
+                                "--out", f"{O}/pk"], 2,
+     ["give the training tomograms by exactly one of --synthetic DIR, --picks FILE with --tomograms DIR, or "
+      "--copick CONFIG (got --synthetic, --picks)"]),
+    ("pick-apply-not-a-picker", ["pick", "apply", "--run", f"{I}/vols", "--tomogram", f"{I}/tomograms/TS_01.mrc",
+                                 "--out", f"{O}/pa"], 2, ["vols: not a picker saved by forge pick train"]),
     ("evaluate-missing-suite", ["evaluate", "--suite", f"{I}/nosuite.toml", "--out", f"{O}/ev"], 2, ["nosuite.toml"]),
     ("evaluate-bad-config", ["evaluate", "--config", f"{I}/bad.toml", "--out", f"{O}/ev"], 2,
      ["bad.toml: not valid TOML"]),
