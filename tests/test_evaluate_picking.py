@@ -56,6 +56,14 @@ def test_a_ceiling_near_zero_cannot_tell():
     assert "below 0.1" in result["verdict"]["reason"]
 
 
+def test_two_synthetic_sources_that_find_nothing_are_no_comparison():
+    sources = {"real": [tomogram("r", 1.0)], "traditional": [tomogram("t", 0.0)], "gan": [tomogram("g", 0.0)]}
+    result = picking_protocol(sources, [tomogram("test", 0.0)], StandIn, seeds=[0, 2])
+    assert result["paired"]["mean"] == 0.0
+    assert result["verdict"]["outcome"] == "neither-transfers"
+    assert "both stay below F-beta 0.1" in result["verdict"]["reason"]
+
+
 def test_the_protocol_needs_test_tomograms_and_mappings():
     with pytest.raises(InputError, match="at least one held-out real tomogram"):
         picking_protocol({"real": [tomogram("r", 1.0)]}, [], StandIn, seeds=[0])
@@ -148,7 +156,8 @@ def test_evaluate_picking_end_to_end(simulated, tmp_path, capsys):
         assert len(source["fbeta"]) == 2 and all(0.0 <= f <= 1.0 for f in source["fbeta"])
         assert set(source["runs"][0]["classes"]) == {"globule", "two-lobe"}
     assert results["paired"]["n"] == 2 and results["test_tomograms"] == ["TS_02"]
-    assert results["verdict"]["outcome"] in {"cannot-tell", "gan-ahead", "traditional-ahead", "no-clear-difference"}
+    assert results["verdict"]["outcome"] in {"cannot-tell", "neither-transfers", "gan-ahead", "traditional-ahead",
+                                             "no-clear-difference"}
     report = (out / "report.md").read_text()
     assert "**Verdict:" in report and "| gan |" in report
     assert (out / "picks.png").stat().st_size > 1000

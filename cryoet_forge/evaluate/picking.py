@@ -4,8 +4,10 @@ scored on the held-out real tomograms with the challenge's per-class precision, 
 F-beta (:mod:`cryoet_forge.picking.score`); GAN minus traditional F-beta paired over seeds.
 
 Verdict, as the classification protocol's: where the pickers trained on the real tomograms reach
-an F-beta below ``margin`` the data cannot tell sources apart ("cannot-tell"); otherwise the
-paired interval's outcome (``verdict.interval_outcome``) and the GAN's share of the ceiling.
+an F-beta below ``margin`` the data cannot tell sources apart ("cannot-tell"); where those trained
+on traditional and on GAN-refined tomograms both stay below it, neither source transfers
+("neither-transfers"); otherwise the paired interval's outcome (``verdict.interval_outcome``) and
+the GAN's share of the ceiling.
 """
 
 from __future__ import annotations
@@ -125,6 +127,12 @@ def picking_verdict(sources: Mapping[str, Any], seeds: Sequence[int], margin: fl
                                  f"{margin:g}: these data cannot tell the sources apart")
         elif GAN in sources:
             verdict["gan_share_of_ceiling"] = float(sources[GAN]["mean"]) / ceiling
+    synthetic = [float(sources[name]["mean"]) for name in (TRADITIONAL, GAN) if name in sources]
+    if verdict["outcome"] is None and len(synthetic) == 2 and max(synthetic) < margin:
+        verdict["outcome"] = "neither-transfers"
+        verdict["reason"] = (f"pickers trained on traditional ({synthetic[0]:.3f}) and on GAN-refined tomograms "
+                             f"({synthetic[1]:.3f}) both stay below F-beta {margin:g} on the real test tomograms: "
+                             "their difference is between two failures")
     return verdict
 
 
