@@ -30,6 +30,9 @@ def test_a_saved_picker_picks_as_the_trained_one(simulated, tmp_path):  # noqa: 
     np.testing.assert_array_equal(loaded.probabilities(volume), picker.probabilities(volume))
     with pytest.raises(Exception, match="saved with channels \\[4, 8\\], not \\[4, 8, 16\\]"):
         SegmentationPicker(channels=[4, 8, 16], patch=16, tile=16, overlap=4).load(tmp_path)
+    (tmp_path / "weights.safetensors").write_text("not safetensors")  # a damaged file: one clear error
+    with pytest.raises(Exception, match="not a saved unet-segmentation picker"):
+        SegmentationPicker(channels=[4, 8], patch=16, tile=16, overlap=4).load(tmp_path)
 
 
 def test_train_then_apply_writes_star_picks(simulated, tmp_path, capsys):  # noqa: F811

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -224,7 +225,7 @@ class SegmentationPicker:
             weights = load_file(str(folder / WEIGHTS))
             class_names = [str(c) for c in state["class_names"]]
             radii = {str(k): float(v) for k, v in state["radii_A"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as exc:
             raise InputError(f"{folder}: not a saved unet-segmentation picker ({WEIGHTS} and {STATE}): {exc}") from None
         if [int(c) for c in state.get("channels", [])] != self.options.channels:
             raise InputError(f"{folder}: the picker was saved with channels {state.get('channels')}, not "
