@@ -363,6 +363,11 @@ def quickstart_command(out_dir, seed, budget_minutes, resume) -> None:
     _run(quickstart_config(seed=seed, log=log), out_dir, budget_minutes, resume)
 
 
+def picker_options(pairs: tuple[str, ...]) -> dict:
+    """A picker's ``--option KEY=VALUE`` pairs as keyword options (``min-distance`` -> ``min_distance``)."""
+    return {key.replace("-", "_"): value for key, value in _parse_options(pairs).items()}
+
+
 def _radii(pairs: tuple[str, ...]) -> dict[str, float]:
     radii = {}
     for pair in pairs:
@@ -481,7 +486,7 @@ def evaluate_picking_command(picks_path, tomograms, copick_config, tomo_type, vo
                                  copick_session)
     else:
         real = _real_from_picks(picks_path, tomograms, train, test, unit, class_column, radius_pairs, radius_column)
-    options = {key.replace("-", "_"): value for key, value in _parse_options(option_pairs).items()}
+    options = picker_options(option_pairs)
     results = run_picking_evaluation(out_dir, real, synthetic, refined, picker, options, seed_list, margin,
                                      overwrite, log=click.echo, resume=resume)
     outcome = results["verdict"].get("outcome") or "no comparison"

@@ -20,11 +20,10 @@ import click
 from cryoet_forge import __version__, registry
 from cryoet_forge.devices import SEED, NonEmptyPath
 from cryoet_forge.errors import InputError
-from cryoet_forge.evaluate.commands import _radii, _real_from_copick, _real_from_picks
+from cryoet_forge.evaluate.commands import _radii, _real_from_copick, _real_from_picks, picker_options
 from cryoet_forge.io.atomic import atomic_folder, check_output_folder, write_json_atomic
 from cryoet_forge.io.mrc import check_voxel_size
 from cryoet_forge.progress import quiet_option
-from cryoet_forge.simulate.commands import _parse_options
 
 #: what ``forge pick train`` writes into its output folder
 RUN_NAMES = ("picker.json", "model")
@@ -111,7 +110,7 @@ def pick_train_command(synthetic, refined, picks_path, tomograms, copick_config,
                        radius_pairs, radius_column, tomo_type, voxel_spacing, copick_user, copick_session, picker,
                        option_pairs, seed, out_dir, overwrite) -> None:
     """Train a picker on labelled tomograms and save it into OUT (for forge pick apply)."""
-    options = {key.replace("-", "_"): value for key, value in _parse_options(option_pairs).items()}
+    options = picker_options(option_pairs)
     made = _saving_picker(picker, options)
     labelled = _training_tomograms(synthetic, refined, picks_path, tomograms, copick_config, train, unit,
                                    class_column, radius_pairs, radius_column, tomo_type, voxel_spacing, copick_user,
@@ -179,7 +178,7 @@ def _picks_rows(made: Any, record: dict[str, Any], tomogram: Any) -> list[dict[s
         points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         number = classes.index(name) + 1 if name in classes else 0
         for i, (x, y, z) in enumerate(points):
-            row = {"voxel_size": size, "rlnTomoName": tomogram.name, "rlnCoordinateX": x, "rlnCoordinateY": y,
+            row = {"rlnTomoName": tomogram.name, "rlnCoordinateX": x, "rlnCoordinateY": y,
                    "rlnCoordinateZ": z, "rlnClassNumber": number, "forgeClassName": name,
                    "forgeRadiusAngst": float(record["radii_A"].get(name, 0.0))}
             if scores is not None:
@@ -209,10 +208,11 @@ def _check_copick(config: Path, runs: Sequence[str], classes: Sequence[str], use
                          "--overwrite or choose --copick-user / --copick-session")
 
 
-def _write_copick(config: Path, found: dict[str, list[dict[str, Any]]], user_id: str, session_id: str) -> int:
-    """Each run's picks (STAR rows by run) into the copick project as the pick set ``user_id`` /
-    ``session_id`` (positions in Angstrom, scores when the picker gives them; checked first by
-    ``_check_copick``). The number of pick sets written."""
+def _write_copick(config: Path, found: dict[str, list[dict[str, Any]]], sizes: dict[str, float], user_id: str,
+                  session_id: str) -> int:
+    """Each run's picks (STAR rows by run, in voxels of ``sizes[run]`` A) into the copick project as
+    the pick set ``user_id`` / ``session_id`` (positions in Angstrom, scores when the picker gives
+    them; checked first by ``_check_copick``). The number of pick sets written."""
     # start-up: numpy and copick only when the command runs
     import numpy as np
 
@@ -227,7 +227,7 @@ def _write_copick(config: Path, found: dict[str, list[dict[str, Any]]], user_id:
             scores = (np.array([r["rlnAutopickFigureOfMerit"] for r in members])
                       if "rlnAutopickFigureOfMerit" in members[0] else None)
             picks = runs[run].new_picks(object_name=name, session_id=session_id, user_id=user_id, exist_ok=True)
-            picks.from_numpy(np.ascontiguousarray(xyz * float(members[0]["voxel_size"])), scores=scores)
+            picks.from_numpy(np.ascontiguousarray(xyz * sizes[run]), scores=scores)
             picks.store()
             written += 1
     return written
@@ -265,15 +265,16 @@ def pick_apply_command(run_dir, tomogram_paths, voxel_size, copick_config, runs,
         raise InputError("--runs needs --copick (the project whose runs to pick)")
     if voxel_size is not None:
         check_voxel_size(voxel_size, "--voxel-size")
-    overrides = {key.replace("-", "_"): value for key, value in _parse_options(option_pairs).items()}
-    made, record = load_picker(run_dir, overrides)
+    made, record = load_picker(run_dir, picker_options(option_pairs))
     targets = _targets(tomogram_paths, copick_config, runs, tomo_type, voxel_spacing, voxel_size)
     if copick_config is not None:
         _check_copick(copick_config, [t.name for t in targets], record["classes"], copick_user, copick_session,
                       overwrite)
     stale = check_output_folder(out_dir, APPLY_NAMES, "picks", overwrite)
     found: dict[str, list[dict[str, Any]]] = {}
+    sizes: dict[str, float] = {}
     for tomogram in targets:
+        sizes[tomogram.name] = float(tomogram.voxel_size)
         try:
             found[tomogram.name] = _picks_rows(made, record, tomogram)
         finally:
@@ -284,7 +285,7 @@ def pick_apply_command(run_dir, tomogram_paths, voxel_size, copick_config, runs,
     table = pd.DataFrame(rows, columns=[*STAR_COLUMNS, *(["rlnAutopickFigureOfMerit"] if scored else [])])
     written = 0
     if copick_config is not None:
-        written = _write_copick(copick_config, found, copick_user, copick_session)
+        written = _write_copick(copick_config, found, sizes, copick_user, copick_session)
     with atomic_folder(out_dir, stale=tuple(stale)) as work:
         write_star(work / "particles.star", {"particles": table})
     click.echo(f"{len(rows)} picks in {len(found)} tomogram(s): {out_dir / 'particles.star'}"
