@@ -19,7 +19,9 @@ so the interval is optimistic; it ranks candidates, it does not prove a differen
 
 After the single-change candidates, ``combined`` is the rule with every change whose mean
 accuracy beat the rule's (the best low-pass only, the best pooling only), and ``combined-ens3``
-averages the probabilities of three seeds of it. One JSON line per candidate is appended to
+averages the probabilities of three seeds of it. ``stack-rule`` and ``stack-lp90`` (run only when
+named) average CB3D's softmax with the radial classifier's probabilities, trained on the same
+folds: does CB3D add anything the profile lacks? One JSON line per candidate is appended to
 ``experiments/results/parakeet_classifiers.jsonl`` (flushed after each), one line printed.
 """
 
@@ -41,6 +43,7 @@ from cryoet_forge import progress
 from cryoet_forge.classify import ClassifierOptions, LabelledVolumes, evaluate_cb3d, train_cb3d
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.evaluate.baseline import radial_baseline
+from cryoet_forge.evaluate.classifiers import RadialClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "parakeet_dev"
@@ -80,6 +83,8 @@ CHANGES: dict[str, dict[str, Any]] = {
 #: groups of alternatives: ``combined`` takes at most one of each (the best that beat the rule)
 GROUPS = ({"lp40", "lp60", "lp90"}, {"global", "global-small"})
 ENSEMBLE_SEEDS = 3
+#: stacked candidates: CB3D with the named change, its softmax averaged with the radial classifier's
+STACKS = {"stack-rule": "rule", "stack-lp90": "lp90"}
 
 
 def load_training_boxes(folder: Path) -> LabelledVolumes:
@@ -143,7 +148,11 @@ def paired(a: list[float], b: list[float]) -> dict[str, Any]:
             "folds_ahead": int((d > 0).sum()), "folds_behind": int((d < 0).sum())}
 
 
-def score_candidate(data: LabelledVolumes, splits, options: ClassifierOptions, ensemble: int = 1) -> dict[str, Any]:
+def score_candidate(data: LabelledVolumes, splits, options: ClassifierOptions, ensemble: int = 1,
+                    stack_radial: bool = False) -> dict[str, Any]:
+    """Per-fold accuracy of CB3D (the mean softmax of ``ensemble`` seeds); with ``stack_radial``
+    the radial-profile classifier's probabilities (sigma 1, no bootstrap) are averaged in with
+    equal weight to CB3D's mean."""
     accuracies, kept = [], []
     for repeat, fold, train_index, test_index in splits:
         train, test = data.subset(train_index), data.subset(test_index)
@@ -152,6 +161,10 @@ def score_candidate(data: LabelledVolumes, splits, options: ClassifierOptions, e
             model, history = train_cb3d(train, options, seed=100 * repeat + 10 * fold + 1000 * member)
             probabilities = probabilities + evaluate_cb3d(model, test, data.class_names, options.normalize).probabilities
             kept.append(history.best_epoch or len(history.loss))
+        if stack_radial:
+            radial = RadialClassifier(sigma=1.0, bootstrap=False)
+            radial.fit(train, seed=0)
+            probabilities = probabilities / ensemble + radial.probabilities(test.volumes)
         accuracies.append(float((np.argmax(probabilities, axis=1) == test.labels).mean()))
     return {"accuracies": accuracies, "epochs_kept": kept}
 
@@ -165,13 +178,14 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", nargs="+", default=None,
-                        help=f"candidates among {', '.join([*CHANGES, 'combined', 'combined-ens3'])}")
+                        help=f"candidates among {', '.join([*CHANGES, 'combined', 'combined-ens3', *STACKS])}")
     args = parser.parse_args()
     torch.set_num_threads(1)
     progress.configure(quiet=True)
     try:
         names = args.only or [*CHANGES, "combined", "combined-ens3"]
-        unknown = [n for n in names if n not in CHANGES and n not in ("combined", "combined-ens3")]
+        unknown = [n for n in names if n not in CHANGES and n not in ("combined", "combined-ens3")
+                   and n not in STACKS]
         if unknown:
             raise ConfigError(f"unknown candidate(s) {', '.join(unknown)}")
         if args.folds < 2 or args.repeats < 1:
@@ -204,7 +218,9 @@ def main() -> None:
     means: dict[str, float] = {}
     for name in names:
         ensemble = 1
-        if name in CHANGES:
+        if name in STACKS:
+            change = CHANGES[STACKS[name]]
+        elif name in CHANGES:
             change = CHANGES[name]
         else:
             if "rule" not in means:
@@ -214,11 +230,11 @@ def main() -> None:
             ensemble = ENSEMBLE_SEEDS if name == "combined-ens3" else 1
         options = ClassifierOptions(**{**RULE, **change})
         tic = time.perf_counter()
-        scored = score_candidate(data, splits, options, ensemble)
+        scored = score_candidate(data, splits, options, ensemble, stack_radial=name in STACKS)
         accuracies = scored["accuracies"]
         means[name] = float(np.mean(accuracies))
         comparison = {b: paired(accuracies, acc) for b, acc in baselines.items()}
-        write({"name": name, "kind": "cb3d", "change": change, "ensemble": ensemble,
+        write({"name": name, "kind": "cb3d+radial" if name in STACKS else "cb3d", "change": change, "ensemble": ensemble,
                "options": dataclasses.asdict(options), "folds": args.folds, "repeats": args.repeats,
                "accuracies": accuracies, "mean": means[name], "std": float(np.std(accuracies, ddof=1)),
                "epochs_kept": scored["epochs_kept"], "vs": comparison, "seconds": time.perf_counter() - tic})

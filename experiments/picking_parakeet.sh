@@ -16,7 +16,8 @@
 #
 # Work in experiments/work/picking/DOMAIN (not committed); the summary is appended to
 # experiments/results/picking_parakeet.jsonl. SEEDS, STEPS (picker) and GAN_STEPS may be set in
-# the environment.
+# the environment. LOWPASS=A gives every picker (real, traditional, GAN) the option lowpass_A=A
+# (a low-pass before z-scoring); its evaluations go to evaluation-lpA/ and evaluation-boxes-lpA/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOMAIN=${1:?usage: picking_parakeet.sh high_snr|low_dose}
@@ -38,19 +39,22 @@ if [ ! -f "$WORK/synthetic/particles.star" ]; then
 fi
 start=$(date +%s)
 REFINED=()
-EVAL=evaluation
+LP=${LOWPASS:+-lp$LOWPASS}
+EVAL=evaluation$LP
+PICKER_OPTIONS=(--option steps="$STEPS")
+[ -z "${LOWPASS:-}" ] || PICKER_OPTIONS+=(--option lowpass_A="$LOWPASS")
 if [ "${GAN:-0}" = 1 ]; then
   GAN_STEPS=${GAN_STEPS:-600}
   if [ "${GAN_DATA:-crops}" = boxes ]; then
-    RUN=$WORK/gan-boxes; OUT_REFINED=$WORK/refined-boxes; EVAL=evaluation-boxes
+    RUN=$WORK/gan-boxes; OUT_REFINED=$WORK/refined-boxes; EVAL=evaluation-boxes$LP
     [ -f "$WORK/boxes/real/particles.star" ] || .venv/bin/forge extract --picks "$DATA/particles.csv" --unit px \
       --tomograms "$TOMOGRAMS/TS_01.mrc" --tomo-name TS_01 --box 32 --out "$WORK/boxes/real"
     [ -f "$WORK/boxes/synthetic/particles.star" ] || .venv/bin/forge extract --picks "$WORK/synthetic/particles.star" \
       --tomograms "$WORK/synthetic/tomograms" --box 32 --out "$WORK/boxes/synthetic"
     DOMAINS=(--set 'data.density.dataset="volume-folder"' --set "data.density.options={root='$WORK/boxes/synthetic/particles.star'}"
              --set 'data.subtomograms.dataset="volume-folder"' --set "data.subtomograms.options={root='$WORK/boxes/real/particles.star'}")
-    if [ -d "$WORK/evaluation/stages" ] && [ ! -d "$WORK/$EVAL/stages" ]; then
-      mkdir -p "$WORK/$EVAL/stages" && cp -r "$WORK"/evaluation/stages/picker-real-* "$WORK"/evaluation/stages/picker-traditional-* "$WORK/$EVAL/stages/" || true
+    if [ -d "$WORK/evaluation$LP/stages" ] && [ ! -d "$WORK/$EVAL/stages" ]; then
+      mkdir -p "$WORK/$EVAL/stages" && cp -r "$WORK/evaluation$LP"/stages/picker-real-* "$WORK/evaluation$LP"/stages/picker-traditional-* "$WORK/$EVAL/stages/" || true
     fi
   else
     RUN=$WORK/gan; OUT_REFINED=$WORK/refined
@@ -72,7 +76,7 @@ if [ "${GAN:-0}" = 1 ]; then
 fi
 .venv/bin/forge evaluate-picking --picks "$DATA/particles.csv" --unit px --tomograms "$TOMOGRAMS" \
   --train TS_01 --test TS_02 --radius-column radius_A --synthetic "$WORK/synthetic" "${REFINED[@]}" \
-  --option steps="$STEPS" --seeds "$SEEDS" --out "$WORK/$EVAL" --resume
+  "${PICKER_OPTIONS[@]}" --seeds "$SEEDS" --out "$WORK/$EVAL" --resume
 .venv/bin/python - "$WORK/$EVAL/results.json" "$DOMAIN" "$(( $(date +%s) - start ))" "${GAN_DATA:-crops}" <<'PY' >> experiments/results/picking_parakeet.jsonl
 import json, subprocess, sys
 r = json.load(open(sys.argv[1]))

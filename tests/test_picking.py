@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from cryoet_forge.errors import ConfigError, InputError
+from cryoet_forge.models.cb3d import lowpass_sigma_voxels
 from cryoet_forge.picking.peaks import class_peaks
 from cryoet_forge.picking.score import score_picks
-from cryoet_forge.picking.segmentation import PickerOptions, SegmentationPicker
+from cryoet_forge.picking.segmentation import PickerOptions, SegmentationPicker, prepare_volume, zscore
 from cryoet_forge.picking.tomograms import LabelledTomogram, sphere_labels
 from cryoet_forge.picking.unet import SegmentationUNet
 
@@ -71,6 +72,24 @@ def test_picker_options_are_checked():
         PickerOptions(threshold=1.5)
     with pytest.raises(InputError, match="not trained"):
         SegmentationPicker().pick(np.zeros((8, 8, 8)), 10.0)
+    for bad in (-1.0, True, "60"):
+        with pytest.raises(ConfigError, match=r"picker lowpass_A must be a number >= 0 \(Angstrom; 0 = none\), got"):
+            PickerOptions(lowpass_A=bad)
+
+
+def test_the_low_pass_is_the_classifier_s_gaussian_before_z_scoring():
+    from scipy import ndimage
+
+    volume = np.random.default_rng(0).standard_normal((12, 14, 16)).astype(np.float32) * 3 + 2
+    np.testing.assert_array_equal(prepare_volume(volume, 0.0, None), zscore(volume))
+    sigma = lowpass_sigma_voxels(60.0, 10.0)
+    assert sigma == pytest.approx(1.124, abs=1e-3)  # the transfer is 1/2 at 1/60 A^-1
+    expected = zscore(ndimage.gaussian_filter(volume, sigma, mode="mirror"))
+    np.testing.assert_allclose(prepare_volume(volume, 60.0, 10.0), expected, rtol=1e-6, atol=1e-6)
+    smoothed = prepare_volume(volume, 60.0, 10.0)
+    assert smoothed.mean() == pytest.approx(0.0, abs=1e-5) and smoothed.std() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(InputError, match="picker lowpass_A 60 A needs the tomogram's voxel size, got None"):
+        prepare_volume(volume, 60.0, None)
 
 
 def toy_tomogram(seed: int, n: int = 6, shape=(32, 48, 48), noise: float = 0.3) -> LabelledTomogram:
@@ -103,6 +122,21 @@ def test_the_picker_learns_to_find_balls_in_another_tomogram():
     assert set(found) == {"big", "small"} and all(p.shape[1] == 3 for p in found.values())
     result = score_picks(test.picks, found, test.radii_A)
     assert result["classes"]["big"]["recall"] >= 0.8, result
+
+
+def test_a_low_pass_carries_a_picker_from_quiet_to_noisy_tomograms():
+    # trained where fine noise is weak (0.3), applied where it is five times stronger: z-scored as a
+    # whole, the balls are then much fainter than in training. A low-pass to 60 A (balls 40 A and
+    # 20 A in radius) removes most of that noise and keeps the balls, so the big ones are found.
+    train, test = toy_tomogram(0), toy_tomogram(1, noise=1.5)
+    found = {}
+    for lowpass in (0.0, 60.0):
+        options = PickerOptions(channels=[8, 16], patch=24, steps=60, batch_size=4, tile=32, overlap=8, lr=3e-3,
+                                lowpass_A=lowpass)
+        picker = SegmentationPicker(options).fit([train], seed=0)
+        found[lowpass] = score_picks(test.picks, picker.pick(test.volume, test.voxel_size), test.radii_A)
+    assert found[60.0]["classes"]["big"]["recall"] >= 0.8, found[60.0]
+    assert found[0.0]["classes"]["big"]["recall"] <= 0.5, found[0.0]
 
 
 def test_the_same_seed_trains_the_same_picker():

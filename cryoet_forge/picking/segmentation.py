@@ -6,7 +6,9 @@ Training draws random crops of ``patch``^3 voxels from the training tomograms, a
 particles), flips each axis at random (flips keep the missing wedge), and minimises the
 cross-entropy against sphere targets (``label_fraction`` x each class's radius around every
 centre, :func:`~cryoet_forge.picking.tomograms.sphere_labels`) weighted by the inverse square root
-of each target's frequency. Each tomogram is z-scored as a whole first. Picking runs the network
+of each target's frequency. Each tomogram is z-scored as a whole first (after a Gaussian low-pass
+to ``lowpass_A`` when it is set: the transfer falls to 1/2 at 1 / ``lowpass_A``, converted to voxels
+with each tomogram's voxel size, as the classifier's option of that name). Picking runs the network
 over the whole tomogram by overlapping tiles (:mod:`cryoet_forge.models.tiling`) and keeps each
 class's probability peaks (:func:`~cryoet_forge.picking.peaks.class_peaks`) at least
 ``min_distance`` x its radius apart.
@@ -26,12 +28,14 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from scipy import ndimage
 from torch import nn
 
 from cryoet_forge import progress
 from cryoet_forge.devices import check_device
 from cryoet_forge.errors import ConfigError, InputError
 from cryoet_forge.io.atomic import atomic_path, write_json_atomic
+from cryoet_forge.models.cb3d import lowpass_sigma_voxels
 from cryoet_forge.models.tiling import apply_tiled
 from cryoet_forge.picking.peaks import class_peaks
 from cryoet_forge.picking.tomograms import LabelledTomogram, sphere_labels
@@ -59,6 +63,10 @@ class PickerOptions:
     particle_crops: float = 0.5
     #: random flips of each axis of each crop
     augment: bool = True
+    #: Gaussian low-pass of every tomogram before z-scoring, training and picking (the resolution in
+    #: Angstrom where its transfer is 1/2); 0 = none. A low-pass near the particles' size keeps their
+    #: blobs and removes fine background texture whose strength a simulation rarely matches.
+    lowpass_A: float = 0.0
     #: a pick needs at least this probability of its class
     threshold: float = 0.5
     #: picks of a class are at least this fraction of its radius apart
@@ -88,6 +96,8 @@ class PickerOptions:
             value = getattr(self, key)
             if not 0 <= value <= 1:
                 raise ConfigError(f"picker {key} must be in [0, 1], got {value}")
+        if isinstance(self.lowpass_A, bool) or not isinstance(self.lowpass_A, (int, float)) or not self.lowpass_A >= 0:
+            raise ConfigError(f"picker lowpass_A must be a number >= 0 (Angstrom; 0 = none), got {self.lowpass_A!r}")
         if not self.label_fraction > 0 or self.min_distance < 0:
             raise ConfigError(f"picker needs label_fraction > 0 and min_distance >= 0; got "
                               f"{self.label_fraction}, {self.min_distance}")
@@ -100,6 +110,17 @@ def zscore(volume: np.ndarray) -> np.ndarray:
     v = np.asarray(volume, dtype=np.float32)
     std = float(v.std())
     return (v - float(v.mean())) / (std if std > 0 else 1.0)
+
+
+def prepare_volume(volume: np.ndarray, lowpass_A: float, voxel_size: float | None) -> np.ndarray:
+    """What the network reads: ``volume`` low-passed to ``lowpass_A`` (when > 0; needs the voxel
+    size) and z-scored as a whole."""
+    if lowpass_A > 0:
+        if voxel_size is None or not voxel_size > 0:
+            raise InputError(f"picker lowpass_A {lowpass_A:g} A needs the tomogram's voxel size, got {voxel_size}")
+        sigma = lowpass_sigma_voxels(lowpass_A, voxel_size)
+        volume = ndimage.gaussian_filter(np.asarray(volume, dtype=np.float32), sigma, mode="mirror")
+    return zscore(volume)
 
 
 @dataclass
@@ -140,7 +161,7 @@ class SegmentationPicker:
             labels = sphere_labels(t.volume.shape, t.picks, radii, self.class_names, opt.label_fraction)
             centres = np.concatenate([p[:, ::-1] for p in t.picks.values()]) if t.picks else np.zeros((0, 3))
             inside = np.all((centres >= 0) & (centres < np.array(t.volume.shape)), axis=1)
-            prepared.append(_Prepared(zscore(t.volume), labels, centres[inside]))
+            prepared.append(_Prepared(prepare_volume(t.volume, opt.lowpass_A, t.voxel_size), labels, centres[inside]))
         return prepared
 
     def _batch(self, data: list[_Prepared], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,8 +262,9 @@ class SegmentationPicker:
 
     # -- picking --------------------------------------------------------------------------------
 
-    def probabilities(self, volume: np.ndarray) -> np.ndarray:
-        """(1 + n_classes, Z, Y, X) softmax of the whole (Z, Y, X) ``volume`` (z-scored first)."""
+    def probabilities(self, volume: np.ndarray, voxel_size: float | None = None) -> np.ndarray:
+        """(1 + n_classes, Z, Y, X) softmax of the whole (Z, Y, X) ``volume`` (low-passed when the
+        picker's ``lowpass_A`` is set, which needs ``voxel_size`` in Angstrom; z-scored)."""
         if self.model is None:
             raise InputError("the picker is not trained; call fit first")
         model, opt = self.model, self.options
@@ -251,7 +273,7 @@ class SegmentationPicker:
         def softmax(tiles: torch.Tensor, _: list) -> torch.Tensor:
             return torch.softmax(model(tiles), dim=1)
 
-        return apply_tiled(softmax, zscore(volume), opt.tile, opt.overlap, batch_size=2, device=device,
+        return apply_tiled(softmax, prepare_volume(volume, opt.lowpass_A, voxel_size), opt.tile, opt.overlap, batch_size=2, device=device,
                            channels=len(self.class_names) + 1)
 
     def pick(self, volume: np.ndarray, voxel_size: float) -> dict[str, np.ndarray]:
@@ -265,4 +287,4 @@ class SegmentationPicker:
         # a distance beyond the tomogram's size keeps one pick per class either way (and bounds the filter)
         largest = float(max(np.shape(volume)))
         distances = [min(self.options.min_distance * self.radii_A[c] / voxel_size, largest) for c in self.class_names]
-        return class_peaks(self.probabilities(volume), self.class_names, distances, self.options.threshold)
+        return class_peaks(self.probabilities(volume, voxel_size), self.class_names, distances, self.options.threshold)
