@@ -79,7 +79,9 @@ def main() -> None:
     print(f"{'tomogram':22s} {'lowpass_A':>9s} " + " ".join(f"{r:>6d}" for r in SHELLS))
     for label, path, centres in tomograms(args.work, args.data):
         with mrcfile.open(path, permissive=True) as mrc:
-            volume, voxel = np.asarray(mrc.data, dtype=np.float32), float(mrc.voxel_size.x) or 10.0
+            volume, voxel = np.asarray(mrc.data, dtype=np.float32), float(mrc.voxel_size.x)
+        if not voxel > 0:
+            raise SystemExit(f"error: {path}: the MRC header gives no voxel size")
         for lowpass in args.lowpass:
             profile = shell_profile(prepare_volume(volume, lowpass, voxel), centres)
             print(f"{label:22s} {lowpass:9g} " + " ".join(f"{v:+6.2f}" for v in profile), flush=True)
