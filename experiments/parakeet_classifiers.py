@@ -85,6 +85,8 @@ GROUPS = ({"lp40", "lp60", "lp90"}, {"global", "global-small"})
 ENSEMBLE_SEEDS = 3
 #: stacked candidates: CB3D with the named change, its softmax averaged with the radial classifier's
 STACKS = {"stack-rule": "rule", "stack-lp90": "lp90"}
+#: every candidate name ``--only`` takes
+CANDIDATES = (*CHANGES, "combined", "combined-ens3", *STACKS)
 
 
 def load_training_boxes(folder: Path) -> LabelledVolumes:
@@ -178,14 +180,13 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", nargs="+", default=None,
-                        help=f"candidates among {', '.join([*CHANGES, 'combined', 'combined-ens3', *STACKS])}")
+                        help=f"candidates among {', '.join(CANDIDATES)}")
     args = parser.parse_args()
     torch.set_num_threads(1)
     progress.configure(quiet=True)
     try:
         names = args.only or [*CHANGES, "combined", "combined-ens3"]
-        unknown = [n for n in names if n not in CHANGES and n not in ("combined", "combined-ens3")
-                   and n not in STACKS]
+        unknown = [n for n in names if n not in CANDIDATES]
         if unknown:
             raise ConfigError(f"unknown candidate(s) {', '.join(unknown)}")
         if args.folds < 2 or args.repeats < 1:

@@ -19,12 +19,11 @@ import json
 import subprocess
 from pathlib import Path
 
-import mrcfile
 import numpy as np
-import pandas as pd
-import starfile
 
+from cryoet_forge.evaluate.picking import synthetic_source
 from cryoet_forge.picking.segmentation import prepare_volume
+from cryoet_forge.picking.tomograms import LabelledTomogram, load_labelled_tomograms, read_radii
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "parakeet_dev"
@@ -49,22 +48,18 @@ def shell_profile(volume: np.ndarray, centres_zyx: np.ndarray, shells=SHELLS) ->
     return out
 
 
-def tomograms(work: Path, data: Path) -> list[tuple[str, Path, np.ndarray]]:
-    """(label, MRC, particle centres z, y, x in voxels) of every TS_01 that exists."""
+def tomograms(work: Path, data: Path) -> list[tuple[str, LabelledTomogram]]:
+    """(label, TS_01 with its picks) of every source that exists, read as evaluate-picking reads them."""
     found = []
-    table = pd.read_csv(data / "particles.csv")
-    real = table[table.tomogram == "TS_01"][["z", "y", "x"]].to_numpy(float)
+    table = data / "particles.csv"
+    radii = read_radii(table, "radius_A")
     if (data / "high_snr" / "TS_01.mrc").is_file():
-        found.append(("real high_snr", data / "high_snr" / "TS_01.mrc", real))
-    star = work / "synthetic" / "particles.star"
-    if star.is_file():
-        picks = starfile.read(star)
-        picks = picks[picks.rlnTomoName == "TS_01"]
-        synthetic = picks[["rlnCoordinateZ", "rlnCoordinateY", "rlnCoordinateX"]].to_numpy(float)
-        for label, folder in (("traditional", work / "synthetic" / "tomograms"), ("GAN-refined (crops)", work / "refined"),
+        found += [("real high_snr", t) for t in load_labelled_tomograms(table, data / "high_snr", ["TS_01"], radii, unit="px")]
+    if (work / "synthetic" / "particles.star").is_file():
+        for label, folder in (("traditional", None), ("GAN-refined (crops)", work / "refined"),
                               ("GAN-refined (boxes)", work / "refined-boxes")):
-            if (folder / "TS_01.mrc").is_file():
-                found.append((label, folder / "TS_01.mrc", synthetic))
+            if folder is None or (folder / "TS_01.mrc").is_file():
+                found += [(label, t) for t in synthetic_source(work / "synthetic", radii, folder) if t.name == "TS_01"]
     return found
 
 
@@ -77,18 +72,14 @@ def main() -> None:
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     print(f"{'tomogram':22s} {'lowpass_A':>9s} " + " ".join(f"{r:>6d}" for r in SHELLS))
-    for label, path, centres in tomograms(args.work, args.data):
-        with mrcfile.open(path, permissive=True) as mrc:
-            volume, voxel = np.asarray(mrc.data, dtype=np.float32), float(mrc.voxel_size.x)
-        if not voxel > 0:
-            raise SystemExit(f"error: {path}: the MRC header gives no voxel size")
+    for label, tomogram in tomograms(args.work, args.data):
+        centres = np.concatenate(list(tomogram.picks.values()))[:, ::-1]  # (x, y, z) -> (z, y, x)
         for lowpass in args.lowpass:
-            profile = shell_profile(prepare_volume(volume, lowpass, voxel), centres)
+            profile = shell_profile(prepare_volume(tomogram.volume, lowpass, tomogram.voxel_size), centres)
             print(f"{label:22s} {lowpass:9g} " + " ".join(f"{v:+6.2f}" for v in profile), flush=True)
             with args.out.open("a") as handle:
-                handle.write(json.dumps({"tomogram": label, "file": str(path.relative_to(path.parents[2])),
-                                         "lowpass_A": lowpass, "shells_voxels": list(SHELLS), "profile": profile,
-                                         "particles": len(centres), "commit": commit}) + "\n")
+                handle.write(json.dumps({"tomogram": label, "lowpass_A": lowpass, "shells_voxels": list(SHELLS),
+                                         "profile": profile, "particles": len(centres), "commit": commit}) + "\n")
 
 
 if __name__ == "__main__":
