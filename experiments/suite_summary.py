@@ -1,7 +1,7 @@
 """Per-classifier summary of a `forge evaluate --suite` output folder: one row per domain, method
 and downstream classifier kind (accuracy trained on the real split, on traditional and on GAN
-data, the paired GAN-minus-traditional difference and the verdict), as a Markdown table, and each
-cell's rows appended as JSON lines.
+data, the paired GAN-minus-traditional difference and the verdict), as a Markdown table, and the
+rows of each cell not yet in the JSON-lines file appended to it.
 
     python experiments/suite_summary.py SUITE_OUT [--jsonl experiments/results/FILE.jsonl]
 
@@ -53,8 +53,14 @@ def main() -> None:
               f"{x['gan']:.3f} | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] | {x['gan_wins']}/{x['n']} | {x['outcome']} |")
     if args.jsonl:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        key = ("domain", "method", "classifier")
+        have = set()
+        if args.jsonl.is_file():
+            have = {tuple(json.loads(line)[k] for k in key) for line in args.jsonl.read_text().splitlines() if line.strip()}
         with args.jsonl.open("a") as f:
             for x in found:
+                if tuple(x[k] for k in key) in have:
+                    continue
                 f.write(json.dumps({"recorded": str(date.today()), "commit": commit, **x}) + "\n")
 
 
