@@ -11,10 +11,13 @@ from test_evaluate import TOY
 
 from cryoet_forge.errors import ConfigError
 from cryoet_forge.evaluate.suite import (
+    any_kind_outcome,
     cell_config,
     load_suite,
+    render_suite,
     run_suite,
     suite_from_dict,
+    tally,
 )
 from tests_support import assert_one_line_error, forge_executable
 
@@ -82,8 +85,8 @@ def test_suite_table_has_one_row_per_cell_and_skips_absent_data(suite_run):
             assert c["real"] == verdict["real_accuracy"] and c["paired"]["mean"] == verdict["paired"]["mean"]
             assert f"| {r['domain']} | {r['method']} | {c['classifier']} | " in table
     assert "## Per classifier kind" in table
-    tally = record["tally"]["methods"]
-    assert tally["paper"]["domains"] == tally["refine"]["domains"] == 1
+    per_method = record["tally"]["methods"]
+    assert per_method["paper"]["domains"] == per_method["refine"]["domains"] == 1
     assert record["tally"]["best"] in ("paper", "refine")
 
 
@@ -284,3 +287,49 @@ def test_domain_classifier_is_reused_only_for_the_same_data(tmp_path, monkeypatc
     assert (folder / "cb3d.safetensors").stat().st_mtime_ns == before  # same data: read back
     gan.domain_classifier(config, toy_shapes(4, seed=1), tmp_path / "clf")
     assert (folder / "cb3d.safetensors").stat().st_mtime_ns != before  # other data: trained again
+
+
+def _row(domain: str, method: str, outcome: str, gain: float, kinds: dict[str, str]) -> dict:
+    return {"domain": domain, "method": method, "status": "done", "outcome": outcome, "headroom": True,
+            "paired": {"mean": gain}, "by_classifier": [{"classifier": k, "outcome": o} for k, o in kinds.items()]}
+
+
+@pytest.mark.parametrize(("kinds", "expected"), [
+    ({"cb3d": "does-not-learn", "radial": "neither-transfers"}, None),
+    ({}, None),
+    ({"cb3d": "inconclusive"}, None),
+    ({"cb3d": "neither-transfers", "radial": "gan-ahead"}, "gan-ahead"),
+    ({"cb3d": "no-clear-difference", "radial": "gan-ahead"}, "gan-ahead"),
+    ({"cb3d": "traditional-ahead", "radial": "gan-ahead"}, "traditional-ahead"),
+    ({"cb3d": "no-clear-difference", "radial": "does-not-learn"}, "no-clear-difference"),
+])
+def test_any_kind_outcome_counts_only_kinds_that_answer(kinds, expected):
+    assert any_kind_outcome(_row("d", "m", "neither-transfers", 0.0, kinds)) == expected
+
+
+def test_tally_breaks_cb3d_ties_by_the_domains_any_kind_wins():
+    suite = suite_from_dict(copy.deepcopy(SUITE), origin="toy.toml")
+    rows = [
+        # both methods win one domain by CB3D; only refine also wins the second domain with radial
+        _row("low-dose", "paper", "gan-ahead", 0.30, {"cb3d": "gan-ahead", "radial": "no-clear-difference"}),
+        _row("absent-maps", "paper", "neither-transfers", 0.05, {"cb3d": "neither-transfers",
+                                                               "radial": "neither-transfers"}),
+        _row("low-dose", "refine", "gan-ahead", 0.10, {"cb3d": "gan-ahead"}),
+        _row("absent-maps", "refine", "neither-transfers", 0.0, {"cb3d": "neither-transfers",
+                                                               "radial": "gan-ahead"}),
+    ]
+    record = tally(rows, suite)
+    paper, refine = record["methods"]["paper"], record["methods"]["refine"]
+    assert (paper["gan-ahead"], paper["won_by_a_kind"], paper["answered_by_a_kind"]) == (1, 1, 1)
+    assert (refine["gan-ahead"], refine["won_by_a_kind"], refine["answered_by_a_kind"]) == (1, 2, 2)
+    assert paper["mean_gain"] > refine["mean_gain"]
+    assert record["best"] == "refine"  # more domains won by any kind beats the larger mean gain
+    text = render_suite({"title": "t", "origin": "toy.toml", "headroom": 0.2, "domains": [], "methods": [],
+                         "rows": [], "tally": record})
+    assert "| refine | 2 | 1 | 0 | 0 | 1 | 0 | 1 / 2 | 0.050 | 2 / 0 / 2 |" in text
+    assert "Most domains won: **refine**" in text
+    # a loss for one kind is not outvoted by another kind's win
+    rows[3]["by_classifier"].append({"classifier": "third", "outcome": "traditional-ahead"})
+    lost = tally(rows, suite)["methods"]["refine"]
+    assert (lost["won_by_a_kind"], lost["lost_by_a_kind"]) == (1, 1)
+    assert tally(rows, suite)["best"] == "paper"
