@@ -294,7 +294,7 @@ def any_kind_outcome(row: dict[str, Any]) -> str | None:
     answers = {c["outcome"] for c in row.get("by_classifier", []) if c["outcome"] in ANSWERS}
     if not answers:
         return None
-    for outcome in ANSWERS[1::-1]:  # traditional-ahead first, then gan-ahead
+    for outcome in ("traditional-ahead", "gan-ahead"):
         if outcome in answers:
             return outcome
     return "no-clear-difference"
