@@ -6,8 +6,8 @@
 #
 #   PYTHON=/path/to/python3.12 bash benchmarks/device/prepare.sh
 #
-# PYTHON is a CPython of the device's minor version (3.12 by default); maturin builds the Rust
-# extension for it. The folder stays well under the 64 MiB a device call may carry.
+# Needs maturin and a Rust toolchain. PYTHON is a CPython of the GPU machine's minor version (3.12
+# by default); maturin builds the Rust extension for it. The folder holds about 22 MB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3.12}
