@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from test_classify import TOY_OPTIONS, toy_shapes
 from test_picking import toy_tomogram
-from test_train_callbacks import EXACT, Recorder, data
+from test_train_callbacks import EXACT, Recorder, data, final_state
 from test_train_loop import tiny
 
 from cryoet_forge.classify import ClassifierOptions, evaluate_cb3d, train_cb3d
@@ -21,13 +20,6 @@ from cryoet_forge.picking.segmentation import PickerOptions, SegmentationPicker
 from cryoet_forge.train import resume_config, train
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-
-
-def weights(run, step):
-    folder = run / "checkpoints" / f"step-{step:08d}"
-    tensors = load_file(str(folder / "weights.safetensors"))
-    tensors.update({f"state.{k}": v for k, v in load_file(str(folder / "state.safetensors")).items()})
-    return tensors
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -41,8 +33,8 @@ def test_training_stopped_and_resumed_equals_training_straight_through(device, t
     train(resume_config(run), run, resume=True, datasets=data(), callbacks=[resumed])
     assert sorted(resumed.losses) == [3, 4]
     assert all(resumed.losses[s] == reference.losses[s] for s in (3, 4))
-    expected, got = weights(tmp_path / "reference", 4), weights(run, 4)
-    assert expected.keys() == got.keys()
+    (expected, expected_json), (got, got_json) = final_state(tmp_path / "reference", 4), final_state(run, 4)
+    assert expected.keys() == got.keys() and got_json == expected_json
     different = [k for k in expected if not torch.equal(expected[k], got[k])]
     assert not different, f"{len(different)} tensors differ on {device}, e.g. {different[:3]}"
 
@@ -57,7 +49,7 @@ def test_mixed_precision_steps_are_finite_and_train(device, precision, tmp_path)
     assert sorted(recorder.losses) == [1, 2, 3]
     for losses in recorder.losses.values():
         assert losses and all(np.isfinite(v) for v in losses.values()), losses
-    final = weights(tmp_path / precision, 3)
+    final, _ = final_state(tmp_path / precision, 3)
     assert all(torch.isfinite(t).all() for k, t in final.items() if t.is_floating_point())
 
 
