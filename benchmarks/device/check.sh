@@ -40,7 +40,7 @@ step() {  # step NAME SECONDS COMMAND...
   echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - start )), \"limit\": $limit}" | tee -a "$OUT/steps.jsonl"
 }
 BENCH="$OUT/bench.jsonl"
-# limits: together under 9 minutes, leaving the installation and the transfers room in a 10-minute call
+# limits: together under 9 minutes, leaving the installation room inside ten
 step tests 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs \
   tests/test_device_paths.py tests/test_sim_gpu.py tests/test_metrics_prdc.py
 step train 90 "$PY" benchmarks/train_throughput.py --device cuda --settings quickstart,paper --steps 10 --out "$BENCH"
@@ -49,7 +49,7 @@ step simulate-tomogram 45 "$PY" benchmarks/bench_simulate_tomogram.py --size 96,
   --out "$BENCH"
 step picking 45 "$PY" benchmarks/bench_picking.py --size 96,256,256 --device cuda --out "$BENCH"
 # the quickstart's whole evaluation with the GAN and the classifiers on the GPU (its CPU time on a
-# 2-core machine is in docs/results.md); its results and report come back, the rest stays
+# 2-core machine is in docs/results.md); its results.json and report.md are copied into $OUT
 rm -rf /tmp/quickstart
 step quickstart 150 forge evaluate --config configs/evaluate-quickstart.toml --out /tmp/quickstart --quiet \
   --set gan.overrides.train.device=cuda --set classifier.device=cuda
